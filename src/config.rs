@@ -1,0 +1,644 @@
+//! Configuration: the YAML file, environment variables and flags, merged and validated into [`Config`].
+//!
+//! Precedence, highest first: command-line flags > environment variables > `config.yaml` > defaults.
+//! Flags and environment variables are read together by clap (each flag names its variable), the
+//! file is parsed into raw structs that reject unknown keys, and [`Config::resolve`] merges the two
+//! and checks every value, so the rest of the program only ever sees a valid [`Config`].
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use serde::{Deserialize, Deserializer};
+
+/// The default port of the gateway and the console, as the user's guide gives it.
+pub const DEFAULT_PORT: u16 = 8317;
+/// The default body limit of a gateway request: large enough for long prompts with images.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+
+/// A value that must never be printed: it hides itself in `Debug` and `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret string.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself; call this only where the value is sent or compared.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Command-line flags, each also readable from the environment variable it names.
+#[derive(Debug, Parser)]
+#[command(name = "token-console", version, about = "LLM API gateway with a token console")]
+pub struct Cli {
+    /// Path of the YAML configuration file (default: ./config.yaml when present).
+    #[arg(long, env = "CONSOLE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on (0.0.0.0 serves other machines).
+    #[arg(long, env = "CONSOLE_HOST")]
+    pub host: Option<String>,
+    /// Port of the gateway (0 picks a free port).
+    #[arg(long, env = "CONSOLE_GATEWAY_PORT")]
+    pub port: Option<u16>,
+    /// Database URL: sqlite://path/to/file.db.
+    #[arg(long, env = "CONSOLE_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// IANA time zone for day boundaries of trends, or "local".
+    #[arg(long, env = "CONSOLE_TIMEZONE")]
+    pub timezone: Option<String>,
+    /// Also write service logs to this file.
+    #[arg(long, env = "CONSOLE_LOG_FILE")]
+    pub log_file: Option<PathBuf>,
+    /// Serve the console page and API (true/false).
+    #[arg(long, env = "CONSOLE_ENABLED")]
+    pub console_enabled: Option<bool>,
+    /// Port of the console; another value than the gateway's serves it on its own listener.
+    #[arg(long, env = "CONSOLE_PORT")]
+    pub console_port: Option<u16>,
+    /// Path of the console page.
+    #[arg(long, env = "CONSOLE_PATH")]
+    pub console_path: Option<String>,
+    /// Detailed log rows kept (the newest); aggregates are kept regardless.
+    #[arg(long, env = "CONSOLE_MAX_LOGS")]
+    pub max_logs: Option<u64>,
+    /// Most live API keys.
+    #[arg(long, env = "CONSOLE_MAX_KEYS")]
+    pub max_keys: Option<u64>,
+    /// Global token budget (absent: unlimited).
+    #[arg(long, env = "CONSOLE_TOTAL_TOKENS")]
+    pub total_tokens: Option<u64>,
+    /// Largest accepted request body in bytes.
+    #[arg(long, env = "CONSOLE_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Admin key for the console (environment only: flags show in `ps`).
+    #[arg(skip)]
+    pub admin_key: Option<String>,
+}
+
+impl Cli {
+    /// Parses flags and environment variables; the admin key is read from the environment only.
+    pub fn from_env_and_args() -> Self {
+        let mut cli = Self::parse();
+        cli.admin_key = std::env::var("CONSOLE_ADMIN_KEY")
+            .ok()
+            .filter(|v| !v.is_empty());
+        cli
+    }
+}
+
+/// A string from the file with `${VAR}` replaced by the environment variable `VAR`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct EnvString(String);
+
+impl<'de> Deserialize<'de> for EnvString {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(deserializer)?;
+        expand_env(&raw, |name| std::env::var(name).ok())
+            .map(EnvString)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Replaces each `${NAME}` in `raw` by `lookup(NAME)`; a missing variable is an error naming it.
+fn expand_env(raw: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(raw.len());
+    let mut rest = raw;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("unclosed `${{` in \"{raw}\""))?;
+        let name = &after[..end];
+        if name.is_empty() {
+            return Err(format!("empty variable name `${{}}` in \"{raw}\""));
+        }
+        let value = lookup(name).ok_or_else(|| {
+            format!("environment variable {name} is not set (referenced as ${{{name}}}); set it or remove the reference")
+        })?;
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    host: Option<EnvString>,
+    port: Option<u16>,
+    database_url: Option<EnvString>,
+    timezone: Option<EnvString>,
+    log_file: Option<EnvString>,
+    max_body_bytes: Option<usize>,
+    console: Option<RawConsole>,
+    quota: Option<RawQuota>,
+    providers: Option<Vec<RawProvider>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConsole {
+    enabled: Option<bool>,
+    port: Option<u16>,
+    path: Option<EnvString>,
+    max_logs: Option<u64>,
+    max_keys: Option<u64>,
+    admin_key: Option<EnvString>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQuota {
+    total_tokens: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvider {
+    name: EnvString,
+    kind: ProviderKind,
+    base_url: EnvString,
+    api_key: Option<EnvString>,
+    models: Option<Vec<EnvString>>,
+    connect_timeout_ms: Option<u64>,
+    first_byte_timeout_ms: Option<u64>,
+    idle_timeout_ms: Option<u64>,
+}
+
+/// The protocol an upstream provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// OpenAI or any OpenAI-compatible server.
+    Openai,
+    /// Anthropic's Messages API.
+    Anthropic,
+}
+
+/// Where the store keeps its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    /// An embedded SQLite file.
+    Sqlite(PathBuf),
+}
+
+/// The console's settings (the guide's `console:` section plus the admin key).
+#[derive(Debug, Clone)]
+pub struct ConsoleConfig {
+    /// Whether the page and `/api/console` are served at all.
+    pub enabled: bool,
+    /// `Some(port)` serves the console on its own listener; `None` shares the gateway's.
+    pub separate_port: Option<u16>,
+    /// Path of the page, e.g. `/console`.
+    pub path: String,
+    /// Detailed log rows kept.
+    pub max_logs: u64,
+    /// Most live keys.
+    pub max_keys: u64,
+    /// When set, every console call needs it as a bearer token.
+    pub admin_key: Option<Secret>,
+}
+
+/// One upstream provider.
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    /// Name shown in logs.
+    pub name: String,
+    /// Protocol it speaks.
+    pub kind: ProviderKind,
+    /// Base URL without a trailing slash.
+    pub base_url: String,
+    /// Key sent upstream in place of the client's.
+    pub api_key: Option<Secret>,
+    /// Glob patterns of the models it serves.
+    pub models: Vec<String>,
+    /// Connect timeout.
+    pub connect_timeout_ms: u64,
+    /// Time allowed until the upstream's response headers arrive.
+    pub first_byte_timeout_ms: u64,
+    /// Pooled connections idle longer than this are closed.
+    pub idle_timeout_ms: u64,
+}
+
+/// The validated configuration the program runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listen address.
+    pub host: String,
+    /// Gateway port (0: any free port).
+    pub port: u16,
+    /// The store's location.
+    pub database: DatabaseUrl,
+    /// Day boundaries of trends.
+    pub timezone: jiff::tz::TimeZone,
+    /// Name of the time zone as configured.
+    pub timezone_name: String,
+    /// Optional log file besides stderr.
+    pub log_file: Option<PathBuf>,
+    /// Largest gateway request body.
+    pub max_body_bytes: usize,
+    /// Console settings.
+    pub console: ConsoleConfig,
+    /// Global token budget; `None` is unlimited.
+    pub total_tokens: Option<u64>,
+    /// Upstream providers, in routing order.
+    pub providers: Vec<ProviderConfig>,
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The reason.
+        source: std::io::Error,
+    },
+    /// The file is not valid (unknown key, wrong type, bad YAML); the message names key and line.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong and where.
+        message: String,
+    },
+    /// A value is out of its allowed range.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Loads the file named by the flags (or `./config.yaml` when present) and merges the flags.
+    pub fn load(cli: &Cli) -> Result<Self, ConfigError> {
+        let path = match &cli.config {
+            Some(path) => Some(path.clone()),
+            None => Some(PathBuf::from("config.yaml")).filter(|p| p.exists()),
+        };
+        let raw = match &path {
+            Some(path) => parse_file(path)?,
+            None => RawConfig::default(),
+        };
+        Self::resolve(raw, cli, |name| std::env::var(name).ok())
+    }
+
+    /// Parses a configuration from YAML text (used by tests and the fuzzer).
+    pub fn from_yaml(text: &str, cli: &Cli) -> Result<Self, ConfigError> {
+        let raw = parse_text(text, Path::new("<inline>"))?;
+        Self::resolve(raw, cli, |_| None)
+    }
+
+    fn resolve(
+        raw: RawConfig,
+        cli: &Cli,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let console_raw = raw.console.unwrap_or_default();
+        let port = cli.port.or(raw.port).unwrap_or(DEFAULT_PORT);
+        let console_port = cli.console_port.or(console_raw.port);
+        let separate_port = console_port.filter(|&p| p != port || p == 0);
+        let path = normalize_console_path(
+            cli.console_path
+                .clone()
+                .or(console_raw.path.map(|p| p.0))
+                .unwrap_or_else(|| "/console".to_owned()),
+        )?;
+        let max_logs = positive(
+            "console.max_logs",
+            cli.max_logs.or(console_raw.max_logs).unwrap_or(1000),
+        )?;
+        let max_keys = positive(
+            "console.max_keys",
+            cli.max_keys.or(console_raw.max_keys).unwrap_or(100),
+        )?;
+        let admin_key = cli
+            .admin_key
+            .clone()
+            .or(console_raw.admin_key.map(|k| k.0))
+            .filter(|k| !k.is_empty())
+            .map(Secret::new);
+        if admin_key.as_ref().is_some_and(|k| k.expose().len() < 8) {
+            return Err(ConfigError::Invalid(
+                "console.admin_key must be at least 8 characters long".into(),
+            ));
+        }
+        let timezone_name = cli
+            .timezone
+            .clone()
+            .or(raw.timezone.map(|t| t.0))
+            .unwrap_or_else(|| "local".to_owned());
+        let timezone = parse_timezone(&timezone_name)?;
+        let database = parse_database_url(
+            &cli.database_url
+                .clone()
+                .or(raw.database_url.map(|d| d.0))
+                .unwrap_or_else(|| "sqlite://data/token-console.db".to_owned()),
+        )?;
+        let providers = match raw.providers {
+            Some(list) => list
+                .into_iter()
+                .map(validate_provider)
+                .collect::<Result<Vec<_>, _>>()?,
+            None => providers_from_env(&env),
+        };
+        let quota = raw.quota.unwrap_or_default();
+        Ok(Self {
+            host: cli
+                .host
+                .clone()
+                .or(raw.host.map(|h| h.0))
+                .unwrap_or_else(|| "127.0.0.1".to_owned()),
+            port,
+            database,
+            timezone,
+            timezone_name,
+            log_file: cli
+                .log_file
+                .clone()
+                .or(raw.log_file.map(|f| PathBuf::from(f.0))),
+            max_body_bytes: positive_usize(
+                "max_body_bytes",
+                cli.max_body_bytes
+                    .or(raw.max_body_bytes)
+                    .unwrap_or(DEFAULT_MAX_BODY_BYTES),
+            )?,
+            console: ConsoleConfig {
+                enabled: cli.console_enabled.or(console_raw.enabled).unwrap_or(true),
+                separate_port,
+                path,
+                max_logs,
+                max_keys,
+                admin_key,
+            },
+            total_tokens: cli.total_tokens.or(quota.total_tokens),
+            providers,
+        })
+    }
+}
+
+fn parse_file(path: &Path) -> Result<RawConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse_text(&text, path)
+}
+
+fn parse_text(text: &str, path: &Path) -> Result<RawConfig, ConfigError> {
+    if text.trim().is_empty() {
+        return Ok(RawConfig::default());
+    }
+    serde_saphyr::from_str::<RawConfig>(text).map_err(|e| ConfigError::Parse {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+fn positive(key: &str, value: u64) -> Result<u64, ConfigError> {
+    if value == 0 {
+        return Err(ConfigError::Invalid(format!("{key} must be at least 1")));
+    }
+    Ok(value)
+}
+
+fn positive_usize(key: &str, value: usize) -> Result<usize, ConfigError> {
+    if value == 0 {
+        return Err(ConfigError::Invalid(format!("{key} must be at least 1")));
+    }
+    Ok(value)
+}
+
+fn normalize_console_path(path: String) -> Result<String, ConfigError> {
+    let trimmed = path.trim().trim_end_matches('/');
+    let valid = trimmed.starts_with('/')
+        && trimmed.len() > 1
+        && !trimmed.starts_with("/api")
+        && !trimmed.starts_with("/v1")
+        && trimmed
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/-_.".contains(c));
+    if !valid {
+        return Err(ConfigError::Invalid(format!(
+            "console.path \"{path}\" must start with '/', use letters, digits, '-', '_' or '.', and not be under /api or /v1 (e.g. /console)"
+        )));
+    }
+    Ok(trimmed.to_owned())
+}
+
+fn parse_timezone(name: &str) -> Result<jiff::tz::TimeZone, ConfigError> {
+    if name.eq_ignore_ascii_case("local") {
+        return Ok(jiff::tz::TimeZone::try_system().unwrap_or(jiff::tz::TimeZone::UTC));
+    }
+    jiff::tz::TimeZone::get(name).map_err(|_| {
+        ConfigError::Invalid(format!(
+            "timezone \"{name}\" is not a known IANA time zone (e.g. Asia/Shanghai, UTC) or \"local\""
+        ))
+    })
+}
+
+fn parse_database_url(url: &str) -> Result<DatabaseUrl, ConfigError> {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        if path.is_empty() {
+            return Err(ConfigError::Invalid(
+                "database_url sqlite:// needs a file path, e.g. sqlite://data/token-console.db"
+                    .into(),
+            ));
+        }
+        return Ok(DatabaseUrl::Sqlite(PathBuf::from(path)));
+    }
+    Err(ConfigError::Invalid(format!(
+        "database_url \"{}\" is not supported: use sqlite://path/to/file.db",
+        redact_url(url)
+    )))
+}
+
+/// Hides a password in a URL (`scheme://user:pass@host` → `scheme://user:***@host`).
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme_end + 3],
+                    &userinfo[..colon],
+                    &url[at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+fn validate_provider(raw: RawProvider) -> Result<ProviderConfig, ConfigError> {
+    let name = raw.name.0.trim().to_owned();
+    if name.is_empty() {
+        return Err(ConfigError::Invalid("providers[].name must not be empty".into()));
+    }
+    let base_url = raw.base_url.0.trim().trim_end_matches('/').to_owned();
+    if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
+        return Err(ConfigError::Invalid(format!(
+            "provider {name}: base_url \"{base_url}\" must start with http:// or https://"
+        )));
+    }
+    let models: Vec<String> = raw
+        .models
+        .map(|m| m.into_iter().map(|p| p.0).collect())
+        .unwrap_or_else(|| vec!["*".to_owned()]);
+    if models.is_empty() {
+        return Err(ConfigError::Invalid(format!(
+            "provider {name}: models must list at least one pattern (\"*\" for all)"
+        )));
+    }
+    Ok(ProviderConfig {
+        name,
+        kind: raw.kind,
+        base_url,
+        api_key: raw.api_key.map(|k| Secret::new(k.0)).filter(|k| !k.0.is_empty()),
+        models,
+        connect_timeout_ms: raw.connect_timeout_ms.unwrap_or(10_000),
+        first_byte_timeout_ms: raw.first_byte_timeout_ms.unwrap_or(300_000),
+        idle_timeout_ms: raw.idle_timeout_ms.unwrap_or(90_000),
+    })
+}
+
+/// Providers from `OPENAI_API_KEY` / `ANTHROPIC_API_KEY` (and their `*_BASE_URL`) when the file has none.
+fn providers_from_env(env: &impl Fn(&str) -> Option<String>) -> Vec<ProviderConfig> {
+    let mut providers = Vec::new();
+    let defaults = [
+        (
+            "openai",
+            ProviderKind::Openai,
+            "OPENAI",
+            "https://api.openai.com/v1",
+        ),
+        (
+            "anthropic",
+            ProviderKind::Anthropic,
+            "ANTHROPIC",
+            "https://api.anthropic.com",
+        ),
+    ];
+    for (name, kind, prefix, default_url) in defaults {
+        let Some(key) = env(&format!("{prefix}_API_KEY")).filter(|k| !k.is_empty()) else {
+            continue;
+        };
+        let base_url = env(&format!("{prefix}_BASE_URL"))
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| default_url.to_owned());
+        providers.push(ProviderConfig {
+            name: name.to_owned(),
+            kind,
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            api_key: Some(Secret::new(key)),
+            models: vec!["*".to_owned()],
+            connect_timeout_ms: 10_000,
+            first_byte_timeout_ms: 300_000,
+            idle_timeout_ms: 90_000,
+        });
+    }
+    providers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli() -> Cli {
+        Cli::parse_from(["token-console"])
+    }
+
+    #[test]
+    fn expands_environment_variables() {
+        let lookup = |name: &str| (name == "A").then(|| "x".to_owned());
+        let cases = [
+            ("plain", Ok("plain".to_owned())),
+            ("${A}", Ok("x".to_owned())),
+            ("pre-${A}-post", Ok("pre-x-post".to_owned())),
+            ("${A}${A}", Ok("xx".to_owned())),
+        ];
+        for (input, want) in cases {
+            assert_eq!(expand_env(input, lookup), want, "{input}");
+        }
+        for bad in ["${B}", "${A", "${}"] {
+            assert!(expand_env(bad, lookup).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn defaults_follow_the_guide() {
+        let config = Config::from_yaml("", &cli()).unwrap();
+        assert_eq!(config.port, 8317);
+        assert_eq!(config.host, "127.0.0.1");
+        assert_eq!(config.console.path, "/console");
+        assert_eq!(config.console.max_logs, 1000);
+        assert_eq!(config.console.max_keys, 100);
+        assert!(config.console.enabled);
+        assert!(config.console.separate_port.is_none());
+        assert_eq!(config.total_tokens, None);
+        assert_eq!(
+            config.database,
+            DatabaseUrl::Sqlite(PathBuf::from("data/token-console.db"))
+        );
+    }
+
+    #[test]
+    fn unknown_keys_name_the_key_and_line() {
+        let err = Config::from_yaml("port: 1\nconsole:\n  max_log: 5\n", &cli()).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("max_log"), "{text}");
+        assert!(text.contains('3'), "{text}");
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let mut cli = cli();
+        cli.port = Some(9000);
+        let config = Config::from_yaml("port: 1234\nconsole: {port: 1234}\n", &cli).unwrap();
+        assert_eq!(config.port, 9000);
+        assert_eq!(config.console.separate_port, Some(1234));
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        for yaml in [
+            "console: {max_logs: 0}",
+            "console: {path: 'no-slash'}",
+            "timezone: Mars/Olympus",
+            "database_url: mysql://x",
+            "providers: [{name: a, kind: openai, base_url: 'ftp://x'}]",
+            "providers: [{name: a, kind: gemini, base_url: 'http://x'}]",
+        ] {
+            assert!(Config::from_yaml(yaml, &cli()).is_err(), "{yaml}");
+        }
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let secret = Secret::new("sk-very-secret");
+        assert!(!format!("{secret:?}").contains("very"));
+    }
+
+    #[test]
+    fn redacts_passwords_in_urls() {
+        assert_eq!(
+            redact_url("postgres://u:p@h/db"),
+            "postgres://u:***@h/db".to_owned()
+        );
+    }
+}

@@ -1,0 +1,75 @@
+//! The request log: pages of raw records and the live stream of new ones (Server-Sent Events).
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::Stream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::StreamExt as _;
+
+use crate::error::ConsoleError;
+use crate::state::AppState;
+use crate::store::{LogQuery, StatusFilter};
+use crate::usage::LoggedCall;
+
+use super::wire::LogRow;
+
+/// A page of the log, newest first.
+pub async fn page(state: &AppState, query: LogQuery) -> Result<Vec<LogRow>, ConsoleError> {
+    let rows = state.store.logs(query).await?;
+    Ok(rows.iter().map(LogRow::from).collect())
+}
+
+/// Whether a new record passes the filters, with the same meaning as the store's query.
+pub fn matches(query: &LogQuery, logged: &LoggedCall) -> bool {
+    let c = &logged.call;
+    let contains = |haystack: &str, needle: &str| {
+        haystack.to_lowercase().contains(&needle.to_lowercase())
+    };
+    if let Some(q) = &query.q {
+        let hit = contains(&c.endpoint, q)
+            || contains(&c.model, q)
+            || contains(&c.method, q)
+            || c.status.to_string().contains(q.as_str());
+        if !hit {
+            return false;
+        }
+    }
+    let checks = [
+        query.method.as_ref().is_none_or(|m| m.eq_ignore_ascii_case(&c.method)),
+        match query.status {
+            Some(StatusFilter::Exact(code)) => c.status == code,
+            Some(StatusFilter::Class(class)) => c.status / 100 == class,
+            None => true,
+        },
+        query.model.as_ref().is_none_or(|m| *m == c.model),
+        query.key_id.is_none_or(|k| c.key_id == Some(k)),
+        query.since.is_none_or(|s| c.ts >= s),
+        query.until.is_none_or(|u| c.ts < u),
+    ];
+    checks.iter().all(|&ok| ok)
+}
+
+/// Every new record that passes the filters, as `event: log` with the row as JSON data.
+pub fn live(state: &AppState, query: LogQuery) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let stream = BroadcastStream::new(state.recorder.subscribe()).filter_map(move |item| match item {
+        Ok(logged) if matches(&query, &logged) => {
+            let row = LogRow::from(logged.as_ref());
+            Some(Ok(Event::default()
+                .event("log")
+                .json_data(&row)
+                .unwrap_or_else(|_| Event::default().comment("unserializable row"))))
+        }
+        Ok(_) => None,
+        Err(BroadcastStreamRecvError::Lagged(missed)) => Some(Ok(Event::default()
+            .event("lagged")
+            .data(missed.to_string()))),
+    });
+    Sse::new(stream).keep_alive(
+        KeepAlive::new()
+            .interval(Duration::from_secs(15))
+            .text("keep-alive"),
+    )
+}

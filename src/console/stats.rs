@@ -1,0 +1,209 @@
+//! The dashboard's figures, computed from the store's aggregates only (never from raw logs).
+
+use crate::error::ConsoleError;
+use crate::state::AppState;
+use crate::store::{Aggregate, DayTotal, UsageFilter};
+use crate::usage::latency_quantile;
+
+use super::wire::{round2, Latency, ModelStats, Stats, Trend};
+
+/// `/stats`: totals, the budget (global, or the key's with `key_id`) and the per-model table.
+pub async fn stats(state: &AppState, filter: UsageFilter) -> Result<Stats, ConsoleError> {
+    let budget = match filter.key_id {
+        Some(key_id) => key_limit(state, key_id).await?,
+        None => state.config.total_tokens,
+    };
+    let models = state.store.usage_by_model(filter).await?;
+    Ok(build_stats(models, budget))
+}
+
+async fn key_limit(state: &AppState, key_id: i64) -> Result<Option<u64>, ConsoleError> {
+    let keys = state.store.list_keys().await?;
+    let key = keys
+        .iter()
+        .find(|k| k.id == key_id)
+        .ok_or_else(|| ConsoleError::NotFound(format!("no key with id {key_id}; list keys with GET /api/console/keys")))?;
+    Ok(key.token_limit)
+}
+
+fn latency(agg: &Aggregate) -> Latency {
+    let q = |p| latency_quantile(&agg.latency, p).map(round2);
+    Latency {
+        p50: q(0.50),
+        p95: q(0.95),
+        p99: q(0.99),
+    }
+}
+
+fn average(agg: &Aggregate) -> f64 {
+    if agg.calls == 0 {
+        return 0.0;
+    }
+    round2(agg.duration_ms as f64 / agg.calls as f64)
+}
+
+fn model_stats(name: String, agg: &Aggregate) -> ModelStats {
+    ModelStats {
+        name,
+        call_count: agg.calls,
+        token_count: agg.tokens.total,
+        avg_time: average(agg),
+        success_rate: if agg.calls == 0 {
+            0.0
+        } else {
+            round2(agg.successes as f64 * 100.0 / agg.calls as f64)
+        },
+        success_count: agg.successes,
+        error_count: agg.failures,
+        prompt_tokens: agg.tokens.prompt,
+        completion_tokens: agg.tokens.completion,
+        latency_ms: latency(agg),
+    }
+}
+
+/// Builds the statistics from per-model aggregates and the budget (`None`: unlimited).
+pub fn build_stats(models: Vec<(String, Aggregate)>, budget: Option<u64>) -> Stats {
+    let mut total = Aggregate::default();
+    for (_, agg) in &models {
+        total.add(agg);
+    }
+    let mut rows: Vec<ModelStats> = models
+        .into_iter()
+        .map(|(name, agg)| model_stats(name, &agg))
+        .collect();
+    rows.sort_by(|a, b| b.call_count.cmp(&a.call_count).then(a.name.cmp(&b.name)));
+    let used = total.tokens.total;
+    Stats {
+        total_tokens: budget,
+        used_tokens: used,
+        remaining_tokens: budget.map(|b| b.saturating_sub(used)),
+        usage_percent: budget.map(|b| {
+            if b == 0 {
+                100.0
+            } else {
+                round2(used as f64 * 100.0 / b as f64)
+            }
+        }),
+        api_call_count: total.calls,
+        success_count: total.successes,
+        error_count: total.failures,
+        prompt_tokens: total.tokens.prompt,
+        completion_tokens: total.tokens.completion,
+        cache_read_tokens: total.tokens.cache_read,
+        cache_creation_tokens: total.tokens.cache_creation,
+        reasoning_tokens: total.tokens.reasoning,
+        avg_time: average(&total),
+        latency_ms: latency(&total),
+        models: rows,
+    }
+}
+
+fn day_number(date: jiff::civil::Date) -> i64 {
+    i64::from(date.year()) * 10_000 + i64::from(date.month()) * 100 + i64::from(date.day())
+}
+
+/// `/usage-trend`: the last `days` local days, oldest first, today last, empty days as 0.
+pub async fn trend(state: &AppState, days: u32, key_id: Option<i64>) -> Result<Trend, ConsoleError> {
+    let today = jiff::Timestamp::now()
+        .to_zoned(state.config.timezone.clone())
+        .date();
+    let dates = trend_dates(today, days);
+    let (first, last) = match (dates.first(), dates.last()) {
+        (Some(f), Some(l)) => (day_number(*f), day_number(*l)),
+        _ => return Err(ConsoleError::BadRequest("days must be at least 1".into())),
+    };
+    let rows = state.store.usage_by_day(key_id, first, last).await?;
+    Ok(build_trend(&dates, &rows, &state.config.timezone_name))
+}
+
+/// The `days` dates ending with `today`, oldest first.
+pub fn trend_dates(today: jiff::civil::Date, days: u32) -> Vec<jiff::civil::Date> {
+    (0..i64::from(days))
+        .rev()
+        .filter_map(|back| today.checked_sub(jiff::Span::new().days(back)).ok())
+        .collect()
+}
+
+/// Lays the stored day totals on the dates, filling days without calls with 0.
+pub fn build_trend(dates: &[jiff::civil::Date], rows: &[DayTotal], timezone: &str) -> Trend {
+    let mut trend = Trend {
+        labels: Vec::with_capacity(dates.len()),
+        token_data: Vec::with_capacity(dates.len()),
+        call_data: Vec::with_capacity(dates.len()),
+        dates: Vec::with_capacity(dates.len()),
+        timezone: timezone.to_owned(),
+    };
+    for date in dates {
+        let day = day_number(*date);
+        let row = rows.iter().find(|r| r.day == day);
+        trend.labels.push(date.strftime("%m-%d").to_string());
+        trend.dates.push(date.strftime("%Y-%m-%d").to_string());
+        trend.token_data.push(row.map_or(0, |r| r.tokens));
+        trend.call_data.push(row.map_or(0, |r| r.calls));
+    }
+    trend
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::usage::{latency_bucket, TokenUsage, LATENCY_BUCKETS};
+
+    fn agg(calls: u64, successes: u64, tokens: u64, duration: u64) -> Aggregate {
+        let mut latency = [0; LATENCY_BUCKETS];
+        latency[latency_bucket(duration / calls.max(1))] = calls;
+        Aggregate {
+            calls,
+            successes,
+            failures: calls - successes,
+            tokens: TokenUsage {
+                prompt: tokens / 2,
+                completion: tokens - tokens / 2,
+                total: tokens,
+                ..TokenUsage::default()
+            },
+            duration_ms: duration,
+            latency,
+        }
+    }
+
+    #[test]
+    fn stats_follow_the_guide_with_and_without_budget() {
+        let models = vec![
+            ("a".to_owned(), agg(3, 2, 300, 1000)),
+            ("b".to_owned(), agg(1, 1, 100, 7)),
+        ];
+        let s = build_stats(models.clone(), Some(1000));
+        assert_eq!(s.total_tokens, Some(1000));
+        assert_eq!(s.used_tokens, 400);
+        assert_eq!(s.remaining_tokens, Some(600));
+        assert_eq!(s.usage_percent, Some(40.0));
+        assert_eq!(s.api_call_count, 4);
+        assert_eq!(s.models[0].name, "a");
+        assert_eq!(s.models[0].avg_time, 333.33);
+        assert_eq!(s.models[0].success_rate, 66.67);
+        assert_eq!(s.avg_time, 251.75);
+        let unlimited = build_stats(models, None);
+        assert_eq!(unlimited.total_tokens, None);
+        assert_eq!(unlimited.remaining_tokens, None);
+        assert_eq!(unlimited.usage_percent, None);
+        let empty = build_stats(Vec::new(), None);
+        assert_eq!(empty.api_call_count, 0);
+        assert_eq!(empty.latency_ms.p50, None);
+    }
+
+    #[test]
+    fn trend_fills_missing_days_and_ends_today() {
+        let today = jiff::civil::date(2026, 3, 1);
+        let dates = trend_dates(today, 3);
+        let rows = [DayTotal {
+            day: 20260228,
+            calls: 2,
+            tokens: 50,
+        }];
+        let t = build_trend(&dates, &rows, "UTC");
+        assert_eq!(t.labels, ["02-27", "02-28", "03-01"]);
+        assert_eq!(t.token_data, [0, 50, 0]);
+        assert_eq!(t.call_data, [0, 2, 0]);
+    }
+}

@@ -1,0 +1,301 @@
+//! The console API's JSON shapes: the guide's field names exactly, plus the additions of SPEC §5.
+//! Only these types (and request bodies) derive serde; the rest of the program never does.
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::store::KeyRow;
+use crate::usage::LoggedCall;
+
+/// The guide's "never used" timestamp.
+pub const NEVER: &str = "0001-01-01T00:00:00Z";
+
+/// RFC 3339 in UTC to the second, as the guide writes it: `2026-02-20T18:45:32Z`.
+pub fn rfc3339(ts: jiff::Timestamp) -> String {
+    ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// Rounds to two decimals, as the guide's `avg_time`, `success_rate` and `usage_percent`.
+pub fn round2(value: f64) -> f64 {
+    (value * 100.0).round() / 100.0
+}
+
+/// Success envelope: `{"code":0,"data":…}`.
+#[derive(Serialize)]
+pub struct Envelope<T: Serialize> {
+    /// Always 0.
+    pub code: u16,
+    /// The payload.
+    pub data: T,
+}
+
+impl<T: Serialize> Envelope<T> {
+    /// Wraps data.
+    pub fn ok(data: T) -> Self {
+        Self { code: 0, data }
+    }
+}
+
+/// Success envelope with a message and no data: `{"code":0,"msg":…}`.
+#[derive(Serialize)]
+pub struct Done {
+    /// Always 0.
+    pub code: u16,
+    /// What happened.
+    pub msg: &'static str,
+}
+
+/// Latency quantiles in milliseconds (`null` without calls).
+#[derive(Serialize, Clone, Copy)]
+pub struct Latency {
+    /// Median.
+    pub p50: Option<f64>,
+    /// 95th percentile.
+    pub p95: Option<f64>,
+    /// 99th percentile.
+    pub p99: Option<f64>,
+}
+
+/// One row of the per-model table.
+#[derive(Serialize, Clone)]
+pub struct ModelStats {
+    /// Model name.
+    pub name: String,
+    /// Calls.
+    pub call_count: u64,
+    /// Total tokens.
+    pub token_count: u64,
+    /// Average duration, ms, 2 decimals.
+    pub avg_time: f64,
+    /// Share of 2xx calls, %, 2 decimals.
+    pub success_rate: f64,
+    /// 2xx calls.
+    pub success_count: u64,
+    /// Other calls.
+    pub error_count: u64,
+    /// Input tokens.
+    pub prompt_tokens: u64,
+    /// Output tokens.
+    pub completion_tokens: u64,
+    /// Latency quantiles.
+    pub latency_ms: Latency,
+}
+
+/// `GET /api/console/stats`.
+#[derive(Serialize, Clone)]
+pub struct Stats {
+    /// The budget; `null` when unlimited.
+    pub total_tokens: Option<u64>,
+    /// Tokens used by recorded calls.
+    pub used_tokens: u64,
+    /// Budget left; `null` when unlimited.
+    pub remaining_tokens: Option<u64>,
+    /// Used share of the budget, %; `null` when unlimited.
+    pub usage_percent: Option<f64>,
+    /// Calls.
+    pub api_call_count: u64,
+    /// 2xx calls.
+    pub success_count: u64,
+    /// Other calls.
+    pub error_count: u64,
+    /// Input tokens.
+    pub prompt_tokens: u64,
+    /// Output tokens.
+    pub completion_tokens: u64,
+    /// Cache-read input tokens.
+    pub cache_read_tokens: u64,
+    /// Cache-creation input tokens.
+    pub cache_creation_tokens: u64,
+    /// Reasoning output tokens.
+    pub reasoning_tokens: u64,
+    /// Average duration of all calls, ms.
+    pub avg_time: f64,
+    /// Latency quantiles over all calls.
+    pub latency_ms: Latency,
+    /// Per model, most calls first.
+    pub models: Vec<ModelStats>,
+}
+
+/// `GET /api/console/usage-trend`.
+#[derive(Serialize, Clone)]
+#[serde(rename_all = "camelCase")]
+pub struct Trend {
+    /// `MM-DD` per day, oldest first.
+    pub labels: Vec<String>,
+    /// Tokens per day.
+    pub token_data: Vec<u64>,
+    /// Calls per day.
+    pub call_data: Vec<u64>,
+    /// `YYYY-MM-DD` per day.
+    pub dates: Vec<String>,
+    /// The time zone the days are cut in.
+    pub timezone: String,
+}
+
+/// One row of `GET /api/console/logs` and of the live stream.
+#[derive(Serialize, Clone)]
+pub struct LogRow {
+    /// Row id.
+    pub id: i64,
+    /// When the call arrived.
+    pub timestamp: String,
+    /// HTTP method.
+    pub method: String,
+    /// Path.
+    pub endpoint: String,
+    /// Status sent.
+    pub status: u16,
+    /// Total tokens.
+    pub tokens: u64,
+    /// Duration, ms.
+    pub duration: u64,
+    /// Model.
+    pub model: String,
+    /// Key id.
+    pub key_id: Option<i64>,
+    /// Key name at the time of the call.
+    pub key_name: Option<String>,
+    /// Input tokens.
+    pub prompt_tokens: u64,
+    /// Output tokens.
+    pub completion_tokens: u64,
+    /// Cache-read tokens.
+    pub cache_read_tokens: u64,
+    /// Cache-creation tokens.
+    pub cache_creation_tokens: u64,
+    /// Reasoning tokens.
+    pub reasoning_tokens: u64,
+    /// Streamed answer.
+    pub stream: bool,
+    /// Time to first token, ms.
+    pub ttft: Option<u64>,
+    /// Tokens estimated by the gateway.
+    pub estimated: bool,
+    /// Failure description.
+    pub error: Option<String>,
+}
+
+impl From<&LoggedCall> for LogRow {
+    fn from(logged: &LoggedCall) -> Self {
+        let c = &logged.call;
+        Self {
+            id: logged.id,
+            timestamp: rfc3339(c.ts),
+            method: c.method.clone(),
+            endpoint: c.endpoint.clone(),
+            status: c.status,
+            tokens: c.tokens.total,
+            duration: c.duration_ms,
+            model: c.model.clone(),
+            key_id: c.key_id,
+            key_name: c.key_name.clone(),
+            prompt_tokens: c.tokens.prompt,
+            completion_tokens: c.tokens.completion,
+            cache_read_tokens: c.tokens.cache_read,
+            cache_creation_tokens: c.tokens.cache_creation,
+            reasoning_tokens: c.tokens.reasoning,
+            stream: c.stream,
+            ttft: c.ttft_ms,
+            estimated: c.estimated,
+            error: c.error.clone(),
+        }
+    }
+}
+
+/// One key of `GET /api/console/keys` (and of the create call, with the full value).
+#[derive(Serialize, Clone)]
+pub struct KeyView {
+    /// Row id.
+    pub id: i64,
+    /// Name.
+    pub name: String,
+    /// Description.
+    pub description: String,
+    /// Display form, or the full key in the create call's answer only.
+    pub value: String,
+    /// Creation time.
+    pub created_at: String,
+    /// Last call, or `0001-01-01T00:00:00Z`.
+    pub last_used: String,
+    /// Enabled.
+    pub enabled: bool,
+    /// Token limit.
+    pub token_limit: Option<u64>,
+    /// Requests-per-minute limit.
+    pub rpm_limit: Option<u32>,
+    /// Allowed model patterns.
+    pub allowed_models: Option<Vec<String>>,
+    /// Expiry.
+    pub expires_at: Option<String>,
+    /// Tokens used by recorded calls.
+    pub used_tokens: u64,
+    /// Recorded calls.
+    pub call_count: u64,
+}
+
+impl KeyView {
+    /// The view of a stored key with its recorded usage; `value` is the display form.
+    pub fn new(row: &KeyRow, used_tokens: u64, call_count: u64) -> Self {
+        Self {
+            id: row.id,
+            name: row.name.clone(),
+            description: row.description.clone(),
+            value: row.display.clone(),
+            created_at: rfc3339(row.created_at),
+            last_used: row
+                .last_used
+                .map(rfc3339)
+                .unwrap_or_else(|| NEVER.to_owned()),
+            enabled: row.enabled,
+            token_limit: row.token_limit,
+            rpm_limit: row.rpm_limit,
+            allowed_models: row.allowed_models.clone(),
+            expires_at: row.expires_at.map(rfc3339),
+            used_tokens,
+            call_count,
+        }
+    }
+}
+
+/// `POST /api/console/keys` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    /// Required, 1–64 characters after trimming.
+    pub name: String,
+    /// Optional.
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// `PATCH /api/console/keys/{id}` body; an absent field is left alone, `null` clears a limit.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PatchKey {
+    /// New name.
+    pub name: Option<String>,
+    /// New description.
+    pub description: Option<String>,
+    /// Enable or disable.
+    pub enabled: Option<bool>,
+    /// Token limit, or `null` for none.
+    #[serde(default, deserialize_with = "present")]
+    pub token_limit: Option<Option<u64>>,
+    /// RPM limit, or `null` for none.
+    #[serde(default, deserialize_with = "present")]
+    pub rpm_limit: Option<Option<u32>>,
+    /// Allowed model patterns, or `null` for all.
+    #[serde(default, deserialize_with = "present")]
+    pub allowed_models: Option<Option<Vec<String>>>,
+    /// Expiry (RFC 3339), or `null` for none.
+    #[serde(default, deserialize_with = "present")]
+    pub expires_at: Option<Option<String>>,
+}
+
+/// Distinguishes a present `null` (`Some(None)`) from an absent field (`None`, via `default`).
+fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}

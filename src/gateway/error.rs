@@ -1,0 +1,134 @@
+//! The gateway's errors, answered in the client's protocol: OpenAI's
+//! `{"error":{"message","type","code"}}` or Anthropic's `{"type":"error","error":{"type","message"}}`.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+/// The wire protocol a client speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// OpenAI (chat, completions, embeddings, responses, models).
+    OpenAi,
+    /// Anthropic Messages.
+    Anthropic,
+}
+
+/// Why the gateway answered a call itself instead of the upstream's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GatewayError {
+    /// Malformed request (400).
+    BadRequest(String),
+    /// Missing or unknown key (401).
+    Unauthorized(String),
+    /// Key disabled, expired or not allowed this model (403).
+    Forbidden(String),
+    /// No provider serves the model, or no such route (404).
+    NotFound(String),
+    /// Body over the limit (413).
+    TooLarge(String),
+    /// A budget is exhausted (429 insufficient_quota).
+    QuotaExhausted(String),
+    /// The key's requests-per-minute limit (429 with Retry-After seconds).
+    RateLimited(String, u64),
+    /// The upstream could not be reached (502).
+    BadGateway(String),
+    /// The upstream did not answer in time (504).
+    Timeout(String),
+}
+
+impl GatewayError {
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::QuotaExhausted(_) | Self::RateLimited(..) => StatusCode::TOO_MANY_REQUESTS,
+            Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The message for the client (and the record's `error`).
+    pub fn message(&self) -> &str {
+        match self {
+            Self::BadRequest(m)
+            | Self::Unauthorized(m)
+            | Self::Forbidden(m)
+            | Self::NotFound(m)
+            | Self::TooLarge(m)
+            | Self::QuotaExhausted(m)
+            | Self::RateLimited(m, _)
+            | Self::BadGateway(m)
+            | Self::Timeout(m) => m,
+        }
+    }
+
+    /// OpenAI's `type` and `code` for this error.
+    fn openai_kind(&self) -> (&'static str, &'static str) {
+        match self {
+            Self::BadRequest(_) => ("invalid_request_error", "invalid_request"),
+            Self::Unauthorized(_) => ("invalid_request_error", "invalid_api_key"),
+            Self::Forbidden(_) => ("permission_error", "permission_denied"),
+            Self::NotFound(_) => ("invalid_request_error", "model_not_found"),
+            Self::TooLarge(_) => ("invalid_request_error", "request_too_large"),
+            Self::QuotaExhausted(_) => ("insufficient_quota", "insufficient_quota"),
+            Self::RateLimited(..) => ("requests", "rate_limit_exceeded"),
+            Self::BadGateway(_) => ("api_error", "upstream_unreachable"),
+            Self::Timeout(_) => ("api_error", "upstream_timeout"),
+        }
+    }
+
+    /// Anthropic's error `type` for this error.
+    fn anthropic_kind(&self) -> &'static str {
+        match self {
+            Self::BadRequest(_) => "invalid_request_error",
+            Self::Unauthorized(_) => "authentication_error",
+            Self::Forbidden(_) => "permission_error",
+            Self::NotFound(_) => "not_found_error",
+            Self::TooLarge(_) => "request_too_large",
+            Self::QuotaExhausted(_) | Self::RateLimited(..) => "rate_limit_error",
+            Self::BadGateway(_) => "api_error",
+            Self::Timeout(_) => "timeout_error",
+        }
+    }
+
+    /// The response in the client's protocol.
+    pub fn into_protocol_response(self, protocol: Protocol) -> Response {
+        let body = match protocol {
+            Protocol::OpenAi => {
+                let (kind, code) = self.openai_kind();
+                serde_json::json!({"error": {"message": self.message(), "type": kind, "code": code}})
+            }
+            Protocol::Anthropic => serde_json::json!({
+                "type": "error",
+                "error": {"type": self.anthropic_kind(), "message": self.message()},
+            }),
+        };
+        let mut response = (self.status(), Json(body)).into_response();
+        if let Self::RateLimited(_, seconds) = &self {
+            if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes_follow_each_protocol() {
+        let e = GatewayError::QuotaExhausted("no budget left".into());
+        assert_eq!(e.status(), StatusCode::TOO_MANY_REQUESTS);
+        let r = e.clone().into_protocol_response(Protocol::OpenAi);
+        assert_eq!(r.status(), 429);
+        let r = GatewayError::RateLimited("slow down".into(), 7).into_protocol_response(Protocol::Anthropic);
+        assert_eq!(r.headers().get("retry-after").unwrap(), "7");
+    }
+}

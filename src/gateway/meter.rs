@@ -1,0 +1,210 @@
+//! The meter of one gateway call: it gathers what the call did and, when the call ends however
+//! it ends (answered, failed, or abandoned by the client), settles the budget reservation, counts
+//! the metrics and hands exactly one record to the recorder.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::endpoint::Endpoint;
+use super::estimate;
+use super::usage::StreamTally;
+use crate::keys::Reservation;
+use crate::state::AppState;
+use crate::usage::{CallRecord, TokenUsage};
+
+/// Status recorded when the client went away before the answer was complete.
+pub const CLIENT_CLOSED: u16 = 499;
+/// Longest error text kept in a record.
+const MAX_ERROR_CHARS: usize = 300;
+
+/// Gathers one call's facts; records them exactly once (on [`Meter::finish`] or on drop).
+pub struct Meter {
+    state: AppState,
+    record: CallRecord,
+    started: Instant,
+    endpoint: Endpoint,
+    reservation: Option<Reservation>,
+    request: Option<Arc<serde_json::Value>>,
+    /// Usage and text of a streamed answer.
+    pub tally: StreamTally,
+    /// Time until the first byte of the answer body.
+    first_byte_ms: Option<u64>,
+    /// Time the gateway itself spent before forwarding.
+    pub overhead_ms: f64,
+    finished: bool,
+}
+
+impl Meter {
+    /// Starts metering a call that just arrived.
+    pub fn start(state: &AppState, endpoint: Endpoint, method: &str, path: &str) -> Self {
+        Self {
+            state: state.clone(),
+            record: CallRecord {
+                ts: jiff::Timestamp::now(),
+                method: method.to_owned(),
+                endpoint: path.to_owned(),
+                status: 0,
+                model: String::new(),
+                key_id: None,
+                key_name: None,
+                tokens: TokenUsage::default(),
+                duration_ms: 0,
+                ttft_ms: None,
+                stream: false,
+                estimated: false,
+                error: None,
+            },
+            started: Instant::now(),
+            endpoint,
+            reservation: None,
+            request: None,
+            tally: StreamTally::default(),
+            first_byte_ms: None,
+            overhead_ms: 0.0,
+            finished: false,
+        }
+    }
+
+    /// When the call started.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// The key the call is made with.
+    pub fn set_key(&mut self, id: i64, name: String) {
+        self.record.key_id = Some(id);
+        self.record.key_name = Some(name);
+    }
+
+    /// The model asked for and whether the answer is streamed.
+    pub fn set_request(&mut self, model: &str, stream: bool, request: Arc<serde_json::Value>) {
+        self.record.model = model.to_owned();
+        self.record.stream = stream;
+        self.request = Some(request);
+    }
+
+    /// Holds the budget reservation until the call is settled.
+    pub fn hold(&mut self, reservation: Reservation) {
+        self.reservation = Some(reservation);
+    }
+
+    /// Notes the arrival of the answer's first body bytes.
+    pub fn first_byte(&mut self) {
+        if self.first_byte_ms.is_none() {
+            self.first_byte_ms = Some(self.started.elapsed().as_millis() as u64);
+        }
+    }
+
+    /// Ends the call with `status`; `body` is a whole (non-stream) answer, if there was one.
+    pub fn finish(&mut self, status: u16, body: Option<&[u8]>, error: Option<String>) {
+        let success = (200..300).contains(&status);
+        let reported = body
+            .and_then(super::usage::from_body)
+            .or_else(|| self.tally.reported());
+        let tokens = match reported {
+            Some(tokens) => Some(tokens),
+            None if success || status == CLIENT_CLOSED => self.estimate(body),
+            None => None,
+        };
+        let error = error.or_else(|| {
+            (status >= 400 && status != CLIENT_CLOSED)
+                .then(|| body.and_then(error_message))
+                .flatten()
+        });
+        self.complete(status, tokens, reported.is_none() && tokens.is_some(), error);
+    }
+
+    fn estimate(&self, body: Option<&[u8]>) -> Option<TokenUsage> {
+        if !self.endpoint.spends_tokens() {
+            return None;
+        }
+        let request = self.request.as_ref()?;
+        let answer_text = match body {
+            Some(bytes) => {
+                let mut text = String::new();
+                if let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) {
+                    super::usage::texts(&value, &mut text);
+                }
+                text
+            }
+            None => self.tally.text().to_owned(),
+        };
+        Some(estimate::usage(request, &answer_text, self.endpoint.has_completion()))
+    }
+
+    fn complete(&mut self, status: u16, tokens: Option<TokenUsage>, estimated: bool, error: Option<String>) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        let tokens = if self.endpoint.spends_tokens() { tokens.unwrap_or_default() } else { TokenUsage::default() };
+        if let Some(reservation) = self.reservation.take() {
+            reservation.settle(tokens.total);
+        }
+        let mut record = self.record.clone();
+        record.status = status;
+        record.tokens = tokens;
+        record.estimated = estimated && tokens.total > 0;
+        record.duration_ms = self.started.elapsed().as_millis() as u64;
+        record.ttft_ms = self.first_byte_ms;
+        record.error = error.map(|e| truncate(&e));
+        self.state.metrics.observe(&record, self.overhead_ms);
+        self.state.recorder.record_detached(record);
+    }
+}
+
+impl Drop for Meter {
+    fn drop(&mut self) {
+        if !self.finished {
+            let tokens = self.tally.reported().or_else(|| {
+                (self.first_byte_ms.is_some()).then(|| self.estimate(None)).flatten()
+            });
+            let estimated = self.tally.reported().is_none() && tokens.is_some();
+            self.complete(
+                CLIENT_CLOSED,
+                tokens,
+                estimated,
+                Some("the client closed the connection before the answer was complete".into()),
+            );
+        }
+    }
+}
+
+fn truncate(text: &str) -> String {
+    if text.chars().count() <= MAX_ERROR_CHARS {
+        return text.to_owned();
+    }
+    let mut cut: String = text.chars().take(MAX_ERROR_CHARS).collect();
+    cut.push('…');
+    cut
+}
+
+/// The `message` of an OpenAI or Anthropic error body.
+fn error_message(body: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let error = value.get("error")?;
+    error
+        .get("message")
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_owned)
+        .or_else(|| error.as_str().map(str::to_owned))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_error_messages_of_both_protocols() {
+        assert_eq!(error_message(br#"{"error":{"message":"boom","type":"x"}}"#), Some("boom".into()));
+        assert_eq!(error_message(br#"{"type":"error","error":{"type":"api_error","message":"down"}}"#), Some("down".into()));
+        assert_eq!(error_message(b"garbage"), None);
+    }
+
+    #[test]
+    fn truncates_long_errors() {
+        let long = "x".repeat(1000);
+        assert_eq!(truncate(&long).chars().count(), MAX_ERROR_CHARS + 1);
+        assert_eq!(truncate("short"), "short");
+    }
+}

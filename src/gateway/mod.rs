@@ -1,0 +1,117 @@
+//! The LLM API gateway: OpenAI- and Anthropic-compatible routes that check the caller's key and
+//! limits, forward to the configured provider, stream the answer back unchanged and record the
+//! call (see `proxy` for one call's path, `meter` for its record).
+
+mod endpoint;
+mod error;
+mod estimate;
+mod glob;
+mod meter;
+mod models;
+mod providers;
+mod proxy;
+mod sse;
+mod usage;
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+
+pub use endpoint::Endpoint;
+pub use error::{GatewayError, Protocol};
+pub use proxy::OVERHEAD_HEADER;
+
+use crate::config::Config;
+use crate::error::StartError;
+use crate::state::AppState;
+use providers::Provider;
+
+/// The configured providers, in routing order.
+pub struct Gateway {
+    providers: Vec<Arc<Provider>>,
+    models: models::ModelList,
+}
+
+impl Gateway {
+    /// Builds each provider's HTTP client.
+    pub fn new(config: &Config) -> Result<Self, StartError> {
+        let providers = config
+            .providers
+            .iter()
+            .cloned()
+            .map(|p| Provider::new(p).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| StartError::Io(format!("cannot build the upstream HTTP client: {e}")))?;
+        Ok(Self {
+            providers,
+            models: models::ModelList::default(),
+        })
+    }
+
+    /// The first provider that speaks the endpoint's protocol and serves the model.
+    fn route(&self, endpoint: Endpoint, model: &str) -> Option<Arc<Provider>> {
+        self.providers
+            .iter()
+            .find(|p| p.serves(endpoint, model))
+            .cloned()
+    }
+}
+
+/// The gateway's routes (`/v1/*`).
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/completions", post(completions))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/v1/responses", post(responses))
+        .route("/v1/messages", post(messages))
+        .route("/v1/messages/count_tokens", post(count_tokens))
+        .route("/v1/models", get(models::list))
+        .route("/v1/{*rest}", axum::routing::any(unknown_route))
+}
+
+async fn chat_completions(State(state): State<AppState>, request: Request) -> Response {
+    proxy::handle(state, Endpoint::ChatCompletions, request).await
+}
+
+async fn completions(State(state): State<AppState>, request: Request) -> Response {
+    proxy::handle(state, Endpoint::Completions, request).await
+}
+
+async fn embeddings(State(state): State<AppState>, request: Request) -> Response {
+    proxy::handle(state, Endpoint::Embeddings, request).await
+}
+
+async fn responses(State(state): State<AppState>, request: Request) -> Response {
+    proxy::handle(state, Endpoint::Responses, request).await
+}
+
+async fn messages(State(state): State<AppState>, request: Request) -> Response {
+    proxy::handle(state, Endpoint::Messages, request).await
+}
+
+async fn count_tokens(State(state): State<AppState>, request: Request) -> Response {
+    proxy::handle(state, Endpoint::CountTokens, request).await
+}
+
+/// Any other `/v1/*` call: 404 in the protocol the path suggests, recorded like every call.
+async fn unknown_route(State(state): State<AppState>, request: Request) -> Response {
+    let path = request.uri().path().to_owned();
+    let endpoint = if path.starts_with("/v1/messages") {
+        Endpoint::Messages
+    } else {
+        Endpoint::Models
+    };
+    let meter = meter::Meter::start(&state, endpoint, request.method().as_str(), &path);
+    proxy::refuse(
+        meter,
+        endpoint,
+        GatewayError::NotFound(format!(
+            "{} {path} is not a route of this gateway; use /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses, /v1/messages, /v1/messages/count_tokens or /v1/models",
+            request.method()
+        )),
+    )
+}

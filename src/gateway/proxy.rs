@@ -1,0 +1,454 @@
+//! One proxied call, start to end: check the key and its limits, forward the request to the
+//! provider, and pass the answer back unchanged while the meter reads its usage.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::Request;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures_util::{stream, Stream, StreamExt};
+
+use super::endpoint::Endpoint;
+use super::error::GatewayError;
+use super::estimate;
+use super::meter::Meter;
+use super::providers::Provider;
+use super::sse::{parse_event, EventSplitter};
+use super::usage::{StreamTally, Verdict};
+use crate::keys::{Budget, KeyEntry};
+use crate::state::AppState;
+
+/// Completion tokens reserved for a request that sets no `max_tokens`.
+const DEFAULT_MAX_TOKENS: u64 = 4096;
+/// Largest non-stream answer kept in memory to read its usage.
+const MAX_WHOLE_BODY: usize = 16 * 1024 * 1024;
+/// Header telling the client how long the gateway itself took, in milliseconds.
+pub const OVERHEAD_HEADER: &str = "x-token-console-overhead-ms";
+
+/// Request headers never forwarded: hop-by-hop ones, the client's credentials, and those the
+/// HTTP client sets itself. `accept-encoding` is dropped so answers arrive uncompressed and their
+/// usage can be read; the gateway never compresses anything itself.
+const DROPPED_REQUEST_HEADERS: [&str; 13] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+    "authorization",
+    "x-api-key",
+];
+const DROPPED_RESPONSE_HEADERS: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Handles one call of a token-spending route.
+pub async fn handle(state: AppState, endpoint: Endpoint, request: Request) -> Response {
+    let path = request.uri().path().to_owned();
+    let mut meter = Meter::start(&state, endpoint, request.method().as_str(), &path);
+    let prepared = match prepare(&state, endpoint, request, &mut meter).await {
+        Ok(prepared) => prepared,
+        Err(e) => return refuse(meter, endpoint, e),
+    };
+    forward(&state, endpoint, prepared, meter).await
+}
+
+/// Records a call the gateway refused and answers it in the client's protocol.
+pub fn refuse(mut meter: Meter, endpoint: Endpoint, error: GatewayError) -> Response {
+    meter.finish(error.status().as_u16(), None, Some(error.message().to_owned()));
+    error.into_protocol_response(endpoint.protocol())
+}
+
+struct Prepared {
+    provider: Arc<Provider>,
+    headers: HeaderMap,
+    body: Bytes,
+    stream: bool,
+}
+
+/// The key sent as `Authorization: Bearer …` or `x-api-key`.
+pub fn client_key(headers: &HeaderMap) -> Option<&str> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
+    bearer.or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim))
+}
+
+/// Finds the live key of a request and checks that it may be used now.
+pub fn authenticate(state: &AppState, headers: &HeaderMap, meter: &mut Meter) -> Result<Arc<KeyEntry>, GatewayError> {
+    let Some(given) = client_key(headers).filter(|k| !k.is_empty()) else {
+        return Err(GatewayError::Unauthorized(
+            "missing API key: send the key issued by the token console as Authorization: Bearer sk-tc-…".into(),
+        ));
+    };
+    let Some(entry) = state.keys.find(given) else {
+        return Err(GatewayError::Unauthorized(
+            "invalid API key: it is unknown or was deleted; create a key in the token console".into(),
+        ));
+    };
+    let settings = entry.settings();
+    meter.set_key(entry.id, settings.name.clone());
+    if !settings.enabled {
+        return Err(GatewayError::Forbidden(format!(
+            "the API key \"{}\" is disabled; enable it in the token console",
+            settings.name
+        )));
+    }
+    if settings.expires_at.is_some_and(|at| at <= jiff::Timestamp::now()) {
+        return Err(GatewayError::Forbidden(format!(
+            "the API key \"{}\" has expired; extend it or create a new key in the token console",
+            settings.name
+        )));
+    }
+    Ok(entry)
+}
+
+async fn read_body(state: &AppState, request: Request) -> Result<(HeaderMap, Bytes), GatewayError> {
+    let limit = state.config.max_body_bytes;
+    let too_large = || {
+        GatewayError::TooLarge(format!(
+            "the request body is larger than the gateway's limit of {limit} bytes; send less, or raise max_body_bytes"
+        ))
+    };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let (parts, body) = request.into_parts();
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) {
+            too_large()
+        } else {
+            GatewayError::BadRequest(format!("cannot read the request body: {e}"))
+        }
+    })?;
+    Ok((parts.headers, bytes))
+}
+
+fn parse_request(bytes: &[u8]) -> Result<serde_json::Map<String, serde_json::Value>, GatewayError> {
+    match serde_json::from_slice::<serde_json::Value>(bytes) {
+        Ok(serde_json::Value::Object(map)) => Ok(map),
+        Ok(_) => Err(GatewayError::BadRequest("the request body must be a JSON object".into())),
+        Err(e) => Err(GatewayError::BadRequest(format!(
+            "the request body is not valid JSON ({e}); send a JSON object such as {{\"model\":\"…\",\"messages\":[…]}}"
+        ))),
+    }
+}
+
+fn requested_max_tokens(request: &serde_json::Map<String, serde_json::Value>) -> Option<u64> {
+    ["max_tokens", "max_completion_tokens", "max_output_tokens"]
+        .iter()
+        .find_map(|k| request.get(*k).and_then(serde_json::Value::as_u64))
+}
+
+fn reserve(
+    state: &AppState,
+    key: &KeyEntry,
+    endpoint: Endpoint,
+    request: &serde_json::Value,
+    object: &serde_json::Map<String, serde_json::Value>,
+) -> Result<Option<crate::keys::Reservation>, GatewayError> {
+    if !endpoint.spends_tokens() {
+        return Ok(None);
+    }
+    let key_budget = key.budget.limit().is_some().then_some(&key.budget);
+    if state.budget.limit().is_none() && key_budget.is_none() {
+        return Ok(None);
+    }
+    let exhausted = |who: &str| {
+        GatewayError::QuotaExhausted(format!(
+            "{who} token budget is used up (or the tokens this request may use do not fit in what is left); raise the limit in the token console or wait for it to be reset"
+        ))
+    };
+    if state.budget.exhausted() {
+        return Err(exhausted("the gateway's"));
+    }
+    if key.budget.exhausted() {
+        return Err(exhausted("this key's"));
+    }
+    let completion = if endpoint.has_completion() {
+        requested_max_tokens(object).unwrap_or(DEFAULT_MAX_TOKENS)
+    } else {
+        0
+    };
+    let amount = estimate::prompt_upper_bound(request) + completion;
+    Budget::reserve(&state.budget, key_budget, amount)
+        .map(Some)
+        .ok_or_else(|| exhausted(if key_budget.is_some() && state.budget.limit().is_none() { "this key's" } else { "the" }))
+}
+
+/// Adds `stream_options.include_usage` when the client did not ask; returns whether it was added.
+fn ask_for_stream_usage(object: &mut serde_json::Map<String, serde_json::Value>) -> bool {
+    let asked = object
+        .get("stream_options")
+        .and_then(|o| o.get("include_usage"))
+        .and_then(serde_json::Value::as_bool)
+        .unwrap_or(false);
+    if asked {
+        return false;
+    }
+    let options = object
+        .entry("stream_options")
+        .or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()));
+    if let serde_json::Value::Object(options) = options {
+        options.insert("include_usage".into(), serde_json::Value::Bool(true));
+        return true;
+    }
+    false
+}
+
+async fn prepare(state: &AppState, endpoint: Endpoint, request: Request, meter: &mut Meter) -> Result<Prepared, GatewayError> {
+    let key = authenticate(state, request.headers(), meter)?;
+    let (headers, bytes) = read_body(state, request).await?;
+    let mut object = parse_request(&bytes)?;
+    let model = match object.get("model") {
+        Some(serde_json::Value::String(m)) if !m.trim().is_empty() => m.clone(),
+        _ => return Err(GatewayError::BadRequest("the request needs a \"model\" (a string naming the model)".into())),
+    };
+    let stream = object.get("stream").and_then(serde_json::Value::as_bool).unwrap_or(false);
+    let settings = key.settings();
+    if settings.allowed_models.as_ref().is_some_and(|allowed| !super::glob::any(allowed, &model)) {
+        meter.set_request(&model, stream, Arc::new(serde_json::Value::Null));
+        return Err(GatewayError::Forbidden(format!(
+            "the API key \"{}\" may not use the model \"{model}\"; allow it for the key in the token console",
+            settings.name
+        )));
+    }
+    let hide_usage_chunk = stream && endpoint.wants_stream_usage_option() && ask_for_stream_usage(&mut object);
+    let modified = hide_usage_chunk;
+    let value = serde_json::Value::Object(object);
+    let body = if modified {
+        Bytes::from(serde_json::to_vec(&value).map_err(|e| GatewayError::BadRequest(e.to_string()))?)
+    } else {
+        bytes
+    };
+    let request_value = Arc::new(value);
+    meter.set_request(&model, stream, request_value.clone());
+    meter.tally = StreamTally::new(hide_usage_chunk);
+    let provider = state.gateway.route(endpoint, &model).ok_or_else(|| {
+        GatewayError::NotFound(format!(
+            "no configured provider serves the model \"{model}\" on {}; add it to a provider's models in config.yaml",
+            endpoint.path()
+        ))
+    })?;
+    if let Err(retry_after) = key.check_rate(settings.rpm_limit, jiff::Timestamp::now()) {
+        return Err(GatewayError::RateLimited(
+            format!(
+                "the API key \"{}\" is limited to {} requests per minute; retry after {retry_after} s",
+                settings.name,
+                settings.rpm_limit.unwrap_or(0)
+            ),
+            retry_after,
+        ));
+    }
+    let object = request_value.as_object().cloned().unwrap_or_default();
+    if let Some(reservation) = reserve(state, &key, endpoint, &request_value, &object)? {
+        meter.hold(reservation);
+    }
+    Ok(Prepared {
+        provider,
+        headers,
+        body,
+        stream,
+    })
+}
+
+fn upstream_headers(client: &HeaderMap, provider: &Provider) -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(client.len() + 2);
+    for (name, value) in client {
+        if !DROPPED_REQUEST_HEADERS.contains(&name.as_str()) && name != header::ACCEPT_ENCODING {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    provider.authorize(&mut headers);
+    headers
+}
+
+fn send_error(provider: &Provider, e: &reqwest::Error, timeout: Duration) -> GatewayError {
+    if e.is_timeout() {
+        GatewayError::Timeout(format!(
+            "the provider \"{}\" did not answer within {} ms; try again later",
+            provider.config.name,
+            timeout.as_millis()
+        ))
+    } else if e.is_connect() {
+        GatewayError::BadGateway(format!(
+            "cannot connect to the provider \"{}\"; check its base_url and that it is up",
+            provider.config.name
+        ))
+    } else {
+        GatewayError::BadGateway(format!(
+            "the request to the provider \"{}\" failed: {e}",
+            provider.config.name
+        ))
+    }
+}
+
+async fn forward(state: &AppState, endpoint: Endpoint, prepared: Prepared, mut meter: Meter) -> Response {
+    let provider = prepared.provider.clone();
+    let timeout = Duration::from_millis(provider.config.first_byte_timeout_ms);
+    let request = provider
+        .client
+        .post(provider.url(endpoint))
+        .headers(upstream_headers(&prepared.headers, &provider))
+        .body(prepared.body);
+    let before_send = meter.started().elapsed();
+    let sent = tokio::time::timeout(timeout, request.send()).await;
+    let upstream = match sent {
+        Ok(Ok(response)) => response,
+        Ok(Err(e)) => return refuse(meter, endpoint, send_error(&provider, &e, timeout)),
+        Err(_) => {
+            return refuse(
+                meter,
+                endpoint,
+                GatewayError::Timeout(format!(
+                    "the provider \"{}\" sent no answer within {} ms (first_byte_timeout_ms); try again later",
+                    provider.config.name,
+                    timeout.as_millis()
+                )),
+            )
+        }
+    };
+    let after_headers = std::time::Instant::now();
+    let status = upstream.status();
+    let is_sse = upstream
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/event-stream"));
+    let mut builder = Response::builder().status(status);
+    for (name, value) in upstream.headers() {
+        let drop = DROPPED_RESPONSE_HEADERS.contains(&name.as_str()) || (is_sse && name == header::CONTENT_LENGTH);
+        if !drop {
+            builder = builder.header(name, value);
+        }
+    }
+    meter.overhead_ms = (before_send + after_headers.elapsed()).as_secs_f64() * 1000.0;
+    if let Ok(value) = HeaderValue::from_str(&format!("{:.3}", meter.overhead_ms)) {
+        builder = builder.header(HeaderName::from_static(OVERHEAD_HEADER), value);
+    }
+    let _ = state;
+    let _ = prepared.stream;
+    let body = Body::from_stream(relay(upstream.bytes_stream(), meter, status, is_sse));
+    builder
+        .body(body)
+        .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
+}
+
+struct Relay<S> {
+    upstream: S,
+    meter: Meter,
+    status: StatusCode,
+    sse: Option<EventSplitter>,
+    whole: Vec<u8>,
+    pending: std::collections::VecDeque<Bytes>,
+    done: bool,
+}
+
+/// The answer's bytes as they arrive: SSE event by event (holding back a hidden usage chunk),
+/// other bodies chunk by chunk while a copy is kept to read the usage at the end.
+fn relay<S>(upstream: S, meter: Meter, status: StatusCode, is_sse: bool) -> impl Stream<Item = Result<Bytes, std::io::Error>>
+where
+    S: Stream<Item = Result<Bytes, reqwest::Error>> + Send + Unpin + 'static,
+{
+    let state = Relay {
+        upstream,
+        meter,
+        status,
+        sse: is_sse.then(EventSplitter::default),
+        whole: Vec::new(),
+        pending: std::collections::VecDeque::new(),
+        done: false,
+    };
+    stream::unfold(state, |mut relay| async move {
+        loop {
+            if let Some(bytes) = relay.pending.pop_front() {
+                return Some((Ok(bytes), relay));
+            }
+            if relay.done {
+                return None;
+            }
+            match relay.upstream.next().await {
+                Some(Ok(chunk)) => relay.take(chunk),
+                Some(Err(e)) => {
+                    relay.done = true;
+                    relay.meter.finish(
+                        StatusCode::BAD_GATEWAY.as_u16(),
+                        None,
+                        Some(format!("the provider's answer broke off: {e}")),
+                    );
+                    return Some((Err(std::io::Error::other("upstream answer broke off")), relay));
+                }
+                None => relay.end(),
+            }
+        }
+    })
+}
+
+impl<S> Relay<S> {
+    fn take(&mut self, chunk: Bytes) {
+        self.meter.first_byte();
+        match &mut self.sse {
+            Some(splitter) => {
+                for event in splitter.push(&chunk) {
+                    let (_, data) = parse_event(&event);
+                    if self.meter.tally.observe(&data) == Verdict::Forward {
+                        self.pending.push_back(event);
+                    }
+                }
+            }
+            None => {
+                if self.whole.len() + chunk.len() <= MAX_WHOLE_BODY {
+                    self.whole.extend_from_slice(&chunk);
+                }
+                self.pending.push_back(chunk);
+            }
+        }
+    }
+
+    fn end(&mut self) {
+        self.done = true;
+        if let Some(rest) = self.sse.as_mut().and_then(EventSplitter::finish) {
+            let (_, data) = parse_event(&rest);
+            if self.meter.tally.observe(&data) == Verdict::Forward {
+                self.pending.push_back(rest);
+            }
+        }
+        let status = self.status.as_u16();
+        if self.sse.is_some() {
+            let error = self
+                .meter
+                .tally
+                .malformed
+                .then(|| "the provider's stream had malformed events".to_owned());
+            self.meter.finish(status, None, error);
+        } else {
+            let body = std::mem::take(&mut self.whole);
+            let error = ((200..300).contains(&status) && serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err())
+                .then(|| "the provider's answer is not valid JSON".to_owned());
+            self.meter.finish(status, Some(&body), error);
+        }
+    }
+}

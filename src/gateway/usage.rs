@@ -1,0 +1,389 @@
+//! Token usage read from upstream answers, stream and non-stream, in every protocol: small pure
+//! functions over the wire shapes, fed one SSE event at a time (nothing buffers a whole stream).
+
+use serde::Deserialize;
+
+use crate::usage::TokenUsage;
+
+/// Cap of answer text kept for a tokenizer estimate when the upstream reports no usage.
+const MAX_TEXT: usize = 1 << 20;
+
+#[derive(Deserialize, Default, Clone, Copy)]
+struct Details {
+    cached_tokens: Option<u64>,
+    reasoning_tokens: Option<u64>,
+}
+
+/// A `usage` object of any protocol: OpenAI (`prompt_tokens` …), Responses (`input_tokens` …
+/// with `*_details`) or Anthropic (`input_tokens` … with `cache_*_input_tokens`).
+#[derive(Deserialize, Default, Clone, Copy)]
+pub struct WireUsage {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    total_tokens: Option<u64>,
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+    cache_read_input_tokens: Option<u64>,
+    cache_creation_input_tokens: Option<u64>,
+    prompt_tokens_details: Option<Details>,
+    completion_tokens_details: Option<Details>,
+    input_tokens_details: Option<Details>,
+    output_tokens_details: Option<Details>,
+}
+
+impl WireUsage {
+    fn prompt(&self) -> Option<u64> {
+        self.prompt_tokens.or(self.input_tokens)
+    }
+
+    fn completion(&self) -> Option<u64> {
+        self.completion_tokens.or(self.output_tokens)
+    }
+
+    /// Overwrites the fields `newer` reports (Anthropic streams report input first, output last).
+    fn merge(&mut self, newer: &WireUsage) {
+        macro_rules! take {
+            ($($field:ident),*) => { $( if newer.$field.is_some() { self.$field = newer.$field; } )* };
+        }
+        take!(
+            prompt_tokens,
+            completion_tokens,
+            total_tokens,
+            input_tokens,
+            output_tokens,
+            cache_read_input_tokens,
+            cache_creation_input_tokens,
+            prompt_tokens_details,
+            completion_tokens_details,
+            input_tokens_details,
+            output_tokens_details
+        );
+    }
+
+    /// The recorded token fields; `None` when no prompt or completion count was reported.
+    pub fn to_tokens(&self) -> Option<TokenUsage> {
+        let prompt = self.prompt();
+        let completion = self.completion();
+        if prompt.is_none() && completion.is_none() && self.total_tokens.is_none() {
+            return None;
+        }
+        let prompt = prompt.unwrap_or(0);
+        let completion = completion.unwrap_or(0);
+        let cached = |d: Option<Details>| d.and_then(|d| d.cached_tokens);
+        let reasoning = |d: Option<Details>| d.and_then(|d| d.reasoning_tokens);
+        Some(TokenUsage {
+            prompt,
+            completion,
+            cache_read: self
+                .cache_read_input_tokens
+                .or(cached(self.prompt_tokens_details))
+                .or(cached(self.input_tokens_details))
+                .unwrap_or(0),
+            cache_creation: self.cache_creation_input_tokens.unwrap_or(0),
+            reasoning: reasoning(self.completion_tokens_details)
+                .or(reasoning(self.output_tokens_details))
+                .unwrap_or(0),
+            total: self.total_tokens.unwrap_or(prompt + completion),
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Delta {
+    Text(String),
+    Block {
+        text: Option<String>,
+        thinking: Option<String>,
+        partial_json: Option<String>,
+        content: Option<String>,
+    },
+}
+
+#[derive(Deserialize)]
+struct Choice {
+    delta: Option<Delta>,
+    text: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Nested {
+    usage: Option<WireUsage>,
+}
+
+/// The fields of a stream event the gateway reads; everything else is ignored.
+#[derive(Deserialize)]
+struct StreamEvent {
+    usage: Option<WireUsage>,
+    choices: Option<Vec<Choice>>,
+    message: Option<Nested>,
+    response: Option<Nested>,
+    delta: Option<Delta>,
+}
+
+/// What an event means for the client: pass it on, or hold it back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Send the event unchanged.
+    Forward,
+    /// Drop it: the usage-only chunk the gateway asked for on the client's behalf.
+    Hide,
+}
+
+/// Usage and answer text gathered from a stream, one event at a time.
+#[derive(Default)]
+pub struct StreamTally {
+    reported: Option<WireUsage>,
+    text: String,
+    /// Whether the gateway added `stream_options.include_usage` and must hide its chunk.
+    pub hide_usage_chunk: bool,
+    /// Whether some event could not be parsed.
+    pub malformed: bool,
+}
+
+impl StreamTally {
+    /// A tally; `hide_usage_chunk` when the client did not ask for the usage chunk.
+    pub fn new(hide_usage_chunk: bool) -> Self {
+        Self {
+            hide_usage_chunk,
+            ..Self::default()
+        }
+    }
+
+    fn note_usage(&mut self, usage: &WireUsage) {
+        self.reported.get_or_insert_with(WireUsage::default).merge(usage);
+    }
+
+    fn note_text(&mut self, text: Option<&str>) {
+        if let Some(text) = text {
+            if self.text.len() + text.len() <= MAX_TEXT {
+                self.text.push_str(text);
+            }
+        }
+    }
+
+    /// Reads one event's data (the joined `data:` lines) and says whether to forward it.
+    pub fn observe(&mut self, data: &str) -> Verdict {
+        let data = data.trim();
+        if data.is_empty() || data == "[DONE]" {
+            return Verdict::Forward;
+        }
+        let Ok(event) = serde_json::from_str::<StreamEvent>(data) else {
+            self.malformed = true;
+            return Verdict::Forward;
+        };
+        for nested in [&event.message, &event.response].into_iter().flatten() {
+            if let Some(usage) = &nested.usage {
+                self.note_usage(usage);
+            }
+        }
+        let mut usage_only_chunk = false;
+        if let Some(usage) = &event.usage {
+            self.note_usage(usage);
+            usage_only_chunk = event.choices.as_ref().is_some_and(Vec::is_empty);
+        }
+        for choice in event.choices.iter().flatten() {
+            self.note_text(choice.text.as_deref());
+            self.note_delta(choice.delta.as_ref());
+        }
+        self.note_delta(event.delta.as_ref());
+        if usage_only_chunk && self.hide_usage_chunk {
+            Verdict::Hide
+        } else {
+            Verdict::Forward
+        }
+    }
+
+    fn note_delta(&mut self, delta: Option<&Delta>) {
+        match delta {
+            Some(Delta::Text(text)) => self.note_text(Some(text)),
+            Some(Delta::Block {
+                text,
+                thinking,
+                partial_json,
+                content,
+            }) => {
+                for part in [text, thinking, partial_json, content] {
+                    self.note_text(part.as_deref());
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// The usage the upstream reported, if any.
+    pub fn reported(&self) -> Option<TokenUsage> {
+        self.reported.as_ref().and_then(WireUsage::to_tokens)
+    }
+
+    /// The answer text seen so far (for an estimate).
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+}
+
+#[derive(Deserialize)]
+struct WholeAnswer {
+    usage: Option<WireUsage>,
+}
+
+/// The usage of a non-stream answer body, if it reports one.
+pub fn from_body(body: &[u8]) -> Option<TokenUsage> {
+    serde_json::from_slice::<WholeAnswer>(body)
+        .ok()?
+        .usage?
+        .to_tokens()
+}
+
+/// Every string under keys that carry text (`content`, `text`, …) anywhere in a JSON document:
+/// the prompt of a request or the answer of a response, for a tokenizer estimate.
+pub fn texts(value: &serde_json::Value, out: &mut String) {
+    const TEXT_KEYS: [&str; 10] = [
+        "content",
+        "text",
+        "prompt",
+        "input",
+        "system",
+        "instructions",
+        "arguments",
+        "thinking",
+        "output_text",
+        "refusal",
+    ];
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, child) in map {
+                if TEXT_KEYS.contains(&key.as_str()) {
+                    strings(child, out);
+                } else {
+                    texts(child, out);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| texts(v, out)),
+        _ => {}
+    }
+}
+
+fn strings(value: &serde_json::Value, out: &mut String) {
+    match value {
+        serde_json::Value::String(s) => {
+            if out.len() + s.len() <= MAX_TEXT * 4 {
+                if !out.is_empty() {
+                    out.push('\n');
+                }
+                out.push_str(s);
+            }
+        }
+        serde_json::Value::Array(_) | serde_json::Value::Object(_) => {
+            if let serde_json::Value::Array(items) = value {
+                items.iter().for_each(|v| strings(v, out));
+            } else {
+                texts(value, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tally(events: &[&str], hide: bool) -> (StreamTally, Vec<Verdict>) {
+        let mut t = StreamTally::new(hide);
+        let verdicts = events.iter().map(|e| t.observe(e)).collect();
+        (t, verdicts)
+    }
+
+    #[test]
+    fn openai_chat_stream_with_hidden_usage_chunk() {
+        let events = [
+            r#"{"id":"c","choices":[{"index":0,"delta":{"content":"Hel"}}]}"#,
+            r#"{"id":"c","choices":[{"index":0,"delta":{"content":"lo"},"finish_reason":"stop"}]}"#,
+            r#"{"id":"c","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":2,"total_tokens":14,"prompt_tokens_details":{"cached_tokens":2},"completion_tokens_details":{"reasoning_tokens":1}}}"#,
+            "[DONE]",
+        ];
+        let (t, verdicts) = tally(&events, true);
+        assert_eq!(verdicts, [Verdict::Forward, Verdict::Forward, Verdict::Hide, Verdict::Forward]);
+        assert_eq!(
+            t.reported(),
+            Some(TokenUsage { prompt: 12, completion: 2, cache_read: 2, cache_creation: 0, reasoning: 1, total: 14 })
+        );
+        assert_eq!(t.text(), "Hello");
+        let (_, shown) = tally(&events, false);
+        assert_eq!(shown[2], Verdict::Forward);
+    }
+
+    #[test]
+    fn openai_completions_stream_text() {
+        let (t, _) = tally(&[r#"{"choices":[{"text":"abc","index":0}]}"#], false);
+        assert_eq!(t.text(), "abc");
+        assert_eq!(t.reported(), None);
+    }
+
+    #[test]
+    fn anthropic_stream_merges_start_and_delta() {
+        let events = [
+            r#"{"type":"message_start","message":{"id":"m","usage":{"input_tokens":15,"output_tokens":1,"cache_read_input_tokens":3,"cache_creation_input_tokens":1}}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi"}}"#,
+            r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":7}}"#,
+            r#"{"type":"message_stop"}"#,
+        ];
+        let (t, verdicts) = tally(&events, false);
+        assert!(verdicts.iter().all(|v| *v == Verdict::Forward));
+        assert_eq!(
+            t.reported(),
+            Some(TokenUsage { prompt: 15, completion: 7, cache_read: 3, cache_creation: 1, reasoning: 0, total: 22 })
+        );
+        assert_eq!(t.text(), "Hi");
+    }
+
+    #[test]
+    fn responses_stream_reads_completed() {
+        let events = [
+            r#"{"type":"response.output_text.delta","delta":"Yo","sequence_number":3}"#,
+            r#"{"type":"response.completed","response":{"id":"r","usage":{"input_tokens":20,"output_tokens":5,"total_tokens":25,"input_tokens_details":{"cached_tokens":2},"output_tokens_details":{"reasoning_tokens":1}}}}"#,
+        ];
+        let (t, _) = tally(&events, false);
+        assert_eq!(
+            t.reported(),
+            Some(TokenUsage { prompt: 20, completion: 5, cache_read: 2, cache_creation: 0, reasoning: 1, total: 25 })
+        );
+        assert_eq!(t.text(), "Yo");
+    }
+
+    #[test]
+    fn malformed_events_are_noted_and_forwarded() {
+        let (t, verdicts) = tally(&["{not json"], true);
+        assert!(t.malformed);
+        assert_eq!(verdicts, [Verdict::Forward]);
+    }
+
+    #[test]
+    fn non_stream_bodies() {
+        let cases: [(&str, Option<(u64, u64, u64)>); 5] = [
+            (r#"{"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#, Some((3, 4, 7))),
+            (r#"{"usage":{"prompt_tokens":9,"total_tokens":9}}"#, Some((9, 0, 9))),
+            (r#"{"usage":{"input_tokens":5,"output_tokens":6}}"#, Some((5, 6, 11))),
+            (r#"{"id":"x"}"#, None),
+            ("not json", None),
+        ];
+        for (body, want) in cases {
+            let got = from_body(body.as_bytes()).map(|u| (u.prompt, u.completion, u.total));
+            assert_eq!(got, want, "{body}");
+        }
+    }
+
+    #[test]
+    fn collects_texts_for_estimates() {
+        let v: serde_json::Value = serde_json::from_str(
+            r#"{"model":"m","messages":[{"role":"user","content":"hello"},{"role":"user","content":[{"type":"text","text":"world"}]}],"system":"sys"}"#,
+        )
+        .unwrap();
+        let mut out = String::new();
+        texts(&v, &mut out);
+        assert!(out.contains("hello") && out.contains("world") && out.contains("sys"));
+        assert!(!out.contains("user"));
+    }
+}

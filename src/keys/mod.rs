@@ -1,0 +1,256 @@
+//! Gateway API keys: generation, hashing, display form, and the in-memory registry the gateway
+//! checks on every request (so no request waits for the database to authenticate).
+
+mod budget;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use rand::rngs::OsRng;
+use rand::TryRngCore;
+use sha2::{Digest, Sha256};
+
+pub use budget::{Budget, Reservation};
+
+use crate::store::KeyRow;
+
+/// Prefix of every key this gateway issues.
+pub const KEY_PREFIX: &str = "sk-tc-";
+const KEY_RANDOM_CHARS: usize = 40;
+const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// A freshly generated key: the full value (shown once) and what is stored of it.
+pub struct GeneratedKey {
+    /// The full key, returned once by the create call and never stored.
+    pub full: String,
+    /// SHA-256 of the full key.
+    pub hash: [u8; 32],
+    /// Display form.
+    pub display: String,
+}
+
+/// Generates `sk-tc-` + 40 base62 characters from the OS random source (≈238 bits).
+pub fn generate() -> Result<GeneratedKey, String> {
+    let mut random = String::with_capacity(KEY_RANDOM_CHARS);
+    let mut bytes = [0u8; 64];
+    while random.len() < KEY_RANDOM_CHARS {
+        OsRng
+            .try_fill_bytes(&mut bytes)
+            .map_err(|e| format!("the OS random source failed: {e}"))?;
+        // Rejection sampling: 248 = 4 × 62, so every character is equally likely.
+        for &b in bytes.iter().filter(|&&b| b < 248) {
+            if random.len() < KEY_RANDOM_CHARS {
+                random.push(char::from(BASE62[usize::from(b % 62)]));
+            }
+        }
+    }
+    let full = format!("{KEY_PREFIX}{random}");
+    Ok(GeneratedKey {
+        hash: hash(&full),
+        display: display_form(&full),
+        full,
+    })
+}
+
+/// SHA-256 of a key: enough for keys with 200+ bits of randomness (no salt or KDF needed).
+pub fn hash(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+/// `sk-tc-AbCd…wxyz`: the prefix, four characters, an ellipsis, the last four.
+pub fn display_form(full: &str) -> String {
+    let random = full.strip_prefix(KEY_PREFIX).unwrap_or(full);
+    let chars: Vec<char> = random.chars().collect();
+    if chars.len() < 12 {
+        return format!("{KEY_PREFIX}…");
+    }
+    let head: String = chars[..4].iter().collect();
+    let tail: String = chars[chars.len() - 4..].iter().collect();
+    format!("{KEY_PREFIX}{head}…{tail}")
+}
+
+/// The settings of a key the gateway checks, as last written through the console.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySettings {
+    /// Name recorded with each call.
+    pub name: String,
+    /// Disabled keys get 403.
+    pub enabled: bool,
+    /// Glob patterns of allowed models; `None` allows all.
+    pub allowed_models: Option<Vec<String>>,
+    /// Expired keys get 403.
+    pub expires_at: Option<jiff::Timestamp>,
+    /// Requests per minute; `None` is unlimited.
+    pub rpm_limit: Option<u32>,
+}
+
+/// A live key as the gateway sees it.
+pub struct KeyEntry {
+    /// Row id.
+    pub id: i64,
+    settings: RwLock<KeySettings>,
+    /// The key's token budget (its `token_limit`, with what it used and has in flight).
+    pub budget: Arc<Budget>,
+    rate: Mutex<RateWindow>,
+}
+
+impl KeyEntry {
+    fn new(row: &KeyRow, used_tokens: u64) -> Self {
+        Self {
+            id: row.id,
+            settings: RwLock::new(settings_of(row)),
+            budget: Arc::new(Budget::new(row.token_limit, used_tokens)),
+            rate: Mutex::new(RateWindow::default()),
+        }
+    }
+
+    /// A copy of the current settings.
+    pub fn settings(&self) -> KeySettings {
+        match self.settings.read() {
+            Ok(s) => s.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Counts a request against the RPM limit; `Err(seconds)` says when to retry.
+    pub fn check_rate(&self, limit: Option<u32>, now: jiff::Timestamp) -> Result<(), u64> {
+        let Some(limit) = limit else { return Ok(()) };
+        let mut window = match self.rate.lock() {
+            Ok(w) => w,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        window.admit(limit, now.as_millisecond())
+    }
+}
+
+fn settings_of(row: &KeyRow) -> KeySettings {
+    KeySettings {
+        name: row.name.clone(),
+        enabled: row.enabled,
+        allowed_models: row.allowed_models.clone(),
+        expires_at: row.expires_at,
+        rpm_limit: row.rpm_limit,
+    }
+}
+
+/// A sliding one-minute window of request times.
+#[derive(Default)]
+struct RateWindow {
+    times: std::collections::VecDeque<i64>,
+}
+
+impl RateWindow {
+    fn admit(&mut self, limit: u32, now_ms: i64) -> Result<(), u64> {
+        while self.times.front().is_some_and(|&t| t <= now_ms - 60_000) {
+            self.times.pop_front();
+        }
+        if self.times.len() >= limit as usize {
+            let oldest = self.times.front().copied().unwrap_or(now_ms);
+            let wait_ms = (oldest + 60_000 - now_ms).max(0);
+            return Err((wait_ms as u64).div_ceil(1000).max(1));
+        }
+        self.times.push_back(now_ms);
+        Ok(())
+    }
+}
+
+/// The live keys by hash and by id; the console keeps it in step with the store.
+#[derive(Default)]
+pub struct KeyRegistry {
+    by_hash: RwLock<HashMap<[u8; 32], Arc<KeyEntry>>>,
+    by_id: RwLock<HashMap<i64, [u8; 32]>>,
+}
+
+impl KeyRegistry {
+    /// Builds the registry from the stored keys and each key's used tokens.
+    pub fn load(rows: &[KeyRow], used: &HashMap<i64, u64>) -> Self {
+        let registry = Self::default();
+        for row in rows.iter().filter(|r| !r.deleted) {
+            registry.upsert(row, used.get(&row.id).copied().unwrap_or(0));
+        }
+        registry
+    }
+
+    /// Finds a live key by its full value.
+    pub fn find(&self, full_key: &str) -> Option<Arc<KeyEntry>> {
+        let hash = hash(full_key);
+        self.by_hash.read().ok()?.get(&hash).cloned()
+    }
+
+    /// Finds a live key by id.
+    pub fn get(&self, id: i64) -> Option<Arc<KeyEntry>> {
+        let hash = *self.by_id.read().ok()?.get(&id)?;
+        self.by_hash.read().ok()?.get(&hash).cloned()
+    }
+
+    /// Adds a key, or updates the settings and limit of a known one (keeping its counters).
+    pub fn upsert(&self, row: &KeyRow, used_tokens: u64) {
+        if let Some(entry) = self.get(row.id) {
+            if let Ok(mut settings) = entry.settings.write() {
+                *settings = settings_of(row);
+            }
+            entry.budget.set_limit(row.token_limit);
+            return;
+        }
+        let entry = Arc::new(KeyEntry::new(row, used_tokens));
+        if let (Ok(mut by_hash), Ok(mut by_id)) = (self.by_hash.write(), self.by_id.write()) {
+            by_hash.insert(row.hash, entry);
+            by_id.insert(row.id, row.hash);
+        }
+    }
+
+    /// Removes a key: the next request with it is refused.
+    pub fn remove(&self, id: i64) {
+        if let (Ok(mut by_hash), Ok(mut by_id)) = (self.by_hash.write(), self.by_id.write()) {
+            if let Some(hash) = by_id.remove(&id) {
+                by_hash.remove(&hash);
+            }
+        }
+    }
+
+    /// Tokens used and in flight per live key id.
+    pub fn budgets(&self) -> HashMap<i64, (u64, u64)> {
+        let Ok(by_hash) = self.by_hash.read() else {
+            return HashMap::new();
+        };
+        by_hash
+            .values()
+            .map(|e| (e.id, (e.budget.used(), e.budget.reserved())))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keys_have_the_documented_shape() {
+        let key = generate().unwrap();
+        assert!(key.full.starts_with("sk-tc-"));
+        assert_eq!(key.full.len(), 6 + 40);
+        assert!(key.full[6..].chars().all(|c| c.is_ascii_alphanumeric()));
+        assert_eq!(key.hash, hash(&key.full));
+        assert!(key.display.starts_with("sk-tc-"));
+        assert!(key.display.contains('…'));
+        assert!(!key.display.contains(&key.full[10..40]));
+        assert_ne!(generate().unwrap().full, key.full);
+    }
+
+    #[test]
+    fn display_form_keeps_four_and_four() {
+        let full = "sk-tc-AbCd0123456789012345678901234567wxyz";
+        assert_eq!(display_form(full), "sk-tc-AbCd…wxyz");
+        assert_eq!(display_form("short"), "sk-tc-…");
+    }
+
+    #[test]
+    fn rate_window_slides() {
+        let mut window = RateWindow::default();
+        assert_eq!(window.admit(2, 0), Ok(()));
+        assert_eq!(window.admit(2, 1_000), Ok(()));
+        assert_eq!(window.admit(2, 30_000), Err(30));
+        assert_eq!(window.admit(2, 60_000), Ok(()));
+        assert_eq!(window.admit(2, 60_500), Err(1));
+    }
+}

@@ -1,0 +1,19 @@
+//! token-console: an LLM API gateway with a token console.
+//!
+//! Applications call the gateway (`gateway`) with OpenAI- or Anthropic-format requests and a key
+//! the console issued (`keys`); every call is metered and handed to the recorder (`usage`), which
+//! writes it with its aggregates to the store (`store`); the console (`console`) shows what was
+//! recorded. `server` assembles the listeners; `config` reads the configuration.
+
+pub mod config;
+pub mod console;
+pub mod error;
+pub mod gateway;
+pub mod keys;
+pub mod metrics;
+pub mod server;
+pub mod state;
+pub mod store;
+pub mod usage;
+
+pub use server::{app, run};

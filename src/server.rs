@@ -1,0 +1,188 @@
+//! Assembles the program: the routers of each listener, start-up (store, recorder, keys) and the
+//! graceful shutdown that writes every record before exiting.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::error::StartError;
+use crate::state::AppState;
+use crate::store::Store;
+use crate::usage::Recorder;
+use crate::{console, gateway};
+
+/// How long in-flight requests may take to finish after SIGINT/SIGTERM.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The whole application on one listener: gateway, console, `/healthz` and `/metrics`.
+///
+/// Layers, outermost first: none beyond axum's routing. The gateway enforces its own body
+/// limit (so a too-large body gets a protocol-shaped 413 and a record), the console API is
+/// wrapped by `console::auth::require_console_access` inside its router, and console pages add
+/// their security headers themselves.
+pub fn app(state: AppState) -> Router {
+    let mut router = gateway_routes();
+    if state.config.console.enabled {
+        router = router.merge(console_routes(&state));
+    }
+    router.with_state(state)
+}
+
+/// The gateway listener's routes when the console has a listener of its own.
+pub fn gateway_app(state: AppState) -> Router {
+    gateway_routes().with_state(state)
+}
+
+/// The console listener's routes when it has a listener of its own.
+pub fn console_app(state: AppState) -> Router {
+    console_routes(&state)
+        .route("/healthz", get(healthz))
+        .with_state(state)
+}
+
+fn gateway_routes() -> Router<AppState> {
+    gateway::router()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+}
+
+fn console_routes(state: &AppState) -> Router<AppState> {
+    let path = state.config.console.path.clone();
+    console::router(state).route("/", get(move || async move { Redirect::temporary(&path) }))
+}
+
+async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let r = state.recorder.stats();
+    Json(serde_json::json!({
+        "status": if r.degraded || r.dropped > 0 { "degraded" } else { "ok" },
+        "recorder": {
+            "queued": r.queued,
+            "written": r.written,
+            "dropped": r.dropped,
+            "degraded": r.degraded,
+            "last_error": state.recorder.last_error(),
+        },
+    }))
+}
+
+/// Prometheus metrics; guarded like the console (they name models and keys).
+async fn metrics(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(e) = console::auth::check(&state, peer, &headers) {
+        return e.into_response();
+    }
+    let body = state.metrics.render(state.recorder.stats());
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+async fn bind(host: &str, port: u16) -> Result<TcpListener, StartError> {
+    TcpListener::bind((host, port)).await.map_err(|e| {
+        StartError::Io(format!(
+            "cannot listen on {host}:{port}: {e}; choose another port (--port / CONSOLE_GATEWAY_PORT, console.port / CONSOLE_PORT) or stop what uses it"
+        ))
+    })
+}
+
+fn url(addr: SocketAddr) -> String {
+    format!("http://{addr}")
+}
+
+/// Resolves when SIGINT or SIGTERM arrives.
+async fn termination() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+async fn serve(listener: TcpListener, router: Router, mut stop: watch::Receiver<bool>) -> std::io::Result<()> {
+    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|stopping| *stopping).await;
+        })
+        .await
+}
+
+/// Runs the program until SIGINT/SIGTERM, then drains requests and records and returns.
+pub async fn run(config: Config) -> Result<(), StartError> {
+    let store = Store::open(&config.database, config.timezone.clone())?;
+    let writer = store.batch_writer(config.console.max_logs)?;
+    let recorder = Arc::new(
+        Recorder::start(writer).map_err(|e| StartError::Io(format!("cannot start the recorder: {e}")))?,
+    );
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let state = AppState::new(config, store, recorder.clone(), stop_rx.clone()).await?;
+    let config = state.config.clone();
+    let gateway_listener = bind(&config.host, config.port).await?;
+    let gateway_addr = gateway_listener.local_addr().map_err(|e| StartError::Io(e.to_string()))?;
+    let mut servers = tokio::task::JoinSet::new();
+    let console_url = if !config.console.enabled {
+        "off".to_owned()
+    } else if let Some(port) = config.console.separate_port {
+        let listener = bind(&config.host, port).await?;
+        let addr = listener.local_addr().map_err(|e| StartError::Io(e.to_string()))?;
+        servers.spawn(serve(listener, console_app(state.clone()), stop_rx.clone()));
+        format!("{}{}", url(addr), config.console.path)
+    } else {
+        format!("{}{}", url(gateway_addr), config.console.path)
+    };
+    let router = if config.console.enabled && config.console.separate_port.is_none() {
+        app(state.clone())
+    } else {
+        gateway_app(state.clone())
+    };
+    servers.spawn(serve(gateway_listener, router, stop_rx.clone()));
+    tracing::info!(gateway = %url(gateway_addr), console = %console_url, "token-console started");
+    println!("token-console ready gateway={} console={console_url}", url(gateway_addr));
+    tokio::select! {
+        () = termination() => tracing::info!("shutting down: finishing in-flight requests"),
+        Some(result) = servers.join_next() => {
+            if let Ok(Err(e)) = result {
+                tracing::error!("a listener failed: {e}");
+            }
+        }
+    }
+    let _ = stop_tx.send(true);
+    if tokio::time::timeout(DRAIN_TIMEOUT, async { while servers.join_next().await.is_some() {} })
+        .await
+        .is_err()
+    {
+        tracing::warn!("some requests were still running after {DRAIN_TIMEOUT:?}; stopping anyway");
+        servers.abort_all();
+    }
+    recorder.shutdown().await;
+    let stats = recorder.stats();
+    tracing::info!(written = stats.written, dropped = stats.dropped, "stopped");
+    Ok(())
+}

@@ -1,0 +1,69 @@
+// Text that came from requests (model names, key names, descriptions) is
+// shown as literal text on every tab: no element is created from it and no
+// script runs.
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { startStack, launchBrowser, openPage, assertNoProblems, switchTab, XSS } from './lib/harness.mjs';
+
+let stack;
+let browser;
+
+before(async () => {
+  stack = await startStack();
+  browser = await launchBrowser();
+  const key = await stack.createKey(XSS, XSS);
+  assert.equal(await stack.chat(key.value, XSS), 200);
+  assert.equal(await stack.chat(key.value, 'plain-model'), 200);
+  await stack.waitForCalls(2);
+});
+
+after(async () => {
+  await browser?.close();
+  await stack?.stop();
+});
+
+async function assertInert(page) {
+  const found = await page.evaluate(() => ({
+    imgs: document.querySelectorAll('img').length,
+    injected: [...document.querySelectorAll('[onerror]')].length,
+  }));
+  assert.deepEqual(found, { imgs: 0, injected: 0 }, 'no element was created from data');
+}
+
+for (const lang of ['zh', 'en']) {
+  test(`names containing markup are shown as text on every tab (${lang})`, async (t) => {
+    const { page, context, problems } = await openPage(browser, stack, { lang });
+    try {
+      // Dashboard: the model table.
+      await page.waitForFunction((name) => [...document.querySelectorAll('#models-body [data-col="name"]')].some((e) => e.textContent === name), XSS);
+      await assertInert(page);
+
+      // Logs: model and key name columns.
+      await switchTab(page, 'logs');
+      await page.waitForFunction((name) => [...document.querySelectorAll('#logs-body [data-col="model"]')].some((e) => e.textContent === name), XSS);
+      const keyNames = await page.$$eval('#logs-body [data-col="key"]', (els) => els.map((e) => e.textContent));
+      assert.ok(keyNames.every((k) => k === XSS), keyNames.join(' | '));
+      // The model filter lists the name as an option's text.
+      const options = await page.$$eval('#filter-model option', (os) => os.map((o) => o.textContent));
+      assert.ok(options.includes(XSS));
+      await assertInert(page);
+
+      // Keys: name, description, and the delete confirmation.
+      await switchTab(page, 'keys');
+      const name = page.locator('#keys-body [data-col="name"] .strong');
+      await name.first().waitFor();
+      assert.equal(await name.first().textContent(), XSS);
+      assert.equal(await page.locator('#keys-body [data-col="name"] .muted').first().textContent(), XSS);
+      await page.locator('#keys-body [data-action="delete"]').first().click();
+      await page.locator('#confirm-dialog[open]').waitFor();
+      assert.ok((await page.textContent('#confirm-body')).includes(XSS));
+      await page.click('#confirm-cancel');
+      await page.locator('#confirm-dialog').waitFor({ state: 'hidden' });
+      await assertInert(page);
+      assertNoProblems(t, problems, assert);
+    } finally {
+      await context.close();
+    }
+  });
+}

@@ -1,0 +1,178 @@
+//! The deterministic answer to one request: token counts and reply words.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+use crate::behaviour::Behaviour;
+use crate::words::request_words;
+
+/// Fixed prompt overhead added to the word count.
+const PROMPT_OVERHEAD: u64 = 10;
+/// Longest normal reply, in words (= tokens).
+const MAX_REPLY_WORDS: u64 = 20;
+/// Fixed cache/reasoning figures reported beside the main counts.
+pub const OPENAI_CACHED_TOKENS: u64 = 2;
+pub const REASONING_TOKENS: u64 = 1;
+pub const ANTHROPIC_CACHE_READ: u64 = 3;
+pub const ANTHROPIC_CACHE_CREATION: u64 = 1;
+
+/// Everything a protocol needs to render a reply.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// The requested model, echoed back.
+    pub model: String,
+    /// A per-process sequence number, used in ids.
+    pub seq: u64,
+    /// Unix seconds at the time of the request.
+    pub created: u64,
+    /// 10 + words of the request.
+    pub input_tokens: u64,
+    /// Words in the reply.
+    pub output_tokens: u64,
+    /// The reply was cut short by the request's token limit.
+    pub truncated: bool,
+    /// Whether usage is reported at all (`false` for `mock-no-usage`).
+    pub usage: bool,
+    /// The request asked for `stream_options.include_usage`.
+    pub include_usage: bool,
+}
+
+impl Reply {
+    /// Builds the reply for a request body and its behaviour.
+    pub fn new(body: &Value, behaviour: Behaviour, seq: u64) -> Reply {
+        let (output_tokens, truncated) = match behaviour {
+            Behaviour::Chunks { count, .. } => (count as u64, false),
+            _ => {
+                let limit = max_tokens(body);
+                (limit.min(MAX_REPLY_WORDS), limit < MAX_REPLY_WORDS)
+            }
+        };
+        Reply {
+            model: str_field(body, "model").to_owned(),
+            seq,
+            created: unix_now(),
+            input_tokens: PROMPT_OVERHEAD + request_words(body),
+            output_tokens,
+            truncated,
+            usage: behaviour != Behaviour::NoUsage,
+            include_usage: body
+                .pointer("/stream_options/include_usage")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+        }
+    }
+
+    /// The text of chunk `i`: `tok0`, ` tok1`, … so that the chunks concatenate to [`Self::text`].
+    pub fn delta(&self, i: u64) -> String {
+        if i == 0 {
+            "tok0".to_owned()
+        } else {
+            format!(" tok{i}")
+        }
+    }
+
+    /// The whole reply text.
+    pub fn text(&self) -> String {
+        (0..self.output_tokens).map(|i| self.delta(i)).collect()
+    }
+
+    /// Prompt plus completion tokens.
+    pub fn total_tokens(&self) -> u64 {
+        self.input_tokens + self.output_tokens
+    }
+}
+
+/// The request's token limit: `max_tokens`, `max_completion_tokens` or `max_output_tokens`.
+fn max_tokens(body: &Value) -> u64 {
+    ["max_tokens", "max_completion_tokens", "max_output_tokens"]
+        .iter()
+        .find_map(|k| body.get(k).and_then(Value::as_u64))
+        .unwrap_or(MAX_REPLY_WORDS)
+}
+
+/// A string field of the body, or "".
+pub fn str_field<'a>(body: &'a Value, key: &str) -> &'a str {
+    body.get(key).and_then(Value::as_str).unwrap_or("")
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::time::Duration;
+
+    #[test]
+    fn token_counts() {
+        let chunks = Behaviour::Chunks {
+            count: 200,
+            gap: Duration::ZERO,
+        };
+        let msg = json!([{"role": "user", "content": "a b c"}]);
+        let cases = [
+            (
+                json!({"messages": msg}),
+                Behaviour::Normal,
+                13,
+                20,
+                false,
+                true,
+            ),
+            (
+                json!({"messages": msg, "max_tokens": 5}),
+                Behaviour::Normal,
+                13,
+                5,
+                true,
+                true,
+            ),
+            (
+                json!({"max_completion_tokens": 100}),
+                Behaviour::Normal,
+                10,
+                20,
+                false,
+                true,
+            ),
+            (
+                json!({"max_output_tokens": 20}),
+                Behaviour::Normal,
+                10,
+                20,
+                false,
+                true,
+            ),
+            (
+                json!({"max_tokens": 3}),
+                Behaviour::NoUsage,
+                10,
+                3,
+                true,
+                false,
+            ),
+            (json!({"max_tokens": 3}), chunks, 10, 200, false, true),
+        ];
+        for (body, behaviour, input, output, truncated, usage) in cases {
+            let r = Reply::new(&body, behaviour, 1);
+            assert_eq!(
+                (r.input_tokens, r.output_tokens, r.truncated, r.usage),
+                (input, output, truncated, usage),
+                "body {body}"
+            );
+        }
+    }
+
+    #[test]
+    fn reply_text() {
+        let r = Reply::new(&json!({"max_tokens": 3}), Behaviour::Normal, 1);
+        assert_eq!(r.text(), "tok0 tok1 tok2");
+        assert_eq!(r.text().split_whitespace().count() as u64, r.output_tokens);
+    }
+}

@@ -1,0 +1,272 @@
+// The dashboard tab: the four cards, the budget bar, latency and token
+// breakdown, the trend chart and the sortable per-model table. Every figure
+// is read from /api/console/stats and /api/console/usage-trend.
+
+import { api } from './api.js';
+import { t } from './i18n.js';
+import { TrendChart } from './chart.js';
+import { h, clear, fmtInt, fmtMs, fmtPercent, errorText, renderState, debounce } from './util.js';
+
+const DAYS_KEY = 'tc.trendDays';
+
+export class Dashboard {
+  constructor() {
+    this.stats = null;
+    this.trend = null;
+    this.statsError = null;
+    this.trendError = null;
+    this.sort = { key: 'call_count', dir: 'desc' };
+    this.days = 7;
+    try {
+      const saved = Number(localStorage.getItem(DAYS_KEY));
+      if ([7, 30, 90].includes(saved)) this.days = saved;
+    } catch { /* default */ }
+    this.chart = new TrendChart(document.getElementById('trend-chart'), { preferredHeight: () => this.chartHeight() });
+    this.refreshSoon = debounce(() => this.refresh({ quiet: true }), 600);
+    this.loadedOnce = false;
+    this.bind();
+    this.renderRange();
+  }
+
+  bind() {
+    for (const btn of document.querySelectorAll('#trend-range .seg')) {
+      btn.addEventListener('click', () => {
+        this.days = Number(btn.dataset.days);
+        try { localStorage.setItem(DAYS_KEY, String(this.days)); } catch { /* not remembered */ }
+        this.renderRange();
+        this.loadTrend();
+      });
+    }
+    for (const th of document.querySelectorAll('#models-table th[data-sort]')) {
+      th.querySelector('button').addEventListener('click', () => {
+        const key = th.dataset.sort;
+        if (this.sort.key === key) this.sort.dir = this.sort.dir === 'asc' ? 'desc' : 'asc';
+        else this.sort = { key, dir: key === 'name' ? 'asc' : 'desc' };
+        this.renderModels();
+      });
+    }
+  }
+
+  renderRange() {
+    for (const btn of document.querySelectorAll('#trend-range .seg')) {
+      const d = Number(btn.dataset.days);
+      btn.textContent = t('trend.days', { n: d });
+      btn.setAttribute('aria-pressed', String(d === this.days));
+    }
+  }
+
+  /** Loads stats and trend; `quiet` keeps the current figures on screen while loading. */
+  async refresh({ quiet = false } = {}) {
+    await Promise.all([this.loadStats(quiet), this.loadTrend(quiet)]);
+    this.loadedOnce = true;
+  }
+
+  async loadStats(quiet) {
+    if (!quiet && !this.stats) renderState(document.getElementById('models-state'), 'loading');
+    try {
+      this.stats = await api.stats();
+      this.statsError = null;
+    } catch (err) {
+      this.statsError = err;
+    }
+    this.renderStats();
+    this.renderModels();
+  }
+
+  async loadTrend(quiet) {
+    const chartBox = document.getElementById('trend-chart');
+    const days = this.days;
+    if (!quiet || !this.trend) {
+      this.trend = null;
+      this.chart.data = null;
+      renderState(chartBox, 'loading');
+    }
+    try {
+      const trend = await api.trend(days);
+      if (days !== this.days) return;
+      this.trend = trend;
+      this.trendError = null;
+    } catch (err) {
+      if (days !== this.days) return;
+      this.trendError = err;
+    }
+    this.renderTrend();
+  }
+
+  /** On wide screens the chart grows to the height of the column beside it. */
+  chartHeight() {
+    const side = document.querySelector('.side-stack');
+    const box = document.querySelector('.trend-box');
+    const chart = document.getElementById('trend-chart');
+    if (!side || !box || side.offsetTop !== box.offsetTop) return 0;
+    const overhead = box.offsetHeight - chart.offsetHeight;
+    return side.offsetHeight - overhead;
+  }
+
+  render() {
+    this.renderRange();
+    this.renderStats();
+    this.renderTrend();
+    this.renderModels();
+  }
+
+  renderStats() {
+    const state = document.getElementById('dash-state');
+    clear(state);
+    if (this.statsError) {
+      renderState(state, 'error', { text: errorText(this.statsError), retry: () => this.refresh() });
+    }
+    const s = this.stats;
+    const card = (id, value, sub) => {
+      const el = document.getElementById(id);
+      el.querySelector('[data-value]').textContent = value;
+      el.querySelector('[data-sub]').textContent = sub;
+      el.classList.toggle('is-loading', !s);
+    };
+    if (!s) {
+      for (const id of ['card-total', 'card-used', 'card-remaining', 'card-calls']) card(id, '—', this.statsError ? '' : t('state.loading'));
+      this.renderUsage(null);
+      this.renderPerf(null);
+      return;
+    }
+    const unlimited = s.total_tokens === null || s.total_tokens === undefined;
+    card('card-total', unlimited ? t('card.unlimited') : fmtInt(s.total_tokens),
+      unlimited ? t('card.totalSubUnlimited') : t('card.totalSubLimited'));
+    card('card-used', fmtInt(s.used_tokens),
+      t('card.usedSub', { prompt: fmtInt(s.prompt_tokens), completion: fmtInt(s.completion_tokens) }));
+    const remUnlimited = s.remaining_tokens === null || s.remaining_tokens === undefined;
+    card('card-remaining', remUnlimited ? t('card.unlimited') : fmtInt(s.remaining_tokens),
+      s.usage_percent === null || s.usage_percent === undefined
+        ? t('card.remainingSubUnlimited')
+        : t('card.remainingSub', { percent: fmtPercent(s.usage_percent) }));
+    card('card-calls', fmtInt(s.api_call_count),
+      t('card.callsSub', { ok: fmtInt(s.success_count), err: fmtInt(s.error_count) }));
+    for (const [id, raw] of [['card-total', s.total_tokens], ['card-used', s.used_tokens], ['card-remaining', s.remaining_tokens], ['card-calls', s.api_call_count]]) {
+      document.getElementById(id).querySelector('[data-value]').dataset.number = raw === null || raw === undefined ? 'null' : String(raw);
+    }
+    this.renderUsage(s);
+    this.renderPerf(s);
+    if (this.trend && !this.trendError) this.renderTrend();
+  }
+
+  renderUsage(s) {
+    const bar = document.getElementById('usage-bar');
+    const fill = document.getElementById('usage-fill');
+    const text = document.getElementById('usage-text');
+    if (!s) {
+      fill.style.width = '0%';
+      bar.removeAttribute('aria-valuenow');
+      text.textContent = '';
+      return;
+    }
+    const pct = s.usage_percent;
+    if (pct === null || pct === undefined) {
+      bar.classList.add('is-unlimited');
+      fill.style.width = '0%';
+      bar.removeAttribute('aria-valuenow');
+      bar.setAttribute('aria-valuetext', t('usage.unlimited'));
+      text.textContent = t('usage.unlimited');
+      return;
+    }
+    bar.classList.remove('is-unlimited');
+    const clamped = Math.max(0, Math.min(100, Number(pct)));
+    fill.style.width = `${clamped}%`;
+    bar.classList.toggle('is-warn', clamped >= 75 && clamped < 90);
+    bar.classList.toggle('is-danger', clamped >= 90);
+    bar.setAttribute('aria-valuenow', String(clamped));
+    const label = t('usage.limited', { used: fmtInt(s.used_tokens), total: fmtInt(s.total_tokens), percent: fmtPercent(pct) });
+    bar.setAttribute('aria-valuetext', label);
+    text.textContent = label;
+  }
+
+  renderPerf(s) {
+    const list = document.getElementById('perf-list');
+    const tokensList = document.getElementById('token-list');
+    clear(list);
+    clear(tokensList);
+    if (!s) return;
+    const lat = s.latency_ms || {};
+    const metrics = [
+      ['perf.p50', fmtMs(lat.p50), 'lat'],
+      ['perf.p95', fmtMs(lat.p95), 'lat'],
+      ['perf.p99', fmtMs(lat.p99), 'lat'],
+      ['perf.avg', fmtMs(s.avg_time), 'lat'],
+      ['perf.success', fmtInt(s.success_count), 'ok'],
+      ['perf.errors', fmtInt(s.error_count), 'err'],
+    ];
+    for (const [key, value, kind] of metrics) {
+      list.append(h('div', { class: `metric metric-${kind}`, dataset: { metric: key.slice(5) } },
+        h('dt', null, t(key)), h('dd', { 'data-raw': '' }, value)));
+    }
+    const tokenRows = [
+      ['perf.prompt', s.prompt_tokens],
+      ['perf.completion', s.completion_tokens],
+      ['perf.cacheRead', s.cache_read_tokens],
+      ['perf.cacheCreation', s.cache_creation_tokens],
+      ['perf.reasoning', s.reasoning_tokens],
+    ];
+    for (const [key, value] of tokenRows) {
+      tokensList.append(h('div', { class: 'kv-row', dataset: { metric: key.slice(5) } },
+        h('dt', null, t(key)), h('dd', { 'data-raw': '' }, fmtInt(value))));
+    }
+  }
+
+  renderTrend() {
+    const box = document.getElementById('trend-chart');
+    if (this.trendError) {
+      this.chart.data = null;
+      renderState(box, 'error', { text: errorText(this.trendError), retry: () => this.loadTrend() });
+      return;
+    }
+    if (!this.trend) return;
+    this.chart.render(this.trend);
+    box.querySelector('.chart-empty')?.remove();
+    const total = (this.trend.tokenData || []).reduce((a, b) => a + (Number(b) || 0), 0)
+      + (this.trend.callData || []).reduce((a, b) => a + (Number(b) || 0), 0);
+    box.classList.toggle('is-empty', total === 0);
+    if (total === 0) {
+      box.append(h('div', { class: 'chart-empty', dataset: { state: 'empty' } }, t('state.empty')));
+    }
+  }
+
+  renderModels() {
+    const body = document.getElementById('models-body');
+    const state = document.getElementById('models-state');
+    clear(body);
+    clear(state);
+    for (const th of document.querySelectorAll('#models-table th[data-sort]')) {
+      th.setAttribute('aria-sort', th.dataset.sort === this.sort.key ? (this.sort.dir === 'asc' ? 'ascending' : 'descending') : 'none');
+    }
+    if (!this.stats) {
+      if (this.statsError) renderState(state, 'error', { text: errorText(this.statsError), retry: () => this.refresh() });
+      else renderState(state, 'loading');
+      return;
+    }
+    const models = [...(this.stats.models || [])];
+    if (!models.length) {
+      renderState(state, 'empty');
+      return;
+    }
+    const { key, dir } = this.sort;
+    const sign = dir === 'asc' ? 1 : -1;
+    models.sort((a, b) => {
+      const av = a[key];
+      const bv = b[key];
+      if (key === 'name') return sign * String(av).localeCompare(String(bv));
+      return sign * ((Number(av) || 0) - (Number(bv) || 0)) || String(a.name).localeCompare(String(b.name));
+    });
+    const maxTokens = Math.max(1, ...models.map((m) => Number(m.token_count) || 0));
+    for (const m of models) {
+      const share = h('span', { class: 'share', 'aria-hidden': 'true' });
+      share.style.width = `${Math.round(((Number(m.token_count) || 0) / maxTokens) * 100)}%`;
+      const rate = Number(m.success_rate);
+      body.append(h('tr', { dataset: { model: m.name } },
+        h('th', { scope: 'row', class: 'model-name', 'data-raw': '', 'data-col': 'name' }, m.name),
+        h('td', { class: 'num', 'data-col': 'call_count', 'data-raw': '' }, fmtInt(m.call_count)),
+        h('td', { class: 'num token-cell', 'data-col': 'token_count', 'data-raw': '' }, h('span', { class: 'share-track', 'aria-hidden': 'true' }, share), h('span', null, fmtInt(m.token_count))),
+        h('td', { class: 'num', 'data-col': 'avg_time', 'data-raw': '' }, fmtMs(m.avg_time)),
+        h('td', { class: `num rate ${rate >= 99 ? 'rate-good' : rate >= 90 ? 'rate-warn' : 'rate-bad'}`, 'data-col': 'success_rate', 'data-raw': '' }, fmtPercent(m.success_rate)),
+      ));
+    }
+  }
+}
