@@ -10,14 +10,19 @@ fn collect(dir: &Path, base: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<(
         if path.is_dir() {
             collect(&path, base, out)?;
         } else if path.is_file() {
-            out.push(path.strip_prefix(base).map(Path::to_path_buf).unwrap_or(path));
+            out.push(
+                path.strip_prefix(base)
+                    .map(Path::to_path_buf)
+                    .unwrap_or(path),
+            );
         }
     }
     Ok(())
 }
 
 fn main() -> std::io::Result<()> {
-    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").map_err(std::io::Error::other)?);
+    let manifest =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").map_err(std::io::Error::other)?);
     let public = manifest.join("web/token-console/public");
     println!("cargo:rerun-if-changed={}", public.display());
     let mut files = Vec::new();
@@ -30,7 +35,12 @@ fn main() -> std::io::Result<()> {
         println!("cargo:rerun-if-changed={}", public.join(file).display());
         let rel = file.to_string_lossy().replace('\\', "/");
         let abs = public.join(file);
-        writeln!(code, "    ({rel:?}, include_bytes!({:?})),", abs.to_string_lossy()).map_err(std::io::Error::other)?;
+        writeln!(
+            code,
+            "    ({rel:?}, include_bytes!({:?})),",
+            abs.to_string_lossy()
+        )
+        .map_err(std::io::Error::other)?;
     }
     code.push_str("];\n");
     let out = PathBuf::from(std::env::var("OUT_DIR").map_err(std::io::Error::other)?);

@@ -40,7 +40,11 @@ impl fmt::Debug for Secret {
 
 /// Command-line flags, each also readable from the environment variable it names.
 #[derive(Debug, Parser)]
-#[command(name = "token-console", version, about = "LLM API gateway with a token console")]
+#[command(
+    name = "token-console",
+    version,
+    about = "LLM API gateway with a token console"
+)]
 pub struct Cli {
     /// Path of the YAML configuration file (default: ./config.yaml when present).
     #[arg(long, env = "CONSOLE_CONFIG")]
@@ -488,7 +492,9 @@ fn redact_url(url: &str) -> String {
 fn validate_provider(raw: RawProvider) -> Result<ProviderConfig, ConfigError> {
     let name = raw.name.0.trim().to_owned();
     if name.is_empty() {
-        return Err(ConfigError::Invalid("providers[].name must not be empty".into()));
+        return Err(ConfigError::Invalid(
+            "providers[].name must not be empty".into(),
+        ));
     }
     let base_url = raw.base_url.0.trim().trim_end_matches('/').to_owned();
     if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
@@ -509,7 +515,10 @@ fn validate_provider(raw: RawProvider) -> Result<ProviderConfig, ConfigError> {
         name,
         kind: raw.kind,
         base_url,
-        api_key: raw.api_key.map(|k| Secret::new(k.0)).filter(|k| !k.0.is_empty()),
+        api_key: raw
+            .api_key
+            .map(|k| Secret::new(k.0))
+            .filter(|k| !k.0.is_empty()),
         models,
         connect_timeout_ms: raw.connect_timeout_ms.unwrap_or(10_000),
         first_byte_timeout_ms: raw.first_byte_timeout_ms.unwrap_or(300_000),

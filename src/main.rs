@@ -13,7 +13,8 @@ fn init_logging(config: &Config) -> Result<(), String> {
     match &config.log_file {
         Some(path) => {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).map_err(|e| format!("cannot create log directory {}: {e}", dir.display()))?;
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| format!("cannot create log directory {}: {e}", dir.display()))?;
             }
             let file = std::fs::OpenOptions::new()
                 .create(true)
@@ -43,7 +44,10 @@ fn main() -> ExitCode {
         eprintln!("token-console: {e}");
         return ExitCode::from(2);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("token-console: cannot start the async runtime: {e}");

@@ -34,7 +34,14 @@ struct Series {
     ttft: Histogram,
 }
 
-const TOKEN_KINDS: [&str; 6] = ["prompt", "completion", "cache_read", "cache_creation", "reasoning", "total"];
+const TOKEN_KINDS: [&str; 6] = [
+    "prompt",
+    "completion",
+    "cache_read",
+    "cache_creation",
+    "reasoning",
+    "total",
+];
 
 #[derive(Default)]
 struct Inner {
@@ -63,7 +70,9 @@ fn status_class(status: u16) -> &'static str {
 impl Metrics {
     /// Counts one finished call and the time the gateway itself spent on it.
     pub fn observe(&self, call: &CallRecord, overhead_ms: f64) {
-        let Ok(mut inner) = self.inner.lock() else { return };
+        let Ok(mut inner) = self.inner.lock() else {
+            return;
+        };
         let key = call.key_name.clone().unwrap_or_default();
         let series = inner
             .series
@@ -71,11 +80,14 @@ impl Metrics {
             .or_default();
         series.requests += 1;
         let t = &call.tokens;
-        for (slot, value) in series
-            .tokens
-            .iter_mut()
-            .zip([t.prompt, t.completion, t.cache_read, t.cache_creation, t.reasoning, t.total])
-        {
+        for (slot, value) in series.tokens.iter_mut().zip([
+            t.prompt,
+            t.completion,
+            t.cache_read,
+            t.cache_creation,
+            t.reasoning,
+            t.total,
+        ]) {
             *slot += value;
         }
         series.duration.observe(call.duration_ms);
@@ -95,41 +107,111 @@ impl Metrics {
 
     /// The text exposition format.
     pub fn render(&self, recorder: RecorderStats) -> String {
-        let Ok(inner) = self.inner.lock() else { return String::new() };
+        let Ok(inner) = self.inner.lock() else {
+            return String::new();
+        };
         let mut out = String::with_capacity(4096);
-        header(&mut out, "token_console_requests_total", "counter", "Gateway calls.");
+        header(
+            &mut out,
+            "token_console_requests_total",
+            "counter",
+            "Gateway calls.",
+        );
         for ((model, key, status), s) in &inner.series {
-            let _ = writeln!(out, "token_console_requests_total{{{}}} {}", labels(model, key, status), s.requests);
+            let _ = writeln!(
+                out,
+                "token_console_requests_total{{{}}} {}",
+                labels(model, key, status),
+                s.requests
+            );
         }
-        header(&mut out, "token_console_tokens_total", "counter", "Tokens of gateway calls by kind.");
+        header(
+            &mut out,
+            "token_console_tokens_total",
+            "counter",
+            "Tokens of gateway calls by kind.",
+        );
         for ((model, key, status), s) in &inner.series {
             for (kind, value) in TOKEN_KINDS.iter().zip(s.tokens) {
-                let _ = writeln!(out, "token_console_tokens_total{{{},kind=\"{kind}\"}} {value}", labels(model, key, status));
+                let _ = writeln!(
+                    out,
+                    "token_console_tokens_total{{{},kind=\"{kind}\"}} {value}",
+                    labels(model, key, status)
+                );
             }
         }
         for (name, help, pick) in [
-            ("token_console_request_duration_seconds", "Whole duration of gateway calls.", (|s: &Series| &s.duration) as fn(&Series) -> &Histogram),
-            ("token_console_time_to_first_token_seconds", "Time until the first byte of the answer.", |s: &Series| &s.ttft),
+            (
+                "token_console_request_duration_seconds",
+                "Whole duration of gateway calls.",
+                (|s: &Series| &s.duration) as fn(&Series) -> &Histogram,
+            ),
+            (
+                "token_console_time_to_first_token_seconds",
+                "Time until the first byte of the answer.",
+                |s: &Series| &s.ttft,
+            ),
         ] {
             header(&mut out, name, "histogram", help);
             for ((model, key, status), s) in &inner.series {
                 histogram(&mut out, name, &labels(model, key, status), pick(s));
             }
         }
-        header(&mut out, "token_console_gateway_overhead_seconds", "histogram", "Time the gateway itself adds to a call.");
+        header(
+            &mut out,
+            "token_console_gateway_overhead_seconds",
+            "histogram",
+            "Time the gateway itself adds to a call.",
+        );
         let mut cumulative = 0;
         for (i, bound) in OVERHEAD_BOUNDS_MS.iter().enumerate() {
             cumulative += inner.overhead[i];
-            let _ = writeln!(out, "token_console_gateway_overhead_seconds_bucket{{le=\"{}\"}} {cumulative}", bound / 1000.0);
+            let _ = writeln!(
+                out,
+                "token_console_gateway_overhead_seconds_bucket{{le=\"{}\"}} {cumulative}",
+                bound / 1000.0
+            );
         }
-        let _ = writeln!(out, "token_console_gateway_overhead_seconds_bucket{{le=\"+Inf\"}} {}", inner.overhead_count);
-        let _ = writeln!(out, "token_console_gateway_overhead_seconds_sum {}", inner.overhead_sum_ms / 1000.0);
-        let _ = writeln!(out, "token_console_gateway_overhead_seconds_count {}", inner.overhead_count);
+        let _ = writeln!(
+            out,
+            "token_console_gateway_overhead_seconds_bucket{{le=\"+Inf\"}} {}",
+            inner.overhead_count
+        );
+        let _ = writeln!(
+            out,
+            "token_console_gateway_overhead_seconds_sum {}",
+            inner.overhead_sum_ms / 1000.0
+        );
+        let _ = writeln!(
+            out,
+            "token_console_gateway_overhead_seconds_count {}",
+            inner.overhead_count
+        );
         for (name, kind, help, value) in [
-            ("token_console_recorder_queued", "gauge", "Call records waiting to be written.", recorder.queued),
-            ("token_console_recorder_written_total", "counter", "Call records written.", recorder.written),
-            ("token_console_recorder_dropped_total", "counter", "Call records lost; stays 0.", recorder.dropped),
-            ("token_console_recorder_degraded", "gauge", "1 while the store cannot be written.", u64::from(recorder.degraded)),
+            (
+                "token_console_recorder_queued",
+                "gauge",
+                "Call records waiting to be written.",
+                recorder.queued,
+            ),
+            (
+                "token_console_recorder_written_total",
+                "counter",
+                "Call records written.",
+                recorder.written,
+            ),
+            (
+                "token_console_recorder_dropped_total",
+                "counter",
+                "Call records lost; stays 0.",
+                recorder.dropped,
+            ),
+            (
+                "token_console_recorder_degraded",
+                "gauge",
+                "1 while the store cannot be written.",
+                u64::from(recorder.degraded),
+            ),
         ] {
             header(&mut out, name, kind, help);
             let _ = writeln!(out, "{name} {value}");
@@ -143,18 +225,29 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
 }
 
 fn escape(value: &str) -> String {
-    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 fn labels(model: &str, key: &str, status: &str) -> String {
-    format!("model=\"{}\",key=\"{}\",status=\"{status}\"", escape(model), escape(key))
+    format!(
+        "model=\"{}\",key=\"{}\",status=\"{status}\"",
+        escape(model),
+        escape(key)
+    )
 }
 
 fn histogram(out: &mut String, name: &str, labels: &str, h: &Histogram) {
     let mut cumulative = 0;
     for (i, bound) in LATENCY_BOUNDS_MS.iter().enumerate() {
         cumulative += h.buckets[i];
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{}\"}} {cumulative}", *bound as f64 / 1000.0);
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels},le=\"{}\"}} {cumulative}",
+            *bound as f64 / 1000.0
+        );
     }
     let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
     let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum_ms as f64 / 1000.0);
@@ -185,8 +278,17 @@ mod tests {
             error: None,
         };
         metrics.observe(&call, 0.3);
-        let text = metrics.render(RecorderStats { queued: 0, written: 1, dropped: 0, batches: 1, degraded: false });
-        assert!(text.contains(r#"token_console_requests_total{model="m\"1",key="k",status="2xx"} 1"#), "{text}");
+        let text = metrics.render(RecorderStats {
+            queued: 0,
+            written: 1,
+            dropped: 0,
+            batches: 1,
+            degraded: false,
+        });
+        assert!(
+            text.contains(r#"token_console_requests_total{model="m\"1",key="k",status="2xx"} 1"#),
+            "{text}"
+        );
         assert!(text.contains(r#"kind="total"} 7"#));
         assert!(text.contains("token_console_recorder_dropped_total 0"));
         assert!(text.contains("token_console_gateway_overhead_seconds_count 1"));

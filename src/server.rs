@@ -53,6 +53,7 @@ fn gateway_routes() -> Router<AppState> {
     gateway::router()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .method_not_allowed_fallback(gateway::wrong_method)
 }
 
 fn console_routes(state: &AppState) -> Router<AppState> {
@@ -86,7 +87,10 @@ async fn metrics(
     let body = state.metrics.render(state.recorder.stats());
     (
         StatusCode::OK,
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         body,
     )
         .into_response()
@@ -126,12 +130,19 @@ async fn termination() {
     }
 }
 
-async fn serve(listener: TcpListener, router: Router, mut stop: watch::Receiver<bool>) -> std::io::Result<()> {
-    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|stopping| *stopping).await;
-        })
-        .await
+async fn serve(
+    listener: TcpListener,
+    router: Router,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = stop.wait_for(|stopping| *stopping).await;
+    })
+    .await
 }
 
 /// Runs the program until SIGINT/SIGTERM, then drains requests and records and returns.
@@ -139,19 +150,25 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let store = Store::open(&config.database, config.timezone.clone())?;
     let writer = store.batch_writer(config.console.max_logs)?;
     let recorder = Arc::new(
-        Recorder::start(writer).map_err(|e| StartError::Io(format!("cannot start the recorder: {e}")))?,
+        Recorder::start(writer)
+            .map_err(|e| StartError::Io(format!("cannot start the recorder: {e}")))?,
     );
     let (stop_tx, stop_rx) = watch::channel(false);
     let state = AppState::new(config, store, recorder.clone(), stop_rx.clone()).await?;
+    gateway::Gateway::warm_up();
     let config = state.config.clone();
     let gateway_listener = bind(&config.host, config.port).await?;
-    let gateway_addr = gateway_listener.local_addr().map_err(|e| StartError::Io(e.to_string()))?;
+    let gateway_addr = gateway_listener
+        .local_addr()
+        .map_err(|e| StartError::Io(e.to_string()))?;
     let mut servers = tokio::task::JoinSet::new();
     let console_url = if !config.console.enabled {
         "off".to_owned()
     } else if let Some(port) = config.console.separate_port {
         let listener = bind(&config.host, port).await?;
-        let addr = listener.local_addr().map_err(|e| StartError::Io(e.to_string()))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| StartError::Io(e.to_string()))?;
         servers.spawn(serve(listener, console_app(state.clone()), stop_rx.clone()));
         format!("{}{}", url(addr), config.console.path)
     } else {
@@ -164,7 +181,10 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     };
     servers.spawn(serve(gateway_listener, router, stop_rx.clone()));
     tracing::info!(gateway = %url(gateway_addr), console = %console_url, "token-console started");
-    println!("token-console ready gateway={} console={console_url}", url(gateway_addr));
+    println!(
+        "token-console ready gateway={} console={console_url}",
+        url(gateway_addr)
+    );
     tokio::select! {
         () = termination() => tracing::info!("shutting down: finishing in-flight requests"),
         Some(result) = servers.join_next() => {
@@ -174,9 +194,11 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         }
     }
     let _ = stop_tx.send(true);
-    if tokio::time::timeout(DRAIN_TIMEOUT, async { while servers.join_next().await.is_some() {} })
-        .await
-        .is_err()
+    if tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while servers.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
     {
         tracing::warn!("some requests were still running after {DRAIN_TIMEOUT:?}; stopping anyway");
         servers.abort_all();

@@ -44,8 +44,10 @@ impl AppState {
     ) -> Result<Self, crate::error::StartError> {
         let rows = store.list_keys().await?;
         let usage = store.usage_by_key().await?;
-        let used: std::collections::HashMap<i64, u64> =
-            usage.iter().map(|(id, agg)| (*id, agg.tokens.total)).collect();
+        let used: std::collections::HashMap<i64, u64> = usage
+            .iter()
+            .map(|(id, agg)| (*id, agg.tokens.total))
+            .collect();
         let total_used = used.values().sum();
         let gateway = Gateway::new(&config)?;
         Ok(Self {

@@ -92,7 +92,8 @@ pub fn local_only_refusal(
     peer: SocketAddr,
     headers: &HeaderMap,
 ) -> Option<ConsoleError> {
-    if state.config.console.admin_key.is_some() || (peer.ip().is_loopback() && !forwarded(headers)) {
+    if state.config.console.admin_key.is_some() || (peer.ip().is_loopback() && !forwarded(headers))
+    {
         return None;
     }
     Some(ConsoleError::Forbidden(

@@ -162,10 +162,7 @@ fn csv_text(out: &mut String, value: &str) {
 
 fn csv_row(out: &mut String, row: &LogRow) {
     let opt = |v: Option<String>| v.unwrap_or_default();
-    out.push_str(&format!(
-        "{},{},{},",
-        row.id, row.timestamp, row.method
-    ));
+    out.push_str(&format!("{},{},{},", row.id, row.timestamp, row.method));
     csv_text(out, &row.endpoint);
     out.push_str(&format!(
         ",{},{},{},{},{},{},{},{},{},",

@@ -103,7 +103,10 @@ fn to_patch(body: PatchKey) -> Result<KeyPatch, ConsoleError> {
     }
     Ok(KeyPatch {
         name: body.name.as_deref().map(valid_name).transpose()?,
-        description: body.description.map(|d| valid_description(Some(d))).transpose()?,
+        description: body
+            .description
+            .map(|d| valid_description(Some(d)))
+            .transpose()?,
         enabled: body.enabled,
         token_limit: body.token_limit,
         rpm_limit: body.rpm_limit,
@@ -144,6 +147,7 @@ pub async fn delete(state: &AppState, id: i64) -> Result<(), ConsoleError> {
 
 /// Parses a key id from the path.
 pub fn parse_id(raw: &str) -> Result<i64, ConsoleError> {
-    raw.parse::<i64>()
-        .map_err(|_| ConsoleError::NotFound(format!("no key with id \"{raw}\"; key ids are numbers")))
+    raw.parse::<i64>().map_err(|_| {
+        ConsoleError::NotFound(format!("no key with id \"{raw}\"; key ids are numbers"))
+    })
 }

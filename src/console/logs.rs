@@ -25,9 +25,8 @@ pub async fn page(state: &AppState, query: LogQuery) -> Result<Vec<LogRow>, Cons
 /// Whether a new record passes the filters, with the same meaning as the store's query.
 pub fn matches(query: &LogQuery, logged: &LoggedCall) -> bool {
     let c = &logged.call;
-    let contains = |haystack: &str, needle: &str| {
-        haystack.to_lowercase().contains(&needle.to_lowercase())
-    };
+    let contains =
+        |haystack: &str, needle: &str| haystack.to_lowercase().contains(&needle.to_lowercase());
     if let Some(q) = &query.q {
         let hit = contains(&c.endpoint, q)
             || contains(&c.model, q)
@@ -38,7 +37,10 @@ pub fn matches(query: &LogQuery, logged: &LoggedCall) -> bool {
         }
     }
     let checks = [
-        query.method.as_ref().is_none_or(|m| m.eq_ignore_ascii_case(&c.method)),
+        query
+            .method
+            .as_ref()
+            .is_none_or(|m| m.eq_ignore_ascii_case(&c.method)),
         match query.status {
             Some(StatusFilter::Exact(code)) => c.status == code,
             Some(StatusFilter::Class(class)) => c.status / 100 == class,
@@ -53,21 +55,35 @@ pub fn matches(query: &LogQuery, logged: &LoggedCall) -> bool {
 }
 
 /// Every new record that passes the filters, as `event: log` with the row as JSON data.
-pub fn live(state: &AppState, query: LogQuery) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let stream = BroadcastStream::new(state.recorder.subscribe()).filter_map(move |item| match item {
-        Ok(logged) if matches(&query, &logged) => {
-            let row = LogRow::from(logged.as_ref());
-            Some(Ok(Event::default()
-                .event("log")
-                .json_data(&row)
-                .unwrap_or_else(|_| Event::default().comment("unserializable row"))))
-        }
-        Ok(_) => None,
-        Err(BroadcastStreamRecvError::Lagged(missed)) => Some(Ok(Event::default()
-            .event("lagged")
-            .data(missed.to_string()))),
-    });
-    Sse::new(stream).keep_alive(
+pub fn live(
+    state: &AppState,
+    query: LogQuery,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let mut stop = state.shutdown.clone();
+    let stopping = async move {
+        let _ = stop.wait_for(|stopping| *stopping).await;
+    };
+    let stream =
+        BroadcastStream::new(state.recorder.subscribe()).filter_map(move |item| match item {
+            Ok(logged) if matches(&query, &logged) => {
+                let row = LogRow::from(logged.as_ref());
+                Some(Ok(Event::default()
+                    .event("log")
+                    .json_data(&row)
+                    .unwrap_or_else(|_| {
+                        Event::default().comment("unserializable row")
+                    })))
+            }
+            Ok(_) => None,
+            Err(BroadcastStreamRecvError::Lagged(missed)) => Some(Ok(Event::default()
+                .event("lagged")
+                .data(missed.to_string()))),
+        });
+    Sse::new(futures_util::StreamExt::take_until(
+        stream,
+        Box::pin(stopping),
+    ))
+    .keep_alive(
         KeepAlive::new()
             .interval(Duration::from_secs(15))
             .text("keep-alive"),

@@ -36,7 +36,10 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route("/logs", get(get_logs))
         .route("/logs/stream", get(stream_logs))
         .route("/keys", get(list_keys).post(create_key))
-        .route("/keys/{id}", axum::routing::patch(patch_key).delete(delete_key))
+        .route(
+            "/keys/{id}",
+            axum::routing::patch(patch_key).delete(delete_key),
+        )
         .route("/export", get(export))
         .fallback(api_not_found)
         .route_layer(middleware::from_fn_with_state(
@@ -47,28 +50,45 @@ pub fn router(state: &AppState) -> Router<AppState> {
     let with_slash = format!("{path}/");
     Router::new()
         .nest("/api/console", api)
-        .route(&path, get(move || async move { Redirect::permanent(&with_slash) }))
+        .route(
+            &path,
+            get(move || async move { Redirect::permanent(&with_slash) }),
+        )
         .route(&format!("{path}/"), get(index))
         .route(&format!("{path}/{{*file}}"), get(asset))
 }
 
-async fn get_stats(State(state): State<AppState>, Query(q): Query<Params>) -> ApiResult<wire::Stats> {
+async fn get_stats(
+    State(state): State<AppState>,
+    Query(q): Query<Params>,
+) -> ApiResult<wire::Stats> {
     let filter = params::usage_filter(&q)?;
     Ok(Json(Envelope::ok(stats::stats(&state, filter).await?)))
 }
 
-async fn get_trend(State(state): State<AppState>, Query(q): Query<Params>) -> ApiResult<wire::Trend> {
+async fn get_trend(
+    State(state): State<AppState>,
+    Query(q): Query<Params>,
+) -> ApiResult<wire::Trend> {
     let days = params::days(&q)?;
     let key_id = params::id(&q, "key_id")?;
-    Ok(Json(Envelope::ok(stats::trend(&state, days, key_id).await?)))
+    Ok(Json(Envelope::ok(
+        stats::trend(&state, days, key_id).await?,
+    )))
 }
 
-async fn get_logs(State(state): State<AppState>, Query(q): Query<Params>) -> ApiResult<Vec<wire::LogRow>> {
+async fn get_logs(
+    State(state): State<AppState>,
+    Query(q): Query<Params>,
+) -> ApiResult<Vec<wire::LogRow>> {
     let query = params::log_query(&q)?;
     Ok(Json(Envelope::ok(logs::page(&state, query).await?)))
 }
 
-async fn stream_logs(State(state): State<AppState>, Query(q): Query<Params>) -> Result<Response, ConsoleError> {
+async fn stream_logs(
+    State(state): State<AppState>,
+    Query(q): Query<Params>,
+) -> Result<Response, ConsoleError> {
     let query = params::log_query(&q)?;
     Ok(logs::live(&state, query).into_response())
 }
@@ -93,7 +113,10 @@ async fn patch_key(
     Ok(Json(Envelope::ok(keys::update(&state, id, body).await?)))
 }
 
-async fn delete_key(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Done>, ConsoleError> {
+async fn delete_key(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Done>, ConsoleError> {
     keys::delete(&state, keys::parse_id(&id)?).await?;
     Ok(Json(Done {
         code: 0,
@@ -101,7 +124,10 @@ async fn delete_key(State(state): State<AppState>, Path(id): Path<String>) -> Re
     }))
 }
 
-async fn export(State(state): State<AppState>, Query(q): Query<Params>) -> Result<Response, ConsoleError> {
+async fn export(
+    State(state): State<AppState>,
+    Query(q): Query<Params>,
+) -> Result<Response, ConsoleError> {
     let format = export::format(q.get("format").map(String::as_str))?;
     export::export(&state, format).await
 }
@@ -117,13 +143,21 @@ fn page_allowed(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Resu
     match auth::local_only_refusal(state, peer, headers) {
         None => Ok(()),
         Some(e) => Err(page::secure(
-            (StatusCode::FORBIDDEN, [("content-type", "text/plain; charset=utf-8")], e.to_string())
+            (
+                StatusCode::FORBIDDEN,
+                [("content-type", "text/plain; charset=utf-8")],
+                e.to_string(),
+            )
                 .into_response(),
         )),
     }
 }
 
-async fn index(State(state): State<AppState>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap) -> Response {
+async fn index(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
     match page_allowed(&state, peer, &headers) {
         Ok(()) => page::asset(""),
         Err(refused) => refused,

@@ -23,10 +23,7 @@ pub const DEFAULT_LIMIT: u32 = 100;
 pub const MAX_LIMIT: u32 = 1000;
 
 fn get<'a>(params: &'a Params, name: &str) -> Option<&'a str> {
-    params
-        .get(name)
-        .map(|v| v.trim())
-        .filter(|v| !v.is_empty())
+    params.get(name).map(|v| v.trim()).filter(|v| !v.is_empty())
 }
 
 /// A positive whole number, clamped to `max`; absent gives `default`.
@@ -130,9 +127,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ConsoleJson<T> {
     type Rejection = ConsoleError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            ConsoleError::BadRequest(format!("cannot read the request body: {e}"))
-        })?;
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ConsoleError::BadRequest(format!("cannot read the request body: {e}")))?;
         parse_json(&bytes).map(ConsoleJson)
     }
 }
@@ -148,7 +145,11 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ConsoleError> 
     serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        let at = if path == "." { String::new() } else { format!(" at `{path}`") };
+        let at = if path == "." {
+            String::new()
+        } else {
+            format!(" at `{path}`")
+        };
         ConsoleError::BadRequest(format!(
             "invalid JSON body{at}: {inner}; send a JSON object with the documented fields"
         ))

@@ -19,10 +19,11 @@ pub async fn stats(state: &AppState, filter: UsageFilter) -> Result<Stats, Conso
 
 async fn key_limit(state: &AppState, key_id: i64) -> Result<Option<u64>, ConsoleError> {
     let keys = state.store.list_keys().await?;
-    let key = keys
-        .iter()
-        .find(|k| k.id == key_id)
-        .ok_or_else(|| ConsoleError::NotFound(format!("no key with id {key_id}; list keys with GET /api/console/keys")))?;
+    let key = keys.iter().find(|k| k.id == key_id).ok_or_else(|| {
+        ConsoleError::NotFound(format!(
+            "no key with id {key_id}; list keys with GET /api/console/keys"
+        ))
+    })?;
     Ok(key.token_limit)
 }
 
@@ -103,7 +104,11 @@ fn day_number(date: jiff::civil::Date) -> i64 {
 }
 
 /// `/usage-trend`: the last `days` local days, oldest first, today last, empty days as 0.
-pub async fn trend(state: &AppState, days: u32, key_id: Option<i64>) -> Result<Trend, ConsoleError> {
+pub async fn trend(
+    state: &AppState,
+    days: u32,
+    key_id: Option<i64>,
+) -> Result<Trend, ConsoleError> {
     let today = jiff::Timestamp::now()
         .to_zoned(state.config.timezone.clone())
         .date();

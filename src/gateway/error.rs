@@ -25,6 +25,8 @@ pub enum GatewayError {
     Forbidden(String),
     /// No provider serves the model, or no such route (404).
     NotFound(String),
+    /// A route called with the wrong method (405).
+    MethodNotAllowed(String),
     /// Body over the limit (413).
     TooLarge(String),
     /// A budget is exhausted (429 insufficient_quota).
@@ -45,6 +47,7 @@ impl GatewayError {
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::QuotaExhausted(_) | Self::RateLimited(..) => StatusCode::TOO_MANY_REQUESTS,
             Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
@@ -59,6 +62,7 @@ impl GatewayError {
             | Self::Unauthorized(m)
             | Self::Forbidden(m)
             | Self::NotFound(m)
+            | Self::MethodNotAllowed(m)
             | Self::TooLarge(m)
             | Self::QuotaExhausted(m)
             | Self::RateLimited(m, _)
@@ -74,6 +78,7 @@ impl GatewayError {
             Self::Unauthorized(_) => ("invalid_request_error", "invalid_api_key"),
             Self::Forbidden(_) => ("permission_error", "permission_denied"),
             Self::NotFound(_) => ("invalid_request_error", "model_not_found"),
+            Self::MethodNotAllowed(_) => ("invalid_request_error", "method_not_allowed"),
             Self::TooLarge(_) => ("invalid_request_error", "request_too_large"),
             Self::QuotaExhausted(_) => ("insufficient_quota", "insufficient_quota"),
             Self::RateLimited(..) => ("requests", "rate_limit_exceeded"),
@@ -89,6 +94,7 @@ impl GatewayError {
             Self::Unauthorized(_) => "authentication_error",
             Self::Forbidden(_) => "permission_error",
             Self::NotFound(_) => "not_found_error",
+            Self::MethodNotAllowed(_) => "invalid_request_error",
             Self::TooLarge(_) => "request_too_large",
             Self::QuotaExhausted(_) | Self::RateLimited(..) => "rate_limit_error",
             Self::BadGateway(_) => "api_error",
@@ -128,7 +134,8 @@ mod tests {
         assert_eq!(e.status(), StatusCode::TOO_MANY_REQUESTS);
         let r = e.clone().into_protocol_response(Protocol::OpenAi);
         assert_eq!(r.status(), 429);
-        let r = GatewayError::RateLimited("slow down".into(), 7).into_protocol_response(Protocol::Anthropic);
+        let r = GatewayError::RateLimited("slow down".into(), 7)
+            .into_protocol_response(Protocol::Anthropic);
         assert_eq!(r.headers().get("retry-after").unwrap(), "7");
     }
 }

@@ -50,7 +50,11 @@ pub fn prompt_tokens(request: &serde_json::Value) -> u64 {
 /// An estimated usage from the request and the answer text seen.
 pub fn usage(request: &serde_json::Value, answer_text: &str, has_completion: bool) -> TokenUsage {
     let prompt = prompt_tokens(request);
-    let completion = if has_completion { count(answer_text) } else { 0 };
+    let completion = if has_completion {
+        count(answer_text)
+    } else {
+        0
+    };
     TokenUsage::new(prompt, completion)
 }
 

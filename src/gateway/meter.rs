@@ -111,7 +111,12 @@ impl Meter {
                 .then(|| body.and_then(error_message))
                 .flatten()
         });
-        self.complete(status, tokens, reported.is_none() && tokens.is_some(), error);
+        self.complete(
+            status,
+            tokens,
+            reported.is_none() && tokens.is_some(),
+            error,
+        );
     }
 
     fn estimate(&self, body: Option<&[u8]>) -> Option<TokenUsage> {
@@ -129,15 +134,29 @@ impl Meter {
             }
             None => self.tally.text().to_owned(),
         };
-        Some(estimate::usage(request, &answer_text, self.endpoint.has_completion()))
+        Some(estimate::usage(
+            request,
+            &answer_text,
+            self.endpoint.has_completion(),
+        ))
     }
 
-    fn complete(&mut self, status: u16, tokens: Option<TokenUsage>, estimated: bool, error: Option<String>) {
+    fn complete(
+        &mut self,
+        status: u16,
+        tokens: Option<TokenUsage>,
+        estimated: bool,
+        error: Option<String>,
+    ) {
         if self.finished {
             return;
         }
         self.finished = true;
-        let tokens = if self.endpoint.spends_tokens() { tokens.unwrap_or_default() } else { TokenUsage::default() };
+        let tokens = if self.endpoint.spends_tokens() {
+            tokens.unwrap_or_default()
+        } else {
+            TokenUsage::default()
+        };
         if let Some(reservation) = self.reservation.take() {
             reservation.settle(tokens.total);
         }
@@ -157,7 +176,9 @@ impl Drop for Meter {
     fn drop(&mut self) {
         if !self.finished {
             let tokens = self.tally.reported().or_else(|| {
-                (self.first_byte_ms.is_some()).then(|| self.estimate(None)).flatten()
+                (self.first_byte_ms.is_some())
+                    .then(|| self.estimate(None))
+                    .flatten()
             });
             let estimated = self.tally.reported().is_none() && tokens.is_some();
             self.complete(
@@ -196,8 +217,14 @@ mod tests {
 
     #[test]
     fn reads_error_messages_of_both_protocols() {
-        assert_eq!(error_message(br#"{"error":{"message":"boom","type":"x"}}"#), Some("boom".into()));
-        assert_eq!(error_message(br#"{"type":"error","error":{"type":"api_error","message":"down"}}"#), Some("down".into()));
+        assert_eq!(
+            error_message(br#"{"error":{"message":"boom","type":"x"}}"#),
+            Some("boom".into())
+        );
+        assert_eq!(
+            error_message(br#"{"type":"error","error":{"type":"api_error","message":"down"}}"#),
+            Some("down".into())
+        );
         assert_eq!(error_message(b"garbage"), None);
     }
 

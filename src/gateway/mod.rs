@@ -51,6 +51,11 @@ impl Gateway {
         })
     }
 
+    /// Loads the tokenizer in the background so the first estimate does not wait for it.
+    pub fn warm_up() {
+        tokio::task::spawn_blocking(|| estimate::count("warm up"));
+    }
+
     /// The first provider that speaks the endpoint's protocol and serves the model.
     fn route(&self, endpoint: Endpoint, model: &str) -> Option<Arc<Provider>> {
         self.providers
@@ -71,6 +76,26 @@ pub fn router() -> Router<AppState> {
         .route("/v1/messages/count_tokens", post(count_tokens))
         .route("/v1/models", get(models::list))
         .route("/v1/{*rest}", axum::routing::any(unknown_route))
+}
+
+/// Recorded 405 for a known `/v1` route called with the wrong method (used as the router's
+/// method-not-allowed fallback, so every `/v1` call is recorded).
+pub async fn wrong_method(State(state): State<AppState>, request: Request) -> Response {
+    let path = request.uri().path().to_owned();
+    let endpoint = if path.starts_with("/v1/messages") {
+        Endpoint::Messages
+    } else {
+        Endpoint::Models
+    };
+    let meter = meter::Meter::start(&state, endpoint, request.method().as_str(), &path);
+    proxy::refuse(
+        meter,
+        endpoint,
+        GatewayError::MethodNotAllowed(format!(
+            "{} is not allowed on {path}; see the API reference for the method",
+            request.method()
+        )),
+    )
 }
 
 async fn chat_completions(State(state): State<AppState>, request: Request) -> Response {

@@ -45,7 +45,10 @@ struct UpstreamModel {
 async fn fetch(provider: &Provider) -> Vec<String> {
     let mut headers = axum::http::HeaderMap::new();
     provider.authorize(&mut headers);
-    let request = provider.client.get(provider.url(Endpoint::Models)).headers(headers);
+    let request = provider
+        .client
+        .get(provider.url(Endpoint::Models))
+        .headers(headers);
     let answer = tokio::time::timeout(FETCH_TIMEOUT, async {
         let bytes = request.send().await?.error_for_status()?.bytes().await?;
         Ok::<_, reqwest::Error>(serde_json::from_slice::<UpstreamList>(&bytes))
@@ -79,9 +82,18 @@ impl super::Gateway {
         let mut ids: Vec<ModelId> = Vec::new();
         for provider in &self.providers {
             let patterns = &provider.config.models;
-            let mut names: Vec<String> = patterns.iter().filter(|p| glob::is_literal(p)).cloned().collect();
+            let mut names: Vec<String> = patterns
+                .iter()
+                .filter(|p| glob::is_literal(p))
+                .cloned()
+                .collect();
             if patterns.iter().any(|p| !glob::is_literal(p)) {
-                names.extend(fetch(provider).await.into_iter().filter(|m| glob::any(patterns, m)));
+                names.extend(
+                    fetch(provider)
+                        .await
+                        .into_iter()
+                        .filter(|m| glob::any(patterns, m)),
+                );
             }
             for id in names {
                 if !ids.iter().any(|m| m.id == id) {

@@ -69,7 +69,11 @@ pub async fn handle(state: AppState, endpoint: Endpoint, request: Request) -> Re
 
 /// Records a call the gateway refused and answers it in the client's protocol.
 pub fn refuse(mut meter: Meter, endpoint: Endpoint, error: GatewayError) -> Response {
-    meter.finish(error.status().as_u16(), None, Some(error.message().to_owned()));
+    meter.finish(
+        error.status().as_u16(),
+        None,
+        Some(error.message().to_owned()),
+    );
     error.into_protocol_response(endpoint.protocol())
 }
 
@@ -88,11 +92,20 @@ pub fn client_key(headers: &HeaderMap) -> Option<&str> {
         .and_then(|v| v.split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, token)| token.trim());
-    bearer.or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim))
+    bearer.or_else(|| {
+        headers
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    })
 }
 
 /// Finds the live key of a request and checks that it may be used now.
-pub fn authenticate(state: &AppState, headers: &HeaderMap, meter: &mut Meter) -> Result<Arc<KeyEntry>, GatewayError> {
+pub fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    meter: &mut Meter,
+) -> Result<Arc<KeyEntry>, GatewayError> {
     let Some(given) = client_key(headers).filter(|k| !k.is_empty()) else {
         return Err(GatewayError::Unauthorized(
             "missing API key: send the key issued by the token console as Authorization: Bearer sk-tc-…".into(),
@@ -100,7 +113,8 @@ pub fn authenticate(state: &AppState, headers: &HeaderMap, meter: &mut Meter) ->
     };
     let Some(entry) = state.keys.find(given) else {
         return Err(GatewayError::Unauthorized(
-            "invalid API key: it is unknown or was deleted; create a key in the token console".into(),
+            "invalid API key: it is unknown or was deleted; create a key in the token console"
+                .into(),
         ));
     };
     let settings = entry.settings();
@@ -111,7 +125,10 @@ pub fn authenticate(state: &AppState, headers: &HeaderMap, meter: &mut Meter) ->
             settings.name
         )));
     }
-    if settings.expires_at.is_some_and(|at| at <= jiff::Timestamp::now()) {
+    if settings
+        .expires_at
+        .is_some_and(|at| at <= jiff::Timestamp::now())
+    {
         return Err(GatewayError::Forbidden(format!(
             "the API key \"{}\" has expired; extend it or create a new key in the token console",
             settings.name
@@ -137,7 +154,8 @@ async fn read_body(state: &AppState, request: Request) -> Result<(HeaderMap, Byt
     }
     let (parts, body) = request.into_parts();
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
-        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) {
+        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+        {
             too_large()
         } else {
             GatewayError::BadRequest(format!("cannot read the request body: {e}"))
@@ -195,7 +213,13 @@ fn reserve(
     let amount = estimate::prompt_upper_bound(request) + completion;
     Budget::reserve(&state.budget, key_budget, amount)
         .map(Some)
-        .ok_or_else(|| exhausted(if key_budget.is_some() && state.budget.limit().is_none() { "this key's" } else { "the" }))
+        .ok_or_else(|| {
+            exhausted(if key_budget.is_some() && state.budget.limit().is_none() {
+                "this key's"
+            } else {
+                "the"
+            })
+        })
 }
 
 /// Adds `stream_options.include_usage` when the client did not ask; returns whether it was added.
@@ -218,28 +242,47 @@ fn ask_for_stream_usage(object: &mut serde_json::Map<String, serde_json::Value>)
     false
 }
 
-async fn prepare(state: &AppState, endpoint: Endpoint, request: Request, meter: &mut Meter) -> Result<Prepared, GatewayError> {
+async fn prepare(
+    state: &AppState,
+    endpoint: Endpoint,
+    request: Request,
+    meter: &mut Meter,
+) -> Result<Prepared, GatewayError> {
     let key = authenticate(state, request.headers(), meter)?;
     let (headers, bytes) = read_body(state, request).await?;
     let mut object = parse_request(&bytes)?;
     let model = match object.get("model") {
         Some(serde_json::Value::String(m)) if !m.trim().is_empty() => m.clone(),
-        _ => return Err(GatewayError::BadRequest("the request needs a \"model\" (a string naming the model)".into())),
+        _ => {
+            return Err(GatewayError::BadRequest(
+                "the request needs a \"model\" (a string naming the model)".into(),
+            ))
+        }
     };
-    let stream = object.get("stream").and_then(serde_json::Value::as_bool).unwrap_or(false);
+    let stream = object
+        .get("stream")
+        .and_then(serde_json::Value::as_bool)
+        .unwrap_or(false);
     let settings = key.settings();
-    if settings.allowed_models.as_ref().is_some_and(|allowed| !super::glob::any(allowed, &model)) {
+    if settings
+        .allowed_models
+        .as_ref()
+        .is_some_and(|allowed| !super::glob::any(allowed, &model))
+    {
         meter.set_request(&model, stream, Arc::new(serde_json::Value::Null));
         return Err(GatewayError::Forbidden(format!(
             "the API key \"{}\" may not use the model \"{model}\"; allow it for the key in the token console",
             settings.name
         )));
     }
-    let hide_usage_chunk = stream && endpoint.wants_stream_usage_option() && ask_for_stream_usage(&mut object);
+    let hide_usage_chunk =
+        stream && endpoint.wants_stream_usage_option() && ask_for_stream_usage(&mut object);
     let modified = hide_usage_chunk;
     let value = serde_json::Value::Object(object);
     let body = if modified {
-        Bytes::from(serde_json::to_vec(&value).map_err(|e| GatewayError::BadRequest(e.to_string()))?)
+        Bytes::from(
+            serde_json::to_vec(&value).map_err(|e| GatewayError::BadRequest(e.to_string()))?,
+        )
     } else {
         bytes
     };
@@ -281,7 +324,10 @@ fn upstream_headers(client: &HeaderMap, provider: &Provider) -> HeaderMap {
             headers.append(name.clone(), value.clone());
         }
     }
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     provider.authorize(&mut headers);
     headers
 }
@@ -306,7 +352,12 @@ fn send_error(provider: &Provider, e: &reqwest::Error, timeout: Duration) -> Gat
     }
 }
 
-async fn forward(state: &AppState, endpoint: Endpoint, prepared: Prepared, mut meter: Meter) -> Response {
+async fn forward(
+    state: &AppState,
+    endpoint: Endpoint,
+    prepared: Prepared,
+    mut meter: Meter,
+) -> Response {
     let provider = prepared.provider.clone();
     let timeout = Duration::from_millis(provider.config.first_byte_timeout_ms);
     let request = provider
@@ -340,7 +391,8 @@ async fn forward(state: &AppState, endpoint: Endpoint, prepared: Prepared, mut m
         .is_some_and(|ct| ct.starts_with("text/event-stream"));
     let mut builder = Response::builder().status(status);
     for (name, value) in upstream.headers() {
-        let drop = DROPPED_RESPONSE_HEADERS.contains(&name.as_str()) || (is_sse && name == header::CONTENT_LENGTH);
+        let drop = DROPPED_RESPONSE_HEADERS.contains(&name.as_str())
+            || (is_sse && name == header::CONTENT_LENGTH);
         if !drop {
             builder = builder.header(name, value);
         }
@@ -349,9 +401,19 @@ async fn forward(state: &AppState, endpoint: Endpoint, prepared: Prepared, mut m
     if let Ok(value) = HeaderValue::from_str(&format!("{:.3}", meter.overhead_ms)) {
         builder = builder.header(HeaderName::from_static(OVERHEAD_HEADER), value);
     }
-    let _ = state;
-    let _ = prepared.stream;
-    let body = Body::from_stream(relay(upstream.bytes_stream(), meter, status, is_sse));
+    let _ = (state, prepared.stream);
+    let declared_length = if is_sse {
+        None
+    } else {
+        upstream.content_length()
+    };
+    let body = Body::from_stream(relay(
+        upstream.bytes_stream(),
+        meter,
+        status,
+        is_sse,
+        declared_length,
+    ));
     builder
         .body(body)
         .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
@@ -359,6 +421,10 @@ async fn forward(state: &AppState, endpoint: Endpoint, prepared: Prepared, mut m
 
 struct Relay<S> {
     upstream: S,
+    /// The body's declared length: hyper stops reading a body once it has sent that many
+    /// bytes, so the call must be complete then, not only when the stream ends.
+    declared_length: Option<u64>,
+    received: u64,
     meter: Meter,
     status: StatusCode,
     sse: Option<EventSplitter>,
@@ -369,12 +435,20 @@ struct Relay<S> {
 
 /// The answer's bytes as they arrive: SSE event by event (holding back a hidden usage chunk),
 /// other bodies chunk by chunk while a copy is kept to read the usage at the end.
-fn relay<S>(upstream: S, meter: Meter, status: StatusCode, is_sse: bool) -> impl Stream<Item = Result<Bytes, std::io::Error>>
+fn relay<S>(
+    upstream: S,
+    meter: Meter,
+    status: StatusCode,
+    is_sse: bool,
+    declared_length: Option<u64>,
+) -> impl Stream<Item = Result<Bytes, std::io::Error>>
 where
     S: Stream<Item = Result<Bytes, reqwest::Error>> + Send + Unpin + 'static,
 {
     let state = Relay {
         upstream,
+        declared_length,
+        received: 0,
         meter,
         status,
         sse: is_sse.then(EventSplitter::default),
@@ -391,7 +465,12 @@ where
                 return None;
             }
             match relay.upstream.next().await {
-                Some(Ok(chunk)) => relay.take(chunk),
+                Some(Ok(chunk)) => {
+                    relay.take(chunk);
+                    if relay.declared_length.is_some_and(|n| relay.received >= n) {
+                        relay.end();
+                    }
+                }
                 Some(Err(e)) => {
                     relay.done = true;
                     relay.meter.finish(
@@ -399,7 +478,10 @@ where
                         None,
                         Some(format!("the provider's answer broke off: {e}")),
                     );
-                    return Some((Err(std::io::Error::other("upstream answer broke off")), relay));
+                    return Some((
+                        Err(std::io::Error::other("upstream answer broke off")),
+                        relay,
+                    ));
                 }
                 None => relay.end(),
             }
@@ -410,6 +492,7 @@ where
 impl<S> Relay<S> {
     fn take(&mut self, chunk: Bytes) {
         self.meter.first_byte();
+        self.received += chunk.len() as u64;
         match &mut self.sse {
             Some(splitter) => {
                 for event in splitter.push(&chunk) {
@@ -429,6 +512,9 @@ impl<S> Relay<S> {
     }
 
     fn end(&mut self) {
+        if self.done {
+            return;
+        }
         self.done = true;
         if let Some(rest) = self.sse.as_mut().and_then(EventSplitter::finish) {
             let (_, data) = parse_event(&rest);
@@ -446,8 +532,9 @@ impl<S> Relay<S> {
             self.meter.finish(status, None, error);
         } else {
             let body = std::mem::take(&mut self.whole);
-            let error = ((200..300).contains(&status) && serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err())
-                .then(|| "the provider's answer is not valid JSON".to_owned());
+            let error = ((200..300).contains(&status)
+                && serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err())
+            .then(|| "the provider's answer is not valid JSON".to_owned());
             self.meter.finish(status, Some(&body), error);
         }
     }

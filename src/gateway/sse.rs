@@ -69,7 +69,13 @@ mod tests {
         let mut s = EventSplitter::default();
         assert!(s.push(b"data: {\"a\"").is_empty());
         let events = s.push(b":1}\n\ndata: [DONE]\n\nevent: x\n");
-        assert_eq!(events, vec![Bytes::from("data: {\"a\":1}\n\n"), Bytes::from("data: [DONE]\n\n")]);
+        assert_eq!(
+            events,
+            vec![
+                Bytes::from("data: {\"a\":1}\n\n"),
+                Bytes::from("data: [DONE]\n\n")
+            ]
+        );
         assert_eq!(s.push(b"data: y\r\n\r\n").len(), 1);
         assert_eq!(s.finish(), None);
         s.push(b"data: tail");
@@ -78,8 +84,14 @@ mod tests {
 
     #[test]
     fn parses_names_and_data() {
-        assert_eq!(parse_event(b"event: message_start\ndata: {}\n\n"), (Some("message_start"), "{}".to_owned()));
-        assert_eq!(parse_event(b"data: a\ndata: b\n\n"), (None, "a\nb".to_owned()));
+        assert_eq!(
+            parse_event(b"event: message_start\ndata: {}\n\n"),
+            (Some("message_start"), "{}".to_owned())
+        );
+        assert_eq!(
+            parse_event(b"data: a\ndata: b\n\n"),
+            (None, "a\nb".to_owned())
+        );
         assert_eq!(parse_event(b": comment\n\n"), (None, String::new()));
     }
 }

@@ -151,7 +151,9 @@ impl StreamTally {
     }
 
     fn note_usage(&mut self, usage: &WireUsage) {
-        self.reported.get_or_insert_with(WireUsage::default).merge(usage);
+        self.reported
+            .get_or_insert_with(WireUsage::default)
+            .merge(usage);
     }
 
     fn note_text(&mut self, text: Option<&str>) {
@@ -305,10 +307,25 @@ mod tests {
             "[DONE]",
         ];
         let (t, verdicts) = tally(&events, true);
-        assert_eq!(verdicts, [Verdict::Forward, Verdict::Forward, Verdict::Hide, Verdict::Forward]);
+        assert_eq!(
+            verdicts,
+            [
+                Verdict::Forward,
+                Verdict::Forward,
+                Verdict::Hide,
+                Verdict::Forward
+            ]
+        );
         assert_eq!(
             t.reported(),
-            Some(TokenUsage { prompt: 12, completion: 2, cache_read: 2, cache_creation: 0, reasoning: 1, total: 14 })
+            Some(TokenUsage {
+                prompt: 12,
+                completion: 2,
+                cache_read: 2,
+                cache_creation: 0,
+                reasoning: 1,
+                total: 14
+            })
         );
         assert_eq!(t.text(), "Hello");
         let (_, shown) = tally(&events, false);
@@ -334,7 +351,14 @@ mod tests {
         assert!(verdicts.iter().all(|v| *v == Verdict::Forward));
         assert_eq!(
             t.reported(),
-            Some(TokenUsage { prompt: 15, completion: 7, cache_read: 3, cache_creation: 1, reasoning: 0, total: 22 })
+            Some(TokenUsage {
+                prompt: 15,
+                completion: 7,
+                cache_read: 3,
+                cache_creation: 1,
+                reasoning: 0,
+                total: 22
+            })
         );
         assert_eq!(t.text(), "Hi");
     }
@@ -348,7 +372,14 @@ mod tests {
         let (t, _) = tally(&events, false);
         assert_eq!(
             t.reported(),
-            Some(TokenUsage { prompt: 20, completion: 5, cache_read: 2, cache_creation: 0, reasoning: 1, total: 25 })
+            Some(TokenUsage {
+                prompt: 20,
+                completion: 5,
+                cache_read: 2,
+                cache_creation: 0,
+                reasoning: 1,
+                total: 25
+            })
         );
         assert_eq!(t.text(), "Yo");
     }
@@ -363,9 +394,18 @@ mod tests {
     #[test]
     fn non_stream_bodies() {
         let cases: [(&str, Option<(u64, u64, u64)>); 5] = [
-            (r#"{"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#, Some((3, 4, 7))),
-            (r#"{"usage":{"prompt_tokens":9,"total_tokens":9}}"#, Some((9, 0, 9))),
-            (r#"{"usage":{"input_tokens":5,"output_tokens":6}}"#, Some((5, 6, 11))),
+            (
+                r#"{"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#,
+                Some((3, 4, 7)),
+            ),
+            (
+                r#"{"usage":{"prompt_tokens":9,"total_tokens":9}}"#,
+                Some((9, 0, 9)),
+            ),
+            (
+                r#"{"usage":{"input_tokens":5,"output_tokens":6}}"#,
+                Some((5, 6, 11)),
+            ),
             (r#"{"id":"x"}"#, None),
             ("not json", None),
         ];

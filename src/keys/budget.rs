@@ -17,7 +17,12 @@ impl State {
     fn fits(&self, amount: u64) -> bool {
         match self.limit {
             None => true,
-            Some(limit) => self.used.saturating_add(self.reserved).saturating_add(amount) <= limit,
+            Some(limit) => {
+                self.used
+                    .saturating_add(self.reserved)
+                    .saturating_add(amount)
+                    <= limit
+            }
         }
     }
 }

@@ -675,7 +675,10 @@ impl SqliteBatchWriter {
     }
 }
 
-fn insert_calls(tx: &Transaction<'_>, records: &[CallRecord]) -> Result<Vec<LoggedCall>, StoreError> {
+fn insert_calls(
+    tx: &Transaction<'_>,
+    records: &[CallRecord],
+) -> Result<Vec<LoggedCall>, StoreError> {
     let mut stmt = tx.prepare_cached(
         "INSERT INTO calls (ts, method, endpoint, status, model, key_id, key_name, prompt_tokens,
          completion_tokens, cache_read_tokens, cache_creation_tokens, reasoning_tokens,

@@ -90,12 +90,7 @@ impl Recorder {
 
     /// Queues a record; waits only while the queue is full.
     pub async fn record(&self, call: CallRecord) {
-        if self
-            .tx
-            .send(Message::Record(Box::new(call)))
-            .await
-            .is_err()
-        {
+        if self.tx.send(Message::Record(Box::new(call))).await.is_err() {
             self.count_dropped();
         }
     }

@@ -9,7 +9,10 @@ const DEFAULT_VERSION: &str = "2023-06-01";
 
 /// The endpoints Anthropic answers.
 pub fn speaks(endpoint: Endpoint) -> bool {
-    matches!(endpoint, Endpoint::Messages | Endpoint::CountTokens | Endpoint::Models)
+    matches!(
+        endpoint,
+        Endpoint::Messages | Endpoint::CountTokens | Endpoint::Models
+    )
 }
 
 /// `base_url` (tolerating a trailing `/v1`) + the endpoint's full path.
@@ -24,6 +27,9 @@ pub fn authorize(headers: &mut HeaderMap, key: Option<&str>) {
         headers.insert("x-api-key", value);
     }
     if !headers.contains_key("anthropic-version") {
-        headers.insert("anthropic-version", HeaderValue::from_static(DEFAULT_VERSION));
+        headers.insert(
+            "anthropic-version",
+            HeaderValue::from_static(DEFAULT_VERSION),
+        );
     }
 }

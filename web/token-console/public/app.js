@@ -26,14 +26,13 @@ const refreshKeysSoon = debounce(() => {
 // ---- language -------------------------------------------------------------
 
 function renderLangButton() {
-  const text = document.getElementById('lang-btn-text');
-  // The button names the other language in that language.
-  text.setAttribute('lang', lang() === 'zh' ? 'en' : 'zh-CN');
+  // The buttons name the other language in that language.
+  for (const text of document.querySelectorAll('.lang-name')) text.setAttribute('lang', lang() === 'zh' ? 'en' : 'zh-CN');
 }
 
-document.getElementById('lang-btn').addEventListener('click', () => {
-  setLang(lang() === 'zh' ? 'en' : 'zh');
-});
+for (const id of ['lang-btn', 'signin-lang']) {
+  document.getElementById(id).addEventListener('click', () => setLang(lang() === 'zh' ? 'en' : 'zh'));
+}
 
 onLangChange(() => {
   renderLangButton();

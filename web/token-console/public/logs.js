@@ -253,6 +253,7 @@ export class Logs {
       const opt = document.createElement('option');
       opt.value = String(k.id);
       opt.textContent = k.name;
+      opt.dataset.raw = '';
       sel.append(opt);
     }
     if ([...sel.options].some((o) => o.value === current)) sel.value = current;
@@ -266,6 +267,7 @@ export class Logs {
       const opt = document.createElement('option');
       opt.value = name;
       opt.textContent = name;
+      opt.dataset.raw = '';
       sel.append(opt);
     }
     sel.value = current;
