@@ -39,7 +39,7 @@ impl fmt::Debug for Secret {
 }
 
 /// Command-line flags, each also readable from the environment variable it names.
-#[derive(Debug, Parser)]
+#[derive(Debug, Default, Parser)]
 #[command(
     name = "token-console",
     version,
