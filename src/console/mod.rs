@@ -139,18 +139,11 @@ async fn api_not_found() -> ConsoleError {
 }
 
 /// Without an admin key the page, like the API, is for this machine only.
-fn page_allowed(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Result<(), Response> {
-    match auth::local_only_refusal(state, peer, headers) {
-        None => Ok(()),
-        Some(e) => Err(page::secure(
-            (
-                StatusCode::FORBIDDEN,
-                [("content-type", "text/plain; charset=utf-8")],
-                e.to_string(),
-            )
-                .into_response(),
-        )),
-    }
+fn page_refusal(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Option<Response> {
+    auth::local_only_refusal(state, peer, headers).map(|e| {
+        let text = [("content-type", "text/plain; charset=utf-8")];
+        page::secure((StatusCode::FORBIDDEN, text, e.to_string()).into_response())
+    })
 }
 
 async fn index(
@@ -158,10 +151,7 @@ async fn index(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    match page_allowed(&state, peer, &headers) {
-        Ok(()) => page::asset(""),
-        Err(refused) => refused,
-    }
+    page_refusal(&state, peer, &headers).unwrap_or_else(|| page::asset(""))
 }
 
 async fn asset(
@@ -170,8 +160,5 @@ async fn asset(
     headers: HeaderMap,
     Path(file): Path<String>,
 ) -> Response {
-    match page_allowed(&state, peer, &headers) {
-        Ok(()) => page::asset(&file),
-        Err(refused) => refused,
-    }
+    page_refusal(&state, peer, &headers).unwrap_or_else(|| page::asset(&file))
 }

@@ -160,6 +160,8 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ConsoleError> 
 mod tests {
     use super::*;
 
+    type Case = (&'static [(&'static str, &'static str)], Option<u32>);
+
     fn params(pairs: &[(&str, &str)]) -> Params {
         pairs
             .iter()
@@ -169,7 +171,7 @@ mod tests {
 
     #[test]
     fn days_follow_the_guide() {
-        let cases: [(&[(&str, &str)], Option<u32>); 7] = [
+        let cases: [Case; 7] = [
             (&[], Some(7)),
             (&[("days", "30")], Some(30)),
             (&[("days", "90")], Some(90)),
@@ -185,7 +187,7 @@ mod tests {
 
     #[test]
     fn limits_follow_the_guide() {
-        let cases: [(&[(&str, &str)], Option<u32>); 5] = [
+        let cases: [Case; 5] = [
             (&[], Some(100)),
             (&[("limit", "5000")], Some(1000)),
             (&[("limit", "1")], Some(1)),

@@ -61,7 +61,7 @@ impl WireUsage {
     }
 
     /// The recorded token fields; `None` when no prompt or completion count was reported.
-    pub fn to_tokens(&self) -> Option<TokenUsage> {
+    pub fn to_tokens(self) -> Option<TokenUsage> {
         let prompt = self.prompt();
         let completion = self.completion();
         if prompt.is_none() && completion.is_none() && self.total_tokens.is_none() {
@@ -215,7 +215,7 @@ impl StreamTally {
 
     /// The usage the upstream reported, if any.
     pub fn reported(&self) -> Option<TokenUsage> {
-        self.reported.as_ref().and_then(WireUsage::to_tokens)
+        self.reported.and_then(WireUsage::to_tokens)
     }
 
     /// The answer text seen so far (for an estimate).
@@ -270,12 +270,13 @@ pub fn texts(value: &serde_json::Value, out: &mut String) {
 fn strings(value: &serde_json::Value, out: &mut String) {
     match value {
         serde_json::Value::String(s) => {
-            if out.len() + s.len() <= MAX_TEXT * 4 {
-                if !out.is_empty() {
-                    out.push('\n');
-                }
-                out.push_str(s);
+            if out.len() + s.len() > MAX_TEXT * 4 {
+                return;
             }
+            if !out.is_empty() {
+                out.push('\n');
+            }
+            out.push_str(s);
         }
         serde_json::Value::Array(_) | serde_json::Value::Object(_) => {
             if let serde_json::Value::Array(items) = value {
@@ -393,7 +394,8 @@ mod tests {
 
     #[test]
     fn non_stream_bodies() {
-        let cases: [(&str, Option<(u64, u64, u64)>); 5] = [
+        type Case = (&'static str, Option<(u64, u64, u64)>);
+        let cases: [Case; 5] = [
             (
                 r#"{"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#,
                 Some((3, 4, 7)),
