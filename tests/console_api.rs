@@ -775,3 +775,65 @@ async fn the_page_is_served_from_the_binary() {
     }
     assert_eq!(seen["index.html"], StatusCode::OK);
 }
+
+#[tokio::test]
+async fn the_live_log_streams_each_new_record_that_passes_the_filters() {
+    let console = Console::start("").await;
+    let request = Request::builder()
+        .uri("/api/console/logs/stream?model=wanted")
+        .body(Body::empty())
+        .unwrap();
+    let response = console.app.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let mut body = response.into_body().into_data_stream();
+    let now = seconds(jiff::Timestamp::now());
+    console
+        .record_all(&[
+            call(now, "other", None, 200, 1, 1, 1),
+            call(now, "wanted", None, 503, 7, 5, 42),
+        ])
+        .await;
+    let mut text = String::new();
+    while !text.contains("\n\n") {
+        let chunk = futures_util::StreamExt::next(&mut body)
+            .await
+            .unwrap()
+            .unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let event = text.split("\n\n").next().unwrap();
+    assert!(event.starts_with("event: log\n"), "{event}");
+    let data = event
+        .lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .unwrap();
+    let row: Value = serde_json::from_str(data).unwrap();
+    assert_eq!(row["model"], "wanted");
+    assert_eq!(row["status"], 503);
+    assert_eq!(row["tokens"], 12);
+    assert_eq!(row["duration"], 42);
+    assert_eq!(row["id"], 2);
+}
+
+#[tokio::test]
+async fn the_api_describes_itself_in_openapi() {
+    let console = Console::start("").await;
+    let (status, doc) = console.json("GET", "/api/console/openapi.json", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(doc["openapi"], "3.1.0");
+    for path in [
+        "/api/console/stats",
+        "/api/console/usage-trend",
+        "/api/console/logs",
+        "/api/console/logs/stream",
+        "/api/console/keys",
+        "/api/console/keys/{id}",
+        "/api/console/export",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} is documented");
+    }
+}

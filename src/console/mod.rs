@@ -41,6 +41,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
             axum::routing::patch(patch_key).delete(delete_key),
         )
         .route("/export", get(export))
+        .route("/openapi.json", get(openapi))
         .fallback(api_not_found)
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -130,6 +131,13 @@ async fn export(
 ) -> Result<Response, ConsoleError> {
     let format = export::format(q.get("format").map(String::as_str))?;
     export::export(&state, format).await
+}
+
+/// The API's OpenAPI 3.1 description (also its reference in the README).
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi() -> Response {
+    ([("content-type", "application/json")], OPENAPI).into_response()
 }
 
 async fn api_not_found() -> ConsoleError {

@@ -131,9 +131,15 @@ pub enum Verdict {
 }
 
 /// Usage and answer text gathered from a stream, one event at a time.
+///
+/// Usage is *final* once it arrives where each protocol puts its closing figures (a top-level
+/// `usage`: OpenAI's usage chunk, Anthropic's `message_delta`; or `response.usage` of the
+/// Responses API). Anthropic's `message_start.message.usage` is only *provisional*: its input
+/// and cache counts are exact, but its output count is a placeholder until `message_delta`.
 #[derive(Default)]
 pub struct StreamTally {
     reported: Option<WireUsage>,
+    final_usage: bool,
     text: String,
     /// Whether the gateway added `stream_options.include_usage` and must hide its chunk.
     pub hide_usage_chunk: bool,
@@ -150,10 +156,11 @@ impl StreamTally {
         }
     }
 
-    fn note_usage(&mut self, usage: &WireUsage) {
+    fn note_usage(&mut self, usage: &WireUsage, is_final: bool) {
         self.reported
             .get_or_insert_with(WireUsage::default)
             .merge(usage);
+        self.final_usage |= is_final;
     }
 
     fn note_text(&mut self, text: Option<&str>) {
@@ -174,14 +181,15 @@ impl StreamTally {
             self.malformed = true;
             return Verdict::Forward;
         };
-        for nested in [&event.message, &event.response].into_iter().flatten() {
-            if let Some(usage) = &nested.usage {
-                self.note_usage(usage);
-            }
+        if let Some(usage) = event.message.as_ref().and_then(|m| m.usage.as_ref()) {
+            self.note_usage(usage, false);
+        }
+        if let Some(usage) = event.response.as_ref().and_then(|r| r.usage.as_ref()) {
+            self.note_usage(usage, true);
         }
         let mut usage_only_chunk = false;
         if let Some(usage) = &event.usage {
-            self.note_usage(usage);
+            self.note_usage(usage, true);
             usage_only_chunk = event.choices.as_ref().is_some_and(Vec::is_empty);
         }
         for choice in event.choices.iter().flatten() {
@@ -362,6 +370,18 @@ mod tests {
             })
         );
         assert_eq!(t.text(), "Hi");
+    }
+
+    #[test]
+    fn anthropic_message_start_alone_is_provisional() {
+        let events = [
+            r#"{"type":"message_start","message":{"id":"m","usage":{"input_tokens":15,"output_tokens":1,"cache_read_input_tokens":3}}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi"}}"#,
+        ];
+        let (t, _) = tally(&events, false);
+        assert_eq!(t.reported(), None, "no message_delta yet: not final");
+        let provisional = t.provisional().unwrap();
+        assert_eq!((provisional.prompt, provisional.cache_read), (15, 3));
     }
 
     #[test]

@@ -41,6 +41,8 @@ pub struct RecorderStats {
     pub batches: u64,
     /// Whether the last write failed and is being retried.
     pub degraded: bool,
+    /// Times a caller found the queue full and had to wait.
+    pub waits: u64,
 }
 
 #[derive(Default)]
@@ -48,6 +50,8 @@ struct Counters {
     written: AtomicU64,
     dropped: AtomicU64,
     batches: AtomicU64,
+    waits: AtomicU64,
+    last_wait_warning_ms: AtomicU64,
     degraded: AtomicBool,
     last_error: Mutex<Option<String>>,
 }
@@ -101,6 +105,7 @@ impl Recorder {
         match self.tx.try_send(Message::Record(Box::new(call))) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(message)) => {
+                self.note_wait();
                 let this = self.clone();
                 match tokio::runtime::Handle::try_current() {
                     Ok(handle) => {
@@ -114,6 +119,24 @@ impl Recorder {
                 }
             }
             Err(mpsc::error::TrySendError::Closed(_)) => self.count_dropped(),
+        }
+    }
+
+    /// Counts a caller that found the queue full, and says so in the log (at most every 10 s).
+    fn note_wait(&self) {
+        let c = &self.counters;
+        c.waits.fetch_add(1, Ordering::Relaxed);
+        let now = jiff::Timestamp::now().as_millisecond().max(0) as u64;
+        let last = c.last_wait_warning_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= 10_000
+            && c.last_wait_warning_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                capacity = QUEUE_CAPACITY,
+                "the record queue is full: calls wait for the store (is the database slow or failing?)"
+            );
         }
     }
 
