@@ -212,6 +212,12 @@ impl Metrics {
                 "1 while the store cannot be written.",
                 u64::from(recorder.degraded),
             ),
+            (
+                "token_console_recorder_queue_full_total",
+                "counter",
+                "Times a call waited for room in the record queue.",
+                recorder.waits,
+            ),
         ] {
             header(&mut out, name, kind, help);
             let _ = writeln!(out, "{name} {value}");
@@ -284,6 +290,7 @@ mod tests {
             dropped: 0,
             batches: 1,
             degraded: false,
+            waits: 0,
         });
         assert!(
             text.contains(r#"token_console_requests_total{model="m\"1",key="k",status="2xx"} 1"#),

@@ -70,6 +70,7 @@ async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
             "written": r.written,
             "dropped": r.dropped,
             "degraded": r.degraded,
+            "queue_full_waits": r.waits,
             "last_error": state.recorder.last_error(),
         },
     }))

@@ -18,7 +18,10 @@ fn run_expecting_failure(dir: &std::path::Path, args: &[&str]) -> (i32, String) 
         .stderr(Stdio::piped())
         .output()
         .unwrap();
-    (output.status.code().unwrap_or(-1), String::from_utf8_lossy(&output.stderr).into_owned())
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 #[tokio::test]
@@ -35,10 +38,22 @@ async fn starts_without_any_configuration_and_shows_zeros() {
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
-    let line = std::io::BufRead::lines(std::io::BufReader::new(stdout)).next().unwrap().unwrap();
-    let url = line.split_whitespace().find_map(|p| p.strip_prefix("gateway=")).unwrap().to_owned();
+    let line = std::io::BufRead::lines(std::io::BufReader::new(stdout))
+        .next()
+        .unwrap()
+        .unwrap();
+    let url = line
+        .split_whitespace()
+        .find_map(|p| p.strip_prefix("gateway="))
+        .unwrap()
+        .to_owned();
     assert!(url.starts_with("http://127.0.0.1:"), "{line}");
-    let stats: Value = reqwest::get(format!("{url}/api/console/stats")).await.unwrap().json().await.unwrap();
+    let stats: Value = reqwest::get(format!("{url}/api/console/stats"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(
         stats,
         json!({"code": 0, "data": {
@@ -49,9 +64,17 @@ async fn starts_without_any_configuration_and_shows_zeros() {
             "models": []
         }})
     );
-    let health: Value = reqwest::get(format!("{url}/healthz")).await.unwrap().json().await.unwrap();
+    let health: Value = reqwest::get(format!("{url}/healthz"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(health["status"], "ok");
-    assert!(dir.path().join("data/token-console.db").exists(), "SQLite under ./data/");
+    assert!(
+        dir.path().join("data/token-console.db").exists(),
+        "SQLite under ./data/"
+    );
     let _ = child.kill();
     let _ = child.wait();
 }
@@ -59,17 +82,28 @@ async fn starts_without_any_configuration_and_shows_zeros() {
 #[test]
 fn a_bad_config_file_stops_start_up_naming_key_and_line() {
     let dir = tempdir();
-    std::fs::write(dir.path().join("config.yaml"), "port: 0\nconsole:\n  enabled: true\n  max_log: 10\n").unwrap();
+    std::fs::write(
+        dir.path().join("config.yaml"),
+        "port: 0\nconsole:\n  enabled: true\n  max_log: 10\n",
+    )
+    .unwrap();
     let (code, stderr) = run_expecting_failure(dir.path(), &[]);
     assert_eq!(code, 2, "{stderr}");
-    assert!(stderr.contains("max_log") && stderr.contains("line 4"), "{stderr}");
+    assert!(
+        stderr.contains("max_log") && stderr.contains("line 4"),
+        "{stderr}"
+    );
 
     std::fs::write(dir.path().join("config.yaml"), "port: eighty\n").unwrap();
     let (code, stderr) = run_expecting_failure(dir.path(), &[]);
     assert_eq!(code, 2);
     assert!(stderr.contains("line 1"), "{stderr}");
 
-    std::fs::write(dir.path().join("config.yaml"), "console:\n  admin_key: ${TC_TEST_UNSET_VARIABLE}\n").unwrap();
+    std::fs::write(
+        dir.path().join("config.yaml"),
+        "console:\n  admin_key: ${TC_TEST_UNSET_VARIABLE}\n",
+    )
+    .unwrap();
     let (code, stderr) = run_expecting_failure(dir.path(), &[]);
     assert_eq!(code, 2);
     assert!(stderr.contains("TC_TEST_UNSET_VARIABLE"), "{stderr}");
@@ -80,9 +114,13 @@ fn an_unwritable_data_directory_stops_start_up_with_what_to_do() {
     let dir = tempdir();
     std::fs::write(dir.path().join("not-a-dir"), "").unwrap();
     let url = format!("sqlite://{}/not-a-dir/sub/tc.db", dir.path().display());
-    let (code, stderr) = run_expecting_failure(dir.path(), &["--port", "0", "--database-url", &url]);
+    let (code, stderr) =
+        run_expecting_failure(dir.path(), &["--port", "0", "--database-url", &url]);
     assert_ne!(code, 0);
-    assert!(stderr.contains("cannot create directory") && stderr.contains("database_url"), "{stderr}");
+    assert!(
+        stderr.contains("cannot create directory") && stderr.contains("database_url"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]
@@ -91,26 +129,61 @@ async fn the_console_can_have_its_own_listener_or_be_switched_off() {
     let split = Server::start(dir.path(), "console:\n  port: 0\n");
     let console_base = split.console.trim_end_matches("/console").to_owned();
     assert_ne!(console_base, split.url);
-    let on_console: Value = reqwest::get(format!("{console_base}/api/console/stats")).await.unwrap().json().await.unwrap();
+    let on_console: Value = reqwest::get(format!("{console_base}/api/console/stats"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(on_console["code"], 0);
-    let on_gateway = reqwest::get(format!("{}/api/console/stats", split.url)).await.unwrap();
+    let on_gateway = reqwest::get(format!("{}/api/console/stats", split.url))
+        .await
+        .unwrap();
     assert_eq!(on_gateway.status(), 404);
     drop(split);
 
     let dir = tempdir();
     let off = Server::start(dir.path(), "console:\n  enabled: false\n");
     assert_eq!(off.console, "off");
-    assert_eq!(reqwest::get(format!("{}/api/console/stats", off.url)).await.unwrap().status(), 404);
-    assert_eq!(reqwest::get(format!("{}/console/", off.url)).await.unwrap().status(), 404);
-    assert_eq!(reqwest::get(format!("{}/healthz", off.url)).await.unwrap().status(), 200);
+    assert_eq!(
+        reqwest::get(format!("{}/api/console/stats", off.url))
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(
+        reqwest::get(format!("{}/console/", off.url))
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(
+        reqwest::get(format!("{}/healthz", off.url))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 }
 
 #[tokio::test]
 async fn environment_variables_configure_the_console() {
     let dir = tempdir();
-    let server = Server::start_with(dir.path(), "", &[("CONSOLE_PATH", "/board"), ("CONSOLE_MAX_LOGS", "5")]);
+    let server = Server::start_with(
+        dir.path(),
+        "",
+        &[("CONSOLE_PATH", "/board"), ("CONSOLE_MAX_LOGS", "5")],
+    );
     assert!(server.console.ends_with("/board"), "{}", server.console);
-    assert_eq!(reqwest::get(format!("{}/board/", server.url)).await.unwrap().status(), 200);
+    assert_eq!(
+        reqwest::get(format!("{}/board/", server.url))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 }
 
 #[tokio::test]
@@ -139,8 +212,14 @@ async fn sigterm_right_after_a_burst_loses_nothing() {
     assert!(status.success(), "exit status {status:?}");
 
     let log = std::fs::read_to_string(dir.path().join("logs/error.log")).unwrap();
-    assert!(log.contains("token-console started"), "the guide's log file is written");
-    assert!(!log.contains(&key) && !log.contains(PROVIDER_KEY), "no secret in the log");
+    assert!(
+        log.contains("token-console started"),
+        "the guide's log file is written"
+    );
+    assert!(
+        !log.contains(&key) && !log.contains(PROVIDER_KEY),
+        "no secret in the log"
+    );
 
     let again = Server::start(dir.path(), &yaml);
     let stats = again.data("/api/console/stats").await;

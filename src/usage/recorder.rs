@@ -94,6 +94,9 @@ impl Recorder {
 
     /// Queues a record; waits only while the queue is full.
     pub async fn record(&self, call: CallRecord) {
+        if self.tx.capacity() == 0 {
+            self.note_wait();
+        }
         if self.tx.send(Message::Record(Box::new(call))).await.is_err() {
             self.count_dropped();
         }
@@ -167,6 +170,7 @@ impl Recorder {
             dropped: c.dropped.load(Ordering::Relaxed),
             batches: c.batches.load(Ordering::Relaxed),
             degraded: c.degraded.load(Ordering::Relaxed),
+            waits: c.waits.load(Ordering::Relaxed),
         }
     }
 
