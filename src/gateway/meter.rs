@@ -31,6 +31,8 @@ pub struct Meter {
     first_byte_ms: Option<u64>,
     /// Time the gateway itself spent before forwarding.
     pub overhead_ms: f64,
+    /// The provider's status, once its answer arrived.
+    upstream_status: Option<u16>,
     finished: bool,
 }
 
@@ -61,6 +63,7 @@ impl Meter {
             tally: StreamTally::default(),
             first_byte_ms: None,
             overhead_ms: 0.0,
+            upstream_status: None,
             finished: false,
         }
     }
@@ -95,6 +98,11 @@ impl Meter {
         }
     }
 
+    /// Notes the status the provider answered with.
+    pub fn answered(&mut self, status: u16) {
+        self.upstream_status = Some(status);
+    }
+
     /// Ends the call with `status`; `body` is a whole (non-stream) answer, if there was one.
     pub fn finish(&mut self, status: u16, body: Option<&[u8]>, error: Option<String>) {
         let success = (200..300).contains(&status);
@@ -103,11 +111,11 @@ impl Meter {
             .or_else(|| self.tally.reported());
         let tokens = match reported {
             Some(tokens) => Some(tokens),
-            None if success || status == CLIENT_CLOSED => self.estimate(body),
+            None if success => self.estimate(body),
             None => None,
         };
         let error = error.or_else(|| {
-            (status >= 400 && status != CLIENT_CLOSED)
+            (status >= 400)
                 .then(|| body.and_then(error_message))
                 .flatten()
         });
@@ -119,26 +127,59 @@ impl Meter {
         );
     }
 
+    /// Ends a call whose answer was cut short — the client went away (499) or the provider's
+    /// answer broke off (502) — with the tokens seen so far: the final usage if it had already
+    /// arrived, else an estimate of the prompt and of the answer text passed on until then.
+    pub fn cut_short(&mut self, status: u16, error: String) {
+        let reported = self.tally.reported();
+        let provider_failed = self
+            .upstream_status
+            .is_some_and(|s| !(200..300).contains(&s));
+        let tokens = reported.or_else(|| (!provider_failed).then(|| self.estimate(None)).flatten());
+        self.complete(
+            status,
+            tokens,
+            reported.is_none() && tokens.is_some(),
+            Some(error),
+        );
+    }
+
+    /// The tokenizer's estimate of the call, from the request and the answer (the whole body,
+    /// or the stream's text so far); `None` before the request was forwarded.
     fn estimate(&self, body: Option<&[u8]>) -> Option<TokenUsage> {
         if !self.endpoint.spends_tokens() {
             return None;
         }
         let request = self.request.as_ref()?;
-        let answer_text = match body {
-            Some(bytes) => {
-                let mut text = String::new();
-                if let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) {
-                    super::usage::texts(&value, &mut text);
-                }
-                text
-            }
-            None => self.tally.text().to_owned(),
+        let has_completion = self.endpoint.has_completion();
+        let Some(bytes) = body else {
+            return Some(self.stream_estimate(request, has_completion));
         };
-        Some(estimate::usage(
-            request,
-            &answer_text,
-            self.endpoint.has_completion(),
-        ))
+        let mut answer_text = String::new();
+        if let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) {
+            super::usage::texts(&value, &mut answer_text);
+        }
+        Some(estimate::usage(request, &answer_text, has_completion))
+    }
+
+    /// A streamed answer without final usage: the provisional figures the stream gave (Anthropic's
+    /// `message_start` has exact input and cache counts), completed by the tokenizer.
+    fn stream_estimate(&self, request: &serde_json::Value, has_completion: bool) -> TokenUsage {
+        let counted = estimate::usage(request, self.tally.text(), has_completion);
+        match self.tally.provisional() {
+            Some(p) if p.prompt > 0 => {
+                let completion = p.completion.max(counted.completion);
+                TokenUsage {
+                    prompt: p.prompt,
+                    completion,
+                    cache_read: p.cache_read,
+                    cache_creation: p.cache_creation,
+                    reasoning: p.reasoning,
+                    total: p.prompt + completion,
+                }
+            }
+            _ => counted,
+        }
     }
 
     fn complete(
@@ -175,17 +216,9 @@ impl Meter {
 impl Drop for Meter {
     fn drop(&mut self) {
         if !self.finished {
-            let tokens = self.tally.reported().or_else(|| {
-                (self.first_byte_ms.is_some())
-                    .then(|| self.estimate(None))
-                    .flatten()
-            });
-            let estimated = self.tally.reported().is_none() && tokens.is_some();
-            self.complete(
+            self.cut_short(
                 CLIENT_CLOSED,
-                tokens,
-                estimated,
-                Some("the client closed the connection before the answer was complete".into()),
+                "the client closed the connection before the answer was complete".into(),
             );
         }
     }

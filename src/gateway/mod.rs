@@ -5,6 +5,8 @@
 mod endpoint;
 mod error;
 mod estimate;
+#[doc(hidden)]
+pub mod fuzz;
 mod glob;
 mod meter;
 mod models;

@@ -384,6 +384,7 @@ async fn forward(
     };
     let after_headers = std::time::Instant::now();
     let status = upstream.status();
+    meter.answered(status.as_u16());
     let is_sse = upstream
         .headers()
         .get(header::CONTENT_TYPE)
@@ -473,10 +474,9 @@ where
                 }
                 Some(Err(e)) => {
                     relay.done = true;
-                    relay.meter.finish(
+                    relay.meter.cut_short(
                         StatusCode::BAD_GATEWAY.as_u16(),
-                        None,
-                        Some(format!("the provider's answer broke off: {e}")),
+                        format!("the provider's answer broke off: {e}"),
                     );
                     return Some((
                         Err(std::io::Error::other("upstream answer broke off")),
@@ -538,4 +538,16 @@ impl<S> Relay<S> {
             self.meter.finish(status, Some(&body), error);
         }
     }
+}
+
+/// Runs every read the gateway makes of a client's request body (for the fuzzer).
+pub(crate) fn inspect(bytes: &[u8]) {
+    let Ok(mut object) = parse_request(bytes) else {
+        return;
+    };
+    let _ = requested_max_tokens(&object);
+    let _ = ask_for_stream_usage(&mut object);
+    let value = serde_json::Value::Object(object);
+    let _ = estimate::prompt_upper_bound(&value);
+    let _ = estimate::prompt_tokens(&value);
 }

@@ -221,8 +221,16 @@ impl StreamTally {
         }
     }
 
-    /// The usage the upstream reported, if any.
+    /// The final usage the upstream reported, if it did.
     pub fn reported(&self) -> Option<TokenUsage> {
+        if !self.final_usage {
+            return None;
+        }
+        self.reported.and_then(WireUsage::to_tokens)
+    }
+
+    /// Whatever usage the stream reported so far, final or provisional.
+    pub fn provisional(&self) -> Option<TokenUsage> {
         self.reported.and_then(WireUsage::to_tokens)
     }
 

@@ -1,0 +1,605 @@
+//! Every error the gateway answers itself (and upstream errors it passes through), on the OpenAI
+//! and the Anthropic routes: the status, the protocol's error shape, and exactly one recorded row
+//! with that status, against the real binary and the mock upstream.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+mod gateway_support;
+
+use common::*;
+use gateway_support::*;
+use serde_json::{json, Value};
+
+const TEXT: &str = "budget test words";
+
+/// Sends the protocol's call, checks the status and error shape, and returns (type, code, body).
+async fn expect_error(
+    server: &Server,
+    proto: Proto,
+    auth: Auth<'_>,
+    model: &str,
+    status: u16,
+) -> (String, Value, reqwest::header::HeaderMap) {
+    let (got, headers, body) = ask(server, proto, auth, model, TEXT).await;
+    assert_eq!(got, status, "{proto:?} {model}: {body}");
+    let (kind, _) = assert_error_shape(proto, &body);
+    let code = body["error"]["code"].clone();
+    (kind, code, headers)
+}
+
+async fn expect_ok(server: &Server, proto: Proto, auth: Auth<'_>, model: &str) -> Value {
+    let (status, _, body) = ask(server, proto, auth, model, TEXT).await;
+    assert_eq!(status, 200, "{proto:?} {model}: {body}");
+    body
+}
+
+/// Checks a refused call's row: the key it was made with (or none), no tokens, a message.
+fn assert_refused_row(row: &Value, key_id: Option<i64>) {
+    assert_eq!(row["key_id"], json!(key_id), "{row}");
+    if key_id.is_none() {
+        assert_eq!(row["key_name"], Value::Null, "{row}");
+    }
+    assert_eq!(row["tokens"], 0, "a refused call spends nothing: {row}");
+    assert!(
+        row["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "the row says why: {row}"
+    );
+}
+
+async fn mock_requests(mock: &Mock) -> u64 {
+    mock.stats().await["requests"].as_u64().unwrap()
+}
+
+fn start(mock: &Mock, extra_yaml: &str) -> (tempfile::TempDir, Server) {
+    let dir = tempdir();
+    let yaml = format!("{}{extra_yaml}", providers_yaml(&mock.url));
+    let server = Server::start(dir.path(), &yaml);
+    (dir, server)
+}
+
+#[tokio::test]
+async fn missing_key_is_401_recorded_without_a_key() {
+    let mock = Mock::start();
+    let (_dir, server) = start(&mock, "");
+    for proto in BOTH {
+        let (kind, code, _) = expect_error(&server, proto, Auth::None, "gpt-4o", 401).await;
+        match proto {
+            Proto::OpenAi => assert_eq!(code, "invalid_api_key"),
+            Proto::Anthropic => assert_eq!(kind, "authentication_error"),
+        }
+    }
+    let rows = settle(&server, 2).await;
+    for proto in BOTH {
+        assert_refused_row(&one_row(&rows, proto.path(), 401), None);
+    }
+    assert_eq!(
+        mock_requests(&mock).await,
+        0,
+        "nothing reached the provider"
+    );
+}
+
+#[tokio::test]
+async fn unknown_key_is_401_recorded_without_a_key() {
+    let mock = Mock::start();
+    let (_dir, server) = start(&mock, "");
+    let forged = format!("sk-tc-{}", "A".repeat(40));
+    for proto in BOTH {
+        let (kind, code, _) =
+            expect_error(&server, proto, proto.auth(&forged), "gpt-4o", 401).await;
+        match proto {
+            Proto::OpenAi => assert_eq!(code, "invalid_api_key"),
+            Proto::Anthropic => assert_eq!(kind, "authentication_error"),
+        }
+    }
+    let rows = settle(&server, 2).await;
+    for proto in BOTH {
+        assert_refused_row(&one_row(&rows, proto.path(), 401), None);
+    }
+    assert_eq!(mock_requests(&mock).await, 0);
+}
+
+#[tokio::test]
+async fn deleted_key_is_401_on_the_next_request() {
+    let mock = Mock::start();
+    let (_dir, server) = start(&mock, "");
+    let (id, key) = server.create_key("soon-gone").await;
+    for proto in BOTH {
+        expect_ok(&server, proto, proto.auth(&key), "gpt-4o").await;
+    }
+    let (status, body) = server.delete(&format!("/api/console/keys/{id}")).await;
+    assert_eq!(status, 200, "{body}");
+    for proto in BOTH {
+        expect_error(&server, proto, proto.auth(&key), "gpt-4o", 401).await;
+    }
+    let rows = settle(&server, 4).await;
+    for proto in BOTH {
+        assert_eq!(one_row(&rows, proto.path(), 200)["key_id"], id);
+        assert_refused_row(&one_row(&rows, proto.path(), 401), None);
+    }
+    assert_eq!(
+        mock_requests(&mock).await,
+        2,
+        "only the calls before the delete"
+    );
+}
+
+#[tokio::test]
+async fn disabled_key_is_403_until_enabled_again() {
+    let mock = Mock::start();
+    let (_dir, server) = start(&mock, "");
+    let (id, key) = server.create_key("paused").await;
+    patch_key(&server, id, json!({"enabled": false})).await;
+    for proto in BOTH {
+        let (kind, code, _) = expect_error(&server, proto, proto.auth(&key), "gpt-4o", 403).await;
+        assert_eq!(kind, "permission_error");
+        if proto == Proto::OpenAi {
+            assert_eq!(code, "permission_denied");
+        }
+    }
+    assert_eq!(mock_requests(&mock).await, 0);
+    patch_key(&server, id, json!({"enabled": true})).await;
+    expect_ok(&server, Proto::OpenAi, Auth::Bearer(&key), "gpt-4o").await;
+    let rows = settle(&server, 3).await;
+    for proto in BOTH {
+        let row = one_row(&rows, proto.path(), 403);
+        assert_refused_row(&row, Some(id));
+        assert_eq!(row["key_name"], "paused");
+    }
+}
+
+#[tokio::test]
+async fn expired_key_is_403() {
+    let mock = Mock::start();
+    let (_dir, server) = start(&mock, "");
+    let (id, key) = server.create_key("expired").await;
+    patch_key(&server, id, json!({"expires_at": "2000-01-01T00:00:00Z"})).await;
+    for proto in BOTH {
+        let (_, _, _) = expect_error(&server, proto, proto.auth(&key), "gpt-4o", 403).await;
+    }
+    let rows = settle(&server, 2).await;
+    for proto in BOTH {
+        let row = one_row(&rows, proto.path(), 403);
+        assert_refused_row(&row, Some(id));
+        assert!(row["error"].as_str().unwrap().contains("expired"), "{row}");
+    }
+    assert_eq!(mock_requests(&mock).await, 0);
+}
+
+#[tokio::test]
+async fn model_outside_the_keys_allowed_list_is_403() {
+    let mock = Mock::start();
+    let (_dir, server) = start(&mock, "");
+    let (id, key) = server.create_key("gpt-only").await;
+    patch_key(&server, id, json!({"allowed_models": ["gpt-*"]})).await;
+    for proto in BOTH {
+        let (kind, _, _) =
+            expect_error(&server, proto, proto.auth(&key), "claude-3-haiku", 403).await;
+        assert_eq!(kind, "permission_error");
+    }
+    assert_eq!(mock_requests(&mock).await, 0);
+    expect_ok(&server, Proto::OpenAi, Auth::Bearer(&key), "gpt-4o").await;
+    let rows = settle(&server, 3).await;
+    for proto in BOTH {
+        let row = one_row(&rows, proto.path(), 403);
+        assert_refused_row(&row, Some(id));
+        assert_eq!(row["model"], "claude-3-haiku");
+    }
+    assert_eq!(
+        one_row(&rows, "/v1/chat/completions", 200)["model"],
+        "gpt-4o"
+    );
+}
+
+#[tokio::test]
+async fn model_no_provider_serves_is_404() {
+    let mock = Mock::start();
+    let dir = tempdir();
+    let yaml = format!(
+        "providers:\n  - {{ name: only-gpt, kind: openai, base_url: \"{}/v1\", api_key: \"{PROVIDER_KEY}\", models: [\"gpt-*\"] }}\n",
+        mock.url
+    );
+    let server = Server::start(dir.path(), &yaml);
+    let (id, key) = server.create_key("router").await;
+    let (kind, code, _) = expect_error(
+        &server,
+        Proto::OpenAi,
+        Auth::Bearer(&key),
+        "claude-3-haiku",
+        404,
+    )
+    .await;
+    assert_eq!(
+        (kind.as_str(), code),
+        ("invalid_request_error", json!("model_not_found"))
+    );
+    // An OpenAI provider serves gpt-*, but nothing speaks the Anthropic protocol.
+    let (kind, _, _) = expect_error(
+        &server,
+        Proto::Anthropic,
+        Auth::XApiKey(&key),
+        "gpt-4o",
+        404,
+    )
+    .await;
+    assert_eq!(kind, "not_found_error");
+    let rows = settle(&server, 2).await;
+    let row = one_row(&rows, "/v1/chat/completions", 404);
+    assert_refused_row(&row, Some(id));
+    assert_eq!(row["model"], "claude-3-haiku");
+    assert_eq!(one_row(&rows, "/v1/messages", 404)["model"], "gpt-4o");
+    assert_eq!(mock_requests(&mock).await, 0);
+}
+
+#[tokio::test]
+async fn malformed_json_is_400() {
+    let mock = Mock::start();
+    let (_dir, server) = start(&mock, "");
+    let (id, key) = server.create_key("sloppy").await;
+    for proto in BOTH {
+        let r = post_raw(
+            &server.url,
+            proto.path(),
+            proto.auth(&key),
+            br#"{"model": "gpt-4o", "messages": [{"role": "us"#.to_vec(),
+        )
+        .await;
+        assert_eq!(r.status(), 400);
+        let body: Value = r.json().await.unwrap();
+        let (kind, _) = assert_error_shape(proto, &body);
+        assert_eq!(kind, "invalid_request_error");
+    }
+    let rows = settle(&server, 2).await;
+    for proto in BOTH {
+        assert_refused_row(&one_row(&rows, proto.path(), 400), Some(id));
+    }
+    assert_eq!(mock_requests(&mock).await, 0);
+}
+
+#[tokio::test]
+async fn body_over_max_body_bytes_is_413_with_or_without_a_length() {
+    let mock = Mock::start();
+    let (_dir, server) = start(&mock, "max_body_bytes: 1000\n");
+    let (id, key) = server.create_key("verbose").await;
+    let long = "word ".repeat(400);
+    for proto in BOTH {
+        let body = serde_json::to_vec(&proto.body("gpt-4o", &long, 20, false)).unwrap();
+        assert!(body.len() > 1000);
+        // Declared length.
+        let r = post_raw(&server.url, proto.path(), proto.auth(&key), body.clone()).await;
+        assert_eq!(r.status(), 413);
+        assert_error_shape(proto, &r.json().await.unwrap());
+        // Chunked, no declared length: the limit still holds while reading.
+        let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+            body.chunks(100).map(|c| Ok(c.to_vec())).collect();
+        let r = reqwest::Client::new()
+            .post(format!("{}{}", server.url, proto.path()))
+            .bearer_auth(&key)
+            .header("content-type", "application/json")
+            .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+                chunks,
+            )))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 413);
+        assert_error_shape(proto, &r.json().await.unwrap());
+    }
+    // Just under the limit is served.
+    expect_ok(&server, Proto::OpenAi, Auth::Bearer(&key), "gpt-4o").await;
+    let rows = settle(&server, 5).await;
+    for proto in BOTH {
+        let refused: Vec<&Value> = rows
+            .iter()
+            .filter(|r| r["endpoint"] == proto.path() && r["status"] == 413)
+            .collect();
+        assert_eq!(refused.len(), 2, "{rows:#?}");
+        refused.iter().for_each(|r| assert_refused_row(r, Some(id)));
+    }
+    assert_eq!(mock_requests(&mock).await, 1);
+}
+
+#[tokio::test]
+async fn global_budget_used_up_is_429_insufficient_quota() {
+    let mock = Mock::start();
+    // One call reserves 9 + 4 + 3 + 20 = 36 and uses 13 + 20 = 33: a second cannot fit in 60.
+    let (_dir, server) = start(&mock, "quota:\n  total_tokens: 60\n");
+    let (id, key) = server.create_key("spender").await;
+    let first = expect_ok(&server, Proto::OpenAi, Auth::Bearer(&key), "gpt-4o").await;
+    assert_eq!(
+        first["usage"]["total_tokens"],
+        mock_prompt(TEXT) + mock_completion(20)
+    );
+    for proto in BOTH {
+        let (kind, code, _) = expect_error(&server, proto, proto.auth(&key), "gpt-4o", 429).await;
+        if proto == Proto::OpenAi {
+            assert_eq!(
+                (kind.as_str(), code),
+                ("insufficient_quota", json!("insufficient_quota"))
+            );
+        }
+    }
+    let rows = settle(&server, 3).await;
+    for proto in BOTH {
+        assert_refused_row(&one_row(&rows, proto.path(), 429), Some(id));
+    }
+    assert_eq!(
+        mock_requests(&mock).await,
+        1,
+        "the refused calls never left"
+    );
+    let stats = server.data("/api/console/stats").await;
+    assert_eq!(stats["used_tokens"], 33);
+    assert_eq!(stats["total_tokens"], 60);
+}
+
+#[tokio::test]
+async fn key_token_limit_used_up_is_429_for_that_key_only() {
+    let mock = Mock::start();
+    let (_dir, server) = start(&mock, "");
+    let (id, key) = server.create_key("limited").await;
+    let (_, other) = server.create_key("unlimited").await;
+    patch_key(&server, id, json!({"token_limit": 60})).await;
+    expect_ok(&server, Proto::OpenAi, Auth::Bearer(&key), "gpt-4o").await;
+    for proto in BOTH {
+        let (_, code, _) = expect_error(&server, proto, proto.auth(&key), "gpt-4o", 429).await;
+        if proto == Proto::OpenAi {
+            assert_eq!(code, "insufficient_quota");
+        }
+    }
+    expect_ok(
+        &server,
+        Proto::Anthropic,
+        Auth::XApiKey(&other),
+        "claude-3-haiku",
+    )
+    .await;
+    let rows = settle(&server, 4).await;
+    for proto in BOTH {
+        assert_refused_row(&one_row(&rows, proto.path(), 429), Some(id));
+    }
+    assert_eq!(mock_requests(&mock).await, 2);
+    let keys = server.data("/api/console/keys").await;
+    let limited = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == id)
+        .unwrap();
+    assert_eq!(limited["used_tokens"], 33);
+}
+
+#[tokio::test]
+async fn rpm_limit_is_429_with_retry_after() {
+    let mock = Mock::start();
+    let (_dir, server) = start(&mock, "");
+    let (id, key) = server.create_key("chatty").await;
+    patch_key(&server, id, json!({"rpm_limit": 2})).await;
+    expect_ok(&server, Proto::OpenAi, Auth::Bearer(&key), "gpt-4o").await;
+    expect_ok(
+        &server,
+        Proto::Anthropic,
+        Auth::XApiKey(&key),
+        "claude-3-haiku",
+    )
+    .await;
+    for proto in BOTH {
+        let (kind, code, headers) =
+            expect_error(&server, proto, proto.auth(&key), "gpt-4o", 429).await;
+        match proto {
+            Proto::OpenAi => assert_eq!(code, "rate_limit_exceeded"),
+            Proto::Anthropic => assert_eq!(kind, "rate_limit_error"),
+        }
+        let retry_after: u64 = headers
+            .get("retry-after")
+            .expect("a Retry-After header")
+            .to_str()
+            .unwrap()
+            .parse()
+            .expect("Retry-After in whole seconds");
+        assert!((1..=60).contains(&retry_after), "{retry_after}");
+    }
+    let rows = settle(&server, 4).await;
+    for proto in BOTH {
+        assert_refused_row(&one_row(&rows, proto.path(), 429), Some(id));
+    }
+    assert_eq!(mock_requests(&mock).await, 2);
+}
+
+#[tokio::test]
+async fn unreachable_upstream_is_502() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let dir = tempdir();
+    let server = Server::start(dir.path(), &providers_with(&url, "[\"*\"]", "[\"*\"]", ""));
+    let (id, key) = server.create_key("hopeful").await;
+    for proto in BOTH {
+        expect_error(&server, proto, proto.auth(&key), "gpt-4o", 502).await;
+    }
+    let rows = settle(&server, 2).await;
+    for proto in BOTH {
+        let row = one_row(&rows, proto.path(), 502);
+        assert_refused_row(&row, Some(id));
+        assert!(
+            row["error"].as_str().unwrap().contains("mock-"),
+            "names the provider: {row}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn upstream_slower_than_first_byte_timeout_is_504() {
+    let mock = Mock::start();
+    let dir = tempdir();
+    let yaml = providers_with(
+        &mock.url,
+        "[\"*\"]",
+        "[\"*\"]",
+        "first_byte_timeout_ms: 300",
+    );
+    let server = Server::start(dir.path(), &yaml);
+    let (id, key) = server.create_key("patient").await;
+    for proto in BOTH {
+        let (kind, _, _) =
+            expect_error(&server, proto, proto.auth(&key), "mock-latency-5000", 504).await;
+        if proto == Proto::Anthropic {
+            assert_eq!(kind, "timeout_error");
+        }
+    }
+    let rows = settle(&server, 2).await;
+    for proto in BOTH {
+        let row = one_row(&rows, proto.path(), 504);
+        assert_refused_row(&row, Some(id));
+        assert_eq!(row["model"], "mock-latency-5000");
+    }
+    assert_eq!(
+        mock_requests(&mock).await,
+        2,
+        "the request did reach the provider"
+    );
+}
+
+#[tokio::test]
+async fn upstream_errors_pass_through_unchanged() {
+    let mock = Mock::start();
+    let (_dir, server) = start(&mock, "");
+    let (id, key) = server.create_key("unlucky").await;
+    let cases = [
+        (Proto::OpenAi, 500),
+        (Proto::Anthropic, 500),
+        (Proto::OpenAi, 429),
+        (Proto::Anthropic, 529),
+    ];
+    for (proto, code) in cases {
+        let r = post(
+            &server.url,
+            proto.path(),
+            proto.auth(&key),
+            &proto.body(&format!("mock-error-{code}"), TEXT, 20, false),
+        )
+        .await;
+        assert_eq!(r.status(), code);
+        assert_eq!(
+            r.headers()["x-mock-error"],
+            "1",
+            "upstream headers pass through"
+        );
+        let body: Value = r.json().await.unwrap();
+        let message = format!("mock-upstream: simulated error {code}");
+        match proto {
+            Proto::OpenAi => {
+                let kind = if code == 429 {
+                    "requests"
+                } else {
+                    "server_error"
+                };
+                let err_code = if code == 429 {
+                    "rate_limit_exceeded"
+                } else {
+                    "server_error"
+                };
+                assert_eq!(
+                    body,
+                    json!({"error": {"message": message, "type": kind, "param": null, "code": err_code}})
+                );
+            }
+            Proto::Anthropic => {
+                let kind = if code == 529 {
+                    "overloaded_error"
+                } else {
+                    "api_error"
+                };
+                assert_eq!(
+                    body,
+                    json!({"type": "error", "error": {"type": kind, "message": message}})
+                );
+            }
+        }
+    }
+    let rows = settle(&server, 4).await;
+    for (proto, code) in cases {
+        let row = one_row(&rows, proto.path(), code);
+        assert_eq!(row["key_id"], id);
+        assert_eq!(
+            row["error"],
+            format!("mock-upstream: simulated error {code}")
+        );
+    }
+}
+
+#[tokio::test]
+async fn unknown_route_is_404_and_wrong_method_is_405() {
+    let mock = Mock::start();
+    let (_dir, server) = start(&mock, "");
+    let (_, key) = server.create_key("explorer").await;
+    let client = reqwest::Client::new();
+    let cases = [
+        ("POST", "/v1/foo", Proto::OpenAi, 404),
+        ("POST", "/v1/messages/foo", Proto::Anthropic, 404),
+        ("GET", "/v1/chat/completions", Proto::OpenAi, 405),
+        ("GET", "/v1/messages", Proto::Anthropic, 405),
+        ("DELETE", "/v1/models", Proto::OpenAi, 405),
+    ];
+    for (method, path, proto, status) in cases {
+        let r = client
+            .request(method.parse().unwrap(), format!("{}{path}", server.url))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "{method} {path}");
+        assert_error_shape(proto, &r.json().await.unwrap());
+    }
+    let rows = settle(&server, cases.len() as u64).await;
+    for (method, path, _, status) in cases {
+        let row = one_row(&rows, path, status);
+        assert_eq!(row["method"], method);
+    }
+    assert_eq!(mock_requests(&mock).await, 0);
+}
+
+#[tokio::test]
+async fn upstream_breaking_off_mid_stream_is_502_with_the_tokens_seen() {
+    let mock = Mock::start();
+    let (_dir, server) = start(&mock, "");
+    let (id, key) = server.create_key("unlucky-stream").await;
+    for proto in BOTH {
+        let body = proto.body("mock-drop-mid-stream", TEXT, 20, true);
+        let mut r = post(&server.url, proto.path(), proto.auth(&key), &body).await;
+        assert_eq!(r.status(), 200, "the stream had started");
+        let mut seen = String::new();
+        let broke = loop {
+            match r.chunk().await {
+                Ok(Some(chunk)) => seen.push_str(&String::from_utf8_lossy(&chunk)),
+                Ok(None) => break false,
+                Err(_) => break true,
+            }
+        };
+        assert!(
+            broke,
+            "the client sees the stream break, not a clean end: {seen}"
+        );
+        assert!(seen.contains("tok0"), "what arrived was passed on: {seen}");
+    }
+    let rows = settle(&server, 2).await;
+    for proto in BOTH {
+        let row = one_row(&rows, proto.path(), 502);
+        assert_eq!(row["key_id"], id);
+        assert_eq!(row["estimated"], true, "{row}");
+        let [prompt, completion, .., total] = row_tokens(&row);
+        assert!(
+            prompt > 0 && completion > 0,
+            "the tokens passed on are counted: {row}"
+        );
+        assert_eq!(total, prompt + completion);
+        if proto == Proto::Anthropic {
+            assert_eq!(
+                prompt,
+                mock_prompt(TEXT),
+                "message_start's exact input: {row}"
+            );
+        }
+    }
+    assert_eq!(mock.stats().await["aborted_streams"], 2);
+}
