@@ -179,6 +179,7 @@ struct RawProvider {
     models: Option<Vec<EnvString>>,
     connect_timeout_ms: Option<u64>,
     first_byte_timeout_ms: Option<u64>,
+    stream_idle_timeout_ms: Option<u64>,
     idle_timeout_ms: Option<u64>,
 }
 
@@ -233,6 +234,8 @@ pub struct ProviderConfig {
     pub connect_timeout_ms: u64,
     /// Time allowed until the upstream's response headers arrive.
     pub first_byte_timeout_ms: u64,
+    /// Longest silence allowed between two chunks of an answer.
+    pub stream_idle_timeout_ms: u64,
     /// Pooled connections idle longer than this are closed.
     pub idle_timeout_ms: u64,
 }
@@ -522,6 +525,7 @@ fn validate_provider(raw: RawProvider) -> Result<ProviderConfig, ConfigError> {
         models,
         connect_timeout_ms: raw.connect_timeout_ms.unwrap_or(10_000),
         first_byte_timeout_ms: raw.first_byte_timeout_ms.unwrap_or(300_000),
+        stream_idle_timeout_ms: raw.stream_idle_timeout_ms.unwrap_or(300_000),
         idle_timeout_ms: raw.idle_timeout_ms.unwrap_or(90_000),
     })
 }
@@ -558,6 +562,7 @@ fn providers_from_env(env: &impl Fn(&str) -> Option<String>) -> Vec<ProviderConf
             models: vec!["*".to_owned()],
             connect_timeout_ms: 10_000,
             first_byte_timeout_ms: 300_000,
+            stream_idle_timeout_ms: 300_000,
             idle_timeout_ms: 90_000,
         });
     }

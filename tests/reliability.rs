@@ -323,3 +323,36 @@ async fn secrets_appear_nowhere_but_the_create_answer() {
         );
     }
 }
+
+/// A provider that sends its headers and then nothing: the answer is cut off after
+/// `stream_idle_timeout_ms`, the call recorded as 504, and the gateway keeps serving.
+#[tokio::test]
+async fn a_provider_that_stalls_after_its_headers_is_cut_off() {
+    let mock = Mock::start();
+    let dir = tempdir();
+    let yaml = format!(
+        "providers:\n  - {{ name: stalling, kind: openai, base_url: \"{}/v1\", api_key: \"{PROVIDER_KEY}\", models: [\"*\"], stream_idle_timeout_ms: 300 }}\n",
+        mock.url
+    );
+    let server = Server::start(dir.path(), &yaml);
+    let (_, key) = server.create_key("stall").await;
+    let body = json!({"model": "mock-stall-after-headers", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+    let response = call(&server.url, "/v1/chat/completions", &key, &body).await;
+    assert_eq!(response.status(), 200, "the headers arrived");
+    assert!(
+        response.bytes().await.is_err(),
+        "the body is cut off, not left hanging"
+    );
+    server.wait_for_calls(1).await;
+    let row = &server.logs("limit=1").await[0];
+    assert_eq!(row["status"], 504);
+    assert!(
+        row["error"]
+            .as_str()
+            .unwrap()
+            .contains("stream_idle_timeout_ms"),
+        "{row}"
+    );
+    let ok = call(&server.url, "/v1/chat/completions", &key, &chat("gpt-a")).await;
+    assert_eq!(ok.status(), 200, "other calls are still served");
+}

@@ -408,12 +408,14 @@ async fn forward(
     } else {
         upstream.content_length()
     };
+    let idle = Duration::from_millis(provider.config.stream_idle_timeout_ms);
     let body = Body::from_stream(relay(
         upstream.bytes_stream(),
         meter,
         status,
         is_sse,
         declared_length,
+        idle,
     ));
     builder
         .body(body)
@@ -426,6 +428,8 @@ struct Relay<S> {
     /// bytes, so the call must be complete then, not only when the stream ends.
     declared_length: Option<u64>,
     received: u64,
+    /// Longest silence allowed between two chunks of the answer.
+    idle: Duration,
     meter: Meter,
     status: StatusCode,
     sse: Option<EventSplitter>,
@@ -442,6 +446,7 @@ fn relay<S>(
     status: StatusCode,
     is_sse: bool,
     declared_length: Option<u64>,
+    idle: Duration,
 ) -> impl Stream<Item = Result<Bytes, std::io::Error>>
 where
     S: Stream<Item = Result<Bytes, reqwest::Error>> + Send + Unpin + 'static,
@@ -450,6 +455,7 @@ where
         upstream,
         declared_length,
         received: 0,
+        idle,
         meter,
         status,
         sse: is_sse.then(EventSplitter::default),
@@ -465,7 +471,18 @@ where
             if relay.done {
                 return None;
             }
-            match relay.upstream.next().await {
+            let Ok(next) = tokio::time::timeout(relay.idle, relay.upstream.next()).await else {
+                relay.done = true;
+                let message = format!(
+                    "the provider sent nothing for {} ms (stream_idle_timeout_ms); the answer was cut off",
+                    relay.idle.as_millis()
+                );
+                relay
+                    .meter
+                    .cut_short(StatusCode::GATEWAY_TIMEOUT.as_u16(), message);
+                return Some((Err(std::io::Error::other("upstream answer stalled")), relay));
+            };
+            match next {
                 Some(Ok(chunk)) => {
                     relay.take(chunk);
                     if relay.declared_length.is_some_and(|n| relay.received >= n) {
