@@ -5,7 +5,8 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startStack, launchBrowser, openPage, assertNoProblems, switchTab, waitForStream, fmtInt, screenshot } from './lib/harness.mjs';
+import fs from 'node:fs';
+import { startStack, launchBrowser, openPage, assertNoProblems, switchTab, waitForStream, fmtInt, screenshot, collectLabels } from './lib/harness.mjs';
 
 const ADMIN = 'admin-key-for-browser-tests-0123456789';
 
@@ -53,6 +54,13 @@ test('the page asks for the admin key, rejects a wrong one and works with the ri
     assert.equal(await page.evaluate(() => sessionStorage.getItem('tc.adminKey')), ADMIN);
     assert.equal(await page.isVisible('#signout-btn'), true);
 
+    // Export needs the header too: the page fetches it and hands over a file.
+    const [download] = await Promise.all([page.waitForEvent('download'), page.click('#export-btn')]);
+    assert.match(download.suggestedFilename(), /^token-stats-\d{8}\.json$/);
+    const exported = JSON.parse(fs.readFileSync(await download.path(), 'utf8'));
+    assert.ok(exported && typeof exported === 'object', 'the export is JSON');
+    assert.ok(!JSON.stringify(exported).includes(ADMIN), 'the admin key is not in the export');
+
     // The live stream works with the header: a call appears in the logs.
     const key = (await stack.api('POST', '/keys', { name: 'auth key' })).body.data;
     assert.equal(await stack.chat(ADMIN), 401, 'the admin key is not a gateway key');
@@ -90,6 +98,13 @@ test('the sign-in form speaks English too', async (t) => {
     await page.click('#signin-submit');
     assert.equal(await page.textContent('#signin-error'), 'Enter the admin key');
     await screenshot(page, 'signin-en');
+    const cjk = /[\u3000-\u303f\u3400-\u9fff\uff00-\uffef]/;
+    assert.deepEqual((await collectLabels(page)).filter((s) => cjk.test(s)), [], 'the sign-in form is all English');
+    // Its own language button switches it.
+    await page.click('#signin-lang');
+    await page.waitForFunction(() => document.documentElement.lang === 'zh-CN');
+    assert.equal(await page.textContent('#signin-title'), '需要管理员密钥');
+    assert.equal(await page.textContent('#signin-submit'), '登录');
     assertNoProblems(t, problems, assert);
   } finally {
     await context.close();

@@ -163,9 +163,10 @@ test('the per-model table matches /api/console/stats and sorts by any column', a
       avg: tr.querySelector('[data-col="avg_time"]').textContent,
       rate: tr.querySelector('[data-col="success_rate"]').textContent,
     })));
-    assert.deepEqual(rows.map((r) => r.name).sort(), stats.models.map((m) => m.name).sort());
+    const shownName = (m) => m.name || '（无模型）';
+    assert.deepEqual(rows.map((r) => r.name).sort(), stats.models.map(shownName).sort());
     for (const m of stats.models) {
-      const row = rows.find((r) => r.name === m.name);
+      const row = rows.find((r) => r.name === shownName(m));
       assert.equal(row.calls, fmtInt(m.call_count), `${m.name} calls`);
       assert.equal(row.tokens, fmtInt(m.token_count), `${m.name} tokens`);
       assert.ok(Math.abs(num(row.avg) - m.avg_time) <= 0.5, `${m.name} avg ${row.avg} vs ${m.avg_time}`);

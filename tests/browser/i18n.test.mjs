@@ -5,11 +5,11 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startStack, launchBrowser, openPage, assertNoProblems, switchTab } from './lib/harness.mjs';
+import { startStack, launchBrowser, openPage, assertNoProblems, switchTab, collectLabels } from './lib/harness.mjs';
 
 const CJK = /[\u3000-\u303f\u3400-\u9fff\uff00-\uffef]/;
 // Words that are the same in both languages: product and protocol names.
-const SHARED = [/console\.admin_key/g, /CONSOLE_ADMIN_KEY/g, /\bTokens?\b/g, /\bAPI\b/g, /\bLLM\b/g, /\bms\b/g];
+const SHARED = [/console\.admin_key/g, /CONSOLE_ADMIN_KEY/g, /\bTokens?\b/g, /\bAPI\b/g, /\bLLM\b/g, /\bJSON\b/g, /\bms\b/g];
 
 let stack;
 let browser;
@@ -24,42 +24,6 @@ after(async () => {
   await browser?.close();
   await stack?.stop();
 });
-
-/**
- * Every label a person can see or hear on the current tab: visible text nodes,
- * placeholders, aria-labels and titles, skipping data from the server
- * ([data-raw]) and the language buttons that name the other language ([lang]).
- */
-function collectLabels(page) {
-  return page.evaluate(() => {
-    const out = [];
-    const skip = (el) => el.closest('[data-raw]') || el.closest('[lang]:not(html)');
-    const shown = (el) => {
-      if (!el.getClientRects().length) return false;
-      const cs = getComputedStyle(el);
-      return cs.visibility !== 'hidden' && cs.display !== 'none';
-    };
-    const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
-    for (let n = walker.nextNode(); n; n = walker.nextNode()) {
-      const text = n.textContent.trim();
-      const el = n.parentElement;
-      if (!text || !el || skip(el) || !shown(el) || el.closest('script,style,option')) continue;
-      out.push(text);
-    }
-    for (const el of document.body.querySelectorAll('*')) {
-      if (skip(el)) continue;
-      const visibleSelf = shown(el) || (el.tagName === 'OPTION' && shown(el.closest('select')));
-      if (!visibleSelf) continue;
-      if (el.tagName === 'OPTION') out.push(el.textContent.trim());
-      for (const attr of ['placeholder', 'aria-label', 'title']) {
-        const v = el.getAttribute(attr);
-        if (v) out.push(v);
-      }
-    }
-    out.push(document.title);
-    return out.filter(Boolean);
-  });
-}
 
 async function collectAllTabs(page) {
   const all = [];

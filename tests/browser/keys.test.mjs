@@ -82,10 +82,10 @@ test('a key created in the page is shown once, copies, works, and is gone after 
     // Disable: the gateway refuses it (403); enable again: it works.
     const sw = rowOf(page, 'browser key').locator('input[role="switch"]');
     assert.equal(await sw.isChecked(), true);
-    await sw.uncheck({ force: true });
+    await sw.uncheck();
     await waitUntil(async () => (await stack.data('/keys')).find((k) => k.name === 'browser key').enabled === false, 'PATCH enabled=false');
     assert.equal(await stack.chat(full), 403);
-    await rowOf(page, 'browser key').locator('input[role="switch"]').check({ force: true });
+    await rowOf(page, 'browser key').locator('input[role="switch"]').check();
     await waitUntil(async () => (await stack.data('/keys')).find((k) => k.name === 'browser key').enabled === true, 'PATCH enabled=true');
     assert.equal(await stack.chat(full), 200);
 
@@ -113,11 +113,14 @@ test('a key created in the page is shown once, copies, works, and is gone after 
   }
 });
 
-test('the server\'s message is shown when creating a key fails', async (t) => {
-  await stack.createKey('taken name');
+test('the server\'s message is shown when creating a key fails; limits are shown', async (t) => {
+  const taken = await stack.createKey('taken name');
+  const patched = await stack.api('PATCH', `/keys/${taken.id}`, { token_limit: 20000, rpm_limit: 60 });
+  assert.equal(patched.status, 200, JSON.stringify(patched.body));
   const { page, context, problems } = await openPage(browser, stack, { lang: 'en', hash: 'keys' });
   try {
     await rowOf(page, 'taken name').waitFor();
+    assert.equal(await rowOf(page, 'taken name').locator('[data-col="usage"] .sub').textContent(), 'Budget 20,000 · 60 per minute');
     const { status, body } = await stack.api('POST', '/keys', { name: 'taken name' });
     assert.equal(status, 409);
     await page.fill('#key-name', 'taken name');

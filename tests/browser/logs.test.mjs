@@ -19,7 +19,8 @@ before(async () => {
   assert.equal(await stack.models(key.value), 200);
   assert.equal(await stack.chat('sk-tc-not-a-real-key', 'alpha-model'), 401);
   assert.equal(await stack.chat(key.value, 'mock-error-503'), 503);
-  await stack.waitForCalls(4);
+  assert.equal(await stack.chat(key.value, 'stream-model', 'hi', { stream: true }), 200);
+  await stack.waitForCalls(5);
 });
 
 after(async () => {
@@ -65,6 +66,14 @@ test('the logs show the recorded calls newest first, with local times and colour
         hour12: false, timeZone: 'Asia/Shanghai',
       }).format(new Date(l.timestamp));
       assert.equal(r.time, expected);
+    }
+    // A streamed call carries its badge and its time to first token.
+    const streamed = logs.find((l) => l.model === 'stream-model');
+    assert.equal(streamed.stream, true);
+    const streamRow = page.locator(`#logs-body tr[data-id="${streamed.id}"]`);
+    assert.equal(await streamRow.locator('[data-col="endpoint"] .badge').textContent(), '流式');
+    if (streamed.ttft !== null) {
+      assert.equal(await streamRow.locator('[data-col="duration"] .sub').textContent(), `首字 ${fmtInt(streamed.ttft)} ms`);
     }
     const colour = (status) => page.locator(`#logs-body tr[data-status="${status}"] .status`).first()
       .evaluate((el) => [el.className, getComputedStyle(el).color]);
@@ -113,14 +122,15 @@ test('typing an endpoint, a method or a status narrows the list to matching rows
   try {
     await waitForRowCount(page, all.length);
     const search = page.locator('#log-search');
+    // [typed text, which rows match, what the page asks the server]
     const cases = [
-      ['/v1/models', (r) => r.endpoint.includes('/v1/models')],
-      ['GET', (r) => r.method === 'GET'],
-      ['401', (r) => String(r.status) === '401'],
-      ['5xx', (r) => r.status >= 500],
-      ['/v1/chat/completions', (r) => r.endpoint.includes('/v1/chat/completions')],
+      ['/v1/models', (r) => r.endpoint.includes('/v1/models'), { q: '/v1/models' }],
+      ['GET', (r) => r.method === 'GET', { q: 'GET' }],
+      ['401', (r) => String(r.status) === '401', { q: '401' }],
+      ['5xx', (r) => r.status >= 500, { status: '5xx' }],
+      ['/v1/chat/completions', (r) => r.endpoint.includes('/v1/chat/completions'), { q: '/v1/chat/completions' }],
     ];
-    for (const [q, pred] of cases) {
+    for (const [q, pred, serverParams] of cases) {
       await search.fill('');
       await waitForRowCount(page, all.length);
       await search.pressSequentially(q);
@@ -131,7 +141,10 @@ test('typing an endpoint, a method or a status narrows the list to matching rows
         return shown.length === ids.length && shown.every((id, i) => id === ids[i]);
       }, expected, { timeout: 15000 });
       // Still right once the server's answer to the same query has arrived.
-      await page.waitForLoadState('networkidle').catch(() => {});
+      await page.waitForFunction((query) => {
+        const t = document.getElementById('logs-table');
+        return !t.hasAttribute('aria-busy') && (t.dataset.query || '').includes(query);
+      }, new URLSearchParams(serverParams).toString());
       const shown = (await visibleRows(page)).map((r) => r.id);
       assert.deepEqual(shown, expected, `rows for "${q}"`);
     }

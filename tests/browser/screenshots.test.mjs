@@ -16,6 +16,8 @@ before(async () => {
   const prod = await stack.createKey('production', 'main web app');
   const staging = await stack.createKey('staging', 'QA environment');
   await stack.createKey('ci-runner', '');
+  const limited = await stack.api('PATCH', `/keys/${staging.id}`, { token_limit: 20000, rpm_limit: 60 });
+  assert.equal(limited.status, 200, JSON.stringify(limited.body));
   const plan = [
     [prod.value, 'gpt-4o-mini', 5],
     [prod.value, 'claude-sonnet-4-6', 3],
@@ -30,6 +32,8 @@ before(async () => {
       n++;
     }
   }
+  await stack.chat(prod.value, 'gpt-4o-mini', 'a streamed answer', { stream: true });
+  n++;
   await stack.models(staging.value);
   await stack.chat('sk-tc-wrong', 'gpt-4o-mini');
   n += 2;
@@ -89,3 +93,20 @@ for (const lang of ['zh', 'en']) {
     });
   }
 }
+
+test('screenshots: dark colour scheme', async (t) => {
+  const { page, context, problems } = await openPage(browser, stack, { lang: 'en', colorScheme: 'dark' });
+  try {
+    await page.waitForFunction(() => document.querySelectorAll('#models-body tr').length > 0 && document.querySelector('#trend-chart .chart-svg'));
+    await screenshot(page, 'dashboard-en-dark');
+    await switchTab(page, 'logs');
+    await page.locator('#logs-body tr').first().waitFor();
+    await screenshot(page, 'logs-en-dark');
+    await switchTab(page, 'keys');
+    await page.locator('#keys-body tr').first().waitFor();
+    await screenshot(page, 'keys-en-dark');
+    assertNoProblems(t, problems, assert);
+  } finally {
+    await context.close();
+  }
+});

@@ -67,3 +67,32 @@ for (const lang of ['zh', 'en']) {
     }
   });
 }
+
+test('the page is served under a strict CSP with the right content types', async () => {
+  const res = await fetch(stack.consoleUrl);
+  assert.equal(res.status, 200);
+  assert.match(res.headers.get('content-type'), /^text\/html/);
+  const csp = res.headers.get('content-security-policy') || '';
+  assert.match(csp, /script-src 'self'/);
+  assert.doesNotMatch(csp, /unsafe-inline|unsafe-eval/);
+  const html = await res.text();
+  assert.doesNotMatch(html, /<script(?![^>]*\bsrc=)[^>]*>/i, 'no inline script');
+  assert.doesNotMatch(html, /\son[a-z]+=/i, 'no inline event handler');
+  assert.doesNotMatch(html, /\sstyle=/i, 'no style attribute');
+
+  // Every asset the page references is served relative to the console path.
+  const assets = [...html.matchAll(/(?:src|href)="\.\/([^"]+)"/g)].map((m) => m[1]);
+  assert.ok(assets.includes('app.js') && assets.includes('style.css'));
+  const types = { js: /javascript/, css: /^text\/css/, svg: /^image\/svg\+xml/ };
+  for (const asset of [...assets, 'api.js', 'i18n.js', 'chart.js', 'dashboard.js', 'logs.js', 'keys.js', 'dialog.js', 'util.js']) {
+    const r = await fetch(new URL(asset, stack.consoleUrl));
+    assert.equal(r.status, 200, asset);
+    assert.match(r.headers.get('content-type'), types[asset.split('.').pop()], asset);
+    await r.arrayBuffer();
+  }
+
+  // The console path without its slash leads to the page.
+  const bare = await fetch(stack.consoleUrl.replace(/\/$/, ''), { redirect: 'manual' });
+  assert.ok([301, 302, 303, 307, 308].includes(bare.status), `redirect, got ${bare.status}`);
+  assert.equal(new URL(bare.headers.get('location'), stack.origin).pathname, new URL(stack.consoleUrl).pathname);
+});

@@ -139,14 +139,16 @@ export async function startStack({ adminKey, totalTokens } = {}) {
         if (status !== 200 || body.code !== 0) throw new Error(`create key → ${status} ${JSON.stringify(body)}`);
         return body.data;
       },
-      /** One OpenAI chat call through the gateway; returns the HTTP status. */
-      async chat(key, model = 'gpt-test', content = 'hello') {
+      /** One OpenAI chat call through the gateway (read to the end); returns the HTTP status. */
+      async chat(key, model = 'gpt-test', content = 'hello', { stream = false } = {}) {
         const headers = { 'Content-Type': 'application/json' };
         if (key) headers.Authorization = `Bearer ${key}`;
+        const body = { model, messages: [{ role: 'user', content }] };
+        if (stream) body.stream = true;
         const res = await fetch(`${gateway}/v1/chat/completions`, {
           method: 'POST',
           headers,
-          body: JSON.stringify({ model, messages: [{ role: 'user', content }] }),
+          body: JSON.stringify(body),
         });
         await res.arrayBuffer();
         return res.status;
@@ -206,12 +208,12 @@ export async function launchBrowser() {
  * Opens a page in a new context and records what must never happen: page
  * errors, CSP violations, JavaScript dialogs (alert/confirm/prompt).
  */
-export async function openPage(browser, stack, { lang = 'zh', viewport = { width: 1280, height: 900 }, clipboard = false, hash = '' } = {}) {
+export async function openPage(browser, stack, { lang = 'zh', viewport = { width: 1280, height: 900 }, clipboard = false, hash = '', colorScheme = 'light' } = {}) {
   const context = await browser.newContext({
     viewport,
     locale: lang === 'zh' ? 'zh-CN' : 'en-US',
     deviceScaleFactor: 1,
-    colorScheme: 'light',
+    colorScheme,
     timezoneId: 'Asia/Shanghai',
   });
   if (clipboard) await context.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: stack.origin });
@@ -258,3 +260,40 @@ export async function switchTab(page, name) {
   await page.click(`#tab-${name}`);
   await page.locator(`#panel-${name}`).waitFor({ state: 'visible' });
 }
+
+/**
+ * Every label a person can see or hear on the current tab: visible text nodes,
+ * placeholders, aria-labels and titles, skipping data from the server
+ * ([data-raw]) and the language buttons that name the other language ([lang]).
+ */
+export function collectLabels(page) {
+  return page.evaluate(() => {
+    const out = [];
+    const skip = (el) => el.closest('[data-raw]') || el.closest('[lang]:not(html)');
+    const shown = (el) => {
+      if (!el.getClientRects().length) return false;
+      const cs = getComputedStyle(el);
+      return cs.visibility !== 'hidden' && cs.display !== 'none';
+    };
+    const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+    for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+      const text = n.textContent.trim();
+      const el = n.parentElement;
+      if (!text || !el || skip(el) || !shown(el) || el.closest('script,style,option')) continue;
+      out.push(text);
+    }
+    for (const el of document.body.querySelectorAll('*')) {
+      if (skip(el)) continue;
+      const visibleSelf = shown(el) || (el.tagName === 'OPTION' && shown(el.closest('select')));
+      if (!visibleSelf) continue;
+      if (el.tagName === 'OPTION') out.push(el.textContent.trim());
+      for (const attr of ['placeholder', 'aria-label', 'title']) {
+        const v = el.getAttribute(attr);
+        if (v) out.push(v);
+      }
+    }
+    out.push(document.title);
+    return out.filter(Boolean);
+  });
+}
+

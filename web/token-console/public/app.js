@@ -6,7 +6,7 @@ import { t, lang, setLang, onLangChange, applyStatic } from './i18n.js';
 import { Dashboard } from './dashboard.js';
 import { Logs } from './logs.js';
 import { Keys } from './keys.js';
-import { toast, errorText, debounce } from './util.js';
+import { toast, errorText, throttle } from './util.js';
 
 const TABS = ['dashboard', 'logs', 'keys'];
 
@@ -19,7 +19,7 @@ let signingIn = false;
 let currentTab = 'dashboard';
 let started = false;
 
-const refreshKeysSoon = debounce(() => {
+const refreshKeysSoon = throttle(() => {
   if (currentTab === 'keys') keys.load();
 }, 800);
 

@@ -5,7 +5,7 @@
 import { api } from './api.js';
 import { t } from './i18n.js';
 import { TrendChart } from './chart.js';
-import { h, clear, fmtInt, fmtMs, fmtPercent, errorText, renderState, debounce } from './util.js';
+import { h, clear, fmtInt, fmtMs, fmtPercent, errorText, renderState, throttle } from './util.js';
 
 const DAYS_KEY = 'tc.trendDays';
 
@@ -22,7 +22,7 @@ export class Dashboard {
       if ([7, 30, 90].includes(saved)) this.days = saved;
     } catch { /* default */ }
     this.chart = new TrendChart(document.getElementById('trend-chart'), { preferredHeight: () => this.chartHeight() });
-    this.refreshSoon = debounce(() => this.refresh({ quiet: true }), 600);
+    this.refreshSoon = throttle(() => this.refresh({ quiet: true }), 700);
     this.loadedOnce = false;
     this.bind();
     this.renderRange();
@@ -261,7 +261,9 @@ export class Dashboard {
       share.style.width = `${Math.round(((Number(m.token_count) || 0) / maxTokens) * 100)}%`;
       const rate = Number(m.success_rate);
       body.append(h('tr', { dataset: { model: m.name } },
-        h('th', { scope: 'row', class: 'model-name', 'data-raw': '', 'data-col': 'name' }, m.name),
+        m.name
+          ? h('th', { scope: 'row', class: 'model-name', 'data-raw': '', 'data-col': 'name' }, m.name)
+          : h('th', { scope: 'row', class: 'model-name muted', 'data-col': 'name' }, t('models.none')),
         h('td', { class: 'num', 'data-col': 'call_count', 'data-raw': '' }, fmtInt(m.call_count)),
         h('td', { class: 'num token-cell', 'data-col': 'token_count', 'data-raw': '' }, h('span', { class: 'share-track', 'aria-hidden': 'true' }, share), h('span', null, fmtInt(m.token_count))),
         h('td', { class: 'num', 'data-col': 'avg_time', 'data-raw': '' }, fmtMs(m.avg_time)),

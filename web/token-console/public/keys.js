@@ -8,6 +8,10 @@ import { t } from './i18n.js';
 import { confirmDialog } from './dialog.js';
 import { h, clear, fmtInt, fmtDateTime, isNever, errorText, renderState, toast, copyText } from './util.js';
 
+function hasLimit(k) {
+  return (k.token_limit !== null && k.token_limit !== undefined) || (k.rpm_limit !== null && k.rpm_limit !== undefined);
+}
+
 export class Keys {
   constructor({ onChange } = {}) {
     this.keys = null;
@@ -132,6 +136,19 @@ export class Keys {
 
   render() {
     this.renderCreated();
+    // A refresh (live usage updates) must not steal the focus from a row's control.
+    const active = document.activeElement;
+    const activeRow = active && active.closest ? active.closest('#keys-body tr') : null;
+    const refocus = activeRow ? { id: activeRow.dataset.id, action: active.dataset.action || (active.getAttribute('role') === 'switch' ? 'switch' : '') } : null;
+    this.renderList();
+    if (refocus) {
+      const row = document.querySelector(`#keys-body tr[data-id="${CSS.escape(refocus.id)}"]`);
+      const target = row && (refocus.action === 'switch' ? row.querySelector('input[role="switch"]') : row.querySelector(`[data-action="${refocus.action}"]`));
+      if (target) target.focus();
+    }
+  }
+
+  renderList() {
     const body = document.getElementById('keys-body');
     const state = document.getElementById('keys-state');
     const table = document.getElementById('keys-table');
@@ -180,7 +197,11 @@ export class Keys {
         cell('last_used', labels.lastUsed, null, isNever(k.last_used)
           ? h('span', { class: 'muted' }, t('keys.never'))
           : h('time', { datetime: k.last_used, 'data-raw': '' }, fmtDateTime(k.last_used))),
-        cell('usage', labels.usage, null, t('keys.usage', { tokens: fmtInt(k.used_tokens), calls: fmtInt(k.call_count) })),
+        cell('usage', labels.usage, null, h('div', null, t('keys.usage', { tokens: fmtInt(k.used_tokens), calls: fmtInt(k.call_count) })),
+          hasLimit(k) ? h('div', { class: 'sub' }, t('keys.limits', {
+            tokens: k.token_limit === null || k.token_limit === undefined ? t('card.unlimited') : fmtInt(k.token_limit),
+            rpm: k.rpm_limit === null || k.rpm_limit === undefined ? t('card.unlimited') : fmtInt(k.rpm_limit),
+          })) : null),
         cell('enabled', labels.enabled, null, switchLabel),
         cell('actions', labels.actions, 'actions-col', h('div', { class: 'row-actions' }, copyBtn, delBtn)),
       ));

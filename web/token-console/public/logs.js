@@ -7,8 +7,8 @@ import { t } from './i18n.js';
 import { h, clear, fmtInt, fmtDateTime, errorText, renderState, debounce } from './util.js';
 
 const PAGE = 100;
-const METHODS = /^(GET|POST|PUT|PATCH|DELETE|HEAD|OPTIONS)$/i;
-const STATUS_CODE = /^[1-5]\d\d$/;
+/** Most rows kept on the page; older ones drop off ("load more" brings them back). */
+const MAX_ROWS = 2000;
 const STATUS_CLASS = /^[1-5]xx$/i;
 
 export function statusClass(status) {
@@ -36,6 +36,8 @@ export class Logs {
     this.seq = 0;
     this.abort = null;
     this.newIds = new Set();
+    this.incoming = [];
+    this.flushTimer = null;
     this.searchSoon = debounce(() => this.load(), 300);
     this.bind();
   }
@@ -82,8 +84,9 @@ export class Logs {
     if (this.filters.key_id) p.key_id = this.filters.key_id;
     if (this.filters.status) p.status = this.filters.status;
     if (q) {
-      if (METHODS.test(q)) p.method = q.toUpperCase();
-      else if (STATUS_CODE.test(q) || STATUS_CLASS.test(q)) p.status = q.toLowerCase();
+      // The server's `q` matches endpoint, method, status and model as substrings, like
+      // `matches()` below; a status class ("4xx") is not a substring, so it goes as `status`.
+      if (STATUS_CLASS.test(q)) p.status = q.toLowerCase();
       else p.q = q;
     }
     return p;
@@ -127,9 +130,14 @@ export class Logs {
     const btn = document.getElementById('logs-refresh');
     if (refresh) btn.setAttribute('aria-busy', 'true');
     if (!this.loaded) this.render();
+    const params = this.serverParams();
+    const table = document.getElementById('logs-table');
+    table.setAttribute('aria-busy', 'true');
     try {
-      const rows = await api.logs(this.serverParams(), this.abort.signal);
+      const rows = await api.logs(params, this.abort.signal);
       if (seq !== this.seq) return;
+      // What the list now shows, for tests and for debugging.
+      table.dataset.query = new URLSearchParams(params).toString();
       this.rows = Array.isArray(rows) ? rows : [];
       this.sortRows();
       this.hasMore = this.rows.length >= PAGE;
@@ -144,6 +152,7 @@ export class Logs {
     } finally {
       if (seq === this.seq) {
         this.loading = false;
+        table.removeAttribute('aria-busy');
         btn.removeAttribute('aria-busy');
       }
     }
@@ -187,7 +196,16 @@ export class Logs {
       this.renderMeta();
       return;
     }
-    this.insert([row]);
+    // Rows arriving in a burst are drawn together.
+    this.incoming.push(row);
+    if (!this.flushTimer) {
+      this.flushTimer = setTimeout(() => {
+        this.flushTimer = null;
+        const rows = this.incoming;
+        this.incoming = [];
+        this.insert(rows);
+      }, 80);
+    }
   }
 
   insert(rows) {
@@ -203,6 +221,10 @@ export class Logs {
     }
     if (!added) return;
     this.sortRows();
+    if (this.rows.length > MAX_ROWS) {
+      this.rows.length = MAX_ROWS;
+      this.hasMore = true;
+    }
     this.render();
   }
 
@@ -335,7 +357,8 @@ export class Logs {
         cell('endpoint', labels.endpoint, 'endpoint', ...endpoint),
         cell('status', labels.status, null, h('span', { class: `status status-${cls}`, 'data-raw': '' }, String(r.status))),
         cell('tokens', labels.tokens, 'num', ...tokens),
-        cell('duration', labels.duration, 'num', h('span', { 'data-raw': '' }, fmtInt(r.duration)), h('span', { class: 'unit' }, ' ms')),
+        cell('duration', labels.duration, 'num', h('span', { 'data-raw': '' }, fmtInt(r.duration)), h('span', { class: 'unit' }, ' ms'),
+          r.stream && r.ttft !== null && r.ttft !== undefined ? h('div', { class: 'sub' }, t('logs.ttft', { n: fmtInt(r.ttft) })) : null),
         cell('model', labels.model, 'model', r.model ? h('span', { 'data-raw': '' }, r.model) : h('span', { class: 'muted' }, '—')),
         cell('key', labels.key, null, r.key_name ? h('span', { 'data-raw': '' }, r.key_name) : h('span', { class: 'muted' }, t('logs.noKey'))),
       );

@@ -146,6 +146,21 @@ export async function copyText(text) {
   return ok;
 }
 
+/**
+ * Runs `fn` at most once per `ms`, always after the last call (so a steady
+ * stream of events still refreshes every `ms`, unlike a debounce).
+ */
+export function throttle(fn, ms) {
+  let timer = null;
+  return (...args) => {
+    if (timer) return;
+    timer = setTimeout(() => {
+      timer = null;
+      fn(...args);
+    }, ms);
+  };
+}
+
 export function debounce(fn, ms) {
   let timer = null;
   const wrapped = (...args) => {
