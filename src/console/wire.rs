@@ -272,10 +272,13 @@ pub struct CreateKey {
 #[serde(deny_unknown_fields)]
 pub struct PatchKey {
     /// New name.
+    #[serde(default, deserialize_with = "not_null")]
     pub name: Option<String>,
     /// New description.
+    #[serde(default, deserialize_with = "not_null")]
     pub description: Option<String>,
     /// Enable or disable.
+    #[serde(default, deserialize_with = "not_null")]
     pub enabled: Option<bool>,
     /// Token limit, or `null` for none.
     #[serde(default, deserialize_with = "present")]
@@ -289,6 +292,15 @@ pub struct PatchKey {
     /// Expiry (RFC 3339), or `null` for none.
     #[serde(default, deserialize_with = "present")]
     pub expires_at: Option<Option<String>>,
+}
+
+/// A field that may be absent but, when present, must not be `null`.
+fn not_null<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
 }
 
 /// Distinguishes a present `null` (`Some(None)`) from an absent field (`None`, via `default`).
