@@ -55,9 +55,12 @@ pub struct Cli {
     /// Port of the gateway (0 picks a free port).
     #[arg(long, env = "CONSOLE_GATEWAY_PORT")]
     pub port: Option<u16>,
-    /// Database URL: sqlite://path/to/file.db.
+    /// Database URL: sqlite://path/to/file.db or postgres://user:password@host:port/database.
     #[arg(long, env = "CONSOLE_DATABASE_URL")]
     pub database_url: Option<String>,
+    /// Redis URL (redis://host:port/db) shared by instances for per-key RPM limits.
+    #[arg(long, env = "CONSOLE_REDIS_URL")]
+    pub redis_url: Option<String>,
     /// IANA time zone for day boundaries of trends, or "local".
     #[arg(long, env = "CONSOLE_TIMEZONE")]
     pub timezone: Option<String>,
@@ -144,6 +147,7 @@ struct RawConfig {
     host: Option<EnvString>,
     port: Option<u16>,
     database_url: Option<EnvString>,
+    redis_url: Option<EnvString>,
     timezone: Option<EnvString>,
     log_file: Option<EnvString>,
     max_body_bytes: Option<usize>,
@@ -198,6 +202,42 @@ pub enum ProviderKind {
 pub enum DatabaseUrl {
     /// An embedded SQLite file.
     Sqlite(PathBuf),
+    /// A PostgreSQL database shared by one or more instances.
+    Postgres(ServiceUrl),
+}
+
+/// The URL of a network service (PostgreSQL, Redis) that may carry a password: it prints only
+/// in its redacted form (`postgres://user:***@host/db`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ServiceUrl(Secret);
+
+impl ServiceUrl {
+    /// Wraps a URL.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(Secret::new(url))
+    }
+
+    /// The URL itself, password included; call this only to connect.
+    pub fn expose(&self) -> &str {
+        self.0.expose()
+    }
+
+    /// The URL with its password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        redact_url(self.0.expose())
+    }
+}
+
+impl fmt::Debug for ServiceUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ServiceUrl({})", self.redacted())
+    }
+}
+
+impl fmt::Display for ServiceUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
 }
 
 /// The console's settings (the guide's `console:` section plus the admin key).
@@ -249,6 +289,8 @@ pub struct Config {
     pub port: u16,
     /// The store's location.
     pub database: DatabaseUrl,
+    /// Redis shared by instances for per-key RPM limits; `None` counts them in this process.
+    pub redis_url: Option<ServiceUrl>,
     /// Day boundaries of trends.
     pub timezone: jiff::tz::TimeZone,
     /// Name of the time zone as configured.
@@ -355,6 +397,7 @@ impl Config {
                 .or(raw.database_url.map(|d| d.0))
                 .unwrap_or_else(|| "sqlite://data/token-console.db".to_owned()),
         )?;
+        let redis_url = parse_redis_url(cli.redis_url.clone().or(raw.redis_url.map(|r| r.0)))?;
         let providers = match raw.providers {
             Some(list) => list
                 .into_iter()
@@ -371,6 +414,7 @@ impl Config {
                 .unwrap_or_else(|| "127.0.0.1".to_owned()),
             port,
             database,
+            redis_url,
             timezone,
             timezone_name,
             log_file: cli
@@ -467,15 +511,38 @@ fn parse_database_url(url: &str) -> Result<DatabaseUrl, ConfigError> {
         }
         return Ok(DatabaseUrl::Sqlite(PathBuf::from(path)));
     }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        if url.parse::<tokio_postgres::Config>().is_err() {
+            return Err(ConfigError::Invalid(format!(
+                "database_url \"{}\" is not a valid PostgreSQL URL; use postgres://user:password@host:5432/database",
+                redact_url(url)
+            )));
+        }
+        return Ok(DatabaseUrl::Postgres(ServiceUrl::new(url)));
+    }
     Err(ConfigError::Invalid(format!(
-        "database_url \"{}\" is not supported: use sqlite://path/to/file.db",
+        "database_url \"{}\" is not supported: use sqlite://path/to/file.db or postgres://user:password@host:5432/database",
         redact_url(url)
     )))
 }
 
+fn parse_redis_url(url: Option<String>) -> Result<Option<ServiceUrl>, ConfigError> {
+    let Some(url) = url.map(|u| u.trim().to_owned()).filter(|u| !u.is_empty()) else {
+        return Ok(None);
+    };
+    if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://"))
+    {
+        return Err(ConfigError::Invalid(format!(
+            "redis_url \"{}\" must start with redis:// (e.g. redis://127.0.0.1:6379/0)",
+            redact_url(&url)
+        )));
+    }
+    Ok(Some(ServiceUrl::new(url)))
+}
+
 /// Hides a password in a URL (`scheme://user:pass@host` → `scheme://user:***@host`).
 fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.find('@')) {
+    match (url.find("://"), url.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             let userinfo = &url[scheme_end + 3..at];
             match userinfo.find(':') {
@@ -653,6 +720,44 @@ mod tests {
         assert_eq!(
             redact_url("postgres://u:p@h/db"),
             "postgres://u:***@h/db".to_owned()
+        );
+        assert_eq!(
+            redact_url("postgres://u:p@ss@h/db"),
+            "postgres://u:***@h/db".to_owned()
+        );
+    }
+
+    #[test]
+    fn postgres_and_redis_urls_never_print_their_password() {
+        let mut cli = cli();
+        cli.redis_url = Some("redis://:hunter22@127.0.0.1:6379/0".into());
+        let config = Config::from_yaml(
+            "database_url: postgres://tc:s3cret-pw@db.internal:5432/tc\n",
+            &cli,
+        )
+        .unwrap();
+        let DatabaseUrl::Postgres(url) = &config.database else {
+            panic!("not postgres: {:?}", config.database);
+        };
+        assert_eq!(url.expose(), "postgres://tc:s3cret-pw@db.internal:5432/tc");
+        let shown = format!("{config:?} {url}");
+        assert!(
+            !shown.contains("s3cret-pw") && !shown.contains("hunter22"),
+            "{shown}"
+        );
+        let err = Config::from_yaml("database_url: mysql://u:s3cret-pw@h/db\n", &cli)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            !err.contains("s3cret-pw") && err.contains("postgres://"),
+            "{err}"
+        );
+        let err = Config::from_yaml("redis_url: http://u:s3cret-pw@h\n", &self::cli())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            !err.contains("s3cret-pw") && err.contains("redis_url"),
+            "{err}"
         );
     }
 }

@@ -204,6 +204,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         tracing::warn!("some requests were still running after {DRAIN_TIMEOUT:?}; stopping anyway");
         servers.abort_all();
     }
+    state.instance.shutdown().await;
     recorder.shutdown().await;
     let stats = recorder.stats();
     tracing::info!(written = stats.written, dropped = stats.dropped, "stopped");

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::console::auth::SignInLimiter;
 use crate::gateway::Gateway;
-use crate::keys::{Budget, KeyRegistry};
+use crate::keys::sync::{Instance, STALE_AFTER_MS};
+use crate::keys::{Budget, KeyRegistry, Ledger, RateLimiter};
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::usage::Recorder;
@@ -21,8 +22,10 @@ pub struct AppState {
     pub recorder: Arc<Recorder>,
     /// Live keys, checked by the gateway on every request.
     pub keys: Arc<KeyRegistry>,
-    /// The global token budget (`quota.total_tokens`).
+    /// The global token budget (`quota.total_tokens`), shared with other instances.
     pub budget: Arc<Budget>,
+    /// This instance among those on the database, and the task keeping it in step with them.
+    pub instance: Arc<Instance>,
     /// Upstream providers and their HTTP client.
     pub gateway: Arc<Gateway>,
     /// Prometheus counters.
@@ -34,25 +37,53 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Builds the state from an opened store and a started recorder, loading keys and budgets
-    /// from what the store has recorded.
+    /// Builds the state from an opened store and a started recorder: registers this instance,
+    /// loads the keys, connects to Redis when configured, and starts keeping keys and budgets in
+    /// step with the other instances on the database.
     pub async fn new(
         config: Config,
         store: Store,
         recorder: Arc<Recorder>,
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Result<Self, crate::error::StartError> {
+        let id = Instance::new_id();
+        let others = store.register_instance(id.clone(), STALE_AFTER_MS).await?;
         let rows = store.list_keys().await?;
-        let usage = store.usage_by_key().await?;
-        let used: std::collections::HashMap<i64, u64> = usage
-            .iter()
-            .map(|(id, agg)| (*id, agg.tokens.total))
-            .collect();
-        let total_used = used.values().sum();
+        let rates = match &config.redis_url {
+            Some(url) => {
+                let namespace = format!("tc:{}", store.deployment_id().await?);
+                RateLimiter::shared(url, &namespace)
+                    .await
+                    .map_err(crate::error::StartError::Io)?
+            }
+            None => RateLimiter::local(),
+        };
+        tracing::info!(
+            instance = %id,
+            other_instances = others,
+            database = store.kind(),
+            shared_rpm_limits = rates.is_shared(),
+            "joined the database"
+        );
         let gateway = Gateway::new(&config)?;
+        let ledger = Ledger::new(store.clone());
+        let keys = Arc::new(KeyRegistry::load(&rows, ledger.clone(), rates));
+        let budget = Arc::new(Budget::new(
+            ledger.clone(),
+            crate::store::GLOBAL_SCOPE,
+            config.total_tokens,
+        ));
+        let instance = Arc::new(Instance::start(
+            id,
+            store.clone(),
+            keys.clone(),
+            budget.clone(),
+            ledger,
+        ));
         Ok(Self {
-            budget: Arc::new(Budget::new(config.total_tokens, total_used)),
-            keys: Arc::new(KeyRegistry::load(&rows, &used)),
+            budget,
+            instance,
+            keys,
             config: Arc::new(config),
             store,
             recorder,

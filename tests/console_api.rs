@@ -15,6 +15,7 @@ use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use token_console::config::{Cli, Config};
 use token_console::state::AppState;
+use token_console::store::scratch::{self, ScratchDb};
 use token_console::store::Store;
 use token_console::usage::{CallRecord, Recorder, TokenUsage};
 use tower::ServiceExt;
@@ -25,6 +26,8 @@ struct Console {
     state: AppState,
     app: Router,
     dir: tempfile::TempDir,
+    /// With `TC_TEST_DATABASE=postgres`: the scratch database, dropped with the console.
+    _database: Option<ScratchDb>,
 }
 
 impl Console {
@@ -34,11 +37,12 @@ impl Console {
 
     async fn start_from(yaml: &str, peer: SocketAddr) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("tc.db");
-        let text = format!(
-            "database_url: sqlite://{}\ntimezone: {ZONE}\n{yaml}",
-            db.display()
-        );
+        let database = scratch::wanted().then(|| ScratchDb::create().unwrap());
+        let url = match &database {
+            Some(db) => db.url.clone(),
+            None => format!("sqlite://{}", dir.path().join("tc.db").display()),
+        };
+        let text = format!("database_url: {url}\ntimezone: {ZONE}\n{yaml}");
         let config = Config::from_yaml(&text, &Cli::default()).unwrap();
         let store = Store::open(&config.database, config.timezone.clone()).unwrap();
         let recorder = Arc::new(
@@ -50,7 +54,12 @@ impl Console {
             .await
             .unwrap();
         let app = token_console::app(state.clone()).layer(MockConnectInfo(peer));
-        Self { state, app, dir }
+        Self {
+            state,
+            app,
+            dir,
+            _database: database,
+        }
     }
 
     async fn send(
@@ -836,4 +845,22 @@ async fn the_api_describes_itself_in_openapi() {
     ] {
         assert!(doc["paths"][path].is_object(), "{path} is documented");
     }
+}
+
+#[tokio::test]
+async fn a_patch_cannot_null_a_required_field() {
+    let console = Console::start("").await;
+    let (id, _) = console.create_key("kept").await;
+    for body in [
+        r#"{"name":null}"#,
+        r#"{"enabled":null}"#,
+        r#"{"description":null}"#,
+    ] {
+        let (status, json) = console
+            .json("PATCH", &format!("/api/console/keys/{id}"), Some(body))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {json}");
+    }
+    let keys = console.data("/api/console/keys").await;
+    assert_eq!(keys[0]["name"], "kept");
 }

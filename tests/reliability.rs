@@ -50,12 +50,6 @@ fn load(
         .collect()
 }
 
-fn integrity(db: &std::path::Path) -> String {
-    let conn = rusqlite::Connection::open(db).unwrap();
-    conn.query_row("PRAGMA integrity_check", [], |r| r.get::<_, String>(0))
-        .unwrap()
-}
-
 /// SIGKILL under load, then restart: the database is intact and the records lost are at most
 /// what was queued but not yet committed (one batch window). `CRASH_KILLS` sets the rounds
 /// (default 3; the README's crash campaign runs 20) and the largest loss is printed.
@@ -87,7 +81,7 @@ async fn sigkill_under_load_keeps_the_database_intact() {
             c.await.unwrap();
         }
         delivered_total += ok.load(Ordering::Relaxed);
-        assert_eq!(integrity(&dir.path().join("tc.db")), "ok", "round {round}");
+        assert_eq!(integrity(dir.path()).await, "ok", "round {round}");
         server = Server::start(dir.path(), &yaml);
         let recorded = server.data("/api/console/stats").await["api_call_count"]
             .as_u64()
@@ -118,8 +112,7 @@ async fn a_locked_database_delays_records_but_loses_none() {
     );
     server.wait_for_calls(1).await;
 
-    let lock = rusqlite::Connection::open(dir.path().join("tc.db")).unwrap();
-    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let lock = DatabaseLock::take(dir.path()).await;
     for _ in 0..20 {
         assert_eq!(
             call(&server.url, "/v1/chat/completions", &key, &chat("gpt-a"))
@@ -152,8 +145,7 @@ async fn a_locked_database_delays_records_but_loses_none() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    lock.execute_batch("ROLLBACK").unwrap();
-    drop(lock);
+    lock.release().await;
     let stats = server.wait_for_calls(21).await;
     assert_eq!(stats["api_call_count"], 21);
     let health: Value = reqwest::get(format!("{}/healthz", server.url))

@@ -17,13 +17,16 @@ use super::meter::Meter;
 use super::providers::Provider;
 use super::sse::{parse_event, EventSplitter};
 use super::usage::{StreamTally, Verdict};
-use crate::keys::{Budget, KeyEntry};
+use crate::keys::{Budget, KeyEntry, Refusal};
 use crate::state::AppState;
 
 /// Completion tokens reserved for a request that sets no `max_tokens`.
 const DEFAULT_MAX_TOKENS: u64 = 4096;
 /// Largest non-stream answer kept in memory to read its usage.
 const MAX_WHOLE_BODY: usize = 16 * 1024 * 1024;
+/// The record's error when the client hung up before its request body was complete.
+pub const CLIENT_GONE_MID_BODY: &str =
+    "the client closed the connection before sending the whole request body";
 /// Header telling the client how long the gateway itself took, in milliseconds.
 pub const OVERHEAD_HEADER: &str = "x-token-console-overhead-ms";
 
@@ -157,11 +160,35 @@ async fn read_body(state: &AppState, request: Request) -> Result<(HeaderMap, Byt
         if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
         {
             too_large()
+        } else if client_went_away(&e) {
+            GatewayError::ClientClosed(CLIENT_GONE_MID_BODY.into())
         } else {
             GatewayError::BadRequest(format!("cannot read the request body: {e}"))
         }
     })?;
     Ok((parts.headers, bytes))
+}
+
+/// Whether reading the request body failed because the client's connection ended or broke
+/// before the whole body arrived (as opposed to a body that is malformed on the wire).
+fn client_went_away(error: &(dyn std::error::Error + 'static)) -> bool {
+    use std::io::ErrorKind;
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                ErrorKind::UnexpectedEof
+                    | ErrorKind::ConnectionReset
+                    | ErrorKind::ConnectionAborted
+                    | ErrorKind::BrokenPipe
+            ) {
+                return true;
+            }
+        }
+        cause = e.source();
+    }
+    false
 }
 
 fn parse_request(bytes: &[u8]) -> Result<serde_json::Map<String, serde_json::Value>, GatewayError> {
@@ -180,7 +207,7 @@ fn requested_max_tokens(request: &serde_json::Map<String, serde_json::Value>) ->
         .find_map(|k| request.get(*k).and_then(serde_json::Value::as_u64))
 }
 
-fn reserve(
+async fn reserve(
     state: &AppState,
     key: &KeyEntry,
     endpoint: Endpoint,
@@ -199,27 +226,23 @@ fn reserve(
             "{who} token budget is used up (or the tokens this request may use do not fit in what is left); raise the limit in the token console or wait for it to be reset"
         ))
     };
-    if state.budget.exhausted() {
-        return Err(exhausted("the gateway's"));
-    }
-    if key.budget.exhausted() {
-        return Err(exhausted("this key's"));
-    }
     let completion = if endpoint.has_completion() {
         requested_max_tokens(object).unwrap_or(DEFAULT_MAX_TOKENS)
     } else {
         0
     };
     let amount = estimate::prompt_upper_bound(request) + completion;
-    Budget::reserve(&state.budget, key_budget, amount)
-        .map(Some)
-        .ok_or_else(|| {
-            exhausted(if key_budget.is_some() && state.budget.limit().is_none() {
-                "this key's"
-            } else {
-                "the"
-            })
-        })
+    match Budget::reserve(&state.budget, key_budget, amount).await {
+        Ok(reservation) => Ok(Some(reservation)),
+        Err(Refusal::Global) => Err(exhausted("the gateway's")),
+        Err(Refusal::Key) => Err(exhausted("this key's")),
+        Err(Refusal::Unavailable(reason)) => {
+            tracing::error!("cannot confirm the token budget: {reason}");
+            Err(GatewayError::QuotaExhausted(
+                "the token budget cannot be confirmed right now (the gateway's database does not answer); retry shortly".into(),
+            ))
+        }
+    }
 }
 
 /// Adds `stream_options.include_usage` when the client did not ask; returns whether it was added.
@@ -295,7 +318,7 @@ async fn prepare(
             endpoint.path()
         ))
     })?;
-    if let Err(retry_after) = key.check_rate(settings.rpm_limit, jiff::Timestamp::now()) {
+    if let Err(retry_after) = state.keys.check_rate(&key, settings.rpm_limit).await {
         return Err(GatewayError::RateLimited(
             format!(
                 "the API key \"{}\" is limited to {} requests per minute; retry after {retry_after} s",
@@ -306,7 +329,7 @@ async fn prepare(
         ));
     }
     let object = request_value.as_object().cloned().unwrap_or_default();
-    if let Some(reservation) = reserve(state, &key, endpoint, &request_value, &object)? {
+    if let Some(reservation) = reserve(state, &key, endpoint, &request_value, &object).await? {
         meter.hold(reservation);
     }
     Ok(Prepared {

@@ -1,47 +1,182 @@
-//! Token budgets checked and charged atomically: reserve before forwarding, settle after.
+//! Token budgets checked and charged atomically — reserve before forwarding, settle after — and
+//! shared by every instance on one database through leases.
 //!
-//! A budget admits a request only if what is used, plus what other requests have reserved and
-//! not yet settled, plus this request's reservation fits under the limit. So many concurrent
-//! calls near the limit cannot together overspend beyond what one reservation under-estimates.
+//! The database keeps one ledger row per budget (the global budget and each limited key): the
+//! tokens used or leased to an instance. An instance admits a request from the slice it holds,
+//! in memory, so no request waits for the database while its slice lasts; when the slice is too
+//! small it leases more with one atomic statement (about one second of its recent demand, at most
+//! an eighth of what is left, at least what the request needs), and it gives back what it did not
+//! use after a second without requests, when the limit changes, and on shutdown. A request is
+//! admitted only if the tokens held minus those reserved in flight cover its reservation, so
+//! the instances together never admit more than the limit, however their requests interleave.
+//! What an instance that dies still held stays counted as used until an instance starts alone and
+//! rebuilds the ledger from the recorded usage.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
-#[derive(Debug, Default)]
-struct State {
-    limit: Option<u64>,
-    used: u64,
-    reserved: u64,
+use crate::store::{Store, StoreError};
+
+/// How long a "nothing left" answer of the ledger is trusted before asking again.
+const KNOWN_EMPTY_FOR: Duration = Duration::from_millis(250);
+/// A budget without requests for this long gives its unused slice back.
+pub const IDLE_RETURN_AFTER: Duration = Duration::from_secs(1);
+/// A lease takes at most this share of what is left (1/8), beyond what the request needs.
+const LEASE_SHARE: u64 = 8;
+/// Times a request tries to reserve: each failed try leases more (or ends in a refusal when the
+/// ledger has not enough left), so only requests of the same instance taking the fresh tokens
+/// first can make one try again.
+const ATTEMPTS: usize = 32;
+
+/// Which budget refused a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The global budget (`quota.total_tokens`).
+    Global,
+    /// The key's token limit.
+    Key,
+    /// The ledger could not be reached, so the budget cannot be confirmed.
+    Unavailable(String),
 }
 
-impl State {
-    fn fits(&self, amount: u64) -> bool {
-        match self.limit {
-            None => true,
-            Some(limit) => {
-                self.used
-                    .saturating_add(self.reserved)
-                    .saturating_add(amount)
-                    <= limit
-            }
+/// The shared ledger: the store, and the changes to send it at the next tick.
+pub struct Ledger {
+    store: Store,
+    pending: Mutex<HashMap<i64, i64>>,
+}
+
+impl Ledger {
+    /// A ledger kept in `store`.
+    pub fn new(store: Store) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            pending: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn pending(&self) -> MutexGuard<'_, HashMap<i64, i64>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn add(&self, scope: i64, delta: i64) {
+        if delta != 0 {
+            *self.pending().entry(scope).or_insert(0) += delta;
         }
+    }
+
+    /// Gives back the unused slices of `budgets` idle for `idle` (all of them with
+    /// `Duration::ZERO`), and sends every pending change to the database in one statement.
+    pub async fn sync<'a>(
+        &self,
+        budgets: impl IntoIterator<Item = &'a Arc<Budget>>,
+        idle: Duration,
+    ) -> Result<(), StoreError> {
+        for budget in budgets {
+            let returned = budget.give_back_if_idle(idle);
+            self.add(budget.scope, -to_i64(returned));
+        }
+        let deltas: Vec<(i64, i64)> = std::mem::take(&mut *self.pending())
+            .into_iter()
+            .filter(|(_, delta)| *delta != 0)
+            .collect();
+        if deltas.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = self.store.adjust_budgets(deltas.clone()).await {
+            for (scope, delta) in deltas {
+                self.add(scope, delta);
+            }
+            return Err(e);
+        }
+        Ok(())
     }
 }
 
-/// A token budget: a limit (or none), the tokens used, and the tokens reserved in flight.
-#[derive(Debug, Default)]
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+#[derive(Debug)]
+struct State {
+    limit: Option<u64>,
+    /// Tokens leased to this instance and not used yet: free plus reserved.
+    held: u64,
+    /// Tokens reserved by requests in flight.
+    reserved: u64,
+    /// Tokens settled through this instance since it started.
+    used: u64,
+    last_reserve: Option<Instant>,
+    /// Tokens reserved in the current second and in the one before it.
+    demand: (Instant, u64, u64),
+    /// What the ledger said was left, and when.
+    known_left: Option<(u64, Instant)>,
+}
+
+impl State {
+    fn free(&self) -> u64 {
+        self.held.saturating_sub(self.reserved)
+    }
+
+    fn fits(&self, amount: u64) -> bool {
+        self.limit.is_none() || self.free() >= amount
+    }
+
+    fn note_demand(&mut self, amount: u64, now: Instant) {
+        let (start, current, previous) = &mut self.demand;
+        let elapsed = now.saturating_duration_since(*start);
+        if elapsed >= Duration::from_secs(2) {
+            *previous = 0;
+            *current = 0;
+            *start = now;
+        } else if elapsed >= Duration::from_secs(1) {
+            *previous = *current;
+            *current = 0;
+            *start = now;
+        }
+        *current = current.saturating_add(amount);
+        self.last_reserve = Some(now);
+    }
+
+    /// About one second of recent demand.
+    fn recent_demand(&self) -> u64 {
+        let (_, current, previous) = self.demand;
+        current.max(previous)
+    }
+}
+
+/// A token budget: a limit (or none) and the slice of it this instance holds.
+#[derive(Debug)]
 pub struct Budget {
+    scope: i64,
+    ledger: Arc<Ledger>,
     state: Mutex<State>,
+    refill: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Ledger")
+    }
 }
 
 impl Budget {
-    /// A budget with `limit` (`None`: unlimited) of which `used` is spent.
-    pub fn new(limit: Option<u64>, used: u64) -> Self {
+    /// The budget `scope` of the ledger (0: global, else a key id) with `limit` (`None`:
+    /// unlimited).
+    pub fn new(ledger: Arc<Ledger>, scope: i64, limit: Option<u64>) -> Self {
         Self {
+            scope,
+            ledger,
             state: Mutex::new(State {
                 limit,
-                used,
+                held: 0,
                 reserved: 0,
+                used: 0,
+                last_reserve: None,
+                demand: (Instant::now(), 0, 0),
+                known_left: None,
             }),
+            refill: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -51,9 +186,21 @@ impl Budget {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Changes the limit (an edit in the console).
+    /// Changes the limit (an edit in a console); the unused slice goes back to the ledger so
+    /// that the next lease is measured against the new limit.
     pub fn set_limit(&self, limit: Option<u64>) {
-        self.lock().limit = limit;
+        let returned = {
+            let mut state = self.lock();
+            if state.limit == limit {
+                return;
+            }
+            state.limit = limit;
+            state.known_left = None;
+            let free = state.free();
+            state.held -= free;
+            free
+        };
+        self.ledger.add(self.scope, -to_i64(returned));
     }
 
     /// The limit.
@@ -61,41 +208,77 @@ impl Budget {
         self.lock().limit
     }
 
-    /// Tokens spent.
+    /// Tokens settled through this instance since it started.
     pub fn used(&self) -> u64 {
         self.lock().used
     }
 
-    /// Tokens reserved by requests in flight.
+    /// Tokens reserved by requests in flight on this instance.
     pub fn reserved(&self) -> u64 {
         self.lock().reserved
     }
 
-    /// Whether nothing is left at all.
-    pub fn exhausted(&self) -> bool {
-        let state = self.lock();
-        state.limit.is_some_and(|limit| state.used >= limit)
+    /// Tokens this instance holds and has not reserved.
+    pub fn free(&self) -> u64 {
+        self.lock().free()
     }
 
-    /// Reserves `amount` in `global` and, if given, `key` — both or neither.
-    pub fn reserve(
+    fn give_back_if_idle(&self, idle: Duration) -> u64 {
+        let mut state = self.lock();
+        let idle_long_enough = state.last_reserve.is_none_or(|at| at.elapsed() >= idle);
+        if !idle_long_enough {
+            return 0;
+        }
+        let free = state.free();
+        state.held -= free;
+        if let Some((left, at)) = state.known_left {
+            state.known_left = Some((left.saturating_add(free), at));
+        }
+        free
+    }
+
+    /// Reserves `amount` in `global` and, if given, `key` — both or neither — leasing more of a
+    /// budget from the ledger when the slice this instance holds is too small.
+    pub async fn reserve(
         global: &Arc<Budget>,
         key: Option<&Arc<Budget>>,
         amount: u64,
-    ) -> Option<Reservation> {
+    ) -> Result<Reservation, Refusal> {
+        for _ in 0..ATTEMPTS {
+            match Self::try_reserve(global, key, amount) {
+                Ok(reservation) => return Ok(reservation),
+                Err(Refusal::Global) => global.refill(amount, Refusal::Global).await?,
+                Err(_) => match key {
+                    Some(key) => key.refill(amount, Refusal::Key).await?,
+                    None => return Err(Refusal::Key),
+                },
+            }
+        }
+        Err(Refusal::Global)
+    }
+
+    /// Reserves from the slices held, without waiting; says which budget is short.
+    fn try_reserve(
+        global: &Arc<Budget>,
+        key: Option<&Arc<Budget>>,
+        amount: u64,
+    ) -> Result<Reservation, Refusal> {
+        let now = Instant::now();
         let mut g = global.lock();
         if !g.fits(amount) {
-            return None;
+            return Err(Refusal::Global);
         }
         if let Some(key) = key {
             let mut k = key.lock();
             if !k.fits(amount) {
-                return None;
+                return Err(Refusal::Key);
             }
             k.reserved += amount;
+            k.note_demand(amount, now);
         }
         g.reserved += amount;
-        Some(Reservation {
+        g.note_demand(amount, now);
+        Ok(Reservation {
             global: global.clone(),
             key: key.cloned(),
             amount,
@@ -103,10 +286,69 @@ impl Budget {
         })
     }
 
-    fn settle(&self, reserved: u64, actual: u64) {
+    /// Leases enough for `amount` more; `refusal` when the ledger has not that much left.
+    async fn refill(&self, amount: u64, refusal: Refusal) -> Result<(), Refusal> {
+        let _one_at_a_time = self.refill.lock().await;
+        let (limit, need, want) = {
+            let state = self.lock();
+            let Some(limit) = state.limit else {
+                return Ok(());
+            };
+            let free = state.free();
+            if free >= amount {
+                return Ok(());
+            }
+            let need = amount - free;
+            if let Some((left, at)) = state.known_left {
+                if left < need && at.elapsed() < KNOWN_EMPTY_FOR {
+                    return Err(refusal);
+                }
+            }
+            let mut extra = state.recent_demand();
+            if let Some((left, _)) = state.known_left {
+                extra = extra.min(left / LEASE_SHARE);
+            }
+            (limit, need, need.saturating_add(extra))
+        };
+        let lease = self
+            .ledger
+            .store
+            .lease(self.scope, limit, need, want)
+            .await
+            .map_err(|e| Refusal::Unavailable(e.to_string()))?;
         let mut state = self.lock();
-        state.reserved = state.reserved.saturating_sub(reserved);
-        state.used = state.used.saturating_add(actual);
+        if state.limit != Some(limit) {
+            // The limit changed meanwhile: give the lease back, the caller tries again.
+            self.ledger.add(self.scope, -to_i64(lease.granted));
+            return Ok(());
+        }
+        state.held += lease.granted;
+        state.known_left = Some((lease.remaining, Instant::now()));
+        if lease.granted == 0 {
+            return Err(refusal);
+        }
+        Ok(())
+    }
+
+    fn settle(&self, reserved: u64, actual: u64) {
+        let overdraft = {
+            let mut state = self.lock();
+            state.reserved = state.reserved.saturating_sub(reserved);
+            state.used = state.used.saturating_add(actual);
+            if state.limit.is_none() {
+                return;
+            }
+            // The reservation's tokens leave the slice: what was used is spent, the rest is free.
+            let spent = actual.min(reserved).min(state.held);
+            state.held -= spent;
+            // Used more than reserved: take it from the free slice, and what that lacks from the
+            // ledger directly.
+            let over = actual.saturating_sub(reserved);
+            let from_free = over.min(state.free());
+            state.held -= from_free;
+            over - from_free
+        };
+        self.ledger.add(self.scope, to_i64(overdraft));
     }
 }
 
@@ -147,37 +389,87 @@ impl Drop for Reservation {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::DatabaseUrl;
+    use crate::store::GLOBAL_SCOPE;
 
-    #[test]
-    fn admits_only_what_fits_with_reservations_in_flight() {
-        let global = Arc::new(Budget::new(Some(100), 10));
-        let a = Budget::reserve(&global, None, 40).unwrap();
-        let b = Budget::reserve(&global, None, 40).unwrap();
-        assert!(Budget::reserve(&global, None, 40).is_none());
+    fn ledger(dir: &tempfile::TempDir) -> Arc<Ledger> {
+        let url = DatabaseUrl::Sqlite(dir.path().join("b.db"));
+        Ledger::new(Store::open(&url, jiff::tz::TimeZone::UTC).unwrap())
+    }
+
+    #[tokio::test]
+    async fn admits_only_what_fits_with_reservations_in_flight() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = ledger(&dir);
+        let global = Arc::new(Budget::new(ledger.clone(), GLOBAL_SCOPE, Some(100)));
+        let a = Budget::reserve(&global, None, 40).await.unwrap();
+        let b = Budget::reserve(&global, None, 40).await.unwrap();
+        assert_eq!(
+            Budget::reserve(&global, None, 40).await.unwrap_err(),
+            Refusal::Global
+        );
         a.settle(30);
-        assert_eq!(global.used(), 40);
+        assert_eq!(global.used(), 30);
         assert_eq!(global.reserved(), 40);
         drop(b);
         assert_eq!(global.reserved(), 0);
-        assert_eq!(global.used(), 40);
+        // 30 used: 70 left, whichever instance asks.
+        let c = Budget::reserve(&global, None, 70).await.unwrap();
+        assert!(Budget::reserve(&global, None, 1).await.is_err());
+        drop(c);
     }
 
-    #[test]
-    fn reserves_both_budgets_or_neither() {
-        let global = Arc::new(Budget::new(None, 0));
-        let key = Arc::new(Budget::new(Some(50), 0));
-        assert!(Budget::reserve(&global, Some(&key), 60).is_none());
+    #[tokio::test]
+    async fn reserves_both_budgets_or_neither() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = ledger(&dir);
+        let global = Arc::new(Budget::new(ledger.clone(), GLOBAL_SCOPE, None));
+        let key = Arc::new(Budget::new(ledger.clone(), 5, Some(50)));
+        assert_eq!(
+            Budget::reserve(&global, Some(&key), 60).await.unwrap_err(),
+            Refusal::Key
+        );
         assert_eq!(global.reserved(), 0);
-        let r = Budget::reserve(&global, Some(&key), 50).unwrap();
+        let r = Budget::reserve(&global, Some(&key), 50).await.unwrap();
         assert_eq!((global.reserved(), key.reserved()), (50, 50));
         r.settle(20);
         assert_eq!((global.used(), key.used()), (20, 20));
     }
 
-    #[test]
-    fn exhausted_when_used_reaches_limit() {
-        assert!(Budget::new(Some(5), 5).exhausted());
-        assert!(!Budget::new(Some(5), 4).exhausted());
-        assert!(!Budget::new(None, 1_000).exhausted());
+    #[tokio::test]
+    async fn two_instances_share_one_limit_and_return_what_they_do_not_use() {
+        let dir = tempfile::tempdir().unwrap();
+        // Two ledgers on one database: two instances.
+        let (a, b) = (ledger(&dir), ledger(&dir));
+        let on_a = Arc::new(Budget::new(a.clone(), GLOBAL_SCOPE, Some(100)));
+        let on_b = Arc::new(Budget::new(b.clone(), GLOBAL_SCOPE, Some(100)));
+        let first = Budget::reserve(&on_a, None, 60).await.unwrap();
+        assert_eq!(
+            Budget::reserve(&on_b, None, 60).await.unwrap_err(),
+            Refusal::Global,
+            "60 + 60 does not fit in 100"
+        );
+        let _second = Budget::reserve(&on_b, None, 40).await.unwrap();
+        first.settle(10);
+        // a used 10 and holds 50 it does not use; once idle it gives them back.
+        a.sync([&on_a], Duration::ZERO).await.unwrap();
+        assert_eq!(on_a.free(), 0);
+        assert!(
+            Budget::reserve(&on_a, None, 51).await.is_err(),
+            "10 + 40 + 51 > 100"
+        );
+        Budget::reserve(&on_a, None, 50).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn using_more_than_reserved_is_charged_to_the_ledger() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = ledger(&dir);
+        let global = Arc::new(Budget::new(ledger.clone(), GLOBAL_SCOPE, Some(100)));
+        Budget::reserve(&global, None, 10).await.unwrap().settle(40);
+        ledger.sync([&global], Duration::ZERO).await.unwrap();
+        let other = Arc::new(Budget::new(ledger.clone(), GLOBAL_SCOPE, Some(100)));
+        assert!(Budget::reserve(&other, None, 61).await.is_err());
+        Budget::reserve(&other, None, 60).await.unwrap();
     }
 }

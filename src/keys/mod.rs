@@ -1,18 +1,26 @@
 //! Gateway API keys: generation, hashing, display form, and the in-memory registry the gateway
-//! checks on every request (so no request waits for the database to authenticate).
+//! checks on every request (so no request waits for the database to authenticate). With several
+//! instances on one database, each keeps its registry in step with the others' key changes
+//! ([`KeyRegistry::apply_changes`], fed by `sync`), shares budgets through leases (`budget`) and
+//! RPM limits through Redis (`rate`).
 
 mod budget;
+mod rate;
+pub mod sync;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use rand::rngs::OsRng;
 use rand::TryRngCore;
 use sha2::{Digest, Sha256};
 
-pub use budget::{Budget, Reservation};
+pub use budget::{Budget, Ledger, Refusal, Reservation, IDLE_RETURN_AFTER};
+pub use rate::RateLimiter;
 
 use crate::store::KeyRow;
+use rate::RateWindow;
 
 /// Prefix of every key this gateway issues.
 pub const KEY_PREFIX: &str = "sk-tc-";
@@ -89,17 +97,20 @@ pub struct KeyEntry {
     /// Row id.
     pub id: i64,
     settings: RwLock<KeySettings>,
-    /// The key's token budget (its `token_limit`, with what it used and has in flight).
+    /// The version of the row the settings come from.
+    version: AtomicI64,
+    /// The key's token budget (its `token_limit`, shared through the ledger).
     pub budget: Arc<Budget>,
     rate: Mutex<RateWindow>,
 }
 
 impl KeyEntry {
-    fn new(row: &KeyRow, used_tokens: u64) -> Self {
+    fn new(row: &KeyRow, ledger: &Arc<Ledger>) -> Self {
         Self {
             id: row.id,
             settings: RwLock::new(settings_of(row)),
-            budget: Arc::new(Budget::new(row.token_limit, used_tokens)),
+            version: AtomicI64::new(row.version),
+            budget: Arc::new(Budget::new(ledger.clone(), row.id, row.token_limit)),
             rate: Mutex::new(RateWindow::default()),
         }
     }
@@ -133,41 +144,33 @@ fn settings_of(row: &KeyRow) -> KeySettings {
     }
 }
 
-/// A sliding one-minute window of request times.
-#[derive(Default)]
-struct RateWindow {
-    times: std::collections::VecDeque<i64>,
-}
-
-impl RateWindow {
-    fn admit(&mut self, limit: u32, now_ms: i64) -> Result<(), u64> {
-        while self.times.front().is_some_and(|&t| t <= now_ms - 60_000) {
-            self.times.pop_front();
-        }
-        if self.times.len() >= limit as usize {
-            let oldest = self.times.front().copied().unwrap_or(now_ms);
-            let wait_ms = (oldest + 60_000 - now_ms).max(0);
-            return Err((wait_ms as u64).div_ceil(1000).max(1));
-        }
-        self.times.push_back(now_ms);
-        Ok(())
-    }
-}
-
-/// The live keys by hash and by id; the console keeps it in step with the store.
-#[derive(Default)]
+/// The live keys by hash and by id; the console and the poller of other instances' changes
+/// keep it in step with the store.
 pub struct KeyRegistry {
     by_hash: RwLock<HashMap<[u8; 32], Arc<KeyEntry>>>,
     by_id: RwLock<HashMap<i64, [u8; 32]>>,
+    /// Keys deleted since start: never brought back by a change read before the deletion.
+    deleted: RwLock<HashSet<i64>>,
+    /// The newest key version the poller applied.
+    version: AtomicI64,
+    ledger: Arc<Ledger>,
+    rates: RateLimiter,
 }
 
 impl KeyRegistry {
-    /// Builds the registry from the stored keys and each key's used tokens.
-    pub fn load(rows: &[KeyRow], used: &HashMap<i64, u64>) -> Self {
-        let registry = Self::default();
-        for row in rows.iter().filter(|r| !r.deleted) {
-            registry.upsert(row, used.get(&row.id).copied().unwrap_or(0));
-        }
+    /// Builds the registry from the stored keys; budgets are shared through `ledger`, RPM limits
+    /// counted by `rates`.
+    pub fn load(rows: &[KeyRow], ledger: Arc<Ledger>, rates: RateLimiter) -> Self {
+        let registry = Self {
+            by_hash: RwLock::default(),
+            by_id: RwLock::default(),
+            deleted: RwLock::default(),
+            version: AtomicI64::new(0),
+            ledger,
+            rates,
+        };
+        registry.apply_changes(rows);
+        registry.advance_version(rows.iter().map(|r| r.version).max().unwrap_or(0));
         registry
     }
 
@@ -183,24 +186,17 @@ impl KeyRegistry {
         self.by_hash.read().ok()?.get(&hash).cloned()
     }
 
-    /// Adds a key, or updates the settings and limit of a known one (keeping its counters).
-    pub fn upsert(&self, row: &KeyRow, used_tokens: u64) {
-        if let Some(entry) = self.get(row.id) {
-            if let Ok(mut settings) = entry.settings.write() {
-                *settings = settings_of(row);
-            }
-            entry.budget.set_limit(row.token_limit);
-            return;
-        }
-        let entry = Arc::new(KeyEntry::new(row, used_tokens));
-        if let (Ok(mut by_hash), Ok(mut by_id)) = (self.by_hash.write(), self.by_id.write()) {
-            by_hash.insert(row.hash, entry);
-            by_id.insert(row.id, row.hash);
-        }
+    /// Adds a key, or updates the settings and limit of a known one (keeping its counters). The
+    /// tokens it used are read from the shared ledger, so `_used_tokens` is not needed any more.
+    pub fn upsert(&self, row: &KeyRow, _used_tokens: u64) {
+        self.apply_changes(std::slice::from_ref(row));
     }
 
     /// Removes a key: the next request with it is refused.
     pub fn remove(&self, id: i64) {
+        if let Ok(mut deleted) = self.deleted.write() {
+            deleted.insert(id);
+        }
         if let (Ok(mut by_hash), Ok(mut by_id)) = (self.by_hash.write(), self.by_id.write()) {
             if let Some(hash) = by_id.remove(&id) {
                 by_hash.remove(&hash);
@@ -208,7 +204,56 @@ impl KeyRegistry {
         }
     }
 
-    /// Tokens used and in flight per live key id.
+    /// Applies key rows as read from the store (created, changed or deleted), ignoring any row
+    /// older than what is known of its key.
+    pub fn apply_changes(&self, rows: &[KeyRow]) {
+        for row in rows {
+            if row.deleted {
+                self.remove(row.id);
+                continue;
+            }
+            if self.deleted.read().is_ok_and(|d| d.contains(&row.id)) {
+                continue;
+            }
+            if let Some(entry) = self.get(row.id) {
+                if entry.version.fetch_max(row.version, Ordering::Relaxed) > row.version {
+                    continue;
+                }
+                if let Ok(mut settings) = entry.settings.write() {
+                    *settings = settings_of(row);
+                }
+                entry.budget.set_limit(row.token_limit);
+                continue;
+            }
+            let entry = Arc::new(KeyEntry::new(row, &self.ledger));
+            if let (Ok(mut by_hash), Ok(mut by_id)) = (self.by_hash.write(), self.by_id.write()) {
+                by_hash.insert(row.hash, entry);
+                by_id.insert(row.id, row.hash);
+            }
+        }
+    }
+
+    /// The newest key version the poller has applied: it asks the store for changes after it.
+    /// (Changes this instance's console applies itself do not move it: a change another instance
+    /// made just before could otherwise be skipped.)
+    pub fn version(&self) -> i64 {
+        self.version.load(Ordering::Relaxed)
+    }
+
+    /// Notes that every change up to `version` has been applied.
+    pub fn advance_version(&self, version: i64) {
+        self.version.fetch_max(version, Ordering::Relaxed);
+    }
+
+    /// The budgets of the live keys.
+    pub fn key_budgets(&self) -> Vec<Arc<Budget>> {
+        let Ok(by_hash) = self.by_hash.read() else {
+            return Vec::new();
+        };
+        by_hash.values().map(|e| e.budget.clone()).collect()
+    }
+
+    /// Tokens used (through this instance) and in flight per live key id.
     pub fn budgets(&self) -> HashMap<i64, (u64, u64)> {
         let Ok(by_hash) = self.by_hash.read() else {
             return HashMap::new();
@@ -217,6 +262,22 @@ impl KeyRegistry {
             .values()
             .map(|e| (e.id, (e.budget.used(), e.budget.reserved())))
             .collect()
+    }
+
+    /// Counts a request of `entry` against its RPM limit — across instances when Redis is
+    /// configured; `Err(seconds)` says when to retry.
+    pub async fn check_rate(&self, entry: &KeyEntry, limit: Option<u32>) -> Result<(), u64> {
+        let Some(limit) = limit else { return Ok(()) };
+        self.rates
+            .check(entry.id, limit, || {
+                entry.check_rate(Some(limit), jiff::Timestamp::now())
+            })
+            .await
+    }
+
+    /// Whether RPM limits are shared through Redis.
+    pub fn shares_rates(&self) -> bool {
+        self.rates.is_shared()
     }
 }
 
@@ -242,15 +303,5 @@ mod tests {
         let full = "sk-tc-AbCd0123456789012345678901234567wxyz";
         assert_eq!(display_form(full), "sk-tc-AbCd…wxyz");
         assert_eq!(display_form("short"), "sk-tc-…");
-    }
-
-    #[test]
-    fn rate_window_slides() {
-        let mut window = RateWindow::default();
-        assert_eq!(window.admit(2, 0), Ok(()));
-        assert_eq!(window.admit(2, 1_000), Ok(()));
-        assert_eq!(window.admit(2, 30_000), Err(30));
-        assert_eq!(window.admit(2, 60_000), Ok(()));
-        assert_eq!(window.admit(2, 60_500), Err(1));
     }
 }

@@ -1,10 +1,15 @@
-//! The store: the only module that knows SQL. Keys, raw call records and their aggregates.
+//! The store: the only module that knows SQL. Keys, raw call records, their aggregates, and the
+//! shared ledgers that let several gateway instances behave as one.
 //!
-//! [`Store`] is the one interface the rest of the program uses; it dispatches to a backend
-//! (SQLite today). Its async methods run the blocking database work on tokio's blocking pool, so
-//! no request handler ever blocks a runtime thread on the database. The recorder's batch writes
-//! go through [`BatchWriter`], which owns its own connection on the recorder's thread.
+//! [`Store`] is the one interface the rest of the program uses; it dispatches to a backend:
+//! SQLite (embedded, one machine) or PostgreSQL (shared by several instances). SQLite's blocking
+//! work runs on tokio's blocking pool and PostgreSQL's is asynchronous, so no request handler
+//! ever blocks a runtime thread on the database. The recorder's batch writes go through
+//! [`BatchWriter`], which owns its own connection (SQLite) or borrows one from the pool
+//! (PostgreSQL).
 
+mod postgres;
+pub mod scratch;
 mod sqlite;
 
 use std::collections::HashMap;
@@ -13,7 +18,8 @@ use std::sync::Arc;
 use crate::config::DatabaseUrl;
 use crate::usage::{CallRecord, LoggedCall, TokenUsage, LATENCY_BUCKETS};
 
-pub use sqlite::SqliteBatchWriter as BatchWriter;
+/// The scope of the global budget in the budget ledger; key budgets use the key's id.
+pub const GLOBAL_SCOPE: i64 = 0;
 
 /// What went wrong in the store.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +41,12 @@ pub enum StoreError {
     /// The database reported an error.
     #[error("database error: {0}")]
     Database(#[from] rusqlite::Error),
+    /// PostgreSQL reported an error.
+    #[error("database error: {}", postgres::describe(.0))]
+    Postgres(#[from] tokio_postgres::Error),
+    /// No PostgreSQL connection could be had from the pool.
+    #[error("cannot get a database connection: {0}")]
+    Pool(String),
     /// A blocking task failed.
     #[error("store task failed: {0}")]
     Task(String),
@@ -69,6 +81,9 @@ pub struct KeyRow {
     pub expires_at: Option<jiff::Timestamp>,
     /// Deleted keys are kept so their history keeps its name.
     pub deleted: bool,
+    /// Grows with every change made through any instance's console (see
+    /// [`Store::keys_changed_since`]).
+    pub version: i64,
 }
 
 /// A key to insert.
@@ -210,10 +225,61 @@ pub struct LogQuery {
     pub before_id: Option<i64>,
 }
 
+/// How the budget ledger answered a request for a lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    /// Tokens handed to this instance (0 when fewer than the need were left).
+    pub granted: u64,
+    /// Tokens left in the budget after the grant.
+    pub remaining: u64,
+}
+
+/// What a lease of `want` tokens (at least `need`) gets from a budget of `limit` of which `taken`
+/// are used or leased: as much as is left up to `want`, or nothing when less than `need` is left.
+fn grant(limit: u64, taken: u64, need: u64, want: u64) -> Lease {
+    let available = limit.saturating_sub(taken);
+    if available < need {
+        return Lease {
+            granted: 0,
+            remaining: available,
+        };
+    }
+    let granted = want.max(need).min(available);
+    Lease {
+        granted,
+        remaining: available - granted,
+    }
+}
+
 /// The store used by the whole program.
 #[derive(Clone)]
 pub struct Store {
-    backend: Arc<sqlite::SqliteStore>,
+    backend: Backend,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Sqlite(Arc<sqlite::SqliteStore>),
+    Postgres(Arc<postgres::PgStore>),
+}
+
+/// Writes batches of call records with their aggregates, for the recorder.
+pub enum BatchWriter {
+    /// SQLite: synchronous, on the recorder's own thread (which is not a runtime worker).
+    Sqlite(sqlite::SqliteBatchWriter),
+    /// PostgreSQL: asynchronous.
+    Postgres(postgres::PgBatchWriter),
+}
+
+impl BatchWriter {
+    /// Writes the records, their aggregates and the keys' `last_used` in one transaction, trims
+    /// the raw log to `max_logs`, and returns the records with their new ids.
+    pub async fn write(&mut self, records: &[CallRecord]) -> Result<Vec<LoggedCall>, StoreError> {
+        match self {
+            Self::Sqlite(writer) => writer.write(records),
+            Self::Postgres(writer) => writer.write(records).await,
+        }
+    }
 }
 
 /// Runs blocking store work on tokio's blocking pool.
@@ -225,42 +291,85 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| StoreError::Task(e.to_string()))?
 }
 
+/// Calls the same method on whichever backend the store has.
+macro_rules! dispatch {
+    ($self:ident, $method:ident ( $($arg:expr),* )) => {
+        match &$self.backend {
+            Backend::Sqlite(backend) => {
+                let backend = backend.clone();
+                blocking(move || backend.$method($($arg),*)).await
+            }
+            Backend::Postgres(backend) => backend.$method($($arg),*).await,
+        }
+    };
+}
+
 impl Store {
-    /// Opens (creating if needed) the database and applies pending migrations.
+    /// Opens (creating if needed) the database and applies pending migrations. Several instances
+    /// may open one PostgreSQL database at once: migrations are serialised by an advisory lock.
     pub fn open(url: &DatabaseUrl, timezone: jiff::tz::TimeZone) -> Result<Self, StoreError> {
-        let DatabaseUrl::Sqlite(path) = url;
-        Ok(Self {
-            backend: Arc::new(sqlite::SqliteStore::open(path, timezone)?),
-        })
+        let backend = match url {
+            DatabaseUrl::Sqlite(path) => {
+                Backend::Sqlite(Arc::new(sqlite::SqliteStore::open(path, timezone)?))
+            }
+            DatabaseUrl::Postgres(url) => {
+                Backend::Postgres(Arc::new(postgres::PgStore::open(url, timezone)?))
+            }
+        };
+        Ok(Self { backend })
     }
 
-    /// A writer for the recorder's thread, with its own connection.
+    /// Which backend this is, for messages: `sqlite` or `postgres`.
+    pub fn kind(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite(_) => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+
+    /// A writer for the recorder.
     pub fn batch_writer(&self, max_logs: u64) -> Result<BatchWriter, StoreError> {
-        self.backend.batch_writer(max_logs)
+        match &self.backend {
+            Backend::Sqlite(backend) => backend.batch_writer(max_logs).map(BatchWriter::Sqlite),
+            Backend::Postgres(backend) => Ok(BatchWriter::Postgres(backend.batch_writer(max_logs))),
+        }
     }
 
     /// Inserts a key unless its name is taken or `max_keys` live keys exist.
     pub async fn insert_key(&self, key: NewKey, max_keys: u64) -> Result<KeyRow, StoreError> {
-        let backend = self.backend.clone();
-        blocking(move || backend.insert_key(&key, max_keys)).await
+        match &self.backend {
+            Backend::Sqlite(backend) => {
+                let backend = backend.clone();
+                blocking(move || backend.insert_key(&key, max_keys)).await
+            }
+            Backend::Postgres(backend) => backend.insert_key(&key, max_keys).await,
+        }
     }
 
     /// All keys, deleted ones included, oldest first.
     pub async fn list_keys(&self) -> Result<Vec<KeyRow>, StoreError> {
-        let backend = self.backend.clone();
-        blocking(move || backend.list_keys()).await
+        dispatch!(self, list_keys())
+    }
+
+    /// Keys changed (created, edited or deleted) after `version`, in the order of their changes.
+    pub async fn keys_changed_since(&self, version: i64) -> Result<Vec<KeyRow>, StoreError> {
+        dispatch!(self, keys_changed_since(version))
     }
 
     /// Applies a patch to a live key; `None` when there is no such live key.
     pub async fn update_key(&self, id: i64, patch: KeyPatch) -> Result<Option<KeyRow>, StoreError> {
-        let backend = self.backend.clone();
-        blocking(move || backend.update_key(id, &patch)).await
+        match &self.backend {
+            Backend::Sqlite(backend) => {
+                let backend = backend.clone();
+                blocking(move || backend.update_key(id, &patch)).await
+            }
+            Backend::Postgres(backend) => backend.update_key(id, &patch).await,
+        }
     }
 
     /// Marks a live key deleted; `false` when there is no such live key.
     pub async fn delete_key(&self, id: i64) -> Result<bool, StoreError> {
-        let backend = self.backend.clone();
-        blocking(move || backend.delete_key(id)).await
+        dispatch!(self, delete_key(id))
     }
 
     /// Aggregates per model of the calls the filter selects.
@@ -268,14 +377,18 @@ impl Store {
         &self,
         filter: UsageFilter,
     ) -> Result<Vec<(String, Aggregate)>, StoreError> {
-        let backend = self.backend.clone();
-        blocking(move || backend.usage_by_model(&filter)).await
+        match &self.backend {
+            Backend::Sqlite(backend) => {
+                let backend = backend.clone();
+                blocking(move || backend.usage_by_model(&filter)).await
+            }
+            Backend::Postgres(backend) => backend.usage_by_model(&filter).await,
+        }
     }
 
     /// All-time aggregates per key id (0 = calls without a key).
     pub async fn usage_by_key(&self) -> Result<HashMap<i64, Aggregate>, StoreError> {
-        let backend = self.backend.clone();
-        blocking(move || backend.usage_by_key()).await
+        dispatch!(self, usage_by_key())
     }
 
     /// Calls and tokens per local day in `[first_day, last_day]` (YYYYMMDD), days with calls only.
@@ -285,14 +398,71 @@ impl Store {
         first_day: i64,
         last_day: i64,
     ) -> Result<Vec<DayTotal>, StoreError> {
-        let backend = self.backend.clone();
-        blocking(move || backend.usage_by_day(key_id, first_day, last_day)).await
+        dispatch!(self, usage_by_day(key_id, first_day, last_day))
     }
 
     /// Raw call records, newest first.
     pub async fn logs(&self, query: LogQuery) -> Result<Vec<LoggedCall>, StoreError> {
-        let backend = self.backend.clone();
-        blocking(move || backend.logs(&query)).await
+        match &self.backend {
+            Backend::Sqlite(backend) => {
+                let backend = backend.clone();
+                blocking(move || backend.logs(&query)).await
+            }
+            Backend::Postgres(backend) => backend.logs(&query).await,
+        }
+    }
+
+    /// Leases tokens of a budget (`scope` 0 is the global budget, else a key id) to this
+    /// instance: `want` tokens, or fewer but at least `need`, out of what `limit` leaves after
+    /// every token used or leased so far; nothing when fewer than `need` are left. The ledger row
+    /// is created on first use from the recorded usage.
+    pub async fn lease(
+        &self,
+        scope: i64,
+        limit: u64,
+        need: u64,
+        want: u64,
+    ) -> Result<Lease, StoreError> {
+        dispatch!(self, lease(scope, limit, need, want))
+    }
+
+    /// Adds `delta` tokens to budget ledgers (negative: unused leases given back; positive: calls
+    /// that used more than they reserved), one `(scope, delta)` per ledger row.
+    pub async fn adjust_budgets(&self, deltas: Vec<(i64, i64)>) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(backend) => {
+                let backend = backend.clone();
+                blocking(move || backend.adjust_budgets(&deltas)).await
+            }
+            Backend::Postgres(backend) => backend.adjust_budgets(&deltas).await,
+        }
+    }
+
+    /// Registers this instance. When no other instance has been seen for `stale_ms`, the budget
+    /// ledgers are rebuilt from the recorded usage: leases held by instances that died are
+    /// forgotten. Returns how many other instances are alive.
+    pub async fn register_instance(&self, id: String, stale_ms: i64) -> Result<u64, StoreError> {
+        dispatch!(self, register_instance(id, stale_ms))
+    }
+
+    /// Notes that this instance is alive.
+    pub async fn heartbeat(&self, id: String) -> Result<(), StoreError> {
+        dispatch!(self, heartbeat(id))
+    }
+
+    /// The identity of this deployment (the database), made up when first asked: a namespace for
+    /// what instances share outside the database, such as RPM windows in Redis.
+    pub async fn deployment_id(&self) -> Result<String, StoreError> {
+        let mut bytes = [0u8; 8];
+        rand::TryRngCore::try_fill_bytes(&mut rand::rngs::OsRng, &mut bytes)
+            .map_err(|e| StoreError::Task(format!("the OS random source failed: {e}")))?;
+        let candidate: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        dispatch!(self, deployment_id(candidate))
+    }
+
+    /// Removes this instance on shutdown.
+    pub async fn unregister_instance(&self, id: String) -> Result<(), StoreError> {
+        dispatch!(self, unregister_instance(id))
     }
 }
 

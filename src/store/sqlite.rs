@@ -9,17 +9,21 @@ use rusqlite::types::Value;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row, Transaction};
 
 use super::{
-    Aggregate, DayTotal, KeyPatch, KeyRow, LogQuery, NewKey, StatusFilter, StoreError, UsageFilter,
+    Aggregate, DayTotal, KeyPatch, KeyRow, Lease, LogQuery, NewKey, StatusFilter, StoreError,
+    UsageFilter, GLOBAL_SCOPE,
 };
 use crate::usage::{CallRecord, LoggedCall, TokenUsage, LATENCY_BUCKETS};
 
 /// Versioned migrations; `PRAGMA user_version` holds how many are applied.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/sqlite/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/sqlite/0001_init.sql"),
+    include_str!("migrations/sqlite/0002_instances.sql"),
+];
 const READERS: usize = 4;
-const MS_PER_HOUR: i64 = 3_600_000;
+pub(super) const MS_PER_HOUR: i64 = 3_600_000;
 
 /// The aggregate tables' value columns, in [`Aggregate`] order.
-const AGG_COLUMNS: [&str; 10 + LATENCY_BUCKETS] = [
+pub(super) const AGG_COLUMNS: [&str; 10 + LATENCY_BUCKETS] = [
     "calls",
     "successes",
     "failures",
@@ -50,7 +54,7 @@ const AGG_COLUMNS: [&str; 10 + LATENCY_BUCKETS] = [
 ];
 
 /// The value columns.
-fn agg_columns() -> impl Iterator<Item = &'static str> + Clone {
+pub(super) fn agg_columns() -> impl Iterator<Item = &'static str> + Clone {
     AGG_COLUMNS.iter().copied()
 }
 
@@ -89,7 +93,7 @@ fn read_aggregate(row: &Row<'_>, start: usize) -> rusqlite::Result<Aggregate> {
 }
 
 /// The values of an [`Aggregate`] in column order.
-fn aggregate_values(agg: &Aggregate) -> Vec<i64> {
+pub(super) fn aggregate_values(agg: &Aggregate) -> Vec<i64> {
     let t = &agg.tokens;
     let mut values = vec![
         agg.calls,
@@ -107,15 +111,15 @@ fn aggregate_values(agg: &Aggregate) -> Vec<i64> {
     values.into_iter().map(to_i64).collect()
 }
 
-fn to_i64(v: u64) -> i64 {
+pub(crate) fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-fn ms(ts: jiff::Timestamp) -> i64 {
+pub(crate) fn ms(ts: jiff::Timestamp) -> i64 {
     ts.as_millisecond()
 }
 
-fn from_ms(v: i64) -> jiff::Timestamp {
+pub(crate) fn from_ms(v: i64) -> jiff::Timestamp {
     jiff::Timestamp::from_millisecond(v).unwrap_or(jiff::Timestamp::UNIX_EPOCH)
 }
 
@@ -298,8 +302,8 @@ impl SqliteStore {
             return Err(StoreError::KeyLimit(max_keys));
         }
         let inserted = tx.execute(
-            "INSERT INTO api_keys (name, description, key_hash, display, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO api_keys (name, description, key_hash, display, created_at, version)
+             VALUES (?1, ?2, ?3, ?4, ?5, (SELECT COALESCE(MAX(version), 0) + 1 FROM api_keys))",
             params![
                 key.name,
                 key.description,
@@ -328,6 +332,7 @@ impl SqliteStore {
         let Some(mut key) = select_key(&tx, id)?.filter(|k| !k.deleted) else {
             return Ok(None);
         };
+        let was_limited = key.token_limit.is_some();
         apply_patch(&mut key, patch);
         let allowed = key
             .allowed_models
@@ -335,7 +340,8 @@ impl SqliteStore {
             .map(|m| serde_json::to_string(m).unwrap_or_else(|_| "[]".into()));
         let updated = tx.execute(
             "UPDATE api_keys SET name = ?2, description = ?3, enabled = ?4, token_limit = ?5,
-             rpm_limit = ?6, allowed_models = ?7, expires_at = ?8 WHERE id = ?1",
+             rpm_limit = ?6, allowed_models = ?7, expires_at = ?8,
+             version = (SELECT MAX(version) + 1 FROM api_keys) WHERE id = ?1",
             params![
                 id,
                 key.name,
@@ -348,17 +354,136 @@ impl SqliteStore {
             ],
         );
         map_name_conflict(updated, &key.name)?;
+        if was_limited && key.token_limit.is_none() {
+            // Unlimited keys are not charged to the ledger: a later limit starts from the
+            // recorded usage again.
+            tx.execute("DELETE FROM budgets WHERE scope = ?1", [id])?;
+        }
+        let key = select_key(&tx, id)?.ok_or(StoreError::Task("updated key vanished".into()))?;
         tx.commit()?;
         Ok(Some(key))
     }
 
     pub fn delete_key(&self, id: i64) -> Result<bool, StoreError> {
-        let conn = lock(&self.admin);
-        let changed = conn.execute(
-            "UPDATE api_keys SET deleted_at = ?2, enabled = 0 WHERE id = ?1 AND deleted_at IS NULL",
+        let mut conn = lock(&self.admin);
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let changed = tx.execute(
+            "UPDATE api_keys SET deleted_at = ?2, enabled = 0,
+             version = (SELECT MAX(version) + 1 FROM api_keys)
+             WHERE id = ?1 AND deleted_at IS NULL",
             params![id, ms(jiff::Timestamp::now())],
         )?;
+        tx.execute("DELETE FROM budgets WHERE scope = ?1", [id])?;
+        tx.commit()?;
         Ok(changed == 1)
+    }
+
+    pub fn keys_changed_since(&self, version: i64) -> Result<Vec<KeyRow>, StoreError> {
+        let conn = self.reader();
+        let mut stmt =
+            conn.prepare_cached(&format!("{KEY_SELECT} WHERE version > ?1 ORDER BY version"))?;
+        let rows = stmt.query_map([version], read_key)?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    pub fn lease(&self, scope: i64, limit: u64, need: u64, want: u64) -> Result<Lease, StoreError> {
+        let mut conn = lock(&self.admin);
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let taken: Option<i64> = tx
+            .query_row("SELECT taken FROM budgets WHERE scope = ?1", [scope], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        let taken = match taken {
+            Some(taken) => taken,
+            None => {
+                let used: i64 = tx.query_row(
+                    "SELECT COALESCE(SUM(total_tokens), 0) FROM agg_total
+                     WHERE ?1 = ?2 OR key_id = ?1",
+                    params![scope, GLOBAL_SCOPE],
+                    |r| r.get(0),
+                )?;
+                tx.execute(
+                    "INSERT INTO budgets (scope, taken) VALUES (?1, ?2)",
+                    params![scope, used],
+                )?;
+                used
+            }
+        };
+        let lease = super::grant(limit, taken.max(0) as u64, need, want);
+        if lease.granted > 0 {
+            tx.execute(
+                "UPDATE budgets SET taken = taken + ?2 WHERE scope = ?1",
+                params![scope, to_i64(lease.granted)],
+            )?;
+        }
+        tx.commit()?;
+        Ok(lease)
+    }
+
+    pub fn adjust_budgets(&self, deltas: &[(i64, i64)]) -> Result<(), StoreError> {
+        let mut conn = lock(&self.admin);
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        {
+            let mut stmt = tx
+                .prepare_cached("UPDATE budgets SET taken = MAX(0, taken + ?2) WHERE scope = ?1")?;
+            for (scope, delta) in deltas {
+                stmt.execute(params![scope, delta])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn register_instance(&self, id: String, stale_ms: i64) -> Result<u64, StoreError> {
+        let now = ms(jiff::Timestamp::now());
+        let mut conn = lock(&self.admin);
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute("DELETE FROM instances WHERE seen_ms < ?1", [now - stale_ms])?;
+        let others: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM instances WHERE id <> ?1",
+            [&id],
+            |r| r.get(0),
+        )?;
+        if others == 0 {
+            tx.execute("DELETE FROM budgets", [])?;
+        }
+        tx.execute(
+            "INSERT INTO instances (id, seen_ms) VALUES (?1, ?2)
+             ON CONFLICT (id) DO UPDATE SET seen_ms = excluded.seen_ms",
+            params![id, now],
+        )?;
+        tx.commit()?;
+        Ok(others.max(0) as u64)
+    }
+
+    pub fn heartbeat(&self, id: String) -> Result<(), StoreError> {
+        let conn = lock(&self.admin);
+        conn.execute(
+            "INSERT INTO instances (id, seen_ms) VALUES (?1, ?2)
+             ON CONFLICT (id) DO UPDATE SET seen_ms = excluded.seen_ms",
+            params![id, ms(jiff::Timestamp::now())],
+        )?;
+        Ok(())
+    }
+
+    pub fn deployment_id(&self, candidate: String) -> Result<String, StoreError> {
+        let conn = lock(&self.admin);
+        conn.execute(
+            "INSERT INTO meta (name, value) VALUES ('deployment', ?1) ON CONFLICT (name) DO NOTHING",
+            [candidate],
+        )?;
+        Ok(conn.query_row(
+            "SELECT value FROM meta WHERE name = 'deployment'",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
+    pub fn unregister_instance(&self, id: String) -> Result<(), StoreError> {
+        let conn = lock(&self.admin);
+        conn.execute("DELETE FROM instances WHERE id = ?1", [id])?;
+        Ok(())
     }
 
     pub fn usage_by_model(
@@ -462,7 +587,7 @@ impl SqliteStore {
     }
 }
 
-fn apply_patch(key: &mut KeyRow, patch: &KeyPatch) {
+pub(super) fn apply_patch(key: &mut KeyRow, patch: &KeyPatch) {
     if let Some(name) = &patch.name {
         key.name = name.clone();
     }
@@ -499,7 +624,7 @@ fn map_name_conflict(result: rusqlite::Result<usize>, name: &str) -> Result<(), 
 }
 
 const KEY_SELECT: &str = "SELECT id, name, description, key_hash, display, created_at, last_used,
-    enabled, token_limit, rpm_limit, allowed_models, expires_at, deleted_at FROM api_keys";
+    enabled, token_limit, rpm_limit, allowed_models, expires_at, deleted_at, version FROM api_keys";
 
 fn select_key(tx: &Transaction<'_>, id: i64) -> Result<Option<KeyRow>, StoreError> {
     Ok(tx
@@ -528,6 +653,7 @@ fn read_key(row: &Row<'_>) -> rusqlite::Result<KeyRow> {
         allowed_models: allowed.and_then(|text| serde_json::from_str(&text).ok()),
         expires_at: row.get::<_, Option<i64>>(11)?.map(from_ms),
         deleted: row.get::<_, Option<i64>>(12)?.is_some(),
+        version: row.get(13)?,
     })
 }
 
@@ -565,7 +691,7 @@ fn read_call(row: &Row<'_>) -> rusqlite::Result<LoggedCall> {
 }
 
 /// Escapes `%`, `_` and `\` for a `LIKE … ESCAPE '\'` pattern.
-fn like_pattern(text: &str) -> String {
+pub(super) fn like_pattern(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 2);
     out.push('%');
     for c in text.chars() {
@@ -638,7 +764,7 @@ pub struct SqliteBatchWriter {
     upsert_total: String,
 }
 
-type Dims = (i64, i64, String);
+pub(super) type Dims = (i64, i64, String);
 
 impl SqliteBatchWriter {
     /// Writes the records, their aggregates and the keys' `last_used` in one transaction, trims
@@ -716,7 +842,7 @@ fn insert_calls(
     Ok(logged)
 }
 
-type Grouped = (
+pub(super) type Grouped = (
     HashMap<Dims, Aggregate>,
     HashMap<Dims, Aggregate>,
     HashMap<(i64, String), Aggregate>,
@@ -724,7 +850,7 @@ type Grouped = (
 );
 
 /// Sums a batch per hour, per local day and in all, each per key × model.
-fn group(records: &[CallRecord], tz: &jiff::tz::TimeZone) -> Grouped {
+pub(super) fn group(records: &[CallRecord], tz: &jiff::tz::TimeZone) -> Grouped {
     let mut hours: HashMap<Dims, Aggregate> = HashMap::new();
     let mut days: HashMap<Dims, Aggregate> = HashMap::new();
     let mut totals: HashMap<(i64, String), Aggregate> = HashMap::new();

@@ -1,4 +1,6 @@
-//! Store tests on a real SQLite file: migrations, batches with aggregates, trimming, time zones.
+//! Store tests on a real database — a SQLite file, or a scratch PostgreSQL database with
+//! `TC_TEST_DATABASE=postgres`: migrations, batches with aggregates, trimming, time zones, key
+//! versions and the budget ledger.
 
 use super::*;
 use crate::usage::{CallRecord, TokenUsage};
@@ -27,27 +29,50 @@ fn record(
     }
 }
 
-fn open(dir: &std::path::Path, zone: &str) -> Store {
-    let url = DatabaseUrl::Sqlite(dir.join("t.db"));
-    Store::open(&url, jiff::tz::TimeZone::get(zone).unwrap()).unwrap()
+/// A fresh database of the backend under test, kept while the handle lives.
+enum TestDb {
+    Sqlite(tempfile::TempDir),
+    Postgres(scratch::ScratchDb),
+}
+
+impl TestDb {
+    fn new() -> Self {
+        if scratch::wanted() {
+            Self::Postgres(scratch::ScratchDb::create().unwrap())
+        } else {
+            Self::Sqlite(tempfile::tempdir().unwrap())
+        }
+    }
+
+    fn url(&self) -> DatabaseUrl {
+        match self {
+            Self::Sqlite(dir) => DatabaseUrl::Sqlite(dir.path().join("t.db")),
+            Self::Postgres(db) => DatabaseUrl::Postgres(crate::config::ServiceUrl::new(&db.url)),
+        }
+    }
+}
+
+fn open(db: &TestDb, zone: &str) -> Store {
+    Store::open(&db.url(), jiff::tz::TimeZone::get(zone).unwrap()).unwrap()
 }
 
 #[tokio::test]
 async fn reopening_keeps_everything_and_migrations_run_once() {
-    let dir = tempfile::tempdir().unwrap();
+    let db = TestDb::new();
     let ts: jiff::Timestamp = "2026-03-01T10:00:00Z".parse().unwrap();
     {
-        let store = open(dir.path(), "UTC");
+        let store = open(&db, "UTC");
         let mut writer = store.batch_writer(10).unwrap();
         let logged = writer
             .write(&[
                 record(ts, "a", None, 200, 10),
                 record(ts, "b", None, 500, 4),
             ])
+            .await
             .unwrap();
         assert_eq!(logged.iter().map(|l| l.id).collect::<Vec<_>>(), [1, 2]);
     }
-    let store = open(dir.path(), "UTC");
+    let store = open(&db, "UTC");
     let models = store.usage_by_model(UsageFilter::default()).await.unwrap();
     assert_eq!(models.len(), 2);
     assert_eq!(models[0].1.tokens.total, 10);
@@ -56,8 +81,8 @@ async fn reopening_keeps_everything_and_migrations_run_once() {
 
 #[tokio::test]
 async fn trimming_keeps_aggregates() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path(), "UTC");
+    let db = TestDb::new();
+    let store = open(&db, "UTC");
     let mut writer = store.batch_writer(3).unwrap();
     let ts = jiff::Timestamp::now();
     for _ in 0..4 {
@@ -66,6 +91,7 @@ async fn trimming_keeps_aggregates() {
                 record(ts, "m", Some(1), 200, 2),
                 record(ts, "m", Some(1), 200, 2),
             ])
+            .await
             .unwrap();
     }
     let logs = store
@@ -83,24 +109,25 @@ async fn trimming_keeps_aggregates() {
 
 #[tokio::test]
 async fn days_follow_the_zone_and_are_rebuilt_when_it_changes() {
-    let dir = tempfile::tempdir().unwrap();
+    let db = TestDb::new();
     // 15:30 UTC on 1 March is 23:30 in Shanghai; 16:30 UTC is 00:30 on 2 March there.
     let before: jiff::Timestamp = "2026-03-01T15:30:00Z".parse().unwrap();
     let after: jiff::Timestamp = "2026-03-01T16:30:00Z".parse().unwrap();
     {
-        let store = open(dir.path(), "Asia/Shanghai");
+        let store = open(&db, "Asia/Shanghai");
         let mut writer = store.batch_writer(100).unwrap();
         writer
             .write(&[
                 record(before, "m", None, 200, 3),
                 record(after, "m", None, 200, 5),
             ])
+            .await
             .unwrap();
         let days = store.usage_by_day(None, 20260301, 20260302).await.unwrap();
         let got: Vec<_> = days.iter().map(|d| (d.day, d.calls, d.tokens)).collect();
         assert_eq!(got, [(20260301, 1, 3), (20260302, 1, 5)]);
     }
-    let store = open(dir.path(), "UTC");
+    let store = open(&db, "UTC");
     let days = store.usage_by_day(None, 20260301, 20260302).await.unwrap();
     let got: Vec<_> = days.iter().map(|d| (d.day, d.calls, d.tokens)).collect();
     assert_eq!(got, [(20260301, 2, 8)], "rebucketed in UTC");
@@ -108,8 +135,8 @@ async fn days_follow_the_zone_and_are_rebuilt_when_it_changes() {
 
 #[tokio::test]
 async fn names_are_unique_among_live_keys_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path(), "UTC");
+    let db = TestDb::new();
+    let store = open(&db, "UTC");
     let key = |name: &str, byte: u8| NewKey {
         name: name.into(),
         description: String::new(),
@@ -132,4 +159,188 @@ async fn names_are_unique_among_live_keys_only() {
     let all = store.list_keys().await.unwrap();
     assert_eq!(all.len(), 2);
     assert!(all[0].deleted && !all[1].deleted);
+}
+
+fn new_key(name: &str, byte: u8) -> NewKey {
+    NewKey {
+        name: name.into(),
+        description: String::new(),
+        hash: [byte; 32],
+        display: "sk-tc-x…y".into(),
+        created_at: jiff::Timestamp::now(),
+    }
+}
+
+#[tokio::test]
+async fn every_key_change_is_seen_once_in_order_by_a_poller() {
+    let db = TestDb::new();
+    let store = open(&db, "UTC");
+    let a = store.insert_key(new_key("a", 1), 10).await.unwrap();
+    let b = store.insert_key(new_key("b", 2), 10).await.unwrap();
+    let changes = store.keys_changed_since(0).await.unwrap();
+    assert_eq!(
+        changes.iter().map(|k| k.name.as_str()).collect::<Vec<_>>(),
+        ["a", "b"]
+    );
+    let seen = changes.last().unwrap().version;
+    assert!(store.keys_changed_since(seen).await.unwrap().is_empty());
+    let patch = KeyPatch {
+        enabled: Some(false),
+        ..KeyPatch::default()
+    };
+    store.update_key(a.id, patch).await.unwrap().unwrap();
+    assert!(store.delete_key(b.id).await.unwrap());
+    let changes = store.keys_changed_since(seen).await.unwrap();
+    let got: Vec<_> = changes
+        .iter()
+        .map(|k| (k.name.as_str(), k.enabled, k.deleted))
+        .collect();
+    assert_eq!(got, [("a", false, false), ("b", false, true)]);
+    // Recording calls (last_used) is not a change a poller needs to see.
+    let mut writer = store.batch_writer(10).unwrap();
+    writer
+        .write(&[record(jiff::Timestamp::now(), "m", Some(a.id), 200, 2)])
+        .await
+        .unwrap();
+    let last = changes.last().unwrap().version;
+    assert!(store.keys_changed_since(last).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn the_ledger_leases_what_is_left_and_starts_from_recorded_usage() {
+    let db = TestDb::new();
+    let store = open(&db, "UTC");
+    let mut writer = store.batch_writer(10).unwrap();
+    writer
+        .write(&[record(jiff::Timestamp::now(), "m", Some(7), 200, 30)])
+        .await
+        .unwrap();
+    // 30 of 100 already used: 50 asked, 50 granted; then only 20 are left.
+    let lease = store.lease(GLOBAL_SCOPE, 100, 10, 50).await.unwrap();
+    assert_eq!((lease.granted, lease.remaining), (50, 20));
+    let lease = store.lease(GLOBAL_SCOPE, 100, 10, 50).await.unwrap();
+    assert_eq!((lease.granted, lease.remaining), (20, 0));
+    let lease = store.lease(GLOBAL_SCOPE, 100, 1, 1).await.unwrap();
+    assert_eq!(lease.granted, 0, "nothing left");
+    // Unused tokens given back can be leased again.
+    store
+        .adjust_budgets(vec![(GLOBAL_SCOPE, -15)])
+        .await
+        .unwrap();
+    let lease = store.lease(GLOBAL_SCOPE, 100, 20, 20).await.unwrap();
+    assert_eq!(lease.granted, 0, "15 left, 20 needed");
+    let lease = store.lease(GLOBAL_SCOPE, 100, 15, 20).await.unwrap();
+    assert_eq!((lease.granted, lease.remaining), (15, 0));
+    // A key's ledger starts from that key's usage.
+    let lease = store.lease(7, 40, 5, 100).await.unwrap();
+    assert_eq!((lease.granted, lease.remaining), (10, 0));
+}
+
+#[tokio::test]
+async fn an_instance_alone_rebuilds_the_ledgers_others_keep_them() {
+    let db = TestDb::new();
+    let store = open(&db, "UTC");
+    assert_eq!(
+        store.register_instance("a".into(), 60_000).await.unwrap(),
+        0
+    );
+    store.lease(GLOBAL_SCOPE, 100, 60, 60).await.unwrap();
+    // Instance a died holding 60 tokens; b starts while a's heartbeat is recent: kept.
+    assert_eq!(
+        store.register_instance("b".into(), 60_000).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .lease(GLOBAL_SCOPE, 100, 1, 100)
+            .await
+            .unwrap()
+            .granted,
+        40
+    );
+    // c starts when nobody else is registered: the ledger is rebuilt from recorded usage.
+    store.unregister_instance("a".into()).await.unwrap();
+    store.unregister_instance("b".into()).await.unwrap();
+    assert_eq!(
+        store.register_instance("c".into(), 60_000).await.unwrap(),
+        0
+    );
+    assert_eq!(
+        store
+            .lease(GLOBAL_SCOPE, 100, 1, 100)
+            .await
+            .unwrap()
+            .granted,
+        100
+    );
+    // An instance not seen within the stale period counts as dead (here: a period reaching
+    // into the future, so that c's heartbeat of this very millisecond is stale too).
+    assert_eq!(
+        store.register_instance("d".into(), -60_000).await.unwrap(),
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn several_writers_keep_aggregates_exact_and_trim_to_max_logs() {
+    let db = TestDb::new();
+    let store = open(&db, "UTC");
+    let ts = jiff::Timestamp::now();
+    let mut tasks = Vec::new();
+    for w in 0..4u64 {
+        let mut writer = store.batch_writer(50).unwrap();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..25 {
+                let batch: Vec<_> = (0..8)
+                    .map(|i| record(ts, ["m1", "m2"][i % 2], Some(1 + (w as i64 % 2)), 200, 3))
+                    .collect();
+                writer.write(&batch).await.unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let by_key = store.usage_by_key().await.unwrap();
+    assert_eq!(by_key[&1].calls + by_key[&2].calls, 4 * 25 * 8);
+    assert_eq!(by_key[&1].tokens.total, 2 * 25 * 8 * 3);
+    let models = store.usage_by_model(UsageFilter::default()).await.unwrap();
+    assert_eq!(models.iter().map(|m| m.1.calls).sum::<u64>(), 800);
+    // One more write trims whatever every writer left below its newest id minus max_logs.
+    let mut writer = store.batch_writer(50).unwrap();
+    writer
+        .write(&[record(ts, "m1", None, 200, 1)])
+        .await
+        .unwrap();
+    let logs = store
+        .logs(LogQuery {
+            limit: 1000,
+            ..LogQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(logs.len(), 50, "the newest max_logs rows are kept");
+    assert!(logs.windows(2).all(|w| w[0].id > w[1].id));
+}
+
+#[test]
+fn instances_starting_together_on_an_empty_database_migrate_once() {
+    let db = TestDb::new();
+    let url = db.url();
+    let opened: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| scope.spawn(|| Store::open(&url, jiff::tz::TimeZone::UTC).map(|_| ())))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for result in opened {
+        result.unwrap();
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let store = Store::open(&url, jiff::tz::TimeZone::UTC).unwrap();
+    let keys = runtime.block_on(store.list_keys()).unwrap();
+    assert!(keys.is_empty());
 }

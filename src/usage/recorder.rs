@@ -1,5 +1,9 @@
 //! The recorder: a bounded queue in front of one writer thread that stores calls in batches.
 //!
+//! The writer thread drives its own loop (`Handle::block_on` on a thread that is not a runtime
+//! worker): SQLite's synchronous writes block only that thread, and PostgreSQL's asynchronous
+//! writes are awaited there.
+//!
 //! Callers hand a [`CallRecord`] to [`Recorder::record`] and go on; nothing on the request path
 //! waits for the database. The writer thread takes whatever is queued (up to [`MAX_BATCH`]),
 //! writes it with its aggregates in one transaction, then broadcasts the stored rows to live
@@ -249,7 +253,7 @@ impl Worker {
     async fn write_until_stored(&mut self, records: &[CallRecord]) {
         let mut delay = Duration::from_millis(50);
         loop {
-            match self.writer.write(records) {
+            match self.writer.write(records).await {
                 Ok(logged) => {
                     self.stored(logged);
                     return;

@@ -1,13 +1,147 @@
 //! Shared harness of the end-to-end tests: the real `token-console` binary and the mock upstream,
-//! each on port 0, with a fresh database in a temporary directory.
+//! each on port 0, with a fresh database: a SQLite file in a temporary directory, or with
+//! `TC_TEST_DATABASE=postgres` a scratch PostgreSQL database per directory (shared by the servers
+//! started on that directory, dropped with the last of them).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use token_console::store::scratch::{self, ScratchDb};
+
+/// Whether the tests run on PostgreSQL (`TC_TEST_DATABASE=postgres`).
+pub fn on_postgres() -> bool {
+    scratch::wanted()
+}
+
+/// The Redis that servers share RPM limits through: `TC_TEST_REDIS_URL` on PostgreSQL runs (SQLite
+/// runs keep the limits in each process).
+pub fn redis_url() -> Option<String> {
+    std::env::var("TC_TEST_REDIS_URL")
+        .ok()
+        .filter(|url| on_postgres() && !url.is_empty())
+}
+
+/// The scratch database of a test directory, created by the first server started on it.
+fn database_of(dir: &Path) -> Arc<ScratchDb> {
+    static DATABASES: Mutex<Vec<(PathBuf, Weak<ScratchDb>)>> = Mutex::new(Vec::new());
+    let mut databases = DATABASES.lock().unwrap_or_else(|e| e.into_inner());
+    databases.retain(|(_, db)| db.strong_count() > 0);
+    if let Some(db) = databases
+        .iter()
+        .find(|(d, _)| d == dir)
+        .and_then(|(_, db)| db.upgrade())
+    {
+        return db;
+    }
+    let db = Arc::new(ScratchDb::create().expect("create a scratch PostgreSQL database"));
+    databases.push((dir.to_owned(), Arc::downgrade(&db)));
+    db
+}
+
+/// The `database_url` a server on `dir` uses, and the scratch database to keep alive with it.
+pub fn database_url(dir: &Path) -> (String, Option<Arc<ScratchDb>>) {
+    if on_postgres() {
+        let db = database_of(dir);
+        (db.url.clone(), Some(db))
+    } else {
+        (format!("sqlite://{}", dir.join("tc.db").display()), None)
+    }
+}
+
+/// Runs one SQL statement on a database (PostgreSQL URL) and returns the first column of each row
+/// as text.
+pub async fn postgres_query(url: &str, sql: &str) -> Vec<String> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(connection);
+    let rows = client.simple_query(sql).await.unwrap();
+    drop(client);
+    let _ = driver.await;
+    rows.iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Checks the stored data of the server's directory: SQLite's `integrity_check`, or on PostgreSQL
+/// that the hourly, daily and all-time aggregates agree. Returns "ok" or what is wrong.
+pub async fn integrity(dir: &Path) -> String {
+    if on_postgres() {
+        let (url, _db) = database_url(dir);
+        let sums = postgres_query(
+            &url,
+            "SELECT (SELECT COALESCE(SUM(calls), 0) FROM agg_hour) || ',' ||
+                    (SELECT COALESCE(SUM(calls), 0) FROM agg_day) || ',' ||
+                    (SELECT COALESCE(SUM(calls), 0) FROM agg_total)",
+        )
+        .await;
+        let parts: Vec<&str> = sums[0].split(',').collect();
+        return if parts.iter().all(|p| *p == parts[0]) {
+            "ok".to_owned()
+        } else {
+            format!("aggregates disagree (hour, day, total calls): {}", sums[0])
+        };
+    }
+    let conn = rusqlite::Connection::open(dir.join("tc.db")).unwrap();
+    conn.query_row("PRAGMA integrity_check", [], |r| r.get::<_, String>(0))
+        .unwrap()
+}
+
+/// Makes the server's database refuse writes until the guard is dropped: SQLite's exclusive
+/// lock, or on PostgreSQL an exclusive lock on the `calls` table held by another session.
+pub struct DatabaseLock {
+    _sqlite: Option<rusqlite::Connection>,
+    _postgres: Option<(tokio_postgres::Client, tokio::task::JoinHandle<()>)>,
+}
+
+impl DatabaseLock {
+    /// Takes the lock on the database of `dir`.
+    pub async fn take(dir: &Path) -> Self {
+        if on_postgres() {
+            let (url, _db) = database_url(dir);
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            let driver = tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            client
+                .batch_execute("BEGIN; LOCK TABLE calls IN ACCESS EXCLUSIVE MODE")
+                .await
+                .unwrap();
+            return Self {
+                _sqlite: None,
+                _postgres: Some((client, driver)),
+            };
+        }
+        let lock = rusqlite::Connection::open(dir.join("tc.db")).unwrap();
+        lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        Self {
+            _sqlite: Some(lock),
+            _postgres: None,
+        }
+    }
+
+    /// Releases the lock.
+    pub async fn release(mut self) {
+        if let Some(lock) = self._sqlite.take() {
+            lock.execute_batch("ROLLBACK").unwrap();
+        }
+        if let Some((client, driver)) = self._postgres.take() {
+            client.batch_execute("ROLLBACK").await.unwrap();
+            drop(client);
+            let _ = driver.await;
+        }
+    }
+}
 
 /// The longest a test waits for a condition before failing (a guard, not a synchronisation).
 pub const DEADLINE: Duration = Duration::from_secs(30);
@@ -117,19 +251,37 @@ pub struct Server {
     /// The directory holding config, database and logs.
     pub dir: PathBuf,
     http: reqwest::Client,
+    /// The scratch PostgreSQL database, kept while a server of this directory lives.
+    database: Option<Arc<ScratchDb>>,
+    /// File name of the service log in `dir`.
+    log_name: String,
 }
 
 impl Server {
-    /// Writes `yaml` (with `port: 0` and a database in `dir` added) and starts the binary.
+    /// Writes `yaml` (with `port: 0` and the directory's database added) and starts the binary.
     pub fn start(dir: &Path, yaml: &str) -> Self {
         Self::start_with(dir, yaml, &[])
     }
 
     /// As [`Server::start`], with extra environment variables.
     pub fn start_with(dir: &Path, yaml: &str, env: &[(&str, &str)]) -> Self {
-        let db = dir.join("tc.db");
-        let config = format!("port: 0\ndatabase_url: sqlite://{}\n{yaml}", db.display());
-        let path = dir.join("config.yaml");
+        Self::start_on(dir, &dir.join("config.yaml"), yaml, env)
+    }
+
+    /// As [`Server::start_with`], writing the configuration to `config` (so that several servers
+    /// can share a directory, and so a database).
+    pub fn start_on(dir: &Path, config_path: &Path, yaml: &str, env: &[(&str, &str)]) -> Self {
+        let (database_url, database) = database_url(dir);
+        let redis = match redis_url() {
+            Some(url) if !yaml.contains("redis_url:") => format!("redis_url: {url}\n"),
+            _ => String::new(),
+        };
+        let config = format!("port: 0\ndatabase_url: {database_url}\n{redis}{yaml}");
+        let path = config_path.to_owned();
+        let log_name = match path.file_stem().and_then(|s| s.to_str()) {
+            Some("config") | None => "stderr.log".to_owned(),
+            Some(stem) => format!("{stem}.stderr.log"),
+        };
         std::fs::write(&path, config).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_token-console"));
         command
@@ -142,7 +294,7 @@ impl Server {
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::from(
-                std::fs::File::create(dir.join("stderr.log")).unwrap(),
+                std::fs::File::create(dir.join(&log_name)).unwrap(),
             ));
         for (k, v) in env {
             command.env(k, v);
@@ -161,6 +313,8 @@ impl Server {
             child: Some(child),
             dir: dir.to_owned(),
             http: reqwest::Client::new(),
+            database,
+            log_name,
         }
     }
 
@@ -185,7 +339,7 @@ impl Server {
 
     /// The service log so far.
     pub fn stderr(&self) -> String {
-        std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
+        std::fs::read_to_string(self.dir.join(&self.log_name)).unwrap_or_default()
     }
 
     /// GET a console API path and return (status, body).

@@ -1,0 +1,420 @@
+//! Two gateway instances on different ports sharing one database — a scratch PostgreSQL database
+//! with `TC_TEST_DATABASE=postgres`, else one SQLite file opened by both processes — behave as one
+//! gateway: keys changed through either console are honoured by both within a second, a budget
+//! raced for through both admits no more than it holds, RPM limits are shared through Redis
+//! (`TC_TEST_REDIS_URL`, on PostgreSQL runs), both consoles show the same totals, and one instance killed under load
+//! leaves the other serving and the database consistent.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+/// The longest a key change may take to reach the other instance.
+const PROPAGATION: Duration = Duration::from_secs(1);
+
+/// Starts instances `a` and `b` on `dir`'s database with the same configuration.
+fn pair(dir: &Path, yaml: &str) -> (Server, Server) {
+    (instance(dir, "a", yaml), instance(dir, "b", yaml))
+}
+
+fn instance(dir: &Path, name: &str, yaml: &str) -> Server {
+    Server::start_on(dir, &dir.join(format!("{name}.yaml")), yaml, &[])
+}
+
+fn chat(text: &str, max_tokens: u64) -> Value {
+    json!({"model": "gpt-4o", "max_tokens": max_tokens, "messages": [{"role": "user", "content": text}]})
+}
+
+/// Calls `server` with `key` until `check(status)` holds; returns how long that took. Fails after
+/// [`DEADLINE`].
+async fn until_status(server: &Server, key: &str, check: impl Fn(u16) -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        let status = call(&server.url, "/v1/chat/completions", key, &chat("hi", 5))
+            .await
+            .status()
+            .as_u16();
+        if check(status) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "last status {status} after {DEADLINE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until `server` knows `key` (`GET /v1/models` stops answering 401), spending no tokens.
+/// Changes are applied in order, so a key created after others were changed shows that the
+/// server has applied those changes too.
+async fn until_known(server: &Server, key: &str) {
+    let client = reqwest::Client::new();
+    let start = Instant::now();
+    loop {
+        let status = client
+            .get(format!("{}/v1/models", server.url))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if status == 200 {
+            return;
+        }
+        assert_eq!(status, 401);
+        assert!(start.elapsed() < DEADLINE, "the key never became known");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Creates a key through `on` and waits until `other` knows it: then `other` has applied every
+/// key change made through `on` before.
+async fn barrier(on: &Server, other: &Server, name: &str) {
+    let (_, sentinel) = on.create_key(name).await;
+    until_known(other, &sentinel).await;
+}
+
+/// Waits until `n` chat calls are recorded, then returns both consoles' `/stats`.
+async fn chat_calls_recorded(a: &Server, b: &Server, n: usize) -> (Value, Value) {
+    let start = Instant::now();
+    loop {
+        let rows = a.logs("q=chat/completions&limit=1000").await;
+        if rows.len() >= n {
+            assert_eq!(rows.len(), n, "every call is recorded once");
+            break;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "only {} of {n} calls recorded",
+            rows.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (
+        a.data("/api/console/stats").await,
+        b.data("/api/console/stats").await,
+    )
+}
+
+/// The `gpt-4o` row of a `/stats` answer.
+fn model_row(stats: &Value) -> Value {
+    stats["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "gpt-4o")
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+#[tokio::test]
+async fn key_changes_on_one_instance_reach_the_other_within_a_second() {
+    let mock = Mock::start();
+    let dir = tempdir();
+    let (a, b) = pair(dir.path(), &providers_yaml(&mock.url));
+
+    let (id, key) = a.create_key("shared").await;
+    let took = until_status(&b, &key, |s| s == 200).await;
+    eprintln!("a key created on A worked on B after {took:?}");
+    assert!(took <= PROPAGATION, "B accepted the new key after {took:?}");
+
+    let (status, _) = a
+        .patch(
+            &format!("/api/console/keys/{id}"),
+            &json!({"enabled": false}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let took = until_status(&b, &key, |s| s == 403).await;
+    eprintln!("B refused the disabled key after {took:?}");
+    assert!(
+        took <= PROPAGATION,
+        "B refused the disabled key after {took:?}"
+    );
+
+    let (status, _) = b
+        .patch(
+            &format!("/api/console/keys/{id}"),
+            &json!({"enabled": true}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    until_status(&a, &key, |s| s == 200).await;
+
+    let (status, _) = a.delete(&format!("/api/console/keys/{id}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        call(&a.url, "/v1/chat/completions", &key, &chat("hi", 5))
+            .await
+            .status(),
+        401,
+        "A refuses it at once"
+    );
+    let took = until_status(&b, &key, |s| s == 401).await;
+    eprintln!("B refused the deleted key after {took:?}");
+    assert!(
+        took <= PROPAGATION,
+        "B refused the deleted key after {took:?}"
+    );
+    let listed = b.data("/api/console/keys").await;
+    assert!(listed.as_array().unwrap().is_empty(), "{listed}");
+}
+
+/// Sends `n` concurrent calls alternately to `a` and `b`; returns (answered 200, refused 429).
+async fn race(a: &Server, b: &Server, key: &str, n: usize, body: &Value) -> (u64, u64) {
+    let client = reqwest::Client::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let url = if i % 2 == 0 { &a.url } else { &b.url };
+        let request = client
+            .post(format!("{url}/v1/chat/completions"))
+            .bearer_auth(key)
+            .json(body);
+        tasks.spawn(async move {
+            let r = request.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap())
+        });
+    }
+    let (mut ok, mut refused) = (0, 0);
+    while let Some(result) = tasks.join_next().await {
+        match result.unwrap() {
+            (200, _) => ok += 1,
+            (429, body) => {
+                assert_eq!(body["error"]["code"], "insufficient_quota", "{body}");
+                refused += 1;
+            }
+            (status, body) => panic!("unexpected {status}: {body}"),
+        }
+    }
+    (ok, refused)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_budget_raced_for_through_both_instances_is_never_exceeded() {
+    // Each call reserves ceil(16 / 2) + 4 + 3 + 20 = 35 tokens and uses 13 + 20 = 33: a budget
+    // of 175 admits at most 5 calls, however 100 calls through two instances interleave.
+    const BUDGET: u64 = 175;
+    const K: u64 = 5;
+    let body = chat("budget race test", 20);
+    let mock = Mock::start();
+    let dir = tempdir();
+    let yaml = format!(
+        "quota:\n  total_tokens: {BUDGET}\n{}",
+        providers_yaml(&mock.url)
+    );
+    let (a, b) = pair(dir.path(), &yaml);
+    let (_, key) = a.create_key("racer").await;
+    until_known(&b, &key).await;
+
+    let (ok, refused) = race(&a, &b, &key, 100, &body).await;
+    let forwarded = mock.stats().await["by_path"]["/v1/chat/completions"]
+        .as_u64()
+        .unwrap_or(0);
+    eprintln!(
+        "{ok} answered, {refused} refused, {forwarded} reached the provider (budget fits {K})"
+    );
+    assert!(forwarded <= K, "{forwarded} calls reached the provider");
+    assert_eq!(
+        ok, forwarded,
+        "every call that reached the provider was answered"
+    );
+    assert_eq!(ok + refused, 100);
+    assert!(ok >= 1, "the budget admits calls");
+
+    let (on_a, on_b) = chat_calls_recorded(&a, &b, 100).await;
+    let used = on_a["used_tokens"].as_u64().unwrap();
+    assert!(used <= BUDGET, "used {used} of {BUDGET}");
+    assert_eq!(used, ok * 33);
+    assert_eq!(on_a, on_b, "both consoles show the same figures");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_keys_token_limit_holds_across_instances() {
+    let mock = Mock::start();
+    let dir = tempdir();
+    let (a, b) = pair(dir.path(), &providers_yaml(&mock.url));
+    let (id, key) = a.create_key("limited").await;
+    // 3 calls of 35 reserved / 33 used fit in 110; a fourth would pass the limit.
+    let (status, _) = b
+        .patch(
+            &format!("/api/console/keys/{id}"),
+            &json!({"token_limit": 110}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    barrier(&b, &a, "sentinel").await;
+    let (ok, refused) = race(&a, &b, &key, 40, &chat("budget race test", 20)).await;
+    eprintln!("{ok} answered, {refused} refused under a key limit fitting 3");
+    assert!((1..=3).contains(&ok), "{ok} calls answered");
+    assert_eq!(
+        mock.stats().await["by_path"]["/v1/chat/completions"].as_u64(),
+        Some(ok)
+    );
+    let (on_a, on_b) = chat_calls_recorded(&a, &b, 40).await;
+    assert_eq!(on_a, on_b);
+    let keys = a.data("/api/console/keys").await;
+    let limited = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == id)
+        .unwrap();
+    assert!(limited["used_tokens"].as_u64().unwrap() <= 110, "{limited}");
+    assert_eq!(limited["used_tokens"], ok * 33);
+}
+
+#[tokio::test]
+async fn rpm_limits_are_shared_through_redis() {
+    if redis_url().is_none() {
+        eprintln!("no Redis in this run (TC_TEST_DATABASE=postgres with TC_TEST_REDIS_URL): each instance counts its own RPM window, as gateway_errors tests");
+        return;
+    }
+    let mock = Mock::start();
+    let dir = tempdir();
+    let (a, b) = pair(dir.path(), &providers_yaml(&mock.url));
+    let (id, key) = a.create_key("rpm").await;
+    let (status, _) = a
+        .patch(&format!("/api/console/keys/{id}"), &json!({"rpm_limit": 3}))
+        .await;
+    assert_eq!(status, 200);
+    // B knows the key and its limit without any of the three requests being spent.
+    barrier(&a, &b, "sentinel").await;
+    let mut statuses = Vec::new();
+    for server in [&a, &b, &a, &b, &a, &b] {
+        let r = call(&server.url, "/v1/chat/completions", &key, &chat("hi", 5)).await;
+        if r.status() == 429 {
+            let retry: u64 = r.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!((1..=60).contains(&retry), "{retry}");
+        }
+        statuses.push(r.status().as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 200, 429, 429, 429]);
+}
+
+/// Keeps `clients` loops calling `url` until `stop` or a connection error; counts 200 answers.
+fn load(
+    url: &str,
+    key: &str,
+    clients: usize,
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..clients)
+        .map(|_| {
+            let (url, key, stop, ok) = (url.to_owned(), key.to_owned(), stop.clone(), ok.clone());
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let sent = client
+                        .post(format!("{url}/v1/chat/completions"))
+                        .bearer_auth(&key)
+                        .json(&chat("one two three", 5))
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(r) if r.status() == 200 => {
+                            if r.bytes().await.is_ok() {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(_) => break,
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+async fn wait_until(what: &str, check: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < DEADLINE, "{what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_instance_killed_under_load_leaves_the_other_serving_and_the_totals_whole() {
+    const CLIENTS: usize = 4;
+    let mock = Mock::start();
+    let dir = tempdir();
+    let yaml = providers_yaml(&mock.url);
+    let (mut a, mut b) = pair(dir.path(), &yaml);
+    let (_, key) = a.create_key("load").await;
+    until_known(&b, &key).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok_a, ok_b) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut clients = load(&a.url, &key, CLIENTS, stop.clone(), ok_a.clone());
+    clients.extend(load(&b.url, &key, CLIENTS, stop.clone(), ok_b.clone()));
+    wait_until("load on both", || {
+        ok_a.load(Ordering::Relaxed) >= 200 && ok_b.load(Ordering::Relaxed) >= 200
+    })
+    .await;
+    a.kill();
+    let b_at_kill = ok_b.load(Ordering::Relaxed);
+    wait_until("B keeps serving after A was killed", || {
+        ok_b.load(Ordering::Relaxed) >= b_at_kill + 200
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.await.unwrap();
+    }
+    // B stops cleanly (writing every record); then both start again on the same database.
+    assert!(b.terminate().success());
+    let delivered = ok_a.load(Ordering::Relaxed) + ok_b.load(Ordering::Relaxed);
+    let (a, b) = pair(dir.path(), &yaml);
+    assert_eq!(integrity(dir.path()).await, "ok");
+    let (on_a, on_b) = (
+        a.data("/api/console/stats").await,
+        b.data("/api/console/stats").await,
+    );
+    assert_eq!(on_a, on_b, "both consoles show the same figures");
+    let recorded = model_row(&on_a)["success_count"].as_u64().unwrap();
+    let lost = delivered.saturating_sub(recorded);
+    eprintln!(
+        "answers delivered {delivered}, recorded {recorded}: {lost} lost with A's unflushed batch"
+    );
+    // A may have recorded an answer its client had not read when it died.
+    assert!(
+        recorded <= delivered + CLIENTS as u64,
+        "nothing is recorded twice"
+    );
+    assert!(lost <= 4096, "at most one batch of A is lost: {lost}");
+    let keys = a.data("/api/console/keys").await;
+    assert_eq!(keys[0]["used_tokens"], on_a["used_tokens"]);
+}
+
+#[test]
+fn an_unreachable_postgres_stops_start_up_without_showing_its_password() {
+    let dir = tempdir();
+    // Port 1 on this machine: nothing listens there.
+    let url = "postgres://tc:s3cret-pw@127.0.0.1:1/tc";
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_token-console"))
+        .args(["--port", "0", "--database-url", url])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("postgres://tc:***@127.0.0.1:1/tc") && stderr.contains("PostgreSQL"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("s3cret-pw"), "{stderr}");
+}
