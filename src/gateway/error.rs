@@ -5,6 +5,9 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+/// Status of a call whose client went away before it was complete (nginx's convention).
+pub const CLIENT_CLOSED_REQUEST: u16 = 499;
+
 /// The wire protocol a client speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
@@ -37,6 +40,9 @@ pub enum GatewayError {
     BadGateway(String),
     /// The upstream did not answer in time (504).
     Timeout(String),
+    /// The client went away before its request was complete (499, nginx's "client closed
+    /// request"; recorded, though nobody is left to read the answer).
+    ClientClosed(String),
 }
 
 impl GatewayError {
@@ -52,6 +58,9 @@ impl GatewayError {
             Self::QuotaExhausted(_) | Self::RateLimited(..) => StatusCode::TOO_MANY_REQUESTS,
             Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::ClientClosed(_) => {
+                StatusCode::from_u16(CLIENT_CLOSED_REQUEST).unwrap_or(StatusCode::BAD_REQUEST)
+            }
         }
     }
 
@@ -67,7 +76,8 @@ impl GatewayError {
             | Self::QuotaExhausted(m)
             | Self::RateLimited(m, _)
             | Self::BadGateway(m)
-            | Self::Timeout(m) => m,
+            | Self::Timeout(m)
+            | Self::ClientClosed(m) => m,
         }
     }
 
@@ -84,6 +94,7 @@ impl GatewayError {
             Self::RateLimited(..) => ("requests", "rate_limit_exceeded"),
             Self::BadGateway(_) => ("api_error", "upstream_unreachable"),
             Self::Timeout(_) => ("api_error", "upstream_timeout"),
+            Self::ClientClosed(_) => ("invalid_request_error", "client_closed_request"),
         }
     }
 
@@ -99,6 +110,7 @@ impl GatewayError {
             Self::QuotaExhausted(_) | Self::RateLimited(..) => "rate_limit_error",
             Self::BadGateway(_) => "api_error",
             Self::Timeout(_) => "timeout_error",
+            Self::ClientClosed(_) => "invalid_request_error",
         }
     }
 
@@ -137,5 +149,7 @@ mod tests {
         let r = GatewayError::RateLimited("slow down".into(), 7)
             .into_protocol_response(Protocol::Anthropic);
         assert_eq!(r.headers().get("retry-after").unwrap(), "7");
+        let gone = GatewayError::ClientClosed("gone".into());
+        assert_eq!(gone.status().as_u16(), CLIENT_CLOSED_REQUEST);
     }
 }

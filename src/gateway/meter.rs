@@ -116,7 +116,7 @@ impl Meter {
         };
         let error = error.or_else(|| {
             (status >= 400)
-                .then(|| body.and_then(error_message))
+                .then(|| body.and_then(upstream_error_text))
                 .flatten()
         });
         self.complete(
@@ -233,6 +233,25 @@ fn truncate(text: &str) -> String {
     cut
 }
 
+/// What a provider's error answer says: the `message` of an OpenAI or Anthropic error body, or,
+/// for a body that is not one (an HTML page from a proxy in front of the provider, plain text),
+/// its text with the white space collapsed, so the record still says what went wrong.
+fn upstream_error_text(body: &[u8]) -> Option<String> {
+    if let Some(message) = error_message(body) {
+        return Some(message);
+    }
+    let text = String::from_utf8_lossy(body);
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if text.is_empty() {
+        return None;
+    }
+    if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() {
+        Some(format!("the provider answered: {text}"))
+    } else {
+        Some(format!("the provider's error answer is not JSON: {text}"))
+    }
+}
+
 /// The `message` of an OpenAI or Anthropic error body.
 fn error_message(body: &[u8]) -> Option<String> {
     let value: serde_json::Value = serde_json::from_slice(body).ok()?;
@@ -259,6 +278,26 @@ mod tests {
             Some("down".into())
         );
         assert_eq!(error_message(b"garbage"), None);
+    }
+
+    #[test]
+    fn quotes_error_answers_that_are_not_json() {
+        assert_eq!(
+            upstream_error_text(b"<html>\n<h1>502  Bad Gateway</h1>\n</html>\n"),
+            Some(
+                "the provider's error answer is not JSON: <html> <h1>502 Bad Gateway</h1> </html>"
+                    .into()
+            )
+        );
+        assert_eq!(
+            upstream_error_text(br#"{"error":{"message":"boom"}}"#),
+            Some("boom".into())
+        );
+        assert_eq!(upstream_error_text(b" \n "), None);
+        assert_eq!(
+            upstream_error_text(br#"{"detail": "x"}"#),
+            Some(r#"the provider answered: {"detail": "x"}"#.into())
+        );
     }
 
     #[test]
