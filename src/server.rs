@@ -156,7 +156,6 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     );
     let (stop_tx, stop_rx) = watch::channel(false);
     let state = AppState::new(config, store, recorder.clone(), stop_rx.clone()).await?;
-    gateway::Gateway::warm_up();
     let config = state.config.clone();
     let gateway_listener = bind(&config.host, config.port).await?;
     let gateway_addr = gateway_listener

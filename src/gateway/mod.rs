@@ -53,11 +53,6 @@ impl Gateway {
         })
     }
 
-    /// Loads the tokenizer in the background so the first estimate does not wait for it.
-    pub fn warm_up() {
-        tokio::task::spawn_blocking(|| estimate::count("warm up"));
-    }
-
     /// The first provider that speaks the endpoint's protocol and serves the model.
     fn route(&self, endpoint: Endpoint, model: &str) -> Option<Arc<Provider>> {
         self.providers

@@ -201,7 +201,7 @@ fn parse_request(bytes: &[u8]) -> Result<serde_json::Map<String, serde_json::Val
     }
 }
 
-fn requested_max_tokens(request: &serde_json::Map<String, serde_json::Value>) -> Option<u64> {
+fn requested_max_tokens(request: &serde_json::Value) -> Option<u64> {
     ["max_tokens", "max_completion_tokens", "max_output_tokens"]
         .iter()
         .find_map(|k| request.get(*k).and_then(serde_json::Value::as_u64))
@@ -212,7 +212,6 @@ async fn reserve(
     key: &KeyEntry,
     endpoint: Endpoint,
     request: &serde_json::Value,
-    object: &serde_json::Map<String, serde_json::Value>,
 ) -> Result<Option<crate::keys::Reservation>, GatewayError> {
     if !endpoint.spends_tokens() {
         return Ok(None);
@@ -227,7 +226,7 @@ async fn reserve(
         ))
     };
     let completion = if endpoint.has_completion() {
-        requested_max_tokens(object).unwrap_or(DEFAULT_MAX_TOKENS)
+        requested_max_tokens(request).unwrap_or(DEFAULT_MAX_TOKENS)
     } else {
         0
     };
@@ -328,8 +327,7 @@ async fn prepare(
             retry_after,
         ));
     }
-    let object = request_value.as_object().cloned().unwrap_or_default();
-    if let Some(reservation) = reserve(state, &key, endpoint, &request_value, &object).await? {
+    if let Some(reservation) = reserve(state, &key, endpoint, &request_value).await? {
         meter.hold(reservation);
     }
     Ok(Prepared {
@@ -585,9 +583,9 @@ pub(crate) fn inspect(bytes: &[u8]) {
     let Ok(mut object) = parse_request(bytes) else {
         return;
     };
-    let _ = requested_max_tokens(&object);
     let _ = ask_for_stream_usage(&mut object);
     let value = serde_json::Value::Object(object);
+    let _ = requested_max_tokens(&value);
     let _ = estimate::prompt_upper_bound(&value);
     let _ = estimate::prompt_tokens(&value);
 }

@@ -21,6 +21,11 @@ use crate::usage::{CallRecord, LoggedCall, TokenUsage, LATENCY_BUCKETS};
 /// The scope of the global budget in the budget ledger; key budgets use the key's id.
 pub const GLOBAL_SCOPE: i64 = 0;
 
+/// `key_id` of the rollup rows of `agg_day`: each day's totals over every key and model, kept
+/// beside the per key × model rows so that a 90-day trend reads 90 rows, not 90 × keys × models.
+/// Every other reader of `agg_day` filters on one real key id.
+pub const ALL_KEYS: i64 = -1;
+
 /// What went wrong in the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -14,12 +14,12 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{GenericClient, NoTls, Row};
 
 use super::sqlite::{
-    agg_columns, aggregate_values, apply_patch, from_ms, group, like_pattern, local_day, ms,
-    to_i64, Dims, MS_PER_HOUR,
+    add_day_rollups, agg_columns, aggregate_values, apply_patch, from_ms, group, like_pattern,
+    local_day, ms, to_i64, Dims, MS_PER_HOUR,
 };
 use super::{
     Aggregate, DayTotal, KeyPatch, KeyRow, Lease, LogQuery, NewKey, StatusFilter, StoreError,
-    UsageFilter, GLOBAL_SCOPE,
+    UsageFilter, ALL_KEYS, GLOBAL_SCOPE,
 };
 use crate::config::ServiceUrl;
 use crate::usage::{CallRecord, LoggedCall, TokenUsage, LATENCY_BUCKETS};
@@ -28,6 +28,7 @@ use crate::usage::{CallRecord, LoggedCall, TokenUsage, LATENCY_BUCKETS};
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres/0001_init.sql"),
     include_str!("migrations/postgres/0002_instances.sql"),
+    include_str!("migrations/postgres/0003_rollups.sql"),
 ];
 /// Most pooled connections per instance (readers, key changes, ledger and the batch writer).
 const POOL_SIZE: usize = 16;
@@ -266,6 +267,7 @@ async fn rebucket_days(
                 .or_default()
                 .add(&agg);
         }
+        add_day_rollups(&mut days);
         let rows = AggRows::new(2, dims_rows(days));
         upsert(
             tx,
@@ -565,28 +567,14 @@ impl PgStore {
         last_day: i64,
     ) -> Result<Vec<DayTotal>, StoreError> {
         let client = self.client().await?;
-        let rows = match key_id {
-            Some(key_id) => {
-                let stmt = client
-                    .prepare_cached(
-                        "SELECT day, SUM(calls)::BIGINT, SUM(total_tokens)::BIGINT FROM agg_day
-                         WHERE key_id = $1 AND day BETWEEN $2 AND $3 GROUP BY day ORDER BY day",
-                    )
-                    .await?;
-                client
-                    .query(&stmt, &[&key_id, &first_day, &last_day])
-                    .await?
-            }
-            None => {
-                let stmt = client
-                    .prepare_cached(
-                        "SELECT day, SUM(calls)::BIGINT, SUM(total_tokens)::BIGINT FROM agg_day
-                         WHERE day BETWEEN $1 AND $2 GROUP BY day ORDER BY day",
-                    )
-                    .await?;
-                client.query(&stmt, &[&first_day, &last_day]).await?
-            }
-        };
+        let stmt = client
+            .prepare_cached(
+                "SELECT day, SUM(calls)::BIGINT, SUM(total_tokens)::BIGINT FROM agg_day
+                 WHERE key_id = $1 AND day BETWEEN $2 AND $3 GROUP BY day ORDER BY day",
+            )
+            .await?;
+        let key = key_id.unwrap_or(ALL_KEYS);
+        let rows = client.query(&stmt, &[&key, &first_day, &last_day]).await?;
         rows.iter()
             .map(|row| {
                 Ok(DayTotal {
@@ -622,9 +610,9 @@ impl PgStore {
                 conditions.push(format!("status = ${n}"));
             }
             Some(StatusFilter::Class(class)) => {
-                let low = bind(Box::new(i32::from(class * 100)));
-                let high = bind(Box::new(i32::from(class * 100 + 99)));
-                conditions.push(format!("status BETWEEN ${low} AND ${high}"));
+                // Matches the index on (status / 100, id): rows of the class come newest first.
+                let class = bind(Box::new(i32::from(class)));
+                conditions.push(format!("status / 100 = ${class}"));
             }
             None => {}
         }

@@ -10,7 +10,7 @@ use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row, Tra
 
 use super::{
     Aggregate, DayTotal, KeyPatch, KeyRow, Lease, LogQuery, NewKey, StatusFilter, StoreError,
-    UsageFilter, GLOBAL_SCOPE,
+    UsageFilter, ALL_KEYS, GLOBAL_SCOPE,
 };
 use crate::usage::{CallRecord, LoggedCall, TokenUsage, LATENCY_BUCKETS};
 
@@ -18,6 +18,7 @@ use crate::usage::{CallRecord, LoggedCall, TokenUsage, LATENCY_BUCKETS};
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite/0001_init.sql"),
     include_str!("migrations/sqlite/0002_instances.sql"),
+    include_str!("migrations/sqlite/0003_rollups.sql"),
 ];
 const READERS: usize = 4;
 pub(super) const MS_PER_HOUR: i64 = 3_600_000;
@@ -185,6 +186,17 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Adds the [`ALL_KEYS`] rollup row of each day to per key × model day aggregates.
+pub(super) fn add_day_rollups(days: &mut HashMap<Dims, Aggregate>) {
+    let mut rollups: HashMap<i64, Aggregate> = HashMap::new();
+    for ((day, _, _), agg) in days.iter() {
+        rollups.entry(*day).or_default().add(agg);
+    }
+    for (day, agg) in rollups {
+        days.insert((day, ALL_KEYS, String::new()), agg);
+    }
+}
+
 /// Rebuilds `agg_day` from `agg_hour` when the configured time zone changed since it was built.
 fn rebucket_days(conn: &mut Connection, tz: &jiff::tz::TimeZone) -> Result<(), StoreError> {
     let name = tz.iana_name().unwrap_or("fixed").to_owned();
@@ -216,6 +228,7 @@ fn rebucket_days(conn: &mut Connection, tz: &jiff::tz::TimeZone) -> Result<(), S
                     .add(&agg);
             }
         }
+        add_day_rollups(&mut days);
         let sql = upsert_sql("agg_day", &["day", "key_id", "model"]);
         upsert(&tx, &sql, three_dims(&days))?;
     }
@@ -543,32 +556,19 @@ impl SqliteStore {
         last_day: i64,
     ) -> Result<Vec<DayTotal>, StoreError> {
         let conn = self.reader();
-        let read = |row: &Row<'_>| -> rusqlite::Result<DayTotal> {
+        let mut stmt = conn.prepare_cached(
+            "SELECT day, SUM(calls), SUM(total_tokens) FROM agg_day
+             WHERE key_id = ?1 AND day BETWEEN ?2 AND ?3 GROUP BY day ORDER BY day",
+        )?;
+        let key = key_id.unwrap_or(ALL_KEYS);
+        let rows = stmt.query_map(params![key, first_day, last_day], |row| {
             Ok(DayTotal {
                 day: row.get(0)?,
                 calls: row.get::<_, i64>(1)?.max(0) as u64,
                 tokens: row.get::<_, i64>(2)?.max(0) as u64,
             })
-        };
-        let rows = match key_id {
-            Some(key_id) => {
-                let mut stmt = conn.prepare_cached(
-                    "SELECT day, SUM(calls), SUM(total_tokens) FROM agg_day
-                     WHERE key_id = ?1 AND day BETWEEN ?2 AND ?3 GROUP BY day ORDER BY day",
-                )?;
-                let rows = stmt.query_map(params![key_id, first_day, last_day], read)?;
-                rows.collect::<Result<Vec<_>, _>>()?
-            }
-            None => {
-                let mut stmt = conn.prepare_cached(
-                    "SELECT day, SUM(calls), SUM(total_tokens) FROM agg_day
-                     WHERE day BETWEEN ?1 AND ?2 GROUP BY day ORDER BY day",
-                )?;
-                let rows = stmt.query_map(params![first_day, last_day], read)?;
-                rows.collect::<Result<Vec<_>, _>>()?
-            }
-        };
-        Ok(rows)
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
     pub fn logs(&self, query: &LogQuery) -> Result<Vec<LoggedCall>, StoreError> {
@@ -723,9 +723,9 @@ fn log_conditions(query: &LogQuery) -> (Vec<&'static str>, Vec<Value>) {
             values.push(i64::from(code).into());
         }
         Some(StatusFilter::Class(class)) => {
-            conditions.push("status BETWEEN ? AND ?");
-            values.push(i64::from(class * 100).into());
-            values.push(i64::from(class * 100 + 99).into());
+            // Matches the index on (status / 100, id): rows of the class come newest first.
+            conditions.push("status / 100 = ?");
+            values.push(i64::from(class).into());
         }
         None => {}
     }
@@ -865,6 +865,9 @@ pub(super) fn group(records: &[CallRecord], tz: &jiff::tz::TimeZone) -> Grouped 
             .or_default()
             .add(&agg);
         days.entry((day, key_id, call.model.clone()))
+            .or_default()
+            .add(&agg);
+        days.entry((day, ALL_KEYS, String::new()))
             .or_default()
             .add(&agg);
         totals

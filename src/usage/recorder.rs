@@ -24,6 +24,9 @@ use crate::store::BatchWriter;
 pub const QUEUE_CAPACITY: usize = 65_536;
 /// Records written at most in one transaction.
 pub const MAX_BATCH: usize = 4_096;
+/// How long a small batch waits for more records before it is written (well under the 100 ms
+/// the specification allows between a call and its record).
+pub const BATCH_WINDOW: Duration = Duration::from_millis(20);
 /// Live-view messages buffered per subscriber before it starts missing some.
 const BROADCAST_CAPACITY: usize = 4_096;
 
@@ -200,6 +203,10 @@ impl Recorder {
     }
 }
 
+fn has_flush(messages: &[Message]) -> bool {
+    messages.iter().any(|m| matches!(m, Message::Flush(_)))
+}
+
 struct Worker {
     rx: mpsc::Receiver<Message>,
     writer: BatchWriter,
@@ -228,8 +235,30 @@ impl Worker {
             if received == 0 {
                 break;
             }
+            if !closing && received < MAX_BATCH && !has_flush(&messages) {
+                closing = self.gather(&mut messages).await;
+            }
             self.handle(&mut messages).await;
         }
+    }
+
+    /// Waits one [`BATCH_WINDOW`] for more records to join a small batch (one transaction per
+    /// call would cost a WAL commit each), then takes what arrived; returns whether shutdown began.
+    async fn gather(&mut self, messages: &mut Vec<Message>) -> bool {
+        let closing = tokio::select! {
+            () = tokio::time::sleep(BATCH_WINDOW) => false,
+            () = self.shutdown.notified() => {
+                self.rx.close();
+                true
+            }
+        };
+        while messages.len() < MAX_BATCH {
+            match self.rx.try_recv() {
+                Ok(message) => messages.push(message),
+                Err(_) => break,
+            }
+        }
+        closing
     }
 
     async fn handle(&mut self, messages: &mut Vec<Message>) {
