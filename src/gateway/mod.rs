@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use axum::extract::{Request, State};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{get, post, MethodRouter};
 use axum::Router;
 
 pub use endpoint::Endpoint;
@@ -65,12 +65,12 @@ impl Gateway {
 /// The gateway's routes (`/v1/*`).
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/v1/chat/completions", post(chat_completions))
-        .route("/v1/completions", post(completions))
-        .route("/v1/embeddings", post(embeddings))
-        .route("/v1/responses", post(responses))
-        .route("/v1/messages", post(messages))
-        .route("/v1/messages/count_tokens", post(count_tokens))
+        .route("/v1/chat/completions", proxied(Endpoint::ChatCompletions))
+        .route("/v1/completions", proxied(Endpoint::Completions))
+        .route("/v1/embeddings", proxied(Endpoint::Embeddings))
+        .route("/v1/responses", proxied(Endpoint::Responses))
+        .route("/v1/messages", proxied(Endpoint::Messages))
+        .route("/v1/messages/count_tokens", proxied(Endpoint::CountTokens))
         .route("/v1/models", get(models::list))
         .route("/v1/{*rest}", axum::routing::any(unknown_route))
 }
@@ -95,28 +95,13 @@ pub async fn wrong_method(State(state): State<AppState>, request: Request) -> Re
     )
 }
 
-async fn chat_completions(State(state): State<AppState>, request: Request) -> Response {
-    proxy::handle(state, Endpoint::ChatCompletions, request).await
-}
-
-async fn completions(State(state): State<AppState>, request: Request) -> Response {
-    proxy::handle(state, Endpoint::Completions, request).await
-}
-
-async fn embeddings(State(state): State<AppState>, request: Request) -> Response {
-    proxy::handle(state, Endpoint::Embeddings, request).await
-}
-
-async fn responses(State(state): State<AppState>, request: Request) -> Response {
-    proxy::handle(state, Endpoint::Responses, request).await
-}
-
-async fn messages(State(state): State<AppState>, request: Request) -> Response {
-    proxy::handle(state, Endpoint::Messages, request).await
-}
-
-async fn count_tokens(State(state): State<AppState>, request: Request) -> Response {
-    proxy::handle(state, Endpoint::CountTokens, request).await
+/// A `POST` route proxied as `endpoint`.
+fn proxied(endpoint: Endpoint) -> MethodRouter<AppState> {
+    post(
+        move |State(state): State<AppState>, request: Request| async move {
+            proxy::handle(state, endpoint, request).await
+        },
+    )
 }
 
 /// Any other `/v1/*` call: 404 in the protocol the path suggests, recorded like every call.

@@ -14,8 +14,8 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{GenericClient, NoTls, Row};
 
 use super::sqlite::{
-    add_day_rollups, agg_columns, aggregate_values, apply_patch, from_ms, group, like_pattern,
-    local_day, ms, to_i64, Dims, MS_PER_HOUR,
+    add_day_rollups, agg_columns, aggregate_from, aggregate_values, apply_patch, from_ms, group,
+    like_pattern, local_day, ms, to_i64, Dims, MS_PER_HOUR,
 };
 use super::{
     Aggregate, DayTotal, KeyPatch, KeyRow, Lease, LogQuery, NewKey, StatusFilter, StoreError,
@@ -78,30 +78,11 @@ fn agg_sums() -> String {
 }
 
 fn read_aggregate(row: &Row, start: usize) -> Result<Aggregate, tokio_postgres::Error> {
-    let get = |i: usize| -> Result<u64, tokio_postgres::Error> {
+    aggregate_from(|i| {
         Ok(row
             .try_get::<_, Option<i64>>(start + i)?
             .unwrap_or(0)
             .max(0) as u64)
-    };
-    let mut latency = [0u64; LATENCY_BUCKETS];
-    for (i, slot) in latency.iter_mut().enumerate() {
-        *slot = get(10 + i)?;
-    }
-    Ok(Aggregate {
-        calls: get(0)?,
-        successes: get(1)?,
-        failures: get(2)?,
-        tokens: TokenUsage {
-            prompt: get(3)?,
-            completion: get(4)?,
-            cache_read: get(5)?,
-            cache_creation: get(6)?,
-            reasoning: get(7)?,
-            total: get(8)?,
-        },
-        duration_ms: get(9)?,
-        latency,
     })
 }
 

@@ -67,11 +67,9 @@ fn agg_sums() -> String {
         .join(", ")
 }
 
-/// Reads an [`Aggregate`] from `row` starting at column `start`.
-fn read_aggregate(row: &Row<'_>, start: usize) -> rusqlite::Result<Aggregate> {
-    let get = |i: usize| -> rusqlite::Result<u64> {
-        Ok(row.get::<_, Option<i64>>(start + i)?.unwrap_or(0).max(0) as u64)
-    };
+/// Builds an [`Aggregate`] from its columns in [`AGG_COLUMNS`] order, read by `get(index)`;
+/// shared by both backends.
+pub(super) fn aggregate_from<E>(get: impl Fn(usize) -> Result<u64, E>) -> Result<Aggregate, E> {
     let mut latency = [0u64; LATENCY_BUCKETS];
     for (i, slot) in latency.iter_mut().enumerate() {
         *slot = get(10 + i)?;
@@ -91,6 +89,11 @@ fn read_aggregate(row: &Row<'_>, start: usize) -> rusqlite::Result<Aggregate> {
         duration_ms: get(9)?,
         latency,
     })
+}
+
+/// Reads an [`Aggregate`] from `row` starting at column `start`.
+fn read_aggregate(row: &Row<'_>, start: usize) -> rusqlite::Result<Aggregate> {
+    aggregate_from(|i| Ok(row.get::<_, Option<i64>>(start + i)?.unwrap_or(0).max(0) as u64))
 }
 
 /// The values of an [`Aggregate`] in column order.
