@@ -78,7 +78,8 @@ pub async fn create(state: &AppState, body: CreateKey) -> Result<KeyView, Consol
         )
         .await?;
     state.keys.upsert(&row, 0);
-    tracing::info!(key_id = row.id, name = %row.name, "key created");
+    // Debug quotes the name and escapes control characters: a name cannot forge log lines.
+    tracing::info!(key_id = row.id, name = ?row.name, "key created");
     let mut view = KeyView::new(&row, 0, 0);
     view.value = generated.full;
     Ok(view)

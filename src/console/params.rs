@@ -31,8 +31,13 @@ fn bounded(params: &Params, name: &str, default: u32, max: u32) -> Result<u32, C
     let Some(raw) = get(params, name) else {
         return Ok(default);
     };
-    match raw.parse::<u64>() {
+    // Any whole number of 1 or more is valid, however many digits it has: above `max` it is
+    // clamped, so one too large for any integer type is clamped too.
+    let digits = raw.strip_prefix('+').unwrap_or(raw);
+    let whole = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit());
+    match digits.parse::<u64>() {
         Ok(n) if n >= 1 => Ok(n.min(u64::from(max)) as u32),
+        Err(_) if whole => Ok(max),
         _ => Err(ConsoleError::BadRequest(format!(
             "{name} must be a whole number from 1 to {max} (larger values are clamped to {max}); got \"{raw}\""
         ))),
@@ -187,12 +192,16 @@ mod tests {
 
     #[test]
     fn limits_follow_the_guide() {
-        let cases: [Case; 5] = [
+        let cases: [Case; 9] = [
             (&[], Some(100)),
             (&[("limit", "5000")], Some(1000)),
             (&[("limit", "1")], Some(1)),
             (&[("limit", "-1")], None),
             (&[("limit", "x")], None),
+            (&[("limit", "99999999999999999999999999")], Some(1000)),
+            (&[("limit", "+5")], Some(5)),
+            (&[("limit", "0000")], None),
+            (&[("limit", "+")], None),
         ];
         for (given, want) in cases {
             assert_eq!(limit(&params(given)).ok(), want, "{given:?}");

@@ -281,10 +281,10 @@ pub struct PatchKey {
     #[serde(default, deserialize_with = "not_null")]
     pub enabled: Option<bool>,
     /// Token limit, or `null` for none.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "present_u64")]
     pub token_limit: Option<Option<u64>>,
     /// RPM limit, or `null` for none.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "present_u32")]
     pub rpm_limit: Option<Option<u32>>,
     /// Allowed model patterns, or `null` for all.
     #[serde(default, deserialize_with = "present")]
@@ -303,6 +303,43 @@ where
     T::deserialize(deserializer).map(Some)
 }
 
+/// [`present`] for a whole number up to `max`, which JSON may also write with a zero fraction
+/// (`5.0`, `1e3`): JSON Schema's `integer`, the type the OpenAPI document gives, admits those.
+fn present_whole<'de, D>(deserializer: D, max: u64) -> Result<Option<Option<u64>>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    use serde::de::Error;
+    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
+        return Ok(Some(None));
+    };
+    let whole = number.as_u64().or_else(|| {
+        number
+            .as_f64()
+            .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < u64::MAX as f64)
+            .map(|f| f as u64)
+    });
+    match whole {
+        Some(n) if n <= max => Ok(Some(Some(n))),
+        _ => Err(D::Error::custom(format!(
+            "invalid value: {number}, expected a whole number from 0 to {max}"
+        ))),
+    }
+}
+
+fn present_u64<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<u64>>, D::Error> {
+    present_whole(deserializer, u64::MAX)
+}
+
+fn present_u32<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<u32>>, D::Error> {
+    let n = present_whole(deserializer, u64::from(u32::MAX))?;
+    Ok(n.map(|n| n.and_then(|n| u32::try_from(n).ok())))
+}
+
 /// Distinguishes a present `null` (`Some(None)`) from an absent field (`None`, via `default`).
 fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
 where
@@ -310,4 +347,38 @@ where
     T: Deserialize<'de>,
 {
     Option::<T>::deserialize(deserializer).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn patch(body: &str) -> Result<PatchKey, serde_json::Error> {
+        serde_json::from_str(body)
+    }
+
+    #[test]
+    fn limits_are_whole_numbers_however_json_writes_them() {
+        let p = patch(r#"{"token_limit": 1e3, "rpm_limit": 60.0}"#).unwrap();
+        assert_eq!(p.token_limit, Some(Some(1000)));
+        assert_eq!(p.rpm_limit, Some(Some(60)));
+        let p = patch(r#"{"token_limit": null, "rpm_limit": null}"#).unwrap();
+        assert_eq!((p.token_limit, p.rpm_limit), (Some(None), Some(None)));
+        let p = patch("{}").unwrap();
+        assert_eq!((p.token_limit, p.rpm_limit), (None, None));
+        let p = patch(r#"{"rpm_limit": 4294967295}"#).unwrap();
+        assert_eq!(p.rpm_limit, Some(Some(u32::MAX)));
+        for bad in [
+            r#"{"token_limit": 1.5}"#,
+            r#"{"token_limit": -1}"#,
+            r#"{"token_limit": "5"}"#,
+            r#"{"token_limit": 1e30}"#,
+            r#"{"rpm_limit": 4294967296}"#,
+        ] {
+            let e = patch(bad)
+                .err()
+                .unwrap_or_else(|| panic!("{bad} is refused"));
+            assert!(!e.to_string().is_empty());
+        }
+    }
 }

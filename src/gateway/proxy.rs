@@ -24,6 +24,9 @@ use crate::state::AppState;
 const DEFAULT_MAX_TOKENS: u64 = 4096;
 /// Largest non-stream answer kept in memory to read its usage.
 const MAX_WHOLE_BODY: usize = 16 * 1024 * 1024;
+/// Of a larger answer (a big batch of embeddings), the bytes kept from its start and from its
+/// end, where the `usage` object is.
+const KEPT_EDGE: usize = 64 * 1024;
 /// The record's error when the client hung up before its request body was complete.
 pub const CLIENT_GONE_MID_BODY: &str =
     "the client closed the connection before sending the whole request body";
@@ -454,7 +457,10 @@ struct Relay<S> {
     meter: Meter,
     status: StatusCode,
     sse: Option<EventSplitter>,
+    /// The non-stream answer so far; past [`MAX_WHOLE_BODY`], only its first bytes.
     whole: Vec<u8>,
+    /// The last bytes of a non-stream answer larger than [`MAX_WHOLE_BODY`].
+    tail: Option<Vec<u8>>,
     pending: std::collections::VecDeque<Bytes>,
     done: bool,
 }
@@ -481,6 +487,7 @@ where
         status,
         sse: is_sse.then(EventSplitter::default),
         whole: Vec::new(),
+        tail: None,
         pending: std::collections::VecDeque::new(),
         done: false,
     };
@@ -541,10 +548,39 @@ impl<S> Relay<S> {
                 }
             }
             None => {
-                if self.whole.len() + chunk.len() <= MAX_WHOLE_BODY {
-                    self.whole.extend_from_slice(&chunk);
-                }
+                self.keep(&chunk);
                 self.pending.push_back(chunk);
+            }
+        }
+    }
+
+    /// Keeps a copy of a non-stream answer to read its usage at the end: the whole answer up to
+    /// [`MAX_WHOLE_BODY`], then only its first and last [`KEPT_EDGE`] bytes.
+    fn keep(&mut self, chunk: &[u8]) {
+        let tail = match &mut self.tail {
+            Some(tail) => {
+                tail.extend_from_slice(chunk);
+                tail
+            }
+            None if self.whole.len() + chunk.len() <= MAX_WHOLE_BODY => {
+                self.whole.extend_from_slice(chunk);
+                return;
+            }
+            None => {
+                // Past the limit: the first bytes stay in `whole`, the rest go to the tail.
+                let mut tail = self.whole.split_off(self.whole.len().min(KEPT_EDGE));
+                let room = KEPT_EDGE - self.whole.len();
+                let (head, rest) = chunk.split_at(room.min(chunk.len()));
+                self.whole.extend_from_slice(head);
+                self.whole.shrink_to_fit();
+                tail.extend_from_slice(rest);
+                self.tail.insert(tail)
+            }
+        };
+        if tail.len() > 2 * KEPT_EDGE {
+            tail.drain(..tail.len() - KEPT_EDGE);
+            if tail.capacity() > 4 * KEPT_EDGE {
+                tail.shrink_to(2 * KEPT_EDGE);
             }
         }
     }
@@ -567,6 +603,20 @@ impl<S> Relay<S> {
                 .tally
                 .malformed
                 .then(|| "the provider's stream had malformed events".to_owned());
+            self.meter.finish(status, None, error);
+        } else if let Some(tail) = self.tail.take() {
+            let usage = super::usage::from_fragment(&tail)
+                .or_else(|| super::usage::from_fragment(&self.whole));
+            let error = match usage {
+                Some(usage) => {
+                    self.meter.tally.report_final(&usage);
+                    None
+                }
+                None => Some(format!(
+                    "the provider's answer ({} bytes) is too large to read whole and no usage was found at its start or end",
+                    self.received
+                )),
+            };
             self.meter.finish(status, None, error);
         } else {
             let body = std::mem::take(&mut self.whole);

@@ -238,6 +238,11 @@ impl StreamTally {
     pub fn text(&self) -> &str {
         &self.text
     }
+
+    /// Notes the final usage of an answer read some other way (see [`from_fragment`]).
+    pub fn report_final(&mut self, usage: &WireUsage) {
+        self.note_usage(usage, true);
+    }
 }
 
 #[derive(Deserialize)]
@@ -251,6 +256,31 @@ pub fn from_body(body: &[u8]) -> Option<TokenUsage> {
         .ok()?
         .usage?
         .to_tokens()
+}
+
+/// The usage reported in a fragment of a JSON answer too large to keep whole (its first or last
+/// bytes): the last `"usage": {…}` in it that parses as a usage object.
+pub fn from_fragment(fragment: &[u8]) -> Option<WireUsage> {
+    const KEY: &[u8] = b"\"usage\"";
+    let mut end = fragment.len();
+    while let Some(at) = fragment[..end].windows(KEY.len()).rposition(|w| w == KEY) {
+        end = at;
+        let rest = fragment[at + KEY.len()..].trim_ascii_start();
+        let Some(rest) = rest.strip_prefix(b":") else {
+            continue;
+        };
+        let rest = rest.trim_ascii_start();
+        if !rest.starts_with(b"{") {
+            continue;
+        }
+        let mut values = serde_json::Deserializer::from_slice(rest).into_iter::<WireUsage>();
+        if let Some(Ok(usage)) = values.next() {
+            if usage.to_tokens().is_some() {
+                return Some(usage);
+            }
+        }
+    }
+    None
 }
 
 /// Every string under keys that carry text (`content`, `text`, …) anywhere in a JSON document:
@@ -308,6 +338,20 @@ fn strings(value: &serde_json::Value, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_the_usage_in_a_fragment_of_a_large_answer() {
+        let tail = br#"0.25, 0.5]}], "model": "text-embedding-3-large", "usage": {"prompt_tokens": 7, "total_tokens": 7}}"#;
+        let usage = from_fragment(tail).and_then(WireUsage::to_tokens).unwrap();
+        assert_eq!((usage.prompt, usage.total), (7, 7));
+        let head = br#"{"id":"x","usage" : {"input_tokens":3,"output_tokens":2},"content":[{"text":"usage"#;
+        let usage = from_fragment(head).and_then(WireUsage::to_tokens).unwrap();
+        assert_eq!((usage.prompt, usage.completion), (3, 2));
+        // The word in a string, a cut-off object, nothing at all.
+        assert!(from_fragment(br#"{"text": "the \"usage\" of words"}"#).is_none());
+        assert!(from_fragment(br#""usage": {"prompt_tokens": 7, "tot"#).is_none());
+        assert!(from_fragment(b"").is_none());
+    }
 
     fn tally(events: &[&str], hide: bool) -> (StreamTally, Vec<Verdict>) {
         let mut t = StreamTally::new(hide);
