@@ -151,6 +151,7 @@ struct RawConfig {
     timezone: Option<EnvString>,
     log_file: Option<EnvString>,
     max_body_bytes: Option<usize>,
+    client_body_timeout_ms: Option<u64>,
     console: Option<RawConsole>,
     quota: Option<RawQuota>,
     providers: Option<Vec<RawProvider>>,
@@ -299,6 +300,8 @@ pub struct Config {
     pub log_file: Option<PathBuf>,
     /// Largest gateway request body.
     pub max_body_bytes: usize,
+    /// Time allowed for a client to send its whole request body (408 after).
+    pub client_body_timeout_ms: u64,
     /// Console settings.
     pub console: ConsoleConfig,
     /// Global token budget; `None` is unlimited.
@@ -426,6 +429,10 @@ impl Config {
                 cli.max_body_bytes
                     .or(raw.max_body_bytes)
                     .unwrap_or(DEFAULT_MAX_BODY_BYTES),
+            )?,
+            client_body_timeout_ms: positive(
+                "client_body_timeout_ms",
+                raw.client_body_timeout_ms.unwrap_or(60_000),
             )?,
             console: ConsoleConfig {
                 enabled: cli.console_enabled.or(console_raw.enabled).unwrap_or(true),

@@ -348,3 +348,48 @@ async fn a_provider_that_stalls_after_its_headers_is_cut_off() {
     let ok = call(&server.url, "/v1/chat/completions", &key, &chat("gpt-a")).await;
     assert_eq!(ok.status(), 200, "other calls are still served");
 }
+
+/// A client that sends part of its body and then nothing (without closing) gets 408 after
+/// `client_body_timeout_ms`, the call is recorded, and nothing reaches the provider.
+#[tokio::test]
+async fn a_body_that_never_finishes_gets_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mock = Mock::start();
+    let dir = tempdir();
+    let yaml = format!("client_body_timeout_ms: 300\n{}", providers_yaml(&mock.url));
+    let server = Server::start(dir.path(), &yaml);
+    let (_, key) = server.create_key("slowloris").await;
+    let address = server.url.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: {address}\r\nauthorization: Bearer {key}\r\ncontent-type: application/json\r\ncontent-length: 200\r\n\r\n{{\"model\":"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&answer).contains("\r\n\r\n") {
+        let n = tokio::time::timeout(DEADLINE, stream.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "the gateway closed without answering");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    server.wait_for_calls(1).await;
+    let row = &server.logs("limit=1").await[0];
+    assert_eq!(row["status"], 408);
+    assert!(
+        row["error"]
+            .as_str()
+            .unwrap()
+            .contains("client_body_timeout_ms"),
+        "{row}"
+    );
+    assert_eq!(
+        mock.stats().await["requests"],
+        0,
+        "nothing reached the provider"
+    );
+}

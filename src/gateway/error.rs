@@ -30,6 +30,8 @@ pub enum GatewayError {
     NotFound(String),
     /// A route called with the wrong method (405).
     MethodNotAllowed(String),
+    /// The body did not arrive in time (408).
+    RequestTimeout(String),
     /// Body over the limit (413).
     TooLarge(String),
     /// A budget is exhausted (429 insufficient_quota).
@@ -55,6 +57,7 @@ impl GatewayError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::QuotaExhausted(_) | Self::RateLimited(..) => StatusCode::TOO_MANY_REQUESTS,
             Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -73,6 +76,7 @@ impl GatewayError {
             | Self::NotFound(m)
             | Self::MethodNotAllowed(m)
             | Self::TooLarge(m)
+            | Self::RequestTimeout(m)
             | Self::QuotaExhausted(m)
             | Self::RateLimited(m, _)
             | Self::BadGateway(m)
@@ -90,6 +94,7 @@ impl GatewayError {
             Self::NotFound(_) => ("invalid_request_error", "model_not_found"),
             Self::MethodNotAllowed(_) => ("invalid_request_error", "method_not_allowed"),
             Self::TooLarge(_) => ("invalid_request_error", "request_too_large"),
+            Self::RequestTimeout(_) => ("invalid_request_error", "request_timeout"),
             Self::QuotaExhausted(_) => ("insufficient_quota", "insufficient_quota"),
             Self::RateLimited(..) => ("requests", "rate_limit_exceeded"),
             Self::BadGateway(_) => ("api_error", "upstream_unreachable"),
@@ -107,6 +112,7 @@ impl GatewayError {
             Self::NotFound(_) => "not_found_error",
             Self::MethodNotAllowed(_) => "invalid_request_error",
             Self::TooLarge(_) => "request_too_large",
+            Self::RequestTimeout(_) => "invalid_request_error",
             Self::QuotaExhausted(_) | Self::RateLimited(..) => "rate_limit_error",
             Self::BadGateway(_) => "api_error",
             Self::Timeout(_) => "timeout_error",

@@ -159,7 +159,15 @@ async fn read_body(state: &AppState, request: Request) -> Result<(HeaderMap, Byt
         return Err(too_large());
     }
     let (parts, body) = request.into_parts();
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
+    let wait = Duration::from_millis(state.config.client_body_timeout_ms);
+    let read = tokio::time::timeout(wait, axum::body::to_bytes(body, limit)).await;
+    let read = read.map_err(|_| {
+        GatewayError::RequestTimeout(format!(
+            "the request body did not arrive within {} ms (client_body_timeout_ms); send it faster or raise the limit",
+            wait.as_millis()
+        ))
+    })?;
+    let bytes = read.map_err(|e| {
         if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
         {
             too_large()
