@@ -152,6 +152,7 @@ struct RawConfig {
     log_file: Option<EnvString>,
     max_body_bytes: Option<usize>,
     client_body_timeout_ms: Option<u64>,
+    client_header_timeout_ms: Option<u64>,
     console: Option<RawConsole>,
     quota: Option<RawQuota>,
     providers: Option<Vec<RawProvider>>,
@@ -302,6 +303,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Time allowed for a client to send its whole request body (408 after).
     pub client_body_timeout_ms: u64,
+    /// Time allowed for a client to send a request's headers (the connection is closed after).
+    pub client_header_timeout_ms: u64,
     /// Console settings.
     pub console: ConsoleConfig,
     /// Global token budget; `None` is unlimited.
@@ -433,6 +436,10 @@ impl Config {
             client_body_timeout_ms: positive(
                 "client_body_timeout_ms",
                 raw.client_body_timeout_ms.unwrap_or(60_000),
+            )?,
+            client_header_timeout_ms: positive(
+                "client_header_timeout_ms",
+                raw.client_header_timeout_ms.unwrap_or(30_000),
             )?,
             console: ConsoleConfig {
                 enabled: cli.console_enabled.or(console_raw.enabled).unwrap_or(true),

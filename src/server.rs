@@ -10,8 +10,14 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tower::ServiceExt as _;
 
 use crate::config::Config;
 use crate::error::StartError;
@@ -131,19 +137,57 @@ async fn termination() {
     }
 }
 
+/// Serves one listener until `stop` turns true, then lets open connections finish.
+///
+/// Rather than `axum::serve`, connections are driven by hyper-util with a timer, so that a client
+/// that opens a connection and never completes its request headers is dropped after
+/// `header_timeout` (`client_header_timeout_ms`) instead of holding a task and a descriptor forever.
 async fn serve(
     listener: TcpListener,
     router: Router,
+    header_timeout: Duration,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        let _ = stop.wait_for(|stopping| *stopping).await;
-    })
-    .await
+    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    builder.http2().timer(TokioTimer::new());
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.wait_for(|stopping| *stopping) => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of descriptors and the like: say so and give the system a moment.
+                tracing::warn!("cannot accept a connection: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let service =
+            router
+                .clone()
+                .map_request(move |mut request: axum::extract::Request<Incoming>| {
+                    request.extensions_mut().insert(ConnectInfo(peer));
+                    request
+                });
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service))
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
 
 /// Runs the program until SIGINT/SIGTERM, then drains requests and records and returns.
@@ -162,6 +206,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         .local_addr()
         .map_err(|e| StartError::Io(e.to_string()))?;
     let mut servers = tokio::task::JoinSet::new();
+    let header_timeout = Duration::from_millis(config.client_header_timeout_ms);
     let console_url = if !config.console.enabled {
         "off".to_owned()
     } else if let Some(port) = config.console.separate_port {
@@ -169,7 +214,12 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         let addr = listener
             .local_addr()
             .map_err(|e| StartError::Io(e.to_string()))?;
-        servers.spawn(serve(listener, console_app(state.clone()), stop_rx.clone()));
+        servers.spawn(serve(
+            listener,
+            console_app(state.clone()),
+            header_timeout,
+            stop_rx.clone(),
+        ));
         format!("{}{}", url(addr), config.console.path)
     } else {
         format!("{}{}", url(gateway_addr), config.console.path)
@@ -179,7 +229,12 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     } else {
         gateway_app(state.clone())
     };
-    servers.spawn(serve(gateway_listener, router, stop_rx.clone()));
+    servers.spawn(serve(
+        gateway_listener,
+        router,
+        header_timeout,
+        stop_rx.clone(),
+    ));
     tracing::info!(gateway = %url(gateway_addr), console = %console_url, "token-console started");
     println!(
         "token-console ready gateway={} console={console_url}",

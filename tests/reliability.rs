@@ -393,3 +393,25 @@ async fn a_body_that_never_finishes_gets_408() {
         "nothing reached the provider"
     );
 }
+
+/// A client that opens a connection and never finishes its request headers is disconnected after
+/// `client_header_timeout_ms` instead of holding the connection forever.
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempdir();
+    let server = Server::start(dir.path(), "client_header_timeout_ms: 300\n");
+    let address = server.url.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(DEADLINE, stream.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "the gateway kept a half-sent request open");
+    let health = reqwest::get(format!("{}/healthz", server.url))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200, "others are still served");
+}
