@@ -72,14 +72,15 @@ pub async fn postgres_query(url: &str, sql: &str) -> Vec<String> {
 }
 
 /// Checks the stored data of the server's directory: SQLite's `integrity_check`, or on PostgreSQL
-/// that the hourly, daily and all-time aggregates agree. Returns "ok" or what is wrong.
+/// that the hourly, daily (per key and the rollup) and all-time aggregates agree. Returns "ok" or what is wrong.
 pub async fn integrity(dir: &Path) -> String {
     if on_postgres() {
         let (url, _db) = database_url(dir);
         let sums = postgres_query(
             &url,
             "SELECT (SELECT COALESCE(SUM(calls), 0) FROM agg_hour) || ',' ||
-                    (SELECT COALESCE(SUM(calls), 0) FROM agg_day) || ',' ||
+                    (SELECT COALESCE(SUM(calls), 0) FROM agg_day WHERE key_id <> -1) || ',' ||
+                    (SELECT COALESCE(SUM(calls), 0) FROM agg_day WHERE key_id = -1) || ',' ||
                     (SELECT COALESCE(SUM(calls), 0) FROM agg_total)",
         )
         .await;
@@ -87,7 +88,10 @@ pub async fn integrity(dir: &Path) -> String {
         return if parts.iter().all(|p| *p == parts[0]) {
             "ok".to_owned()
         } else {
-            format!("aggregates disagree (hour, day, total calls): {}", sums[0])
+            format!(
+                "aggregates disagree (hour, day, day rollup, total calls): {}",
+                sums[0]
+            )
         };
     }
     let conn = rusqlite::Connection::open(dir.join("tc.db")).unwrap();
