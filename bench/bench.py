@@ -10,7 +10,13 @@ with ports chosen by the OS (nginx gets a port picked by binding port 0 first). 
 2. streaming: 1,000 concurrent streams of 200 chunks 10 ms apart, through the gateway and direct;
 3. nothing lost: the store's records against the load generator's counts, after every run;
 4. console speed at volume: 10M calls (1M with --quick) through the recorder, then the console API;
-5. profile of the gateway under load (perf cpu-clock sampling, and callgrind).
+5. profile of the gateway under load (perf cpu-clock sampling, and callgrind);
+with --postgres, on scratch databases of the PostgreSQL server of TC_TEST_POSTGRES_URL (default
+postgres://postgres@127.0.0.1:5432/postgres; made and dropped by `pg-scratch hold`):
+   section 1 gains a target, token-console recording into PostgreSQL ("tc-postgres");
+6. two token-console instances on one PostgreSQL database behind nginx against one instance
+   behind the same nginx, closed-loop saturation rounds interleaved, CPU of every process;
+7. console speed at volume in PostgreSQL, as in 4.
 
 Prints tables and writes bench/results/<timestamp>.json. This is a measurement, not a test: it
 asserts nothing about time.
@@ -21,6 +27,7 @@ import datetime
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -29,6 +36,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -39,6 +47,7 @@ LOADGEN = RELEASE / "loadgen"
 MOCK = RELEASE / "mock-upstream"
 TC = RELEASE / "token-console"
 FILL = RELEASE / "console-fill"
+PG_SCRATCH = RELEASE / "pg-scratch"
 MOCK_KEY = "sk-mock-upstream-bench"
 LITELLM_VERSION = "1.74.9"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -109,7 +118,8 @@ def status_kb(pids, field):
 class Proc:
     """A process this bench started; stopped by its own pid only."""
 
-    def __init__(self, name, argv, cpus=None, env=None, ready=None, timeout=60, cwd=None, logdir=None):
+    def __init__(self, name, argv, cpus=None, env=None, ready=None, timeout=60, cwd=None, logdir=None,
+                 stdin=subprocess.DEVNULL):
         self.name = name
         if cpus is not None:
             argv = ["taskset", "-c", cpus] + [str(a) for a in argv]
@@ -120,7 +130,7 @@ class Proc:
             self.argv,
             stdout=subprocess.PIPE,
             stderr=open(self.log_path, "w"),
-            stdin=subprocess.DEVNULL,
+            stdin=stdin,
             env=env,
             cwd=cwd,
             text=True,
@@ -177,6 +187,25 @@ class Proc:
             return self.popen.wait()
 
 
+def cpu_ticks():
+    """Per CPU (busy, total) jiffies from /proc/stat; busy excludes idle and iowait."""
+    out = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        m = re.match(r"cpu(\d+)\s+(.*)", line)
+        if m:
+            v = [int(x) for x in m.group(2).split()]
+            out[int(m.group(1))] = (sum(v) - v[3] - v[4], sum(v))
+    return out
+
+
+def cpu_busy_since(before):
+    """Per CPU busy fraction since a cpu_ticks() snapshot: what every process on the machine used,
+    this bench's and everyone else's."""
+    now = cpu_ticks()
+    return {cpu: round((b - before[cpu][0]) / max(1, t - before[cpu][1]), 3)
+            for cpu, (b, t) in now.items() if cpu in before}
+
+
 class RssSampler:
     """Samples a process tree's resident memory every 50 ms while in use; keeps the peak."""
 
@@ -225,6 +254,94 @@ def loadgen(args, cpus):
     if out.returncode != 0:
         raise RuntimeError(f"loadgen failed: {out.stderr.strip()}")
     return json.loads(out.stdout)
+
+
+def loadgen_measured(args, cpus):
+    """loadgen, with its own CPU seconds (its rusage, once reaped) and the wall time of the run."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.monotonic()
+    r = loadgen(args, cpus)
+    wall = time.monotonic() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return r, cpu, wall
+
+
+# ---------------------------------------------------------------- PostgreSQL
+
+
+def pg_server_url():
+    return os.environ.get("TC_TEST_POSTGRES_URL") or "postgres://postgres@127.0.0.1:5432/postgres"
+
+
+def redact(url):
+    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+
+
+def pg_sql(url, *statements):
+    """Runs statements through `pg-scratch sql`; one list of rows (lists of text) per statement."""
+    out = subprocess.run([str(PG_SCRATCH), "sql", url, *statements], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr.strip() or f"pg-scratch exited with {out.returncode}")
+    return json.loads(out.stdout)
+
+
+def pg_environment():
+    """The server's version and the settings that matter here, or why it cannot be used."""
+    url = pg_server_url()
+    try:
+        rows = pg_sql(url, "SHOW server_version", "SELECT name, setting, unit FROM pg_settings WHERE name IN "
+                      "('autovacuum', 'synchronous_commit', 'fsync', 'shared_buffers', 'max_connections', "
+                      "'wal_level', 'jit', 'work_mem') ORDER BY name")
+    except (RuntimeError, OSError) as e:
+        return {"server": redact(url), "error": str(e)}
+    settings = {name: f"{value}{' x ' + unit if unit else ''}" for name, value, unit in rows[1]}
+    return {"server": redact(url), "version": rows[0][0][0], "settings": settings,
+            "placement": "the machine's PostgreSQL service, not started nor pinned by the bench: its backends "
+                         "run on any core"}
+
+
+class PgScratch:
+    """An empty database on the PostgreSQL server, held by `pg-scratch hold` and dropped (with its
+    connections) when stopped — or when this process dies, since its stdin then closes."""
+
+    def __init__(self, ctx, name):
+        self.proc = Proc(name, [PG_SCRATCH, "hold"], env=dict(os.environ, TC_TEST_POSTGRES_URL=pg_server_url()),
+                         ready=r"scratch database url=(\S+) name=(\S+)", stdin=subprocess.PIPE,
+                         logdir=ctx.work, timeout=30)
+        self.url, self.name = self.proc.match.group(1), self.proc.match.group(2)
+
+    def sql(self, *statements):
+        return pg_sql(self.url, *statements)
+
+    def size_bytes(self):
+        return int(self.sql("SELECT pg_database_size(current_database())")[0][0][0])
+
+    def backend_pids(self):
+        """The server processes serving connections to this database (`postgres: … USER DB …`)."""
+        pids = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                cmd = Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if cmd.startswith("postgres:") and f" {self.name} " in cmd.replace("\0", " "):
+                pids.append(int(entry))
+        return pids
+
+    def cpu_snapshot(self):
+        return {pid: cpu_seconds([pid]) for pid in self.backend_pids()}
+
+    def cpu_since(self, snapshot):
+        """CPU seconds of this database's backends since `snapshot` (backends that came and went in
+        between are not counted; the gateway's pool keeps its connections open)."""
+        now = self.cpu_snapshot()
+        return sum(max(0.0, cpu - snapshot.get(pid, 0.0)) for pid, cpu in now.items())
+
+    def stop(self):
+        return self.proc.stop()
 
 
 # ---------------------------------------------------------------- the systems under test
@@ -292,19 +409,19 @@ def tc_env():
     return env
 
 
-def start_tc(ctx, name, config_text, extra=(), wrapper=(), timeout=60):
+def start_tc(ctx, name, config_text, extra=(), wrapper=(), timeout=60, cpus="sut"):
     conf = Path(ctx.work) / f"{name}.yaml"
     conf.write_text(config_text)
     argv = list(wrapper) + [TC, "--config", conf, "--port", "0"] + list(extra)
-    p = Proc(name, argv, cpus=ctx.cpu_sut, env=tc_env(), logdir=ctx.work,
+    p = Proc(name, argv, cpus=ctx.cpu_sut if cpus == "sut" else cpus, env=tc_env(), logdir=ctx.work,
              ready=r"token-console ready gateway=(\S+) console=(\S+)", timeout=timeout)
     p.url = p.match.group(1)
     return p
 
 
-def gateway_config(ctx, mock, db):
+def gateway_config(ctx, mock, db=None, url=None):
     return f"""host: 127.0.0.1
-database_url: sqlite://{db}
+database_url: {url or f"sqlite://{db}"}
 timezone: UTC
 providers:
   - name: mock
@@ -352,7 +469,9 @@ litellm_settings:
 
 
 def overhead(ctx, targets, tc_counts):
-    """Every rate through every target, interleaved so that noise hits them alike."""
+    """Every rate through every target, interleaved so that noise hits them alike. `tc_counts`
+    holds, per token-console target, what the load generator sent and got back; a target with a
+    `db` (PgScratch) also has its PostgreSQL backends' CPU measured."""
     runs, skip = [], set()
     body = BENCH / "request.json"
 
@@ -366,14 +485,17 @@ def overhead(ctx, targets, tc_counts):
         proc = t["proc"]
         for other in targets.values():
             settle(other["proc"])
+        db = t.get("db")
         cpu0 = proc.cpu()
+        db0 = db.cpu_snapshot() if db else None
         with RssSampler(proc) as rss:
             r = loadgen(args, ctx.cpu_load)
         cpu = proc.cpu() - cpu0
+        db_cpu = db.cpu_since(db0) if db else None
         sent = r["all"]["sent"]
-        if name == "token-console":
-            tc_counts["sent"] += sent
-            tc_counts["ok"] += r["all"]["ok"]
+        if name in tc_counts:
+            tc_counts[name]["sent"] += sent
+            tc_counts[name]["ok"] += r["all"]["ok"]
         lat = r["latency_ms"]
         sustained = r["measured"]["errors"] == 0 and lat.get("p99", 1e9) < SLO_P99_MS
         run = {"target": name, "rate": rate, "connections": connections, "duration_s": duration,
@@ -381,8 +503,12 @@ def overhead(ctx, targets, tc_counts):
                "measured": r["measured"], "all": r["all"], "response_bytes": r["response_bytes"],
                "cpu_s": round(cpu, 3), "cpu_us_per_req": round(cpu / sent * 1e6, 1) if sent else None,
                "rss_peak_kb": rss.peak_kb, "sustained": sustained}
+        if db:
+            run["db_cpu_s"] = round(db_cpu, 3)
+            run["db_cpu_us_per_req"] = round(db_cpu / sent * 1e6, 1) if sent else None
         log(f"  {name:14} rate {rate or 'max':>5}: p50 {lat.get('p50')} p99 {lat.get('p99')} ms, "
-            f"{r['achieved_rate']:.0f} req/s, errors {r['measured']['errors']}, cpu {run['cpu_us_per_req']} µs/req")
+            f"{r['achieved_rate']:.0f} req/s, errors {r['measured']['errors']}, cpu {run['cpu_us_per_req']} µs/req"
+            + (f" + PostgreSQL {run['db_cpu_us_per_req']} µs/req" if db else ""))
         return run
 
     def series(names, rates):
@@ -462,101 +588,425 @@ def streaming(ctx, mock, tc, key, tc_counts):
 # ---------------------------------------------------------------- 3. nothing lost
 
 
-def nothing_lost(tc, counts, label):
-    """Waits for the recorder to write everything, then compares with the load generator."""
+def drained(tc, timeout=60):
+    """Waits until the recorder of a token-console has written everything; returns its /healthz."""
     last, stable_since = None, time.time()
-    deadline = time.time() + 60
-    while time.time() < deadline:
+    deadline = time.time() + timeout
+    while True:
         h = http_json(f"{tc.url}/healthz")
         written = h["recorder"]["written"]
         if h["recorder"]["queued"] == 0 and written == last and time.time() - stable_since > 0.5:
-            break
+            return h
+        if time.time() > deadline:
+            return h
         if written != last:
             last, stable_since = written, time.time()
         time.sleep(0.1)
-    stats = http_json(f"{tc.url}/api/console/stats")["data"]
-    rec = h["recorder"]
+
+
+def nothing_lost(tc, counts, label):
+    """Waits for the recorder(s) to write everything, then compares with the load generator.
+    `tc` is one token-console or a list of instances sharing one database: then every console
+    must show the same totals, and the instances' recorders together must have written them."""
+    tcs = tc if isinstance(tc, list) else [tc]
+    health = [drained(t) for t in tcs]
+    stats = [http_json(f"{t.url}/api/console/stats")["data"] for t in tcs]
+    s0 = stats[0]
+    written = sum(h["recorder"]["written"] for h in health)
+    dropped = sum(h["recorder"]["dropped"] for h in health)
+    same = all((s["api_call_count"], s["success_count"]) == (s0["api_call_count"], s0["success_count"])
+               for s in stats)
     result = {
         "label": label,
         "loadgen_sent": counts["sent"], "loadgen_ok": counts["ok"],
-        "store_api_call_count": stats["api_call_count"], "store_success_count": stats["success_count"],
-        "recorder_written": rec["written"], "recorder_dropped": rec["dropped"],
+        "store_api_call_count": s0["api_call_count"], "store_success_count": s0["success_count"],
+        "recorder_written": written, "recorder_dropped": dropped,
     }
-    result["lost"] = counts["sent"] - stats["api_call_count"]
-    result["ok"] = (stats["success_count"] == counts["ok"] and stats["api_call_count"] == counts["sent"]
-                    and rec["dropped"] == 0 and rec["written"] == stats["api_call_count"])
+    if len(tcs) > 1:
+        result["instances"] = len(tcs)
+        result["written_by_instance"] = [h["recorder"]["written"] for h in health]
+        result["consoles_agree"] = same
+    result["lost"] = counts["sent"] - s0["api_call_count"]
+    result["ok"] = (s0["success_count"] == counts["ok"] and s0["api_call_count"] == counts["sent"]
+                    and dropped == 0 and written == s0["api_call_count"] and same)
     log(f"  nothing lost ({label}): loadgen sent {counts['sent']} ok {counts['ok']}; store calls "
-        f"{stats['api_call_count']} successes {stats['success_count']}; written {rec['written']} "
-        f"dropped {rec['dropped']} -> {'OK' if result['ok'] else 'MISMATCH'}")
+        f"{s0['api_call_count']} successes {s0['success_count']}; written {written}"
+        + (f" ({' + '.join(str(w) for w in result['written_by_instance'])}), consoles agree: {same}"
+           if len(tcs) > 1 else "")
+        + f"; dropped {dropped} -> {'OK' if result['ok'] else 'MISMATCH'}")
     return result
 
 
 # ---------------------------------------------------------------- 4. console speed at volume
 
 
-def console_volume(ctx):
-    db = Path(ctx.work) / "console.db"
-    log(f"  filling {ctx.calls:,} calls through the recorder (max_logs 1,000,000) …")
+def console_volume(ctx, pg=None):
+    """Fills a store with ctx.calls calls through the recorder, then times the console API on it.
+    The store is a SQLite file, or with `pg` (a PgScratch) that PostgreSQL database."""
+    if pg is None:
+        db = Path(ctx.work) / "console.db"
+        where, url = ["--db", str(db)], f"sqlite://{db}"
+    else:
+        where, url = ["--database-url", pg.url], pg.url
+    log(f"  filling {ctx.calls:,} calls through the recorder (max_logs 1,000,000) into "
+        f"{'SQLite' if pg is None else 'PostgreSQL'} …")
     # Not pinned: the producer (standing in for the gateway's handlers) and the recorder's writer
     # thread run side by side, as they do in the gateway.
-    fill = subprocess.run(
-        [str(FILL), "--db", str(db), "--calls", str(ctx.calls), "--max-logs", "1000000"],
-        capture_output=True, text=True)
+    db0 = pg.cpu_snapshot() if pg else None
+    fill = subprocess.run([str(FILL), *where, "--calls", str(ctx.calls), "--max-logs", "1000000"],
+                          capture_output=True, text=True)
     if fill.returncode != 0:
         raise RuntimeError(f"console-fill failed: {fill.stderr}")
     filled = json.loads(fill.stdout)
+    min_seg = filled.get("min_segment_records_per_s")
     log(f"  recorder: {filled['records_per_s']:,.0f} records/s sustained over {filled['calls']:,} "
-        f"({filled['seconds']:.1f} s; slowest 1M segment {filled['min_segment_records_per_s']:,.0f}/s), "
+        f"({filled['seconds']:.1f} s; slowest 1M segment {f'{min_seg:,.0f}/s' if min_seg else '-'}), "
         f"dropped {filled['dropped']}")
-    tc = start_tc(ctx, "tc-console", f"host: 127.0.0.1\ndatabase_url: sqlite://{db}\ntimezone: UTC\n"
+    tc = start_tc(ctx, "tc-console" if pg is None else "tc-console-pg",
+                  f"host: 127.0.0.1\ndatabase_url: {url}\ntimezone: UTC\n"
                   "console:\n  max_logs: 1000000\n  max_keys: 1000\n", timeout=300)
+    retained = min(ctx.calls, 1_000_000)
     try:
-        newest = http_json(f"{tc.url}/api/console/logs?limit=1")["data"][0]["id"]
-        retained = min(ctx.calls, 1_000_000)
-        deep = newest - int(retained * 0.95)
-        key_id = 7
-        api = "/api/console"
-        queries = [
-            ("stats", f"{api}/stats"),
-            ("stats ?key_id", f"{api}/stats?key_id={key_id}"),
-            ("usage-trend days=90", f"{api}/usage-trend?days=90"),
-            ("usage-trend days=7", f"{api}/usage-trend?days=7"),
-            ("logs (newest 100)", f"{api}/logs"),
-            ("logs q=kimi", f"{api}/logs?q=kimi"),
-            ("logs q=no-such-text (scans all)", f"{api}/logs?q=no-such-text"),
-            ("logs model=kimi-k2", f"{api}/logs?model=kimi-k2"),
-            ("logs status=4xx", f"{api}/logs?status=4xx"),
-            ("logs status=2xx", f"{api}/logs?status=2xx"),
-            ("logs status=500", f"{api}/logs?status=500"),
-            ("logs key_id", f"{api}/logs?key_id={key_id}"),
-            ("logs before_id (deep page)", f"{api}/logs?before_id={deep}"),
-            ("logs combined", f"{api}/logs?q=gpt&model=gpt-4o&status=2xx&key_id={key_id}"),
-            ("logs combined + deep page",
-             f"{api}/logs?q=gpt&model=gpt-4o&status=2xx&key_id={key_id}&before_id={deep}"),
-            ("logs limit=1000", f"{api}/logs?limit=1000"),
-        ]
-        timings = []
-        for label, path in queries:
-            r = loadgen(["get", "--url", tc.url + path, "--reps", ctx.reps, "--warmup-reps", 2,
-                         "--timeout", 60], ctx.cpu_load)
-            timings.append({"query": label, "path": path, "latency_ms": r["latency_ms"],
-                            "failures": r["failures"], "response_bytes": r["response_bytes"]})
-            log(f"  {label:34} p50 {r['latency_ms'].get('p50'):>8} p99 {r['latency_ms'].get('p99'):>8} ms"
-                f"  ({r['response_bytes']:,} bytes, failures {r['failures']})")
-        exports = []
-        for label, path in (("export json", f"{api}/export"), ("export csv", f"{api}/export?format=csv")):
-            tc.reset_hwm()
-            before = tc.rss_kb()
-            r = loadgen(["get", "--url", tc.url + path, "--reps", ctx.export_reps, "--warmup-reps", 0,
-                         "--timeout", 600], ctx.cpu_load)
-            exports.append({"query": label, "latency_ms": r["latency_ms"], "failures": r["failures"],
-                            "response_bytes": r["response_bytes"], "rss_before_kb": before,
-                            "rss_peak_kb": tc.hwm_kb()})
-            log(f"  {label:34} {r['latency_ms'].get('p50')} ms for {r['response_bytes']:,} bytes; "
-                f"RSS {before / 1024:.1f} MB before, peak {tc.hwm_kb() / 1024:.1f} MB")
+        passes = [console_queries(ctx, tc, retained, "as filled")]
+        if pg is not None:
+            # Trimming to max_logs leaves the deleted rows dead in `calls` until a vacuum, and the
+            # planner has no statistics until an analyze; autovacuum may not have caught up (and it
+            # is off on some servers: see the environment). Time the same calls again after what
+            # it would have done.
+            t0 = time.monotonic()
+            pg.sql("VACUUM ANALYZE")
+            vacuum_s = time.monotonic() - t0
+            log(f"  VACUUM ANALYZE: {vacuum_s:.1f} s")
+            passes.append(console_queries(ctx, tc, retained, "after VACUUM ANALYZE"))
+            passes[-1]["vacuum_s"] = round(vacuum_s, 1)
     finally:
         tc.stop()
-    return {"fill": filled, "queries": timings, "exports": exports, "retained_rows": min(ctx.calls, 1_000_000)}
+    out = {"fill": filled, "queries": passes[0]["queries"], "exports": passes[0]["exports"],
+           "retained_rows": retained, "passes": passes}
+    if pg is not None:
+        out["database"] = "postgres"
+        out["fill_db_cpu_s"] = round(pg.cpu_since(db0), 1)
+    return out
+
+
+def console_queries(ctx, tc, retained, label):
+    log(f"  console calls ({label}):")
+    newest = http_json(f"{tc.url}/api/console/logs?limit=1")["data"][0]["id"]
+    deep = newest - int(retained * 0.95)
+    key_id = 7
+    api = "/api/console"
+    queries = [
+        ("stats", f"{api}/stats"),
+        ("stats ?key_id", f"{api}/stats?key_id={key_id}"),
+        ("usage-trend days=90", f"{api}/usage-trend?days=90"),
+        ("usage-trend days=7", f"{api}/usage-trend?days=7"),
+        ("logs (newest 100)", f"{api}/logs"),
+        ("logs q=kimi", f"{api}/logs?q=kimi"),
+        ("logs q=no-such-text (scans all)", f"{api}/logs?q=no-such-text"),
+        ("logs model=kimi-k2", f"{api}/logs?model=kimi-k2"),
+        ("logs status=4xx", f"{api}/logs?status=4xx"),
+        ("logs status=2xx", f"{api}/logs?status=2xx"),
+        ("logs status=500", f"{api}/logs?status=500"),
+        ("logs key_id", f"{api}/logs?key_id={key_id}"),
+        ("logs before_id (deep page)", f"{api}/logs?before_id={deep}"),
+        ("logs combined", f"{api}/logs?q=gpt&model=gpt-4o&status=2xx&key_id={key_id}"),
+        ("logs combined + deep page",
+         f"{api}/logs?q=gpt&model=gpt-4o&status=2xx&key_id={key_id}&before_id={deep}"),
+        ("logs limit=1000", f"{api}/logs?limit=1000"),
+    ]
+    timings = []
+    for name, path in queries:
+        r = loadgen(["get", "--url", tc.url + path, "--reps", ctx.reps, "--warmup-reps", 2,
+                     "--timeout", 60], ctx.cpu_load)
+        timings.append({"query": name, "path": path, "latency_ms": r["latency_ms"],
+                        "failures": r["failures"], "response_bytes": r["response_bytes"]})
+        log(f"  {name:34} p50 {r['latency_ms'].get('p50'):>8} p99 {r['latency_ms'].get('p99'):>8} ms"
+            f"  ({r['response_bytes']:,} bytes, failures {r['failures']})")
+    exports = []
+    for name, path in (("export json", f"{api}/export"), ("export csv", f"{api}/export?format=csv")):
+        tc.reset_hwm()
+        before = tc.rss_kb()
+        r = loadgen(["get", "--url", tc.url + path, "--reps", ctx.export_reps, "--warmup-reps", 0,
+                     "--timeout", 600], ctx.cpu_load)
+        exports.append({"query": name, "latency_ms": r["latency_ms"], "failures": r["failures"],
+                        "response_bytes": r["response_bytes"], "rss_before_kb": before,
+                        "rss_peak_kb": tc.hwm_kb()})
+        log(f"  {name:34} {r['latency_ms'].get('p50')} ms for {r['response_bytes']:,} bytes; "
+            f"RSS {before / 1024:.1f} MB before, peak {tc.hwm_kb() / 1024:.1f} MB")
+    return {"label": label, "queries": timings, "exports": exports}
+
+
+# ---------------------------------------------------------------- 6. several instances
+
+NGINX_SCALE_CONF = """\
+{user}worker_processes {workers};
+worker_rlimit_nofile 65536;
+daemon off;
+master_process on;
+pid {dir}/nginx-scale.pid;
+error_log {dir}/nginx-scale-error.log warn;
+events {{ worker_connections 16384; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/nginx-body;
+    proxy_temp_path {dir}/nginx-proxy;
+    fastcgi_temp_path {dir}/nginx-fastcgi;
+    uwsgi_temp_path {dir}/nginx-uwsgi;
+    scgi_temp_path {dir}/nginx-scgi;
+    keepalive_requests 1000000;
+    upstream one {{
+        server {a};
+        keepalive 256;
+        keepalive_requests 1000000;
+    }}
+    upstream two {{
+        server {a};
+        server {b};
+        keepalive 256;
+        keepalive_requests 1000000;
+    }}
+    server {{
+        listen 127.0.0.1:{port_one} backlog=4096;
+        location / {{
+            proxy_pass http://one;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+    server {{
+        listen 127.0.0.1:{port_two} backlog=4096;
+        location / {{
+            proxy_pass http://two;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"""
+
+
+def scale_placement(ctx):
+    """CPU sets for instance A, instance B and the front (nginx, mock upstream, load generator).
+    Each instance gets a core of its own; the front gets the others, or on two cores shares
+    instance B's. PostgreSQL is the machine's service and is not pinned."""
+    n = os.cpu_count() or 1
+    if not ctx.pin:
+        return None, None, None, "not pinned (--no-pin): all processes share all cores"
+    if n >= 4:
+        front = f"2-{n - 1}"
+        return "0", "1", front, (f"instance A on CPU 0, instance B on CPU 1, nginx ({ctx.scale_workers} workers), "
+                                 f"mock upstream and load generator on CPUs {front}; PostgreSQL not pinned")
+    return "0", "1", "1", ("instance A on CPU 0, instance B on CPU 1; nginx (1 worker), mock upstream and "
+                           "load generator also on CPU 1 (only 2 cores); PostgreSQL not pinned")
+
+
+def post_chat(url, key, timeout=10):
+    """One chat completion (the bench request) through url; its HTTP status (0: no answer)."""
+    req = urllib.request.Request(f"{url}/v1/chat/completions", data=(BENCH / "request.json").read_bytes(),
+                                 method="POST", headers={"authorization": f"Bearer {key}",
+                                                         "content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            r.read()
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError:
+        return 0
+
+
+class CpuCap:
+    """A CPU bandwidth limit (CFS quota) on one process this bench started, through a cgroup of
+    its own, so that a gateway instance is bounded by its own CPU as it would be on a machine with
+    enough cores; the cgroup is removed at the end. `make` answers None where no cpu controller
+    can be used without changing the machine's cgroup set-up."""
+
+    PERIOD_US = 10_000
+
+    def __init__(self, path, v2):
+        self.path, self.v2 = path, v2
+
+    @classmethod
+    def make(cls, name, pid):
+        v1 = Path("/sys/fs/cgroup/cpu")
+        v2 = Path("/sys/fs/cgroup")
+        if (v1 / "cpu.cfs_quota_us").exists():
+            base, is_v2 = v1, False
+        elif (v2 / "cgroup.subtree_control").exists() and "cpu" in (v2 / "cgroup.subtree_control").read_text().split():
+            base, is_v2 = v2, True
+        else:
+            return None
+        path = base / f"tc-bench-{os.getpid()}-{name}"
+        try:
+            path.mkdir()
+            (path / "cgroup.procs").write_text(str(pid))
+        except OSError:
+            try:
+                path.rmdir()
+            except OSError:
+                pass
+            return None
+        cap = cls(path, is_v2)
+        cap.set(None)
+        return cap
+
+    def set(self, cores):
+        """Limits the process to `cores` of CPU time (None: no limit)."""
+        if self.v2:
+            quota = "max" if cores is None else str(int(cores * self.PERIOD_US))
+            (self.path / "cpu.max").write_text(f"{quota} {self.PERIOD_US}")
+        else:
+            (self.path / "cpu.cfs_quota_us").write_text("-1")
+            (self.path / "cpu.cfs_period_us").write_text(str(self.PERIOD_US))
+            if cores is not None:
+                (self.path / "cpu.cfs_quota_us").write_text(str(int(cores * self.PERIOD_US)))
+
+    def remove(self):
+        """Moves what is left in the cgroup back to its parent, then removes it."""
+        try:
+            for pid in (self.path / "cgroup.procs").read_text().split():
+                try:
+                    (self.path.parent / "cgroup.procs").write_text(pid)
+                except OSError:
+                    pass
+            self.path.rmdir()
+        except OSError as e:
+            log(f"  (cannot remove the cgroup {self.path}: {e})")
+
+
+def median(xs):
+    xs = sorted(xs)
+    return (xs[(len(xs) - 1) // 2] + xs[len(xs) // 2]) / 2 if xs else 0.0
+
+
+def pg_scale(ctx, mock):
+    """Two token-console instances on one PostgreSQL database behind nginx, against one instance
+    behind the same nginx (a second `server` block whose upstream has only instance A):
+    closed-loop saturation, the two set-ups alternating round after round. Then the same with each
+    instance capped at ctx.scale_cap of a core (CFS quota), so that the instances, not this
+    machine's two cores, are what limits the rate — as a core per instance would on a larger one."""
+    ctx.scale_workers = 1 if (os.cpu_count() or 1) <= 2 or not ctx.pin else 2
+    cpu_a, cpu_b, cpu_front, placement = scale_placement(ctx)
+    pg = PgScratch(ctx, "pg-scale")
+    procs, caps = [], []
+    try:
+        text = gateway_config(ctx, mock, url=pg.url)
+        a = start_tc(ctx, "tc-pg-a", text, cpus=cpu_a)
+        procs.append(a)
+        b = start_tc(ctx, "tc-pg-b", text, cpus=cpu_b)
+        procs.append(b)
+        caps = [c for c in (CpuCap.make("a", a.pid), CpuCap.make("b", b.pid)) if c]
+        if len(caps) != 2:
+            log("  (no usable cgroup cpu controller: the capped rounds are skipped)")
+        key = create_key(a)
+        counts = {"sent": 0, "ok": 0}
+        # The key was made through A's console; B learns it from the database within a second.
+        t0, status = time.monotonic(), 0
+        while time.monotonic() - t0 < 10 and status != 200:
+            status = post_chat(b.url, key)
+            counts["sent"] += 1
+            counts["ok"] += status == 200
+            if status != 200:
+                time.sleep(0.05)
+        key_sync_ms = round((time.monotonic() - t0) * 1000)
+        log(f"  key made on A answered by B after {key_sync_ms} ms (status {status})")
+        ports = free_port(), free_port()
+        conf = Path(ctx.work) / "nginx-scale.conf"
+        conf.write_text(NGINX_SCALE_CONF.format(
+            user="user root;\n" if os.geteuid() == 0 else "", workers=ctx.scale_workers if ctx.pin else "auto",
+            dir=ctx.work, a=a.url.split("://", 1)[1], b=b.url.split("://", 1)[1],
+            port_one=ports[0], port_two=ports[1]))
+        nginx = Proc("nginx-scale", ["nginx", "-c", conf, "-p", ctx.work], cpus=cpu_front, logdir=ctx.work)
+        procs.append(nginx)
+        for port in ports:
+            wait_port(port)
+        fronts = {"one": f"http://127.0.0.1:{ports[0]}", "two": f"http://127.0.0.1:{ports[1]}"}
+        others = {"nginx": nginx, "mock": mock}
+        runs = []
+
+        def one_run(mode, setup, rnd):
+            for proc in (a, b, nginx, mock):
+                settle(proc)
+            args = ["rate", "--url", fronts[setup] + "/v1/chat/completions", "--body-file", BENCH / "request.json",
+                    "--rate", 0, "--duration", ctx.duration, "--warmup", ctx.warmup,
+                    "--connections", ctx.scale_connections, "--timeout", 10, "--drain", 10,
+                    "--header", f"Authorization: Bearer {key}"]
+            cpu0 = {"A": a.cpu(), "B": b.cpu(), **{n: p.cpu() for n, p in others.items()}}
+            db0 = pg.cpu_snapshot()
+            ticks0 = cpu_ticks()
+            r, lg_cpu, wall = loadgen_measured(args, cpu_front)
+            machine = cpu_busy_since(ticks0)
+            cpu = {"A": a.cpu() - cpu0["A"], "B": b.cpu() - cpu0["B"],
+                   **{n: p.cpu() - cpu0[n] for n, p in others.items()},
+                   "postgres": pg.cpu_since(db0), "loadgen": lg_cpu}
+            sent = r["all"]["sent"]
+            counts["sent"] += sent
+            counts["ok"] += r["all"]["ok"]
+            errors = r["measured"]["errors"]
+            run = {"mode": mode, "setup": setup, "round": rnd, "achieved_rate": r["achieved_rate"], "errors": errors,
+                   "error_free_rps": r["achieved_rate"] if errors == 0 else 0.0,
+                   "latency_ms": r["latency_ms"], "measured": r["measured"], "all": r["all"],
+                   "wall_s": round(wall, 2),
+                   "cpu_s": {k: round(v, 3) for k, v in cpu.items()},
+                   "cores_busy": {k: round(v / wall, 3) for k, v in cpu.items()},
+                   "cpu_us_per_req": {k: round(v / sent * 1e6, 1) if sent else None for k, v in cpu.items()}}
+            run["cores_busy_total"] = round(sum(run["cores_busy"].values()), 3)
+            run["machine_busy_by_cpu"] = machine
+            run["machine_cores_busy"] = round(sum(machine.values()), 3)
+            run["other_processes_cores"] = round(max(0.0, run["machine_cores_busy"] - run["cores_busy_total"]), 3)
+            log(f"  {mode}: {setup} instance{'s' if setup == 'two' else ''} (round {rnd}): "
+                f"{r['achieved_rate']:.0f} req/s, errors {errors}, p99 {r['latency_ms'].get('p99')} ms; cores busy "
+                + ", ".join(f"{k} {v:.2f}" for k, v in run["cores_busy"].items())
+                + f" = {run['cores_busy_total']:.2f}; machine busy "
+                + " ".join(f"CPU{c} {100 * v:.0f}%" for c, v in machine.items())
+                + f" (other processes {run['other_processes_cores']:.2f} cores)")
+            return run
+
+        modes = [("pinned", None)] + ([("capped", ctx.scale_cap)] if len(caps) == 2 else [])
+        for mode, cap in modes:
+            for c in caps:
+                c.set(cap)
+            for rnd in range(1, ctx.scale_rounds + 1):
+                for setup in (("one", "two") if rnd % 2 else ("two", "one")):
+                    runs.append(one_run(mode, setup, rnd))
+        for c in caps:
+            c.set(None)
+        lost = nothing_lost([a, b], counts, "2 instances")
+    finally:
+        for p in reversed(procs):
+            p.stop()
+        for c in caps:
+            c.remove()
+        pg.stop()
+
+    out = {"placement": placement, "cpus": os.cpu_count(), "connections": ctx.scale_connections,
+           "rounds": ctx.scale_rounds, "key_sync_ms": key_sync_ms, "runs": runs, "modes": {},
+           "cap_cores": ctx.scale_cap if len(caps) == 2 else None, "nothing_lost": lost}
+    for mode, _ in modes:
+        summary = {}
+        for setup in ("one", "two"):
+            mine = [r for r in runs if r["setup"] == setup and r["mode"] == mode]
+            summary[setup] = {
+                "error_free_rps_median": median([r["error_free_rps"] for r in mine]),
+                "error_free_rps_each": [round(r["error_free_rps"]) for r in mine],
+                "cores_busy_median": {k: round(median([r["cores_busy"][k] for r in mine]), 2)
+                                      for k in mine[0]["cores_busy"]},
+                "cores_busy_total_median": round(median([r["cores_busy_total"] for r in mine]), 2),
+                "cpu_us_per_req_median": {k: round(median([r["cpu_us_per_req"][k] or 0 for r in mine]), 1)
+                                          for k in mine[0]["cpu_us_per_req"]},
+                "p99_ms_median": median([r["latency_ms"].get("p99", 0) for r in mine]),
+                "machine_cores_busy_median": round(median([r["machine_cores_busy"] for r in mine]), 2),
+                "machine_busy_by_cpu_median": {c: round(median([r["machine_busy_by_cpu"][c] for r in mine]), 2)
+                                               for c in mine[0]["machine_busy_by_cpu"]},
+                "other_processes_cores_median": round(median([r["other_processes_cores"] for r in mine]), 2),
+            }
+        one, two = summary["one"]["error_free_rps_median"], summary["two"]["error_free_rps_median"]
+        ones = [r for r in runs if r["setup"] == "one" and r["mode"] == mode]
+        twos = [r for r in runs if r["setup"] == "two" and r["mode"] == mode]
+        pairs = [t["error_free_rps"] / o["error_free_rps"] for o, t in zip(ones, twos) if o["error_free_rps"]]
+        out["modes"][mode] = {"summary": summary, "ratio": two / one if one else None,
+                              "ratio_by_round": [round(x, 3) for x in pairs]}
+    return out
 
 
 # ---------------------------------------------------------------- 5. profile
@@ -672,25 +1122,60 @@ def table(rows, header):
     return "\n".join(out)
 
 
+def print_console(c, title, fill=True):
+    p = print
+    f = c["fill"]
+    p(f"{title}: {f['calls']:,} calls, {f['keys']} keys, {f['models']} models, "
+      f"{f['days']} days; max_logs {f['max_logs']:,} ({c['retained_rows']:,} rows retained); "
+      f"database {f['db_bytes'] / 2**20:,.0f} MiB after the fill")
+    if fill:
+        seg = f.get("min_segment_records_per_s")
+        p(f"  recorder: {f['records_per_s']:,.0f} records/s sustained ({f['seconds']:.1f} s; slowest 1M "
+          f"segment {f'{seg:,.0f}/s' if seg else '-'}), dropped {f['dropped']}"
+          + (f"; PostgreSQL backends' CPU during the fill {c['fill_db_cpu_s']} s" if "fill_db_cpu_s" in c else ""))
+    rows = [[q["query"], fmt(q["latency_ms"].get("p50"), 3), fmt(q["latency_ms"].get("p99"), 3),
+             fmt(q["latency_ms"].get("max"), 3), f"{q['response_bytes']:,}", q["failures"]] for q in c["queries"]]
+    p(table(rows, ["console call (50 reps)", "p50 ms", "p99 ms", "max ms", "bytes", "failures"]))
+    for e in c["exports"]:
+        p(f"  {e['query']}: {e['latency_ms'].get('p50'):,.0f} ms (p50 of {e['latency_ms']['count']}) for "
+          f"{e['response_bytes'] / 2**20:,.1f} MiB; RSS {e['rss_before_kb'] / 1024:.1f} MB before, "
+          f"peak {e['rss_peak_kb'] / 1024:.1f} MB")
+
+
 def print_report(res):
     p = print
     env = res["environment"]
     p("\n" + "=" * 100)
     p(f"token-console benchmarks  {res['started']}  ({'quick' if res['quick'] else 'full'} run)")
     p(f"machine: {env['cpus']} CPUs, {env['cpu_model']}; {env['pinning']}")
+    pg = env.get("postgres")
+    if pg and "error" in pg:
+        p(f"PostgreSQL at {pg['server']}: not usable ({pg['error']}); its runs were skipped")
+    elif pg:
+        p(f"PostgreSQL {pg['version']} at {pg['server']} ({pg['placement']}): "
+          + ", ".join(f"{k} {v}" for k, v in pg["settings"].items()))
     p("The load generator shares this machine's cores with what it measures; every comparison below is")
     p("made side by side in this same run (targets interleaved rate by rate), so ratios are what count.")
     p("=" * 100)
     o = res["overhead"]
-    if not o:
-        o = {"runs": [], "saturation": [], "summary": {}, "request_bytes": 0, "response_bytes": 0}
+    if o:
+        print_overhead(o)
+    print_rest(res)
+
+
+def print_overhead(o):
+    p = print
     floor = {r["rate"]: r for r in o["runs"] if r["target"] == "direct" and "latency_ms" in r}
     p(f"\n1. Gateway overhead: non-stream chat completion ({o['request_bytes']:,} B request, "
       f"{o['response_bytes']:,} B answer), open loop, latency from intended send time (ms)")
+    with_db = any("db_cpu_us_per_req" in r for r in o["runs"])
+    if with_db:
+        p("  (token-console: recording into SQLite; tc-postgres: recording into PostgreSQL, whose backends' "
+          "CPU is 'PG us/req')")
     rows = []
     for r in o["runs"] + [dict(s, rate="max") for s in o["saturation"]]:
         if "skipped" in r:
-            rows.append([r["rate"], r["target"], "skipped"] + [""] * 10)
+            rows.append([r["rate"], r["target"], "skipped"] + [""] * (10 + with_db))
             continue
         l = r["latency_ms"]
         f = floor.get(r["rate"]) if r["rate"] != "max" else next(
@@ -703,10 +1188,11 @@ def print_report(res):
                      fmt(l.get("max"), 2), fmt(added50, 3) if r["target"] != "direct" else "",
                      fmt(added99, 3) if r["target"] != "direct" else "",
                      fmt(ratio99, 2) if r["target"] != "direct" else "",
-                     f"{r['achieved_rate']:.0f}", r["measured"]["errors"], fmt(r["cpu_us_per_req"], 1),
-                     f"{r['rss_peak_kb'] / 1024:.1f}"])
+                     f"{r['achieved_rate']:.0f}", r["measured"]["errors"], fmt(r["cpu_us_per_req"], 1)]
+                    + ([fmt(r.get("db_cpu_us_per_req"), 1) if "db_cpu_us_per_req" in r else ""] if with_db else [])
+                    + [f"{r['rss_peak_kb'] / 1024:.1f}"])
     p(table(rows, ["req/s", "target", "p50", "p90", "p99", "max", "+p50", "+p99", "p99 x floor",
-                   "done/s", "errors", "CPU us/req", "RSS MB"]))
+                   "done/s", "errors", "CPU us/req"] + (["PG us/req"] if with_db else []) + ["RSS MB"]))
     if o["saturation"]:
         p("  (+p50/+p99: added over the floor at the same rate; 'max' rows: closed loop, "
           f"{o['saturation'][0]['connections']} connections, latency from actual send;\n"
@@ -719,6 +1205,10 @@ def print_report(res):
                      f"{s['rss_hwm_kb'] / 1024:.1f}"])
     p(table(rows, ["target", "max req/s", "x nginx", "highest open-loop rate ok", "RSS idle MB",
                    "RSS load peak MB", "VmHWM MB"]))
+
+
+def print_rest(res):
+    p = print
     s = res["streaming"]
     if s:
         d, g = s["direct"], s["token_console"]
@@ -738,21 +1228,8 @@ def print_report(res):
         p(f"  {n['label']:10} loadgen sent {n['loadgen_sent']:,}, ok {n['loadgen_ok']:,} | store calls "
           f"{n['store_api_call_count']:,}, successes {n['store_success_count']:,} | recorder written "
           f"{n['recorder_written']:,}, dropped {n['recorder_dropped']} -> {'OK' if n['ok'] else 'MISMATCH'}")
-    c = res["console"]
-    if c:
-        f = c["fill"]
-        p(f"\n4. Console speed at volume: {f['calls']:,} calls, {f['keys']} keys, {f['models']} models, "
-          f"{f['days']} days; max_logs {f['max_logs']:,} ({c['retained_rows']:,} rows retained); "
-          f"database {f['db_bytes'] / 2**20:,.0f} MiB")
-        p(f"  recorder: {f['records_per_s']:,.0f} records/s sustained ({f['seconds']:.1f} s; slowest 1M "
-          f"segment {f['min_segment_records_per_s']:,.0f}/s), dropped {f['dropped']}")
-        rows = [[q["query"], fmt(q["latency_ms"].get("p50"), 3), fmt(q["latency_ms"].get("p99"), 3),
-                 fmt(q["latency_ms"].get("max"), 3), f"{q['response_bytes']:,}", q["failures"]] for q in c["queries"]]
-        p(table(rows, ["console call (50 reps)", "p50 ms", "p99 ms", "max ms", "bytes", "failures"]))
-        for e in c["exports"]:
-            p(f"  {e['query']}: {e['latency_ms'].get('p50'):,.0f} ms (p50 of {e['latency_ms']['count']}) for "
-              f"{e['response_bytes'] / 2**20:,.1f} MiB; RSS {e['rss_before_kb'] / 1024:.1f} MB before, "
-              f"peak {e['rss_peak_kb'] / 1024:.1f} MB")
+    if res["console"]:
+        print_console(res["console"], "\n4. Console speed at volume (SQLite)")
     prof = res.get("profile") or {}
     for key in ("perf", "callgrind"):
         pr = prof.get(key)
@@ -771,6 +1248,41 @@ def print_report(res):
         for row in (pr.get("top_user_self") or pr["top_self"])[:15]:
             where = row.get("dso") or row.get("file")
             p(f"  {row['share_pct']:6.2f}%  {where[:28]:28}  {row.get('symbol') or row.get('function')}")
+    sc = res.get("pg_scale")
+    if sc:
+        p(f"\n6. PostgreSQL: two instances behind nginx against one (same nginx, one database; closed loop, "
+          f"{sc['connections']} connections, {sc['rounds']} rounds alternating)")
+        p(f"  placement: {sc['placement']}")
+        for mode, m in sc["modes"].items():
+            one, two = m["summary"]["one"], m["summary"]["two"]
+            p(f"\n  {mode}" + (f": each instance capped at {sc['cap_cores']} of a core (CFS quota), so that the "
+                               "instances are what limits the rate" if mode == "capped" else
+                               ": the instances as placed above, no cap"))
+            comps = list(one["cores_busy_median"])
+            rows = []
+            for label, x in (("1 instance", one), ("2 instances", two)):
+                rows.append([label, fmt(x["error_free_rps_median"], 0),
+                             " / ".join(str(v) for v in x["error_free_rps_each"]), fmt(x["p99_ms_median"], 2)]
+                            + [fmt(x["cores_busy_median"][k], 2) for k in comps]
+                            + [fmt(x["cores_busy_total_median"], 2), fmt(x["other_processes_cores_median"], 2),
+                               " ".join(f"{100 * v:.0f}%" for v in x["machine_busy_by_cpu_median"].values())])
+            p(table(rows, ["set-up", "max req/s (median)", "each round", "p99 ms"] + [f"{k} cores" for k in comps]
+                    + ["ours total", "others", "machine busy by CPU"]))
+            rows = [[label] + [fmt(x["cpu_us_per_req_median"][k], 1) for k in comps]
+                    for label, x in (("1 instance", one), ("2 instances", two))]
+            p(table(rows, ["CPU us per request"] + comps))
+            p(f"  2 instances / 1 instance: {fmt(m['ratio'], 2)} x (round by round: "
+              f"{', '.join(f'{x:.2f}' for x in m['ratio_by_round'])})")
+        p("  (cores: CPU seconds over the run's wall time, warm-up included; 'others': every other process on "
+          "this machine,\n   from /proc/stat; postgres: the backends serving this database only)")
+        p(f"  a key made through A's console was accepted by B after {sc['key_sync_ms']} ms")
+    if res.get("pg_console"):
+        c = res["pg_console"]
+        for i, ps in enumerate(c["passes"]):
+            shown = dict(c, queries=ps["queries"], exports=ps["exports"])
+            title = f"\n7. Console speed at volume (PostgreSQL), {ps['label']}" + (
+                f" (VACUUM ANALYZE took {ps['vacuum_s']} s)" if "vacuum_s" in ps else "")
+            print_console(shown, title, fill=i == 0)
     p("\nTargets:")
     for t in res["targets"]:
         p(f"  [{'met' if t['met'] else 'NOT MET' if t['met'] is False else 'n/a'}] {t['target']}: {t['figure']}")
@@ -822,6 +1334,34 @@ def evaluate(res):
         rps = c["fill"]["records_per_s"]
         t.append({"target": "recorder >= 100,000 records/s sustained", "figure": f"{rps:,.0f} records/s",
                   "met": rps >= 100_000})
+    pg = by.get(("tc-postgres", 1000))
+    if pg and fl:
+        added = pg["latency_ms"]["p99"] - fl["latency_ms"]["p99"]
+        t.append({"target": "PostgreSQL recording, 1000 req/s: p99 added over the floor <= 1 ms",
+                  "figure": f"{added:.3f} ms (tc-postgres p99 {pg['latency_ms']['p99']} vs floor "
+                            f"{fl['latency_ms']['p99']}; SQLite token-console {tc['latency_ms']['p99'] if tc else '-'})",
+                  "met": added <= 1.0})
+    sc = res.get("pg_scale")
+    if sc:
+        for mode, m in sc["modes"].items():
+            ratio, one, two = m["ratio"] or 0.0, m["summary"]["one"], m["summary"]["two"]
+            what = (f"each instance capped at {sc['cap_cores']} core" if mode == "capped"
+                    else f"{sc['cpus']} CPUs, no cap")
+            t.append({"target": f"two instances >= 1.6 x one instance's error-free rate where cores allow ({what})",
+                      "figure": f"{ratio:.2f} x ({two['error_free_rps_median']:.0f} vs "
+                                f"{one['error_free_rps_median']:.0f} req/s; machine busy "
+                                f"{one['machine_cores_busy_median']:.2f} of {sc['cpus']} cores with one instance, "
+                                f"{two['machine_cores_busy_median']:.2f} with two)",
+                      "met": ratio >= 1.6})
+    pc = res.get("pg_console")
+    if pc:
+        for ps in pc["passes"]:
+            q = {x["query"]: x for x in ps["queries"]}
+            worst = max(q["stats"]["latency_ms"]["p99"], q["usage-trend days=90"]["latency_ms"]["p99"])
+            t.append({"target": f"PostgreSQL ({ps['label']}): /stats and /usage-trend?days=90 <= 20 ms p99 at "
+                                f"{pc['fill']['calls']:,} calls",
+                      "figure": f"stats {q['stats']['latency_ms']['p99']} ms, usage-trend "
+                                f"{q['usage-trend days=90']['latency_ms']['p99']} ms", "met": worst <= 20})
     lost = res["nothing_lost"]
     t.append({"target": "0 records lost, in every run",
               "figure": "; ".join(f"{n['label']}: lost {n['lost']}, dropped {n['recorder_dropped']}" for n in lost),
@@ -837,9 +1377,20 @@ def main():
     ap.add_argument("--quick", action="store_true", help="short runs and 1M calls: a few minutes")
     ap.add_argument("--litellm", action="store_true", help="also measure LiteLLM's proxy (installs it)")
     ap.add_argument("--no-pin", action="store_true", help="let the OS place processes on any core")
-    ap.add_argument("--skip", default="", help="comma list of sections to skip: overhead,stream,console,profile")
+    ap.add_argument("--postgres", action="store_true",
+                    help="also the PostgreSQL runs: pg-overhead (a target in section 1), pg-scale, pg-console "
+                         "(server: TC_TEST_POSTGRES_URL, default postgres://postgres@127.0.0.1:5432/postgres)")
+    ap.add_argument("--skip", default="", help="comma list of sections to skip: overhead,stream,console,profile "
+                                               "and, with --postgres, pg-overhead,pg-scale,pg-console")
     a = ap.parse_args()
     skip = set(filter(None, a.skip.split(",")))
+    known = {"overhead", "stream", "console", "profile", "pg-overhead", "pg-scale", "pg-console"}
+    if skip - known:
+        ap.error(f"unknown section(s) for --skip: {','.join(sorted(skip - known))}; known: {','.join(sorted(known))}")
+    if not a.postgres:
+        skip |= {"pg-overhead", "pg-scale", "pg-console"}
+    if "overhead" in skip:
+        skip.add("pg-overhead")
     ncpu = os.cpu_count() or 1
 
     class Ctx:
@@ -855,6 +1406,9 @@ def main():
     ctx.duration = 3 if a.quick else 10
     ctx.warmup = 1 if a.quick else 2
     ctx.sat_connections = 32
+    ctx.scale_connections = 64
+    ctx.scale_rounds = 2 if a.quick else 3
+    ctx.scale_cap = 0.25
     ctx.streams = 1000
     ctx.chunks = 200
     ctx.calls = 1_000_000 if a.quick else 10_000_000
@@ -873,7 +1427,16 @@ def main():
                            "kernel": os.uname().release, "nginx": subprocess.run(
                                ["nginx", "-v"], capture_output=True, text=True).stderr.strip(),
                            "litellm": LITELLM_VERSION if a.litellm else None},
-           "overhead": None, "streaming": None, "console": None, "nothing_lost": [], "profile": {}}
+           "overhead": None, "streaming": None, "console": None, "nothing_lost": [], "profile": {},
+           "pg_scale": None, "pg_console": None}
+    if a.postgres:
+        pg_env = pg_environment()
+        res["environment"]["postgres"] = pg_env
+        if "error" in pg_env:
+            log(f"PostgreSQL at {pg_env['server']} cannot be used ({pg_env['error']}): "
+                "skipping the PostgreSQL runs")
+            res["environment"]["postgres"]["skipped"] = True
+            skip |= {"pg-overhead", "pg-scale", "pg-console"}
     procs = []
     try:
         mock = start_mock(ctx)
@@ -881,7 +1444,7 @@ def main():
         tc = start_tc(ctx, "token-console", gateway_config(ctx, mock, Path(ctx.work) / "gateway.db"))
         procs.append(tc)
         key = create_key(tc)
-        tc_counts = {"sent": 0, "ok": 0}
+        tc_counts = {"token-console": {"sent": 0, "ok": 0}}
         if "overhead" not in skip:
             log("1. gateway overhead")
             nginx = start_nginx(ctx, mock)
@@ -889,6 +1452,15 @@ def main():
             targets = {"direct": {"url": mock.url, "proc": mock, "headers": [f"Authorization: Bearer {MOCK_KEY}"]},
                        "nginx": {"url": nginx.url, "proc": nginx, "headers": ["Authorization: Bearer sk-client"]},
                        "token-console": {"url": tc.url, "proc": tc, "headers": [f"Authorization: Bearer {key}"]}}
+            pg_tc = None
+            if "pg-overhead" not in skip:
+                pg_over = PgScratch(ctx, "pg-overhead")
+                procs.append(pg_over.proc)
+                pg_tc = start_tc(ctx, "tc-postgres", gateway_config(ctx, mock, url=pg_over.url))
+                procs.append(pg_tc)  # stopped (procs in reverse) before its database is dropped
+                targets["tc-postgres"] = {"url": pg_tc.url, "proc": pg_tc, "db": pg_over,
+                                          "headers": [f"Authorization: Bearer {create_key(pg_tc)}"]}
+                tc_counts["tc-postgres"] = {"sent": 0, "ok": 0}
             if a.litellm:
                 lite = start_litellm(ctx, mock)
                 procs.append(lite)
@@ -913,26 +1485,40 @@ def main():
             res["overhead"] = {"request_bytes": (BENCH / "request.json").stat().st_size,
                                "response_bytes": next(r["response_bytes"] for r in runs if "response_bytes" in r),
                                "runs": runs, "saturation": sat, "summary": summary}
-            res["nothing_lost"].append(nothing_lost(tc, tc_counts, "overhead"))
+            res["nothing_lost"].append(nothing_lost(tc, tc_counts["token-console"], "overhead"))
+            if pg_tc is not None:
+                res["nothing_lost"].append(nothing_lost(pg_tc, tc_counts["tc-postgres"], "overhead (PostgreSQL)"))
+                pg_tc.stop()
+                pg_over.stop()
             nginx.stop()
         if "stream" not in skip:
             log("2. streaming")
-            s = streaming(ctx, mock, tc, key, tc_counts)
+            s = streaming(ctx, mock, tc, key, tc_counts["token-console"])
             d, g = s["direct"], s["token_console"]
             s["added"] = {k: g[m].get(q, 0) - d[m].get(q, 0) for k, m, q in (
                 ("ttft_p50", "ttft_ms", "p50"), ("ttft_p99", "ttft_ms", "p99"),
                 ("gap_p50", "gap_ms", "p50"), ("gap_p99", "gap_ms", "p99"))}
             res["streaming"] = s
-            res["nothing_lost"].append(nothing_lost(tc, tc_counts, "streaming"))
+            res["nothing_lost"].append(nothing_lost(tc, tc_counts["token-console"], "streaming"))
         if "profile" not in skip:
             log("5. profile")
             res["profile"]["perf"] = perf_profile(ctx, tc, key)
         tc.stop()
         if "profile" not in skip:
             res["profile"]["callgrind"] = callgrind_profile(ctx, mock)
+        if "pg-scale" not in skip:
+            log("6. PostgreSQL: two instances behind nginx against one")
+            res["pg_scale"] = pg_scale(ctx, mock)
+            res["nothing_lost"].append(res["pg_scale"]["nothing_lost"])
         if "console" not in skip:
             log("4. console speed at volume")
             res["console"] = console_volume(ctx)
+        if "pg-console" not in skip:
+            log("7. PostgreSQL: console speed at volume")
+            pg_con = PgScratch(ctx, "pg-console")
+            procs.append(pg_con.proc)
+            res["pg_console"] = console_volume(ctx, pg_con)
+            pg_con.stop()
     finally:
         for p in reversed(procs):
             p.stop()

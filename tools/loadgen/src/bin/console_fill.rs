@@ -3,7 +3,10 @@
 //! sustained records per second. The calls span 50 keys, 20 models and the last 90 days,
 //! oldest first, as a gateway would have recorded them.
 //!
-//! usage: console-fill --db PATH [--calls N] [--max-logs N] [--keys N] [--days N]
+//! The store is a SQLite file (`--db PATH`) or a PostgreSQL database (`--database-url
+//! postgres://…`, e.g. a scratch database made by `pg-scratch hold`).
+//!
+//! usage: console-fill (--db PATH | --database-url URL) [--calls N] [--max-logs N] [--keys N] [--days N]
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -42,6 +45,7 @@ const SEGMENT: u64 = 1_000_000;
 
 struct Args {
     db: String,
+    database_url: String,
     calls: u64,
     max_logs: u64,
     keys: u64,
@@ -51,6 +55,7 @@ struct Args {
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         db: String::new(),
+        database_url: String::new(),
         calls: 10_000_000,
         max_logs: 1_000_000,
         keys: 50,
@@ -66,6 +71,7 @@ fn parse_args() -> Result<Args, String> {
         };
         match flag.as_str() {
             "--db" => args.db = value.clone(),
+            "--database-url" => args.database_url = value.clone(),
             "--calls" => args.calls = number()?,
             "--max-logs" => args.max_logs = number()?,
             "--keys" => args.keys = number()?.clamp(1, 1000),
@@ -73,8 +79,8 @@ fn parse_args() -> Result<Args, String> {
             other => return Err(format!("unknown flag {other}")),
         }
     }
-    if args.db.is_empty() {
-        return Err("--db PATH is required".into());
+    if args.db.is_empty() == args.database_url.is_empty() {
+        return Err("give either --db PATH or --database-url URL".into());
     }
     Ok(args)
 }
@@ -159,9 +165,14 @@ fn call(
 }
 
 async fn fill(args: Args) -> Result<serde_json::Value, String> {
+    let url = if args.database_url.is_empty() {
+        format!("sqlite://{}", args.db)
+    } else {
+        args.database_url.clone()
+    };
     let yaml = format!(
-        "database_url: sqlite://{}\ntimezone: UTC\nconsole:\n  max_logs: {}\n  max_keys: 1000\n",
-        args.db, args.max_logs
+        "database_url: {url}\ntimezone: UTC\nconsole:\n  max_logs: {}\n  max_keys: 1000\n",
+        args.max_logs
     );
     let config = Config::from_yaml(&yaml, &Cli::default()).map_err(|e| e.to_string())?;
     let store =
@@ -217,12 +228,17 @@ async fn fill(args: Args) -> Result<serde_json::Value, String> {
     let secs = started.elapsed().as_secs_f64();
     let stats = recorder.stats();
     recorder.shutdown().await;
-    let db_bytes: u64 = ["", "-wal", "-shm"]
-        .iter()
-        .filter_map(|suffix| std::fs::metadata(format!("{}{suffix}", args.db)).ok())
-        .map(|m| m.len())
-        .sum();
+    let db_bytes = if args.database_url.is_empty() {
+        ["", "-wal", "-shm"]
+            .iter()
+            .filter_map(|suffix| std::fs::metadata(format!("{}{suffix}", args.db)).ok())
+            .map(|m| m.len())
+            .sum()
+    } else {
+        postgres_size(&args.database_url).await?
+    };
     Ok(json!({
+        "database": if args.database_url.is_empty() { "sqlite" } else { "postgres" },
         "calls": args.calls,
         "keys": args.keys,
         "models": MODELS.len(),
@@ -239,11 +255,27 @@ async fn fill(args: Args) -> Result<serde_json::Value, String> {
     }))
 }
 
+/// The PostgreSQL database's size on disk (tables, indexes, TOAST), in bytes.
+async fn postgres_size(url: &str) -> Result<u64, String> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| format!("cannot connect to measure the database: {e}"))?;
+    let driver = tokio::spawn(connection);
+    let size: i64 = client
+        .query_one("SELECT pg_database_size(current_database())", &[])
+        .await
+        .and_then(|row| row.try_get(0))
+        .map_err(|e| format!("cannot measure the database: {e}"))?;
+    drop(client);
+    let _ = driver.await;
+    Ok(u64::try_from(size).unwrap_or(0))
+}
+
 fn main() -> ExitCode {
     let args = match parse_args() {
         Ok(args) => args,
         Err(message) => {
-            eprintln!("console-fill: {message}\nusage: console-fill --db PATH [--calls N] [--max-logs N] [--keys N] [--days N]");
+            eprintln!("console-fill: {message}\nusage: console-fill (--db PATH | --database-url URL) [--calls N] [--max-logs N] [--keys N] [--days N]");
             return ExitCode::from(2);
         }
     };
