@@ -137,6 +137,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // A read of stdin may still be blocked on a thread of the runtime: do not wait for it.
+    runtime.shutdown_background();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
