@@ -2,7 +2,5 @@
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    if let Ok(text) = std::str::from_utf8(data) {
-        let _ = token_console::config::Config::from_yaml(text, &token_console::config::Cli::default());
-    }
+    token_console::gateway::fuzz::config(data);
 });
