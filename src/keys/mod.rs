@@ -5,6 +5,7 @@
 //! RPM limits through Redis (`rate`).
 
 mod budget;
+mod lookup;
 mod rate;
 pub mod sync;
 
@@ -155,6 +156,7 @@ pub struct KeyRegistry {
     version: AtomicI64,
     ledger: Arc<Ledger>,
     rates: RateLimiter,
+    lookups: lookup::Lookups,
 }
 
 impl KeyRegistry {
@@ -168,6 +170,7 @@ impl KeyRegistry {
             version: AtomicI64::new(0),
             ledger,
             rates,
+            lookups: lookup::Lookups::default(),
         };
         registry.apply_changes(rows);
         registry.advance_version(rows.iter().map(|r| r.version).max().unwrap_or(0));
@@ -178,6 +181,44 @@ impl KeyRegistry {
     pub fn find(&self, full_key: &str) -> Option<Arc<KeyEntry>> {
         let hash = hash(full_key);
         self.by_hash.read().ok()?.get(&hash).cloned()
+    }
+
+    /// Finds a live key by its full value; a key this instance does not know is looked up in a
+    /// shared (PostgreSQL) store before it is refused, so a key just created through another
+    /// instance works at once. Unknown keys are remembered as missing for a second and lookups
+    /// are limited per second, so garbage keys cannot hammer the database.
+    pub async fn find_or_look_up(&self, full_key: &str) -> Option<Arc<KeyEntry>> {
+        if let Some(entry) = self.find(full_key) {
+            return Some(entry);
+        }
+        let store = self.ledger.store();
+        if store.kind() != "postgres" {
+            // One instance on SQLite: its registry knows every key.
+            return None;
+        }
+        let hash = hash(full_key);
+        if !self.lookups.admit(&hash) {
+            return None;
+        }
+        match store.key_by_hash(hash).await {
+            Ok(Some(row)) if !row.deleted => {
+                self.apply_changes(std::slice::from_ref(&row));
+                self.find(full_key)
+            }
+            Ok(_) => {
+                self.lookups.missing(hash);
+                None
+            }
+            Err(e) => {
+                tracing::warn!("cannot look up an unknown key in the store: {e}");
+                None
+            }
+        }
+    }
+
+    /// Store lookups of unknown keys made since start.
+    pub fn store_lookups(&self) -> u64 {
+        self.lookups.made()
     }
 
     /// Finds a live key by id.
