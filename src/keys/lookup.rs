@@ -1,6 +1,7 @@
-//! Keys unknown to this instance are looked up in the store (by hash) before a call is refused,
-//! so a key created through another instance works on this one at once; a short, bounded
-//! negative cache and a rate limit keep garbage keys from hammering the database.
+//! Keys unknown to this instance are looked up in the store before a call is refused (the key
+//! changes made since the last poll are read at once), so a key created through another instance
+//! works on this one at once; a short, bounded negative cache (by key hash) and a rate limit keep
+//! garbage keys from hammering the database.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -361,11 +361,6 @@ impl Store {
         dispatch!(self, keys_changed_since(version))
     }
 
-    /// The key (deleted or not) whose full value hashes to `hash`, if any.
-    pub async fn key_by_hash(&self, hash: [u8; 32]) -> Result<Option<KeyRow>, StoreError> {
-        dispatch!(self, key_by_hash(hash))
-    }
-
     /// Applies a patch to a live key; `None` when there is no such live key.
     pub async fn update_key(&self, id: i64, patch: KeyPatch) -> Result<Option<KeyRow>, StoreError> {
         match &self.backend {

@@ -421,15 +421,6 @@ impl PgStore {
         rows.iter().map(read_key).collect()
     }
 
-    pub async fn key_by_hash(&self, hash: [u8; 32]) -> Result<Option<KeyRow>, StoreError> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(&format!("{KEY_SELECT} WHERE key_hash = $1"))
-            .await?;
-        let row = client.query_opt(&stmt, &[&hash.as_slice()]).await?;
-        row.as_ref().map(read_key).transpose()
-    }
-
     pub async fn update_key(
         &self,
         id: i64,

@@ -403,13 +403,6 @@ impl SqliteStore {
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
-    pub fn key_by_hash(&self, hash: [u8; 32]) -> Result<Option<KeyRow>, StoreError> {
-        let conn = self.reader();
-        let mut stmt = conn.prepare_cached(&format!("{KEY_SELECT} WHERE key_hash = ?1"))?;
-        let mut rows = stmt.query_map([hash.as_slice()], read_key)?;
-        Ok(rows.next().transpose()?)
-    }
-
     pub fn lease(
         &self,
         instance: &str,
