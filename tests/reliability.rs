@@ -581,3 +581,81 @@ async fn sigterm_under_load_loses_nothing() {
         "answers delivered {delivered}, recorded {recorded}"
     );
 }
+
+/// No budget check waits for the database: with the database locked by another process (on
+/// SQLite the one instance keeps its ledger in memory; on PostgreSQL the ledger is not the locked
+/// table), calls within the global budget and a key's limit are answered without waiting out the
+/// lock, the limits still hold, and every call is recorded once the lock goes.
+#[tokio::test]
+async fn budgets_hold_without_waiting_for_a_locked_database() {
+    const BUDGET: u64 = 400;
+    /// SQLite's busy timeout: a budget check that waited for the lock would take this long.
+    const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+    let mock = Mock::start();
+    let dir = tempdir();
+    let yaml = format!(
+        "quota:\n  total_tokens: {BUDGET}\n{}",
+        providers_yaml(&mock.url)
+    );
+    let server = Server::start(dir.path(), &yaml);
+    let (_, key) = server.create_key("global").await;
+    let (limited_id, limited) = server.create_key("limited").await;
+    let (status, _) = server
+        .patch(
+            &format!("/api/console/keys/{limited_id}"),
+            &json!({"token_limit": 100}),
+        )
+        .await;
+    assert_eq!(status, 200);
+
+    let lock = DatabaseLock::take(dir.path()).await;
+    let mut slowest = Duration::ZERO;
+    let mut answered = [0u64; 2];
+    for (i, key) in [&limited, &key].into_iter().enumerate() {
+        loop {
+            let start = Instant::now();
+            let r = call(&server.url, "/v1/chat/completions", key, &chat("gpt-a")).await;
+            slowest = slowest.max(start.elapsed());
+            let status = r.status().as_u16();
+            let body: Value = r.json().await.unwrap();
+            match status {
+                200 => answered[i] += 1,
+                429 => {
+                    assert_eq!(body["error"]["code"], "insufficient_quota", "{body}");
+                    assert!(
+                        !body["error"]["message"]
+                            .as_str()
+                            .unwrap()
+                            .contains("cannot be confirmed"),
+                        "the budget was decided without the database: {body}"
+                    );
+                    break;
+                }
+                other => panic!("unexpected {other}: {body}"),
+            }
+            assert!(answered[i] < 1_000, "the budget never ran out");
+        }
+    }
+    eprintln!("with the database locked: {answered:?} calls answered (limited key, global), slowest {slowest:?}");
+    assert!(answered[0] >= 1 && answered[1] >= 1, "calls within budget are answered");
+    assert!(
+        slowest < BUSY_TIMEOUT,
+        "a call waited {slowest:?}, as long as the database's lock"
+    );
+
+    lock.release().await;
+    let made = answered[0] + answered[1] + 2;
+    let stats = server.wait_for_calls(made).await;
+    let used = stats["used_tokens"].as_u64().unwrap();
+    assert!(used <= BUDGET, "used {used} of {BUDGET}");
+    let keys = server.data("/api/console/keys").await;
+    let limited_used = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == limited_id)
+        .unwrap()["used_tokens"]
+        .as_u64()
+        .unwrap();
+    assert!(limited_used <= 100, "the key used {limited_used} of 100");
+}
