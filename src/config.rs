@@ -449,8 +449,7 @@ impl Config {
             )?,
             recorder_queue: positive_usize(
                 "recorder_queue",
-                raw.recorder_queue
-                    .unwrap_or(crate::usage::QUEUE_CAPACITY),
+                raw.recorder_queue.unwrap_or(crate::usage::QUEUE_CAPACITY),
             )?,
             recorder_wait_ms: positive(
                 "recorder_wait_ms",

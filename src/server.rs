@@ -205,7 +205,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             config.recorder_queue,
             Duration::from_millis(config.recorder_wait_ms),
         )
-            .map_err(|e| StartError::Io(format!("cannot start the recorder: {e}")))?,
+        .map_err(|e| StartError::Io(format!("cannot start the recorder: {e}")))?,
     );
     let (stop_tx, stop_rx) = watch::channel(false);
     let state = AppState::new(config, store, recorder.clone(), stop_rx.clone()).await?;

@@ -209,8 +209,7 @@ async fn all_refused(server: &Server, keys: Vec<String>) {
 /// does not know yet), and garbage keys sent to B cost a bounded number of store lookups: one
 /// key repeated is looked up once, a thousand different keys at most 20 a second.
 #[tokio::test]
-async fn a_new_key_works_at_once_on_the_other_instance_and_garbage_keys_cannot_hammer_the_store(
-) {
+async fn a_new_key_works_at_once_on_the_other_instance_and_garbage_keys_cannot_hammer_the_store() {
     let mock = Mock::start();
     let dir = tempdir();
     let (a, b) = pair(dir.path(), &providers_yaml(&mock.url));
@@ -218,7 +217,11 @@ async fn a_new_key_works_at_once_on_the_other_instance_and_garbage_keys_cannot_h
         for i in 0..3 {
             let (_, key) = a.create_key(&format!("fresh-{i}")).await;
             let r = call(&b.url, "/v1/chat/completions", &key, &chat("hi", 5)).await;
-            assert_eq!(r.status(), 200, "the first call on B with a key just created on A");
+            assert_eq!(
+                r.status(),
+                200,
+                "the first call on B with a key just created on A"
+            );
         }
     }
     let before = store_lookups(&b).await;
@@ -227,7 +230,11 @@ async fn a_new_key_works_at_once_on_the_other_instance_and_garbage_keys_cannot_h
     let repeated_seconds = start.elapsed().as_secs_f64();
     let repeated = store_lookups(&b).await - before;
     let start = Instant::now();
-    all_refused(&b, (0..1000).map(|i| format!("sk-tc-garbage-{i}")).collect()).await;
+    all_refused(
+        &b,
+        (0..1000).map(|i| format!("sk-tc-garbage-{i}")).collect(),
+    )
+    .await;
     let seconds = start.elapsed().as_secs_f64();
     let different = store_lookups(&b).await - before - repeated;
     eprintln!(
@@ -323,7 +330,8 @@ async fn the_budget_slice_of_a_killed_instance_comes_back_to_the_others() {
     let took = killed.elapsed();
     eprintln!("A's lease came back to B {took:?} after the SIGKILL");
     assert!(
-        b.stderr().contains("gave the budget slices of instances not seen"),
+        b.stderr()
+            .contains("gave the budget slices of instances not seen"),
         "the return is logged"
     );
 }
@@ -336,7 +344,10 @@ where
 {
     let start = Instant::now();
     while !check().await {
-        assert!(start.elapsed() < DEADLINE, "{what}: not seen within {DEADLINE:?}");
+        assert!(
+            start.elapsed() < DEADLINE,
+            "{what}: not seen within {DEADLINE:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

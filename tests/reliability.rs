@@ -23,7 +23,14 @@ fn load(
     stop: Arc<AtomicBool>,
     ok: Arc<AtomicU64>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    load_noting_ends(url, key, clients, stop, ok, Arc::new(Mutex::new(Vec::new())))
+    load_noting_ends(
+        url,
+        key,
+        clients,
+        stop,
+        ok,
+        Arc::new(Mutex::new(Vec::new())),
+    )
 }
 
 /// Like [`load`], and notes when each 200 answer was completely received.
@@ -97,7 +104,8 @@ async fn sigkill_under_load_keeps_the_database_intact() {
         let stop = Arc::new(AtomicBool::new(false));
         let ok = Arc::new(AtomicU64::new(0));
         let ends = Arc::new(Mutex::new(Vec::new()));
-        let clients = load_noting_ends(&server.url, &key, 8, stop.clone(), ok.clone(), ends.clone());
+        let clients =
+            load_noting_ends(&server.url, &key, 8, stop.clone(), ok.clone(), ends.clone());
         let start = Instant::now();
         // The load runs for a while (the fault's duration, not a synchronisation), with progress.
         while start.elapsed() < LOAD_BEFORE_KILL || ok.load(Ordering::Relaxed) < 50 {
@@ -117,7 +125,10 @@ async fn sigkill_under_load_keeps_the_database_intact() {
             .iter()
             .filter(|&&end| end + LOSS_BOUND < killed_at)
             .count() as u64;
-        assert!(due > 0, "round {round}: no answer ended {LOSS_BOUND:?} before the kill");
+        assert!(
+            due > 0,
+            "round {round}: no answer ended {LOSS_BOUND:?} before the kill"
+        );
         assert_eq!(integrity(dir.path()).await, "ok", "round {round}");
         server = Server::start(dir.path(), &yaml);
         let recorded = server.data("/api/console/stats").await["api_call_count"]
@@ -184,7 +195,10 @@ async fn a_store_outage_bounds_the_records_held_and_refuses_calls_clearly() {
             .unwrap();
         assert_eq!(health["recorder"]["capacity"], QUEUE, "{health}");
         let held = health["recorder"]["queued"].as_u64().unwrap();
-        assert!(held <= QUEUE, "{held} slots taken, more than the queue holds: {health}");
+        assert!(
+            held <= QUEUE,
+            "{held} slots taken, more than the queue holds: {health}"
+        );
         most_held = most_held.max(held);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -196,13 +210,21 @@ async fn a_store_outage_bounds_the_records_held_and_refuses_calls_clearly() {
             200 => answered += 1,
             503 => {
                 refused += 1;
-                assert!(body.contains("call records"), "the 503 names the cause: {body}");
+                assert!(
+                    body.contains("call records"),
+                    "the 503 names the cause: {body}"
+                );
             }
             other => panic!("unexpected {other}: {body}"),
         }
     }
-    eprintln!("outage: {answered} answered, {refused} refused, at most {most_held} slots taken; {health}");
-    assert!(answered <= QUEUE, "{answered} answered while only {QUEUE} records fit");
+    eprintln!(
+        "outage: {answered} answered, {refused} refused, at most {most_held} slots taken; {health}"
+    );
+    assert!(
+        answered <= QUEUE,
+        "{answered} answered while only {QUEUE} records fit"
+    );
     assert!(refused > 0, "calls beyond the queue were refused");
     assert_eq!(answered + refused, CALLS as u64);
     let health: Value = reqwest::get(format!("{}/healthz", server.url))
@@ -212,11 +234,18 @@ async fn a_store_outage_bounds_the_records_held_and_refuses_calls_clearly() {
         .await
         .unwrap();
     assert_eq!(health["recorder"]["refused"], refused, "{health}");
-    assert!(health["recorder"]["queue_full_waits"].as_u64().unwrap() > 0, "{health}");
+    assert!(
+        health["recorder"]["queue_full_waits"].as_u64().unwrap() > 0,
+        "{health}"
+    );
 
     lock.release().await;
     let stats = server.wait_for_calls(1 + answered).await;
-    assert_eq!(stats["api_call_count"], 1 + answered, "every answered call is recorded");
+    assert_eq!(
+        stats["api_call_count"],
+        1 + answered,
+        "every answered call is recorded"
+    );
     assert_eq!(
         call(&server.url, "/v1/chat/completions", &key, &chat("gpt-a"))
             .await
@@ -637,7 +666,10 @@ async fn budgets_hold_without_waiting_for_a_locked_database() {
         }
     }
     eprintln!("with the database locked: {answered:?} calls answered (limited key, global), slowest {slowest:?}");
-    assert!(answered[0] >= 1 && answered[1] >= 1, "calls within budget are answered");
+    assert!(
+        answered[0] >= 1 && answered[1] >= 1,
+        "calls within budget are answered"
+    );
     assert!(
         slowest < BUSY_TIMEOUT,
         "a call waited {slowest:?}, as long as the database's lock"

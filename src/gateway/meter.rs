@@ -55,7 +55,13 @@ impl Meter {
         Ok(Self::with_slot(state, slot, endpoint, method, path))
     }
 
-    fn with_slot(state: &AppState, slot: Slot, endpoint: Endpoint, method: &str, path: &str) -> Self {
+    fn with_slot(
+        state: &AppState,
+        slot: Slot,
+        endpoint: Endpoint,
+        method: &str,
+        path: &str,
+    ) -> Self {
         Self {
             state: state.clone(),
             record: CallRecord {

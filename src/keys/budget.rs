@@ -9,8 +9,9 @@
 //! use after a second without requests, when the limit changes, and on shutdown. A request is
 //! admitted only if the tokens held minus those reserved in flight cover its reservation, so
 //! the instances together never admit more than the limit, however their requests interleave.
-//! What an instance that dies still held stays counted as used until an instance starts alone and
-//! rebuilds the ledger from the recorded usage.
+//! Every lease is noted under the instance that took it (`budget_leases`), and every change to
+//! what it holds is sent with the next sync; when an instance dies, a live one gives what it
+//! held back to the ledger once its heartbeat is stale (`sync.rs`).
 //!
 //! On SQLite (one instance) the ledger itself is kept in memory ([`Ledger::local`]): built at
 //! start from the recorded usage, it grants leases without a statement, so no request ever waits

@@ -106,7 +106,10 @@ mod tests {
         let lookups = Lookups::default();
         assert!(lookups.admit(&[1; 32]));
         lookups.missing([1; 32]);
-        assert!(!lookups.admit(&[1; 32]), "a missing key is not looked up again at once");
+        assert!(
+            !lookups.admit(&[1; 32]),
+            "a missing key is not looked up again at once"
+        );
         let admitted = (0..1000u32)
             .filter(|i| {
                 let mut hash = [0u8; 32];

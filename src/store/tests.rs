@@ -216,20 +216,35 @@ async fn the_ledger_leases_what_is_left_and_starts_from_recorded_usage() {
         .await
         .unwrap();
     // 30 of 100 already used: 50 asked, 50 granted; then only 20 are left.
-    let lease = store.lease("a".into(), GLOBAL_SCOPE, 100, 10, 50).await.unwrap();
+    let lease = store
+        .lease("a".into(), GLOBAL_SCOPE, 100, 10, 50)
+        .await
+        .unwrap();
     assert_eq!((lease.granted, lease.remaining), (50, 20));
-    let lease = store.lease("a".into(), GLOBAL_SCOPE, 100, 10, 50).await.unwrap();
+    let lease = store
+        .lease("a".into(), GLOBAL_SCOPE, 100, 10, 50)
+        .await
+        .unwrap();
     assert_eq!((lease.granted, lease.remaining), (20, 0));
-    let lease = store.lease("a".into(), GLOBAL_SCOPE, 100, 1, 1).await.unwrap();
+    let lease = store
+        .lease("a".into(), GLOBAL_SCOPE, 100, 1, 1)
+        .await
+        .unwrap();
     assert_eq!(lease.granted, 0, "nothing left");
     // Unused tokens given back can be leased again.
     store
         .adjust_budgets("a".into(), vec![(GLOBAL_SCOPE, -15, -15)])
         .await
         .unwrap();
-    let lease = store.lease("a".into(), GLOBAL_SCOPE, 100, 20, 20).await.unwrap();
+    let lease = store
+        .lease("a".into(), GLOBAL_SCOPE, 100, 20, 20)
+        .await
+        .unwrap();
     assert_eq!(lease.granted, 0, "15 left, 20 needed");
-    let lease = store.lease("a".into(), GLOBAL_SCOPE, 100, 15, 20).await.unwrap();
+    let lease = store
+        .lease("a".into(), GLOBAL_SCOPE, 100, 15, 20)
+        .await
+        .unwrap();
     assert_eq!((lease.granted, lease.remaining), (15, 0));
     // A key's ledger starts from that key's usage.
     let lease = store.lease("a".into(), 7, 40, 5, 100).await.unwrap();
@@ -244,7 +259,10 @@ async fn an_instance_alone_rebuilds_the_ledgers_others_keep_them() {
         store.register_instance("a".into(), 60_000).await.unwrap(),
         0
     );
-    store.lease("a".into(), GLOBAL_SCOPE, 100, 60, 60).await.unwrap();
+    store
+        .lease("a".into(), GLOBAL_SCOPE, 100, 60, 60)
+        .await
+        .unwrap();
     // Instance a died holding 60 tokens; b starts while a's heartbeat is recent: kept.
     assert_eq!(
         store.register_instance("b".into(), 60_000).await.unwrap(),
