@@ -153,6 +153,8 @@ struct RawConfig {
     max_body_bytes: Option<usize>,
     client_body_timeout_ms: Option<u64>,
     client_header_timeout_ms: Option<u64>,
+    recorder_queue: Option<usize>,
+    recorder_wait_ms: Option<u64>,
     console: Option<RawConsole>,
     quota: Option<RawQuota>,
     providers: Option<Vec<RawProvider>>,
@@ -305,6 +307,10 @@ pub struct Config {
     pub client_body_timeout_ms: u64,
     /// Time allowed for a client to send a request's headers (the connection is closed after).
     pub client_header_timeout_ms: u64,
+    /// Capacity of the record queue: calls in flight plus records not yet committed.
+    pub recorder_queue: usize,
+    /// Longest wait of a new call for room in the record queue before it is refused (503).
+    pub recorder_wait_ms: u64,
     /// Console settings.
     pub console: ConsoleConfig,
     /// Global token budget; `None` is unlimited.
@@ -440,6 +446,15 @@ impl Config {
             client_header_timeout_ms: positive(
                 "client_header_timeout_ms",
                 raw.client_header_timeout_ms.unwrap_or(30_000),
+            )?,
+            recorder_queue: positive_usize(
+                "recorder_queue",
+                raw.recorder_queue.unwrap_or(crate::usage::QUEUE_CAPACITY),
+            )?,
+            recorder_wait_ms: positive(
+                "recorder_wait_ms",
+                raw.recorder_wait_ms
+                    .unwrap_or(crate::usage::SLOT_WAIT.as_millis() as u64),
             )?,
             console: ConsoleConfig {
                 enabled: cli.console_enabled.or(console_raw.enabled).unwrap_or(true),

@@ -191,8 +191,20 @@ impl Metrics {
             (
                 "token_console_recorder_queued",
                 "gauge",
-                "Call records waiting to be written.",
+                "Slots of the record queue taken: calls in flight plus records not yet written.",
                 recorder.queued,
+            ),
+            (
+                "token_console_recorder_capacity",
+                "gauge",
+                "Capacity of the record queue (recorder_queue).",
+                recorder.capacity,
+            ),
+            (
+                "token_console_recorder_refused_total",
+                "counter",
+                "Calls refused (503) because the record queue stayed full.",
+                recorder.refused,
             ),
             (
                 "token_console_recorder_written_total",
@@ -286,6 +298,8 @@ mod tests {
         metrics.observe(&call, 0.3);
         let text = metrics.render(RecorderStats {
             queued: 0,
+            capacity: 8,
+            refused: 0,
             written: 1,
             dropped: 0,
             batches: 1,

@@ -73,11 +73,16 @@ async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
         "status": if r.degraded || r.dropped > 0 { "degraded" } else { "ok" },
         "recorder": {
             "queued": r.queued,
+            "capacity": r.capacity,
+            "refused": r.refused,
             "written": r.written,
             "dropped": r.dropped,
             "degraded": r.degraded,
             "queue_full_waits": r.waits,
             "last_error": state.recorder.last_error(),
+        },
+        "keys": {
+            "store_lookups": state.keys.store_lookups(),
         },
     }))
 }
@@ -195,8 +200,12 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let store = Store::open(&config.database, config.timezone.clone())?;
     let writer = store.batch_writer(config.console.max_logs)?;
     let recorder = Arc::new(
-        Recorder::start(writer)
-            .map_err(|e| StartError::Io(format!("cannot start the recorder: {e}")))?,
+        Recorder::start_with(
+            writer,
+            config.recorder_queue,
+            Duration::from_millis(config.recorder_wait_ms),
+        )
+        .map_err(|e| StartError::Io(format!("cannot start the recorder: {e}")))?,
     );
     let (stop_tx, stop_rx) = watch::channel(false);
     let state = AppState::new(config, store, recorder.clone(), stop_rx.clone()).await?;

@@ -66,7 +66,7 @@ impl AppState {
             "joined the database"
         );
         let gateway = Gateway::new(&config)?;
-        let ledger = Ledger::new(store.clone());
+        let ledger = ledger_for(&store, &id).await?;
         let keys = Arc::new(KeyRegistry::load(&rows, ledger.clone(), rates));
         let budget = Arc::new(Budget::new(
             ledger.clone(),
@@ -93,4 +93,22 @@ impl AppState {
             shutdown,
         })
     }
+}
+
+/// The budget ledger: in memory on SQLite (one instance: no request waits for the database for
+/// a lease), built from the recorded usage; the store's on PostgreSQL, shared by the instances.
+async fn ledger_for(store: &Store, id: &str) -> Result<Arc<Ledger>, crate::error::StartError> {
+    if store.kind() != "sqlite" {
+        return Ok(Ledger::new(store.clone(), id.to_owned()));
+    }
+    let mut used: std::collections::HashMap<i64, u64> = std::collections::HashMap::new();
+    let mut all = 0u64;
+    for (key_id, aggregate) in store.usage_by_key().await? {
+        all = all.saturating_add(aggregate.tokens.total);
+        if key_id != crate::store::GLOBAL_SCOPE {
+            used.insert(key_id, aggregate.tokens.total);
+        }
+    }
+    used.insert(crate::store::GLOBAL_SCOPE, all);
+    Ok(Ledger::local(store.clone(), used))
 }

@@ -42,6 +42,8 @@ pub enum GatewayError {
     BadGateway(String),
     /// The upstream did not answer in time (504).
     Timeout(String),
+    /// The gateway itself cannot take the call now, e.g. its record queue is full (503).
+    Unavailable(String),
     /// The client went away before its request was complete (499, nginx's "client closed
     /// request"; recorded, though nobody is left to read the answer).
     ClientClosed(String),
@@ -61,6 +63,7 @@ impl GatewayError {
             Self::QuotaExhausted(_) | Self::RateLimited(..) => StatusCode::TOO_MANY_REQUESTS,
             Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::ClientClosed(_) => {
                 StatusCode::from_u16(CLIENT_CLOSED_REQUEST).unwrap_or(StatusCode::BAD_REQUEST)
             }
@@ -81,6 +84,7 @@ impl GatewayError {
             | Self::RateLimited(m, _)
             | Self::BadGateway(m)
             | Self::Timeout(m)
+            | Self::Unavailable(m)
             | Self::ClientClosed(m) => m,
         }
     }
@@ -99,6 +103,7 @@ impl GatewayError {
             Self::RateLimited(..) => ("requests", "rate_limit_exceeded"),
             Self::BadGateway(_) => ("api_error", "upstream_unreachable"),
             Self::Timeout(_) => ("api_error", "upstream_timeout"),
+            Self::Unavailable(_) => ("api_error", "service_unavailable"),
             Self::ClientClosed(_) => ("invalid_request_error", "client_closed_request"),
         }
     }
@@ -116,6 +121,7 @@ impl GatewayError {
             Self::QuotaExhausted(_) | Self::RateLimited(..) => "rate_limit_error",
             Self::BadGateway(_) => "api_error",
             Self::Timeout(_) => "timeout_error",
+            Self::Unavailable(_) => "overloaded_error",
             Self::ClientClosed(_) => "invalid_request_error",
         }
     }

@@ -10,7 +10,7 @@ use super::estimate;
 use super::usage::StreamTally;
 use crate::keys::Reservation;
 use crate::state::AppState;
-use crate::usage::{CallRecord, TokenUsage};
+use crate::usage::{CallRecord, Slot, TokenUsage};
 
 /// Status recorded when the client went away before the answer was complete.
 pub const CLIENT_CLOSED: u16 = 499;
@@ -33,12 +33,35 @@ pub struct Meter {
     pub overhead_ms: f64,
     /// The provider's status, once its answer arrived.
     upstream_status: Option<u16>,
+    /// The place its record will take in the recorder's queue.
+    slot: Option<Slot>,
     finished: bool,
 }
 
 impl Meter {
-    /// Starts metering a call that just arrived.
-    pub fn start(state: &AppState, endpoint: Endpoint, method: &str, path: &str) -> Self {
+    /// Starts metering a call that just arrived, once the recorder has room for its record;
+    /// when no room frees up in time the call is answered 503 (naming the cause) unrecorded.
+    pub async fn start(
+        state: &AppState,
+        endpoint: Endpoint,
+        method: &str,
+        path: &str,
+    ) -> Result<Self, axum::response::Response> {
+        let slot = state.recorder.slot().await.map_err(|full| {
+            tracing::warn!("refused a call: {}", full.message);
+            super::GatewayError::Unavailable(full.message)
+                .into_protocol_response(endpoint.protocol())
+        })?;
+        Ok(Self::with_slot(state, slot, endpoint, method, path))
+    }
+
+    fn with_slot(
+        state: &AppState,
+        slot: Slot,
+        endpoint: Endpoint,
+        method: &str,
+        path: &str,
+    ) -> Self {
         Self {
             state: state.clone(),
             record: CallRecord {
@@ -64,6 +87,7 @@ impl Meter {
             first_byte_ms: None,
             overhead_ms: 0.0,
             upstream_status: None,
+            slot: Some(slot),
             finished: false,
         }
     }
@@ -209,7 +233,10 @@ impl Meter {
         record.ttft_ms = self.first_byte_ms;
         record.error = error.map(|e| truncate(&e));
         self.state.metrics.observe(&record, self.overhead_ms);
-        self.state.recorder.record_detached(record);
+        match self.slot.take() {
+            Some(slot) => self.state.recorder.record_in(slot, record),
+            None => tracing::error!("a call was completed twice; its second record is ignored"),
+        }
     }
 }
 

@@ -84,7 +84,11 @@ pub async fn wrong_method(State(state): State<AppState>, request: Request) -> Re
     } else {
         Endpoint::Models
     };
-    let meter = meter::Meter::start(&state, endpoint, request.method().as_str(), &path);
+    let meter = match meter::Meter::start(&state, endpoint, request.method().as_str(), &path).await
+    {
+        Ok(meter) => meter,
+        Err(unavailable) => return unavailable,
+    };
     proxy::refuse(
         meter,
         endpoint,
@@ -112,7 +116,11 @@ async fn unknown_route(State(state): State<AppState>, request: Request) -> Respo
     } else {
         Endpoint::Models
     };
-    let meter = meter::Meter::start(&state, endpoint, request.method().as_str(), &path);
+    let meter = match meter::Meter::start(&state, endpoint, request.method().as_str(), &path).await
+    {
+        Ok(meter) => meter,
+        Err(unavailable) => return unavailable,
+    };
     proxy::refuse(
         meter,
         endpoint,

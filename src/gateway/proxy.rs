@@ -65,7 +65,10 @@ const DROPPED_RESPONSE_HEADERS: [&str; 8] = [
 /// Handles one call of a token-spending route.
 pub async fn handle(state: AppState, endpoint: Endpoint, request: Request) -> Response {
     let path = request.uri().path().to_owned();
-    let mut meter = Meter::start(&state, endpoint, request.method().as_str(), &path);
+    let mut meter = match Meter::start(&state, endpoint, request.method().as_str(), &path).await {
+        Ok(meter) => meter,
+        Err(unavailable) => return unavailable,
+    };
     let prepared = match prepare(&state, endpoint, request, &mut meter).await {
         Ok(prepared) => prepared,
         Err(e) => return refuse(meter, endpoint, e),
@@ -106,8 +109,9 @@ pub fn client_key(headers: &HeaderMap) -> Option<&str> {
     })
 }
 
-/// Finds the live key of a request and checks that it may be used now.
-pub fn authenticate(
+/// Finds the live key of a request (asking the store about a key this instance does not know)
+/// and checks that it may be used now.
+pub async fn authenticate(
     state: &AppState,
     headers: &HeaderMap,
     meter: &mut Meter,
@@ -117,7 +121,7 @@ pub fn authenticate(
             "missing API key: send the key issued by the token console as Authorization: Bearer sk-tc-…".into(),
         ));
     };
-    let Some(entry) = state.keys.find(given) else {
+    let Some(entry) = state.keys.find_or_look_up(given).await else {
         return Err(GatewayError::Unauthorized(
             "invalid API key: it is unknown or was deleted; create a key in the token console"
                 .into(),
@@ -281,7 +285,7 @@ async fn prepare(
     request: Request,
     meter: &mut Meter,
 ) -> Result<Prepared, GatewayError> {
-    let key = authenticate(state, request.headers(), meter)?;
+    let key = authenticate(state, request.headers(), meter).await?;
     let (headers, bytes) = read_body(state, request).await?;
     let mut object = parse_request(&bytes)?;
     let model = match object.get("model") {

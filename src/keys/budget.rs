@@ -9,14 +9,19 @@
 //! use after a second without requests, when the limit changes, and on shutdown. A request is
 //! admitted only if the tokens held minus those reserved in flight cover its reservation, so
 //! the instances together never admit more than the limit, however their requests interleave.
-//! What an instance that dies still held stays counted as used until an instance starts alone and
-//! rebuilds the ledger from the recorded usage.
+//! Every lease is noted under the instance that took it (`budget_leases`), and every change to
+//! what it holds is sent with the next sync; when an instance dies, a live one gives what it
+//! held back to the ledger once its heartbeat is stale (`sync.rs`).
+//!
+//! On SQLite (one instance) the ledger itself is kept in memory ([`Ledger::local`]): built at
+//! start from the recorded usage, it grants leases without a statement, so no request ever waits
+//! for the database, even one locked by another process.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::store::{Store, StoreError};
+use crate::store::{Lease, Store, StoreError};
 
 /// How long a "nothing left" answer of the ledger is trusted before asking again.
 const KNOWN_EMPTY_FOR: Duration = Duration::from_millis(250);
@@ -43,26 +48,86 @@ pub enum Refusal {
 /// The shared ledger: the store, and the changes to send it at the next tick.
 pub struct Ledger {
     store: Store,
-    pending: Mutex<HashMap<i64, i64>>,
+    /// This instance's id in the `instances` table: the slices it holds are noted under it.
+    instance: String,
+    /// Per budget scope: changes to the ledger row's `taken` and to what this instance holds.
+    pending: Mutex<HashMap<i64, (i64, i64)>>,
+    /// A ledger kept in memory (one instance on SQLite): tokens used or held per budget scope.
+    local: Option<Mutex<HashMap<i64, u64>>>,
 }
 
 impl Ledger {
-    /// A ledger kept in `store`.
-    pub fn new(store: Store) -> Arc<Self> {
+    /// A ledger kept in `store`, shared with the other instances on it; `instance` is this
+    /// instance's id among them.
+    pub fn new(store: Store, instance: String) -> Arc<Self> {
         Arc::new(Self {
             store,
+            instance,
             pending: Mutex::new(HashMap::new()),
+            local: None,
         })
     }
 
-    fn pending(&self) -> MutexGuard<'_, HashMap<i64, i64>> {
+    /// A ledger of this instance alone, kept in memory: `used` holds the tokens recorded per
+    /// budget scope (the global budget and each key) when the instance starts.
+    pub fn local(store: Store, used: HashMap<i64, u64>) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            instance: String::new(),
+            pending: Mutex::new(HashMap::new()),
+            local: Some(Mutex::new(used)),
+        })
+    }
+
+    /// Leases from the in-memory ledger, or `None` when the ledger is the store's.
+    fn lease_locally(&self, scope: i64, limit: u64, need: u64, want: u64) -> Option<Lease> {
+        let local = self.local.as_ref()?;
+        let mut taken = local.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = taken.entry(scope).or_insert(0);
+        let lease = crate::store::grant(limit, *entry, need, want);
+        *entry = entry.saturating_add(lease.granted);
+        Some(lease)
+    }
+
+    /// Counts tokens used under a budget without a limit, so that a limit set later starts from
+    /// them (in-memory ledger only; the store's ledger rebuilds from the recorded usage).
+    fn note_unlimited_use(&self, scope: i64, tokens: u64) {
+        if let Some(local) = &self.local {
+            let mut taken = local.lock().unwrap_or_else(|p| p.into_inner());
+            let entry = taken.entry(scope).or_insert(0);
+            *entry = entry.saturating_add(tokens);
+        }
+    }
+
+    /// The store the ledger is kept in.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn pending(&self) -> MutexGuard<'_, HashMap<i64, (i64, i64)>> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn add(&self, scope: i64, delta: i64) {
-        if delta != 0 {
-            *self.pending().entry(scope).or_insert(0) += delta;
+    /// Notes a change of the ledger row of `scope` (`taken`) and of what this instance holds of
+    /// it (`held`), for the next sync.
+    fn add(&self, scope: i64, taken: i64, held: i64) {
+        if let Some(local) = &self.local {
+            let mut ledger = local.lock().unwrap_or_else(|p| p.into_inner());
+            let entry = ledger.entry(scope).or_insert(0);
+            *entry = entry.saturating_add_signed(taken);
+            return;
         }
+        if taken != 0 || held != 0 {
+            let mut pending = self.pending();
+            let entry = pending.entry(scope).or_insert((0, 0));
+            entry.0 = entry.0.saturating_add(taken);
+            entry.1 = entry.1.saturating_add(held);
+        }
+    }
+
+    /// Gives `tokens` of the slice of `scope` back to the ledger.
+    fn give_back(&self, scope: i64, tokens: u64) {
+        self.add(scope, -to_i64(tokens), -to_i64(tokens));
     }
 
     /// Gives back the unused slices of `budgets` idle for `idle` (all of them with
@@ -74,18 +139,23 @@ impl Ledger {
     ) -> Result<(), StoreError> {
         for budget in budgets {
             let returned = budget.give_back_if_idle(idle);
-            self.add(budget.scope, -to_i64(returned));
+            self.give_back(budget.scope, returned);
         }
-        let deltas: Vec<(i64, i64)> = std::mem::take(&mut *self.pending())
+        let deltas: Vec<(i64, i64, i64)> = std::mem::take(&mut *self.pending())
             .into_iter()
-            .filter(|(_, delta)| *delta != 0)
+            .filter(|(_, (taken, held))| *taken != 0 || *held != 0)
+            .map(|(scope, (taken, held))| (scope, taken, held))
             .collect();
         if deltas.is_empty() {
             return Ok(());
         }
-        if let Err(e) = self.store.adjust_budgets(deltas.clone()).await {
-            for (scope, delta) in deltas {
-                self.add(scope, delta);
+        if let Err(e) = self
+            .store
+            .adjust_budgets(self.instance.clone(), deltas.clone())
+            .await
+        {
+            for (scope, taken, held) in deltas {
+                self.add(scope, taken, held);
             }
             return Err(e);
         }
@@ -200,7 +270,7 @@ impl Budget {
             state.held -= free;
             free
         };
-        self.ledger.add(self.scope, -to_i64(returned));
+        self.ledger.give_back(self.scope, returned);
     }
 
     /// The limit.
@@ -310,16 +380,19 @@ impl Budget {
             }
             (limit, need, need.saturating_add(extra))
         };
-        let lease = self
-            .ledger
-            .store
-            .lease(self.scope, limit, need, want)
-            .await
-            .map_err(|e| Refusal::Unavailable(e.to_string()))?;
+        let lease = match self.ledger.lease_locally(self.scope, limit, need, want) {
+            Some(lease) => lease,
+            None => self
+                .ledger
+                .store
+                .lease(self.ledger.instance.clone(), self.scope, limit, need, want)
+                .await
+                .map_err(|e| Refusal::Unavailable(e.to_string()))?,
+        };
         let mut state = self.lock();
         if state.limit != Some(limit) {
             // The limit changed meanwhile: give the lease back, the caller tries again.
-            self.ledger.add(self.scope, -to_i64(lease.granted));
+            self.ledger.give_back(self.scope, lease.granted);
             return Ok(());
         }
         state.held += lease.granted;
@@ -331,11 +404,13 @@ impl Budget {
     }
 
     fn settle(&self, reserved: u64, actual: u64) {
-        let overdraft = {
+        let (overdraft, used_from_slice) = {
             let mut state = self.lock();
             state.reserved = state.reserved.saturating_sub(reserved);
             state.used = state.used.saturating_add(actual);
             if state.limit.is_none() {
+                drop(state);
+                self.ledger.note_unlimited_use(self.scope, actual);
                 return;
             }
             // The reservation's tokens leave the slice: what was used is spent, the rest is free.
@@ -346,9 +421,12 @@ impl Budget {
             let over = actual.saturating_sub(reserved);
             let from_free = over.min(state.free());
             state.held -= from_free;
-            over - from_free
+            (over - from_free, spent + from_free)
         };
-        self.ledger.add(self.scope, to_i64(overdraft));
+        // Tokens of the slice used are no longer held (they stay taken, as used); the overdraft
+        // is taken from the ledger directly.
+        self.ledger
+            .add(self.scope, to_i64(overdraft), -to_i64(used_from_slice));
     }
 }
 
@@ -394,7 +472,10 @@ mod tests {
 
     fn ledger(dir: &tempfile::TempDir) -> Arc<Ledger> {
         let url = DatabaseUrl::Sqlite(dir.path().join("b.db"));
-        Ledger::new(Store::open(&url, jiff::tz::TimeZone::UTC).unwrap())
+        Ledger::new(
+            Store::open(&url, jiff::tz::TimeZone::UTC).unwrap(),
+            crate::keys::sync::Instance::new_id(),
+        )
     }
 
     #[tokio::test]

@@ -5,6 +5,7 @@
 //! RPM limits through Redis (`rate`).
 
 mod budget;
+mod lookup;
 mod rate;
 pub mod sync;
 
@@ -155,6 +156,10 @@ pub struct KeyRegistry {
     version: AtomicI64,
     ledger: Arc<Ledger>,
     rates: RateLimiter,
+    lookups: lookup::Lookups,
+    /// Held while the store is asked about an unknown key: callers with the same key wait for
+    /// the answer instead of asking again.
+    lookup_turn: tokio::sync::Mutex<()>,
 }
 
 impl KeyRegistry {
@@ -168,6 +173,8 @@ impl KeyRegistry {
             version: AtomicI64::new(0),
             ledger,
             rates,
+            lookups: lookup::Lookups::default(),
+            lookup_turn: tokio::sync::Mutex::new(()),
         };
         registry.apply_changes(rows);
         registry.advance_version(rows.iter().map(|r| r.version).max().unwrap_or(0));
@@ -178,6 +185,56 @@ impl KeyRegistry {
     pub fn find(&self, full_key: &str) -> Option<Arc<KeyEntry>> {
         let hash = hash(full_key);
         self.by_hash.read().ok()?.get(&hash).cloned()
+    }
+
+    /// Finds a live key by its full value; a key this instance does not know is looked up in a
+    /// shared (PostgreSQL) store before it is refused — the key changes made since the last poll
+    /// are read and applied at once — so a key just created through another instance works at
+    /// once. Unknown keys are remembered as missing for a second and lookups
+    /// are limited per second, so garbage keys cannot hammer the database.
+    pub async fn find_or_look_up(&self, full_key: &str) -> Option<Arc<KeyEntry>> {
+        if let Some(entry) = self.find(full_key) {
+            return Some(entry);
+        }
+        let store = self.ledger.store();
+        if store.kind() != "postgres" {
+            // One instance on SQLite: its registry knows every key.
+            return None;
+        }
+        let hash = hash(full_key);
+        let _turn = self.lookup_turn.lock().await;
+        if let Some(entry) = self.find(full_key) {
+            // Found by the caller before us with the same key.
+            return Some(entry);
+        }
+        if !self.lookups.admit(&hash) {
+            return None;
+        }
+        // Reading every key change since the last poll (not just this key's row) applies them in
+        // the order they were made, as the poller would: a key created after a change is never
+        // honoured before that change.
+        match store.keys_changed_since(self.version()).await {
+            Ok(rows) => {
+                if let Some(newest) = rows.iter().map(|r| r.version).max() {
+                    self.apply_changes(&rows);
+                    self.advance_version(newest);
+                }
+                let found = self.find(full_key);
+                if found.is_none() {
+                    self.lookups.missing(hash);
+                }
+                found
+            }
+            Err(e) => {
+                tracing::warn!("cannot look up an unknown key in the store: {e}");
+                None
+            }
+        }
+    }
+
+    /// Store lookups of unknown keys made since start.
+    pub fn store_lookups(&self) -> u64 {
+        self.lookups.made()
     }
 
     /// Finds a live key by id.

@@ -1,7 +1,9 @@
 //! Keeps an instance in step with the others on its database: every [`POLL_INTERVAL`] it reads
 //! the keys changed through any console (`api_keys.version`), gives back the budget slices it
 //! has not used for a second and charges what calls used beyond their reservation, and every few
-//! seconds notes that it is alive. On shutdown it gives back everything it holds.
+//! seconds notes that it is alive and gives the budget slices of instances not seen for
+//! [`STALE_AFTER_MS`] (killed ones) back to the ledger. On shutdown it gives back everything it
+//! holds.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -112,6 +114,16 @@ impl Parts {
                 last_heartbeat = Instant::now();
                 if let Err(e) = self.store.heartbeat(self.id.clone()).await {
                     failure = Some(format!("cannot note this instance as alive: {e}"));
+                }
+                match self.store.reap_instances(STALE_AFTER_MS).await {
+                    Ok(0) => {}
+                    Ok(tokens) => tracing::info!(
+                        tokens,
+                        "gave the budget slices of instances not seen for {STALE_AFTER_MS} ms back to the ledger"
+                    ),
+                    Err(e) => {
+                        failure = Some(format!("cannot return dead instances' budget slices: {e}"));
+                    }
                 }
             }
             if let Some(message) = failure {

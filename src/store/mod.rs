@@ -241,7 +241,7 @@ pub struct Lease {
 
 /// What a lease of `want` tokens (at least `need`) gets from a budget of `limit` of which `taken`
 /// are used or leased: as much as is left up to `want`, or nothing when less than `need` is left.
-fn grant(limit: u64, taken: u64, need: u64, want: u64) -> Lease {
+pub(crate) fn grant(limit: u64, taken: u64, need: u64, want: u64) -> Lease {
     let available = limit.saturating_sub(taken);
     if available < need {
         return Lease {
@@ -421,26 +421,46 @@ impl Store {
     /// instance: `want` tokens, or fewer but at least `need`, out of what `limit` leaves after
     /// every token used or leased so far; nothing when fewer than `need` are left. The ledger row
     /// is created on first use from the recorded usage.
+    /// The grant is noted as held by `instance` (`budget_leases`), so that it returns to the
+    /// ledger if the instance dies ([`Store::reap_instances`]).
     pub async fn lease(
         &self,
+        instance: String,
         scope: i64,
         limit: u64,
         need: u64,
         want: u64,
     ) -> Result<Lease, StoreError> {
-        dispatch!(self, lease(scope, limit, need, want))
-    }
-
-    /// Adds `delta` tokens to budget ledgers (negative: unused leases given back; positive: calls
-    /// that used more than they reserved), one `(scope, delta)` per ledger row.
-    pub async fn adjust_budgets(&self, deltas: Vec<(i64, i64)>) -> Result<(), StoreError> {
         match &self.backend {
             Backend::Sqlite(backend) => {
                 let backend = backend.clone();
-                blocking(move || backend.adjust_budgets(&deltas)).await
+                blocking(move || backend.lease(&instance, scope, limit, need, want)).await
             }
-            Backend::Postgres(backend) => backend.adjust_budgets(&deltas).await,
+            Backend::Postgres(backend) => backend.lease(&instance, scope, limit, need, want).await,
         }
+    }
+
+    /// Applies changes of `instance` to budget ledgers, one `(scope, taken, held)` per budget:
+    /// `taken` is added to the ledger row (negative: unused leases given back; positive: calls
+    /// that used more than they reserved), `held` (never positive) to what the instance holds.
+    pub async fn adjust_budgets(
+        &self,
+        instance: String,
+        deltas: Vec<(i64, i64, i64)>,
+    ) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(backend) => {
+                let backend = backend.clone();
+                blocking(move || backend.adjust_budgets(&instance, &deltas)).await
+            }
+            Backend::Postgres(backend) => backend.adjust_budgets(&instance, &deltas).await,
+        }
+    }
+
+    /// Forgets the instances not seen for `stale_ms` and gives the budget slices they held back
+    /// to the ledgers; returns the tokens given back.
+    pub async fn reap_instances(&self, stale_ms: i64) -> Result<u64, StoreError> {
+        dispatch!(self, reap_instances(stale_ms))
     }
 
     /// Registers this instance. When no other instance has been seen for `stale_ms`, the budget

@@ -29,6 +29,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres/0001_init.sql"),
     include_str!("migrations/postgres/0002_instances.sql"),
     include_str!("migrations/postgres/0003_rollups.sql"),
+    include_str!("migrations/postgres/0005_budget_leases.sql"),
 ];
 /// Most pooled connections per instance (readers, key changes, ledger and the batch writer).
 const POOL_SIZE: usize = 16;
@@ -636,6 +637,7 @@ impl PgStore {
 
     pub async fn lease(
         &self,
+        instance: &str,
         scope: i64,
         limit: u64,
         need: u64,
@@ -665,25 +667,78 @@ impl PgStore {
                 &[&scope, &to_i64(lease.granted)],
             )
             .await?;
+            tx.execute(
+                "INSERT INTO budget_leases (instance, scope, held) VALUES ($1, $2, $3)
+                 ON CONFLICT (instance, scope) DO UPDATE
+                 SET held = budget_leases.held + excluded.held",
+                &[&instance, &scope, &to_i64(lease.granted)],
+            )
+            .await?;
         }
         tx.commit().await?;
         Ok(lease)
     }
 
-    pub async fn adjust_budgets(&self, deltas: &[(i64, i64)]) -> Result<(), StoreError> {
+    pub async fn adjust_budgets(
+        &self,
+        instance: &str,
+        deltas: &[(i64, i64, i64)],
+    ) -> Result<(), StoreError> {
         let mut sorted = deltas.to_vec();
         sorted.sort_unstable();
-        let (scopes, amounts): (Vec<i64>, Vec<i64>) = sorted.into_iter().unzip();
-        let client = self.client().await?;
-        client
-            .execute(
-                "UPDATE budgets b SET taken = GREATEST(0, b.taken + d.delta)
-                 FROM UNNEST($1::BIGINT[], $2::BIGINT[]) AS d(scope, delta)
-                 WHERE b.scope = d.scope",
-                &[&scopes, &amounts],
-            )
-            .await?;
+        let scopes: Vec<i64> = sorted.iter().map(|d| d.0).collect();
+        let taken: Vec<i64> = sorted.iter().map(|d| d.1).collect();
+        let held: Vec<i64> = sorted.iter().map(|d| d.2).collect();
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        tx.execute(
+            "UPDATE budgets b SET taken = GREATEST(0, b.taken + d.delta)
+             FROM UNNEST($1::BIGINT[], $2::BIGINT[]) AS d(scope, delta)
+             WHERE b.scope = d.scope AND d.delta <> 0",
+            &[&scopes, &taken],
+        )
+        .await?;
+        // Held tokens only ever grow through `lease`: the changes here give back or use them.
+        tx.execute(
+            "UPDATE budget_leases l SET held = GREATEST(0, l.held + d.delta)
+             FROM UNNEST($2::BIGINT[], $3::BIGINT[]) AS d(scope, delta)
+             WHERE l.instance = $1 AND l.scope = d.scope AND d.delta <> 0",
+            &[&instance, &scopes, &held],
+        )
+        .await?;
+        tx.commit().await?;
         Ok(())
+    }
+
+    pub async fn reap_instances(&self, stale_ms: i64) -> Result<u64, StoreError> {
+        let now = ms(jiff::Timestamp::now());
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        tx.execute(
+            "DELETE FROM instances WHERE seen_ms < $1",
+            &[&(now - stale_ms)],
+        )
+        .await?;
+        let returned: i64 = tx
+            .query_one(
+                "WITH dead AS (
+                     DELETE FROM budget_leases l
+                     WHERE NOT EXISTS (SELECT 1 FROM instances i WHERE i.id = l.instance)
+                     RETURNING scope, held
+                 ), sums AS (
+                     SELECT scope, SUM(held)::BIGINT AS held FROM dead GROUP BY scope
+                 ), given AS (
+                     UPDATE budgets b SET taken = GREATEST(0, b.taken - sums.held)
+                     FROM sums WHERE b.scope = sums.scope
+                     RETURNING sums.held
+                 )
+                 SELECT COALESCE(SUM(held), 0)::BIGINT FROM given",
+                &[],
+            )
+            .await?
+            .try_get(0)?;
+        tx.commit().await?;
+        Ok(returned.max(0) as u64)
     }
 
     pub async fn register_instance(&self, id: String, stale_ms: i64) -> Result<u64, StoreError> {
@@ -703,6 +758,7 @@ impl PgStore {
             .try_get(0)?;
         if others == 0 {
             tx.execute("DELETE FROM budgets", &[]).await?;
+            tx.execute("DELETE FROM budget_leases", &[]).await?;
         }
         tx.execute(
             "INSERT INTO instances (id, seen_ms) VALUES ($1, $2)

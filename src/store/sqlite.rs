@@ -19,6 +19,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite/0001_init.sql"),
     include_str!("migrations/sqlite/0002_instances.sql"),
     include_str!("migrations/sqlite/0003_rollups.sql"),
+    include_str!("migrations/sqlite/0005_budget_leases.sql"),
 ];
 const READERS: usize = 4;
 pub(super) const MS_PER_HOUR: i64 = 3_600_000;
@@ -402,7 +403,14 @@ impl SqliteStore {
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
-    pub fn lease(&self, scope: i64, limit: u64, need: u64, want: u64) -> Result<Lease, StoreError> {
+    pub fn lease(
+        &self,
+        instance: &str,
+        scope: i64,
+        limit: u64,
+        need: u64,
+        want: u64,
+    ) -> Result<Lease, StoreError> {
         let mut conn = lock(&self.admin);
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let taken: Option<i64> = tx
@@ -432,23 +440,71 @@ impl SqliteStore {
                 "UPDATE budgets SET taken = taken + ?2 WHERE scope = ?1",
                 params![scope, to_i64(lease.granted)],
             )?;
+            tx.execute(
+                "INSERT INTO budget_leases (instance, scope, held) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (instance, scope) DO UPDATE SET held = held + excluded.held",
+                params![instance, scope, to_i64(lease.granted)],
+            )?;
         }
         tx.commit()?;
         Ok(lease)
     }
 
-    pub fn adjust_budgets(&self, deltas: &[(i64, i64)]) -> Result<(), StoreError> {
+    pub fn adjust_budgets(
+        &self,
+        instance: &str,
+        deltas: &[(i64, i64, i64)],
+    ) -> Result<(), StoreError> {
         let mut conn = lock(&self.admin);
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         {
-            let mut stmt = tx
+            let mut taken = tx
                 .prepare_cached("UPDATE budgets SET taken = MAX(0, taken + ?2) WHERE scope = ?1")?;
-            for (scope, delta) in deltas {
-                stmt.execute(params![scope, delta])?;
+            let mut held = tx.prepare_cached(
+                "UPDATE budget_leases SET held = MAX(0, held + ?3) WHERE instance = ?1 AND scope = ?2",
+            )?;
+            for &(scope, taken_delta, held_delta) in deltas {
+                if taken_delta != 0 {
+                    taken.execute(params![scope, taken_delta])?;
+                }
+                if held_delta != 0 {
+                    held.execute(params![instance, scope, held_delta])?;
+                }
             }
         }
         tx.commit()?;
         Ok(())
+    }
+
+    pub fn reap_instances(&self, stale_ms: i64) -> Result<u64, StoreError> {
+        let now = ms(jiff::Timestamp::now());
+        let mut conn = lock(&self.admin);
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute("DELETE FROM instances WHERE seen_ms < ?1", [now - stale_ms])?;
+        let dead: Vec<(i64, i64)> = {
+            let mut stmt = tx.prepare_cached(
+                "SELECT scope, SUM(held) FROM budget_leases
+                 WHERE instance NOT IN (SELECT id FROM instances) GROUP BY scope",
+            )?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let mut returned = 0u64;
+        for (scope, held) in dead {
+            let changed = tx.execute(
+                "UPDATE budgets SET taken = MAX(0, taken - ?2) WHERE scope = ?1",
+                params![scope, held],
+            )?;
+            if changed > 0 {
+                returned = returned.saturating_add(held.max(0) as u64);
+            }
+        }
+        tx.execute(
+            "DELETE FROM budget_leases WHERE instance NOT IN (SELECT id FROM instances)",
+            [],
+        )?;
+        tx.commit()?;
+        Ok(returned)
     }
 
     pub fn register_instance(&self, id: String, stale_ms: i64) -> Result<u64, StoreError> {
@@ -463,6 +519,7 @@ impl SqliteStore {
         )?;
         if others == 0 {
             tx.execute("DELETE FROM budgets", [])?;
+            tx.execute("DELETE FROM budget_leases", [])?;
         }
         tx.execute(
             "INSERT INTO instances (id, seen_ms) VALUES (?1, ?2)

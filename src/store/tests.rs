@@ -216,23 +216,38 @@ async fn the_ledger_leases_what_is_left_and_starts_from_recorded_usage() {
         .await
         .unwrap();
     // 30 of 100 already used: 50 asked, 50 granted; then only 20 are left.
-    let lease = store.lease(GLOBAL_SCOPE, 100, 10, 50).await.unwrap();
+    let lease = store
+        .lease("a".into(), GLOBAL_SCOPE, 100, 10, 50)
+        .await
+        .unwrap();
     assert_eq!((lease.granted, lease.remaining), (50, 20));
-    let lease = store.lease(GLOBAL_SCOPE, 100, 10, 50).await.unwrap();
+    let lease = store
+        .lease("a".into(), GLOBAL_SCOPE, 100, 10, 50)
+        .await
+        .unwrap();
     assert_eq!((lease.granted, lease.remaining), (20, 0));
-    let lease = store.lease(GLOBAL_SCOPE, 100, 1, 1).await.unwrap();
+    let lease = store
+        .lease("a".into(), GLOBAL_SCOPE, 100, 1, 1)
+        .await
+        .unwrap();
     assert_eq!(lease.granted, 0, "nothing left");
     // Unused tokens given back can be leased again.
     store
-        .adjust_budgets(vec![(GLOBAL_SCOPE, -15)])
+        .adjust_budgets("a".into(), vec![(GLOBAL_SCOPE, -15, -15)])
         .await
         .unwrap();
-    let lease = store.lease(GLOBAL_SCOPE, 100, 20, 20).await.unwrap();
+    let lease = store
+        .lease("a".into(), GLOBAL_SCOPE, 100, 20, 20)
+        .await
+        .unwrap();
     assert_eq!(lease.granted, 0, "15 left, 20 needed");
-    let lease = store.lease(GLOBAL_SCOPE, 100, 15, 20).await.unwrap();
+    let lease = store
+        .lease("a".into(), GLOBAL_SCOPE, 100, 15, 20)
+        .await
+        .unwrap();
     assert_eq!((lease.granted, lease.remaining), (15, 0));
     // A key's ledger starts from that key's usage.
-    let lease = store.lease(7, 40, 5, 100).await.unwrap();
+    let lease = store.lease("a".into(), 7, 40, 5, 100).await.unwrap();
     assert_eq!((lease.granted, lease.remaining), (10, 0));
 }
 
@@ -244,7 +259,10 @@ async fn an_instance_alone_rebuilds_the_ledgers_others_keep_them() {
         store.register_instance("a".into(), 60_000).await.unwrap(),
         0
     );
-    store.lease(GLOBAL_SCOPE, 100, 60, 60).await.unwrap();
+    store
+        .lease("a".into(), GLOBAL_SCOPE, 100, 60, 60)
+        .await
+        .unwrap();
     // Instance a died holding 60 tokens; b starts while a's heartbeat is recent: kept.
     assert_eq!(
         store.register_instance("b".into(), 60_000).await.unwrap(),
@@ -252,7 +270,7 @@ async fn an_instance_alone_rebuilds_the_ledgers_others_keep_them() {
     );
     assert_eq!(
         store
-            .lease(GLOBAL_SCOPE, 100, 1, 100)
+            .lease("b".into(), GLOBAL_SCOPE, 100, 1, 100)
             .await
             .unwrap()
             .granted,
@@ -267,7 +285,7 @@ async fn an_instance_alone_rebuilds_the_ledgers_others_keep_them() {
     );
     assert_eq!(
         store
-            .lease(GLOBAL_SCOPE, 100, 1, 100)
+            .lease("b".into(), GLOBAL_SCOPE, 100, 1, 100)
             .await
             .unwrap()
             .granted,
@@ -279,6 +297,44 @@ async fn an_instance_alone_rebuilds_the_ledgers_others_keep_them() {
         store.register_instance("d".into(), -60_000).await.unwrap(),
         0
     );
+}
+
+#[tokio::test]
+async fn the_slices_of_a_dead_instance_go_back_to_the_ledger() {
+    let db = TestDb::new();
+    let store = open(&db, "UTC");
+    store.register_instance("a".into(), 60_000).await.unwrap();
+    store.register_instance("b".into(), 60_000).await.unwrap();
+    assert_eq!(
+        store
+            .lease("a".into(), GLOBAL_SCOPE, 100, 60, 60)
+            .await
+            .unwrap()
+            .granted,
+        60
+    );
+    // a used 10 of its 60 and gave 20 back: it holds 30.
+    store
+        .adjust_budgets("a".into(), vec![(GLOBAL_SCOPE, -20, -30)])
+        .await
+        .unwrap();
+    store
+        .lease("b".into(), GLOBAL_SCOPE, 100, 10, 10)
+        .await
+        .unwrap();
+    // Both alive: nothing is given back.
+    assert_eq!(store.reap_instances(60_000).await.unwrap(), 0);
+    // a stops noting that it is alive (b keeps doing so): its 30 come back, b's 10 stay.
+    store.unregister_instance("a".into()).await.unwrap();
+    store.heartbeat("b".into()).await.unwrap();
+    assert_eq!(store.reap_instances(60_000).await.unwrap(), 30);
+    assert_eq!(store.reap_instances(60_000).await.unwrap(), 0, "once");
+    // 100 - 10 used by a - 10 held by b = 80 left.
+    let lease = store
+        .lease("b".into(), GLOBAL_SCOPE, 100, 1, 1000)
+        .await
+        .unwrap();
+    assert_eq!(lease.granted, 80);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -2,7 +2,7 @@
 
 mod recorder;
 
-pub use recorder::{Recorder, RecorderStats};
+pub use recorder::{QueueFull, Recorder, RecorderStats, Slot, QUEUE_CAPACITY, SLOT_WAIT};
 
 /// Upper bounds (inclusive, milliseconds) of the latency histogram's buckets; a last bucket holds
 /// everything slower. Fixed forever: the store keeps one column per bucket.

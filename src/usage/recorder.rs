@@ -4,24 +4,32 @@
 //! worker): SQLite's synchronous writes block only that thread, and PostgreSQL's asynchronous
 //! writes are awaited there.
 //!
-//! Callers hand a [`CallRecord`] to [`Recorder::record`] and go on; nothing on the request path
-//! waits for the database. The writer thread takes whatever is queued (up to [`MAX_BATCH`]),
-//! writes it with its aggregates in one transaction, then broadcasts the stored rows to live
-//! views. A full queue makes callers wait (back-pressure) instead of dropping records; a batch
-//! that cannot be written is retried until it is, and the recorder reports itself degraded
-//! meanwhile. On shutdown the queue is closed and drained before the thread exits.
+//! The queue is bounded in *records*, counted from the start of a call to the commit of its
+//! record: a call takes a [`Slot`] when it starts (waiting at most the configured time for one,
+//! else it is refused with 503), so when it ends its record always has room and is handed over
+//! without waiting and without a task. A slot is freed only once its record is committed, so the
+//! calls in flight plus the records not yet stored never exceed the queue's capacity, whatever
+//! the store does — a store outage slows new calls down (and then refuses them) instead of
+//! piling records up in memory. The writer thread takes whatever is queued (up to
+//! [`MAX_BATCH`]) at least every [`BATCH_WINDOW`], writes it with its aggregates in one
+//! transaction, then broadcasts the stored rows to live views. A batch that cannot be written is
+//! retried until it is, and the recorder reports itself degraded meanwhile. On shutdown the
+//! queue is closed and drained before the thread exits.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{broadcast, mpsc, oneshot, Notify};
+use tokio::sync::{broadcast, mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::{CallRecord, LoggedCall};
 use crate::store::BatchWriter;
 
-/// Records queued at most before callers wait.
-pub const QUEUE_CAPACITY: usize = 65_536;
+/// Default capacity of the queue: calls in flight plus records not yet committed (each call
+/// holds one slot from its start to the commit of its record).
+pub const QUEUE_CAPACITY: usize = 8_192;
+/// Default longest wait of a new call for a slot before it is refused with 503.
+pub const SLOT_WAIT: Duration = Duration::from_secs(10);
 /// Records written at most in one transaction.
 pub const MAX_BATCH: usize = 4_096;
 /// How long a small batch waits for more records before it is written (well under the 100 ms
@@ -31,15 +39,31 @@ pub const BATCH_WINDOW: Duration = Duration::from_millis(20);
 const BROADCAST_CAPACITY: usize = 4_096;
 
 enum Message {
-    Record(Box<CallRecord>),
+    /// A record and the slot it occupies until it is committed.
+    Record(Box<CallRecord>, OwnedSemaphorePermit),
     Flush(oneshot::Sender<()>),
+}
+
+/// One place in the record queue, held by a call from its start until its record is committed.
+#[derive(Debug)]
+pub struct Slot(OwnedSemaphorePermit);
+
+/// No slot became free in time: the store is not keeping up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueFull {
+    /// What is wrong and what to do, for the client.
+    pub message: String,
 }
 
 /// Counters describing the recorder, for `/healthz` and `/metrics`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecorderStats {
-    /// Records waiting in the queue.
+    /// Slots taken: calls in flight plus records not yet committed; never above `capacity`.
     pub queued: u64,
+    /// The queue's capacity in records (`recorder_queue`).
+    pub capacity: u64,
+    /// Calls refused because no slot became free in time.
+    pub refused: u64,
     /// Records written since start.
     pub written: u64,
     /// Records lost (queue closed); must stay 0.
@@ -58,6 +82,7 @@ struct Counters {
     dropped: AtomicU64,
     batches: AtomicU64,
     waits: AtomicU64,
+    refused: AtomicU64,
     last_wait_warning_ms: AtomicU64,
     degraded: AtomicBool,
     last_error: Mutex<Option<String>>,
@@ -65,7 +90,10 @@ struct Counters {
 
 /// Hands call records to the writer thread; cheap to share behind an `Arc`.
 pub struct Recorder {
-    tx: mpsc::Sender<Message>,
+    tx: mpsc::UnboundedSender<Message>,
+    slots: Arc<Semaphore>,
+    capacity: usize,
+    slot_wait: Duration,
     live: broadcast::Sender<Arc<LoggedCall>>,
     counters: Arc<Counters>,
     shutdown: Arc<Notify>,
@@ -73,9 +101,22 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    /// Starts the writer thread with `writer`; must be called inside a tokio runtime.
+    /// Starts the writer thread with `writer` and the default queue; must be called inside a
+    /// tokio runtime.
     pub fn start(writer: BatchWriter) -> std::io::Result<Self> {
-        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        Self::start_with(writer, QUEUE_CAPACITY, SLOT_WAIT)
+    }
+
+    /// Starts the writer thread with a queue of `capacity` records, where a new call waits at
+    /// most `slot_wait` for a slot; must be called inside a tokio runtime.
+    pub fn start_with(
+        writer: BatchWriter,
+        capacity: usize,
+        slot_wait: Duration,
+    ) -> std::io::Result<Self> {
+        let capacity = capacity.clamp(1, Semaphore::MAX_PERMITS);
+        // The semaphore bounds the channel: every record in it holds one of its permits.
+        let (tx, rx) = mpsc::unbounded_channel();
         let (live, _) = broadcast::channel(BROADCAST_CAPACITY);
         let counters = Arc::new(Counters::default());
         let shutdown = Arc::new(Notify::new());
@@ -92,6 +133,9 @@ impl Recorder {
             .spawn(move || runtime.block_on(worker.run()))?;
         Ok(Self {
             tx,
+            slots: Arc::new(Semaphore::new(capacity)),
+            capacity,
+            slot_wait,
             live,
             counters,
             shutdown,
@@ -99,37 +143,55 @@ impl Recorder {
         })
     }
 
-    /// Queues a record; waits only while the queue is full.
-    pub async fn record(&self, call: CallRecord) {
-        if self.tx.capacity() == 0 {
-            self.note_wait();
+    /// Takes a slot for a call that starts: at once while the queue has room, else after waiting
+    /// (at most the configured time) for records to be committed.
+    pub async fn slot(&self) -> Result<Slot, QueueFull> {
+        if let Ok(permit) = self.slots.clone().try_acquire_owned() {
+            return Ok(Slot(permit));
         }
-        if self.tx.send(Message::Record(Box::new(call))).await.is_err() {
+        self.note_wait();
+        match tokio::time::timeout(self.slot_wait, self.slots.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(Slot(permit)),
+            Ok(Err(_)) => Err(QueueFull {
+                message: "the gateway is shutting down; retry on another instance".into(),
+            }),
+            Err(_) => {
+                self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                Err(QueueFull {
+                    message: format!(
+                        "the gateway cannot store call records fast enough ({} records wait for the database for over {} ms); retry later",
+                        self.capacity,
+                        self.slot_wait.as_millis()
+                    ),
+                })
+            }
+        }
+    }
+
+    /// Queues the record of the call that held `slot`; never waits.
+    pub fn record_in(&self, slot: Slot, call: CallRecord) {
+        if self
+            .tx
+            .send(Message::Record(Box::new(call), slot.0))
+            .is_err()
+        {
             self.count_dropped();
         }
     }
 
-    /// Queues a record from code that cannot wait (e.g. a `Drop`); never loses it while the
-    /// recorder runs: with a full queue the send continues on a task.
-    pub fn record_detached(self: &Arc<Self>, call: CallRecord) {
-        match self.tx.try_send(Message::Record(Box::new(call))) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(message)) => {
+    /// Queues a record, waiting (without bound) for a slot while the queue is full.
+    pub async fn record(&self, call: CallRecord) {
+        let permit = match self.slots.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
                 self.note_wait();
-                let this = self.clone();
-                match tokio::runtime::Handle::try_current() {
-                    Ok(handle) => {
-                        handle.spawn(async move {
-                            if this.tx.send(message).await.is_err() {
-                                this.count_dropped();
-                            }
-                        });
-                    }
-                    Err(_) => self.count_dropped(),
+                match self.slots.clone().acquire_owned().await {
+                    Ok(permit) => permit,
+                    Err(_) => return self.count_dropped(),
                 }
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => self.count_dropped(),
-        }
+        };
+        self.record_in(Slot(permit), call);
     }
 
     /// Counts a caller that found the queue full, and says so in the log (at most every 10 s).
@@ -144,7 +206,7 @@ impl Recorder {
                 .is_ok()
         {
             tracing::warn!(
-                capacity = QUEUE_CAPACITY,
+                capacity = self.capacity,
                 "the record queue is full: calls wait for the store (is the database slow or failing?)"
             );
         }
@@ -158,7 +220,7 @@ impl Recorder {
     /// Waits until every record queued before this call is written.
     pub async fn flush(&self) {
         let (done, wait) = oneshot::channel();
-        if self.tx.send(Message::Flush(done)).await.is_ok() {
+        if self.tx.send(Message::Flush(done)).is_ok() {
             let _ = wait.await;
         }
     }
@@ -172,7 +234,9 @@ impl Recorder {
     pub fn stats(&self) -> RecorderStats {
         let c = &self.counters;
         RecorderStats {
-            queued: (QUEUE_CAPACITY - self.tx.capacity()) as u64,
+            queued: (self.capacity - self.slots.available_permits()) as u64,
+            capacity: self.capacity as u64,
+            refused: c.refused.load(Ordering::Relaxed),
             written: c.written.load(Ordering::Relaxed),
             dropped: c.dropped.load(Ordering::Relaxed),
             batches: c.batches.load(Ordering::Relaxed),
@@ -192,6 +256,7 @@ impl Recorder {
 
     /// Stops accepting records, writes everything queued, and waits for the writer thread.
     pub async fn shutdown(&self) {
+        self.slots.close();
         self.shutdown.notify_one();
         let handle = self.worker.lock().ok().and_then(|mut w| w.take());
         if let Some(handle) = handle {
@@ -208,7 +273,7 @@ fn has_flush(messages: &[Message]) -> bool {
 }
 
 struct Worker {
-    rx: mpsc::Receiver<Message>,
+    rx: mpsc::UnboundedReceiver<Message>,
     writer: BatchWriter,
     live: broadcast::Sender<Arc<LoggedCall>>,
     counters: Arc<Counters>,
@@ -263,16 +328,22 @@ impl Worker {
 
     async fn handle(&mut self, messages: &mut Vec<Message>) {
         let mut records = Vec::with_capacity(messages.len());
+        let mut slots = Vec::with_capacity(messages.len());
         let mut flushes = Vec::new();
         for message in messages.drain(..) {
             match message {
-                Message::Record(call) => records.push(*call),
+                Message::Record(call, slot) => {
+                    records.push(*call);
+                    slots.push(slot);
+                }
                 Message::Flush(done) => flushes.push(done),
             }
         }
         if !records.is_empty() {
             self.write_until_stored(&records).await;
         }
+        // Committed: the slots are free for new calls.
+        drop(slots);
         for done in flushes {
             let _ = done.send(());
         }
