@@ -278,13 +278,10 @@ async fn serve(
                 let response = router.oneshot(request).await?;
                 // The request counts as in flight until its answer's body is sent or dropped.
                 Ok::<_, std::convert::Infallible>(response.map(|body| {
-                    axum::body::Body::new(http_body_util::BodyExt::map_frame(
-                        body,
-                        move |frame| {
-                            let _held = &held;
-                            frame
-                        },
-                    ))
+                    axum::body::Body::new(http_body_util::BodyExt::map_frame(body, move |frame| {
+                        let _held = &held;
+                        frame
+                    }))
                 }))
             }
         });
@@ -346,12 +343,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     } else {
         gateway_app(state.clone())
     };
-    servers.spawn(serve(
-        gateway_listener,
-        router,
-        timeouts,
-        stop_rx.clone(),
-    ));
+    servers.spawn(serve(gateway_listener, router, timeouts, stop_rx.clone()));
     tracing::info!(gateway = %url(gateway_addr), console = %console_url, "token-console started");
     println!(
         "token-console ready gateway={} console={console_url}",

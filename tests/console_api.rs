@@ -722,8 +722,11 @@ async fn console_is_for_this_machine_unless_an_admin_key_is_set() {
         "no cross-origin calls"
     );
 
-    let guarded =
-        Console::start_from("console: {admin_key: correct-horse-battery-staple}\n", remote).await;
+    let guarded = Console::start_from(
+        "console: {admin_key: correct-horse-battery-staple}\n",
+        remote,
+    )
+    .await;
     let (status, body, _) = guarded.send("GET", "/api/console/stats", None, None).await;
     assert_eq!(
         status,
@@ -919,9 +922,10 @@ async fn csv_export_cells_are_never_formulas() {
     let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
     assert_eq!(rows.len(), payloads.len());
     let formula = |cell: &str| {
-        cell.split([',', ';', '\t', '\r', '\n', '|'])
-            .any(|part| part.trim_start_matches([' ', '"']).starts_with(['=', '+', '-', '@']))
-            || cell.starts_with(['\t', '\r'])
+        cell.split([',', ';', '\t', '\r', '\n', '|']).any(|part| {
+            part.trim_start_matches([' ', '"'])
+                .starts_with(['=', '+', '-', '@'])
+        }) || cell.starts_with(['\t', '\r'])
     };
     for row in &rows {
         assert_eq!(row.len(), columns.len(), "{row:?}");
@@ -931,7 +935,9 @@ async fn csv_export_cells_are_never_formulas() {
             assert!(!formula(cell), "{column} could be a formula: {cell:?}");
             let unquoted = cell.replace('\'', "");
             assert!(
-                payloads.iter().any(|p| unquoted.ends_with(&p.replace('\'', ""))),
+                payloads
+                    .iter()
+                    .any(|p| unquoted.ends_with(&p.replace('\'', ""))),
                 "{column}: the text is kept: {cell:?}"
             );
         }

@@ -233,7 +233,8 @@ async fn without_an_admin_key_only_requests_addressed_to_this_machine_are_served
         "GET http://attacker.example/api/console/keys HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
     ] {
         let got = raw_exchange(addr, raw.as_bytes());
-        assert!(got.starts_with("HTTP/1.1 403"), "{raw:?}: {got}");
+        let status = got.split_whitespace().nth(1);
+        assert_eq!(status, Some("403"), "{raw:?}: {got}");
     }
 }
 
@@ -408,7 +409,10 @@ async fn only_allowed_request_headers_reach_the_provider() {
     for seen in &requests {
         let headers = seen["headers"].as_object().unwrap();
         for (name, _) in forbidden {
-            assert!(!headers.contains_key(name), "{name} reached the provider: {headers:?}");
+            assert!(
+                !headers.contains_key(name),
+                "{name} reached the provider: {headers:?}"
+            );
         }
         for (name, value) in allowed {
             assert_eq!(headers[name], value, "{name}: {headers:?}");
@@ -460,10 +464,9 @@ async fn an_ipv4_mapped_loopback_peer_is_this_machine() {
     let dir = tempdir();
     let server = Server::start(dir.path(), "host: \"::\"\n");
     let port = server.url.rsplit(':').next().unwrap().to_owned();
-    let (status, _, body) = answer(
-        reqwest::Client::new().get(format!("http://127.0.0.1:{port}/api/console/stats")),
-    )
-    .await;
+    let (status, _, body) =
+        answer(reqwest::Client::new().get(format!("http://127.0.0.1:{port}/api/console/stats")))
+            .await;
     assert_eq!(status, 200, "{body}");
 }
 
@@ -597,7 +600,8 @@ async fn gateway_made_errors_carry_the_overhead_header_and_no_provider_url() {
     .await;
     let http = reqwest::Client::new();
     let chat = format!("{}/v1/chat/completions", server.url);
-    let body = |model: &str| json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
+    let body =
+        |model: &str| json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
     let first = http
         .post(&chat)
         .bearer_auth(&limited)
@@ -610,22 +614,29 @@ async fn gateway_made_errors_carry_the_overhead_header_and_no_provider_url() {
         ("no key", http.post(&chat).json(&body("gpt-4o")), 401),
         (
             "unknown key",
-            http.post(&chat).bearer_auth("sk-tc-unknown").json(&body("gpt-4o")),
+            http.post(&chat)
+                .bearer_auth("sk-tc-unknown")
+                .json(&body("gpt-4o")),
             401,
         ),
         (
             "model not allowed",
-            http.post(&chat).bearer_auth(&limited).json(&body("claude-x")),
+            http.post(&chat)
+                .bearer_auth(&limited)
+                .json(&body("claude-x")),
             403,
         ),
         (
             "no provider",
-            http.post(&chat).bearer_auth(&key).json(&body("nobody-serves")),
+            http.post(&chat)
+                .bearer_auth(&key)
+                .json(&body("nobody-serves")),
             404,
         ),
         (
             "unknown route",
-            http.post(format!("{}/v1/nope", server.url)).bearer_auth(&key),
+            http.post(format!("{}/v1/nope", server.url))
+                .bearer_auth(&key),
             404,
         ),
         ("wrong method", http.get(&chat).bearer_auth(&key), 405),
@@ -696,6 +707,10 @@ async fn gateway_made_errors_carry_the_overhead_header_and_no_provider_url() {
         !error.contains(&broken.port().to_string()) && !error.contains("http://"),
         "{error}"
     );
-    let (_, headers, _) = answer(http.get(format!("{}/v1/models", server.url)).bearer_auth(&key)).await;
+    let (_, headers, _) = answer(
+        http.get(format!("{}/v1/models", server.url))
+            .bearer_auth(&key),
+    )
+    .await;
     assert!(headers.contains_key("x-token-console-overhead-ms"));
 }

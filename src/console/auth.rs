@@ -170,20 +170,29 @@ fn forbidden(message: String) -> ConsoleError {
 }
 
 /// Refuses what a browser sends from another site: `Sec-Fetch-Site: cross-site` (or `same-site`).
-fn cross_site(headers: &HeaderMap) -> Option<ConsoleError> {
+fn cross_site(state: &AppState, headers: &HeaderMap) -> Option<ConsoleError> {
     headers
         .get("sec-fetch-site")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|site| site == "cross-site" || site == "same-site")
         .then(|| {
-            forbidden(
-                "the console does not answer requests from other web sites; open the console page itself".into(),
-            )
+            let what = if state.config.console.admin_key.is_some() {
+                "use the console page itself".to_owned()
+            } else {
+                how_to_open(state)
+            };
+            forbidden(format!(
+                "the console does not answer requests from other web sites; {what}"
+            ))
         })
 }
 
 fn how_to_open(state: &AppState) -> String {
-    let port = state.config.console.separate_port.unwrap_or(state.config.port);
+    let port = state
+        .config
+        .console
+        .separate_port
+        .unwrap_or(state.config.port);
     format!(
         "open the console as http://localhost:{port}{path}/ or http://127.0.0.1:{port}{path}/, list the name you use in console.allowed_hosts (CONSOLE_ALLOWED_HOSTS), or set CONSOLE_ADMIN_KEY (console.admin_key) and sign in with it",
         path = state.config.console.path
@@ -209,7 +218,7 @@ pub fn local_only_refusal(
             "the console answers only this machine because no admin key is set; set CONSOLE_ADMIN_KEY (or console.admin_key in config.yaml) and sign in with it".into(),
         ));
     }
-    if let Some(refusal) = cross_site(headers) {
+    if let Some(refusal) = cross_site(state, headers) {
         return Some(refusal);
     }
     let hosts = addressed_hosts(uri, headers).unwrap_or_default();
@@ -251,8 +260,9 @@ fn foreign_origin_change(
     let origin = headers.get(header::ORIGIN)?;
     let text = origin.to_str().unwrap_or("");
     let own = addressed_hosts(uri, headers).unwrap_or_default();
-    let fine = origin_host(text)
-        .is_some_and(|h| allowed_host(state, &h) || (!own.is_empty() && own.iter().all(|o| *o == h)));
+    let fine = origin_host(text).is_some_and(|h| {
+        allowed_host(state, &h) || (!own.is_empty() && own.iter().all(|o| *o == h))
+    });
     (!fine).then(|| {
         forbidden(format!(
             "the console does not accept changes from pages of the origin \"{text}\"; use the console page itself"
@@ -272,7 +282,7 @@ pub fn check(
     uri: &Uri,
     headers: &HeaderMap,
 ) -> Result<(), ConsoleError> {
-    if let Some(refusal) = cross_site(headers) {
+    if let Some(refusal) = cross_site(state, headers) {
         return Err(refusal);
     }
     if let Some(refusal) = local_only_refusal(state, peer, uri, headers) {

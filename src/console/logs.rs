@@ -131,10 +131,9 @@ pub fn live(
     let stopping = async move {
         let _ = stop.wait_for(|stopping| *stopping).await;
     };
-    let stream =
-        BroadcastStream::new(state.recorder.subscribe()).filter_map(move |item| {
-            let _held = &slot;
-            match item {
+    let stream = BroadcastStream::new(state.recorder.subscribe()).filter_map(move |item| {
+        let _held = &slot;
+        match item {
             Ok(logged) if matches(&query, &logged) => {
                 let row = LogRow::from(logged.as_ref());
                 Some(Ok(Event::default()
@@ -148,8 +147,8 @@ pub fn live(
             Err(BroadcastStreamRecvError::Lagged(missed)) => Some(Ok(Event::default()
                 .event("lagged")
                 .data(missed.to_string()))),
-            }
-        });
+        }
+    });
     Sse::new(futures_util::StreamExt::take_until(
         stream,
         Box::pin(stopping),
