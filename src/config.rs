@@ -15,6 +15,9 @@ use serde::{Deserialize, Deserializer};
 pub const DEFAULT_PORT: u16 = 8317;
 /// The default body limit of a gateway request: large enough for long prompts with images.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+/// The shortest admin key accepted: guessing 16 random characters is hopeless, so failed
+/// sign-ins need no lock-out that could shut the real admin out.
+pub const MIN_ADMIN_KEY_CHARS: usize = 16;
 
 /// A value that must never be printed: it hides itself in `Debug` and `Display`.
 #[derive(Clone, PartialEq, Eq)]
@@ -88,6 +91,10 @@ pub struct Cli {
     /// Largest accepted request body in bytes.
     #[arg(long, env = "CONSOLE_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
+    /// Extra host names the console answers without an admin key (comma-separated), besides
+    /// loopback names and the configured host.
+    #[arg(long, env = "CONSOLE_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub console_allowed_hosts: Option<Vec<String>>,
     /// Admin key for the console (environment only: flags show in `ps`).
     #[arg(skip)]
     pub admin_key: Option<String>,
@@ -155,6 +162,7 @@ struct RawConfig {
     client_header_timeout_ms: Option<u64>,
     recorder_queue: Option<usize>,
     recorder_wait_ms: Option<u64>,
+    client_idle_timeout_ms: Option<u64>,
     console: Option<RawConsole>,
     quota: Option<RawQuota>,
     providers: Option<Vec<RawProvider>>,
@@ -169,6 +177,7 @@ struct RawConsole {
     max_logs: Option<u64>,
     max_keys: Option<u64>,
     admin_key: Option<EnvString>,
+    allowed_hosts: Option<Vec<EnvString>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -259,6 +268,9 @@ pub struct ConsoleConfig {
     pub max_keys: u64,
     /// When set, every console call needs it as a bearer token.
     pub admin_key: Option<Secret>,
+    /// Host names (lowercase, without port) the console answers without an admin key, besides
+    /// loopback names and the configured host.
+    pub allowed_hosts: Vec<String>,
 }
 
 /// One upstream provider.
@@ -311,6 +323,8 @@ pub struct Config {
     pub recorder_queue: usize,
     /// Longest wait of a new call for room in the record queue before it is refused (503).
     pub recorder_wait_ms: u64,
+    /// Longest a kept-alive client connection may sit idle between requests (closed after).
+    pub client_idle_timeout_ms: u64,
     /// Console settings.
     pub console: ConsoleConfig,
     /// Global token budget; `None` is unlimited.
@@ -392,11 +406,25 @@ impl Config {
             .or(console_raw.admin_key.map(|k| k.0))
             .filter(|k| !k.is_empty())
             .map(Secret::new);
-        if admin_key.as_ref().is_some_and(|k| k.expose().len() < 8) {
-            return Err(ConfigError::Invalid(
-                "console.admin_key must be at least 8 characters long".into(),
-            ));
+        if admin_key
+            .as_ref()
+            .is_some_and(|k| k.expose().chars().count() < MIN_ADMIN_KEY_CHARS)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "console.admin_key (CONSOLE_ADMIN_KEY) must be at least {MIN_ADMIN_KEY_CHARS} characters long; generate one with `openssl rand -hex 24`"
+            )));
         }
+        let allowed_hosts = cli
+            .console_allowed_hosts
+            .clone()
+            .or(console_raw
+                .allowed_hosts
+                .map(|hosts| hosts.into_iter().map(|h| h.0).collect()))
+            .unwrap_or_default()
+            .iter()
+            .map(|h| allowed_host(h))
+            .filter_map(Result::transpose)
+            .collect::<Result<Vec<_>, _>>()?;
         let timezone_name = cli
             .timezone
             .clone()
@@ -456,6 +484,10 @@ impl Config {
                 raw.recorder_wait_ms
                     .unwrap_or(crate::usage::SLOT_WAIT.as_millis() as u64),
             )?,
+            client_idle_timeout_ms: positive(
+                "client_idle_timeout_ms",
+                raw.client_idle_timeout_ms.unwrap_or(75_000),
+            )?,
             console: ConsoleConfig {
                 enabled: cli.console_enabled.or(console_raw.enabled).unwrap_or(true),
                 separate_port,
@@ -463,6 +495,7 @@ impl Config {
                 max_logs,
                 max_keys,
                 admin_key,
+                allowed_hosts,
             },
             total_tokens: cli.total_tokens.or(quota.total_tokens),
             providers,
@@ -500,6 +533,33 @@ fn positive_usize(key: &str, value: usize) -> Result<usize, ConfigError> {
         return Err(ConfigError::Invalid(format!("{key} must be at least 1")));
     }
     Ok(value)
+}
+
+/// Validates one `console.allowed_hosts` entry: a host name or IP address without scheme, port or
+/// path; returns it lowercase (`None` for an empty entry, as a trailing comma leaves).
+fn allowed_host(raw: &str) -> Result<Option<String>, ConfigError> {
+    let host = raw.trim().trim_end_matches('.').to_ascii_lowercase();
+    if host.is_empty() {
+        return Ok(None);
+    }
+    let bracketed = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok());
+    let name = host.split('.').all(|label| {
+        !label.is_empty()
+            && label.len() <= 63
+            && label
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    });
+    if bracketed || name {
+        Ok(Some(host))
+    } else {
+        Err(ConfigError::Invalid(format!(
+            "console.allowed_hosts entry \"{raw}\" must be a host name or IP address such as tc.example.com, 192.0.2.7 or [2001:db8::7], without scheme, port or path"
+        )))
+    }
 }
 
 fn normalize_console_path(path: String) -> Result<String, ConfigError> {

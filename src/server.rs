@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -91,18 +91,27 @@ async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
 async fn metrics(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    method: Method,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(e) = console::auth::check(&state, peer, &headers) {
-        return e.into_response();
+    if let Err(e) = console::auth::check(&state, peer, &method, &uri, &headers) {
+        let mut response = e.into_response();
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        return response;
     }
     let body = state.metrics.render(state.recorder.stats());
     (
         StatusCode::OK,
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
+        [
+            (
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            ),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
         body,
     )
         .into_response()
@@ -142,15 +151,99 @@ async fn termination() {
     }
 }
 
+/// How a connection's silence is bounded.
+#[derive(Clone, Copy)]
+struct Timeouts {
+    /// Until the first request's headers are complete (`client_header_timeout_ms`).
+    first_request: Duration,
+    /// Between the end of one answer and the next request (`client_idle_timeout_ms`).
+    idle: Duration,
+}
+
+/// What one connection is doing, shared by its requests and its watchdog.
+struct Activity {
+    /// Requests whose answer is not yet fully sent.
+    in_flight: std::sync::atomic::AtomicUsize,
+    /// When the connection last went idle (opened, or an answer ended).
+    idle_since: std::sync::Mutex<tokio::time::Instant>,
+}
+
+impl Activity {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
+            idle_since: std::sync::Mutex::new(tokio::time::Instant::now()),
+        })
+    }
+
+    fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        InFlight(self.clone())
+    }
+
+    fn idle_since(&self) -> tokio::time::Instant {
+        self.idle_since
+            .lock()
+            .map(|at| *at)
+            .unwrap_or_else(|_| tokio::time::Instant::now())
+    }
+}
+
+/// One request in flight on a connection, until its answer's body has been sent or dropped.
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Ok(mut at) = self.0.idle_since.lock() {
+            *at = tokio::time::Instant::now();
+        }
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Resolves when the connection has been silent too long: no request within
+/// `timeouts.first_request` of opening, or none within `timeouts.idle` of the last answer.
+///
+/// hyper's own `header_read_timeout` starts only once a request's first bytes arrive and does not
+/// apply to HTTP/2, so a client that connects and says nothing (or one byte, or only the HTTP/2
+/// preface) would otherwise hold a task and a descriptor forever.
+async fn silence(activity: Arc<Activity>, timeouts: Timeouts) {
+    let mut served_one = false;
+    loop {
+        let limit = if served_one {
+            timeouts.idle
+        } else {
+            timeouts.first_request
+        };
+        let deadline = activity.idle_since() + limit;
+        tokio::time::sleep_until(deadline).await;
+        if activity.in_flight.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            served_one = true;
+            // Busy: look again once an answer could have ended and the idle time run out.
+            tokio::time::sleep(timeouts.idle.min(timeouts.first_request)).await;
+            continue;
+        }
+        let since = activity.idle_since();
+        if since + limit <= tokio::time::Instant::now() {
+            return;
+        }
+        served_one = true;
+    }
+}
+
 /// Serves one listener until `stop` turns true, then lets open connections finish.
 ///
 /// Rather than `axum::serve`, connections are driven by hyper-util with a timer, so that a client
 /// that opens a connection and never completes its request headers is dropped after
-/// `header_timeout` (`client_header_timeout_ms`) instead of holding a task and a descriptor forever.
+/// `client_header_timeout_ms`, and a kept-alive connection after `client_idle_timeout_ms` without
+/// a request, instead of holding a task and a descriptor forever (see [`silence`]).
 async fn serve(
     listener: TcpListener,
     router: Router,
-    header_timeout: Duration,
+    timeouts: Timeouts,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let graceful = GracefulShutdown::new();
@@ -158,8 +251,12 @@ async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout);
-    builder.http2().timer(TokioTimer::new());
+        .header_read_timeout(timeouts.first_request);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(timeouts.idle))
+        .keep_alive_timeout(timeouts.first_request);
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -175,19 +272,33 @@ async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        let service =
-            router
-                .clone()
-                .map_request(move |mut request: axum::extract::Request<Incoming>| {
-                    request.extensions_mut().insert(ConnectInfo(peer));
-                    request
-                });
+        let activity = Activity::new();
+        let tracked = activity.clone();
+        let router = router.clone();
+        let service = tower::service_fn(move |mut request: axum::extract::Request<Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            let held = tracked.begin();
+            let router = router.clone();
+            async move {
+                let response = router.oneshot(request).await?;
+                // The request counts as in flight until its answer's body is sent or dropped.
+                Ok::<_, std::convert::Infallible>(response.map(|body| {
+                    axum::body::Body::new(http_body_util::BodyExt::map_frame(body, move |frame| {
+                        let _held = &held;
+                        frame
+                    }))
+                }))
+            }
+        });
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service))
             .into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
-            let _ = connection.await;
+            tokio::select! {
+                _ = connection => {}
+                () = silence(activity, timeouts) => {}
+            }
         });
     }
     drop(listener);
@@ -215,7 +326,10 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         .local_addr()
         .map_err(|e| StartError::Io(e.to_string()))?;
     let mut servers = tokio::task::JoinSet::new();
-    let header_timeout = Duration::from_millis(config.client_header_timeout_ms);
+    let timeouts = Timeouts {
+        first_request: Duration::from_millis(config.client_header_timeout_ms),
+        idle: Duration::from_millis(config.client_idle_timeout_ms),
+    };
     let console_url = if !config.console.enabled {
         "off".to_owned()
     } else if let Some(port) = config.console.separate_port {
@@ -226,7 +340,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         servers.spawn(serve(
             listener,
             console_app(state.clone()),
-            header_timeout,
+            timeouts,
             stop_rx.clone(),
         ));
         format!("{}{}", url(addr), config.console.path)
@@ -238,12 +352,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     } else {
         gateway_app(state.clone())
     };
-    servers.spawn(serve(
-        gateway_listener,
-        router,
-        header_timeout,
-        stop_rx.clone(),
-    ));
+    servers.spawn(serve(gateway_listener, router, timeouts, stop_rx.clone()));
     tracing::info!(gateway = %url(gateway_addr), console = %console_url, "token-console started");
     println!(
         "token-console ready gateway={} console={console_url}",

@@ -32,6 +32,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Failed console sign-ins per client.
     pub sign_ins: Arc<SignInLimiter>,
+    /// Live-log streams open now, capped per client and in all.
+    pub log_streams: Arc<crate::console::logs::StreamLimits>,
     /// Fires when the process starts shutting down (ends live streams).
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
@@ -90,6 +92,7 @@ impl AppState {
             gateway: Arc::new(gateway),
             metrics: Arc::new(Metrics::default()),
             sign_ins: Arc::new(SignInLimiter::default()),
+            log_streams: Arc::default(),
             shutdown,
         })
     }

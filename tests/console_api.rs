@@ -69,7 +69,10 @@ impl Console {
         body: Option<&str>,
         bearer: Option<&str>,
     ) -> (StatusCode, Vec<u8>, axum::http::HeaderMap) {
-        let mut request = Request::builder().method(method).uri(uri);
+        let mut request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("host", "localhost");
         if let Some(token) = bearer {
             request = request.header("authorization", format!("Bearer {token}"));
         }
@@ -695,6 +698,7 @@ async fn console_is_for_this_machine_unless_an_admin_key_is_set() {
     let local = Console::start("").await;
     let request = Request::builder()
         .uri("/api/console/stats")
+        .header("host", "localhost")
         .header("x-forwarded-for", "203.0.113.9")
         .body(Body::empty())
         .unwrap();
@@ -718,8 +722,11 @@ async fn console_is_for_this_machine_unless_an_admin_key_is_set() {
         "no cross-origin calls"
     );
 
-    let guarded =
-        Console::start_from("console: {admin_key: correct-horse-battery}\n", remote).await;
+    let guarded = Console::start_from(
+        "console: {admin_key: correct-horse-battery-staple}\n",
+        remote,
+    )
+    .await;
     let (status, body, _) = guarded.send("GET", "/api/console/stats", None, None).await;
     assert_eq!(
         status,
@@ -736,7 +743,7 @@ async fn console_is_for_this_machine_unless_an_admin_key_is_set() {
             "GET",
             "/api/console/stats",
             None,
-            Some("correct-horse-battery"),
+            Some("correct-horse-battery-staple"),
         )
         .await;
     assert_eq!(status, StatusCode::OK);
@@ -790,6 +797,7 @@ async fn the_live_log_streams_each_new_record_that_passes_the_filters() {
     let console = Console::start("").await;
     let request = Request::builder()
         .uri("/api/console/logs/stream?model=wanted")
+        .header("host", "localhost")
         .body(Body::empty())
         .unwrap();
     let response = console.app.clone().oneshot(request).await.unwrap();
@@ -863,4 +871,75 @@ async fn a_patch_cannot_null_a_required_field() {
     }
     let keys = console.data("/api/console/keys").await;
     assert_eq!(keys[0]["name"], "kept");
+}
+
+/// The CSV export is RFC 4180 and no text cell can become a spreadsheet formula, whether the
+/// spreadsheet splits lines at `,` or at `;`: model, endpoint, method, key name and error carry
+/// formula payloads here.
+#[tokio::test]
+async fn csv_export_cells_are_never_formulas() {
+    let console = Console::start("").await;
+    let payloads = [
+        "=1+1",
+        "+SUM(A1:A2)",
+        "-2+3",
+        "@SUM(1)",
+        "\t=1",
+        "\r=1",
+        "a;=1+1",
+        "a,=1+1",
+        "a; =HYPERLINK(\"http://x\")",
+        "say \"hi\", then\n=2*3",
+    ];
+    let now = jiff::Timestamp::now();
+    let calls: Vec<CallRecord> = payloads
+        .iter()
+        .map(|p| {
+            let mut c = call(now, p, Some((1, p)), 500, 1, 1, 5);
+            c.method = (*p).into();
+            c.endpoint = format!("/v1/{p}");
+            c.error = Some((*p).into());
+            c
+        })
+        .collect();
+    console.record_all(&calls).await;
+    let (status, bytes, headers) = console
+        .send("GET", "/api/console/export?format=csv", None, None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/csv"));
+    let text = String::from_utf8(bytes).unwrap();
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    let columns: Vec<String> = reader
+        .headers()
+        .unwrap()
+        .iter()
+        .map(str::to_owned)
+        .collect();
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), payloads.len());
+    let formula = |cell: &str| {
+        cell.split([',', ';', '\t', '\r', '\n', '|']).any(|part| {
+            part.trim_start_matches([' ', '"'])
+                .starts_with(['=', '+', '-', '@'])
+        }) || cell.starts_with(['\t', '\r'])
+    };
+    for row in &rows {
+        assert_eq!(row.len(), columns.len(), "{row:?}");
+        for column in ["method", "endpoint", "model", "key_name", "error"] {
+            let i = columns.iter().position(|c| c == column).unwrap();
+            let cell = &row[i];
+            assert!(!formula(cell), "{column} could be a formula: {cell:?}");
+            let unquoted = cell.replace('\'', "");
+            assert!(
+                payloads
+                    .iter()
+                    .any(|p| unquoted.ends_with(&p.replace('\'', ""))),
+                "{column}: the text is kept: {cell:?}"
+            );
+        }
+    }
 }

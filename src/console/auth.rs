@@ -1,6 +1,9 @@
 //! Who may use the console (SPEC §6): with an admin key, whoever presents it as a bearer token;
-//! without one, this machine only (loopback peers that came through no proxy). Browsers on other
-//! sites are refused outright, and failed sign-ins are rate-limited per client address.
+//! without one, this machine only: loopback peers that came through no proxy, *and* requests
+//! addressed to a loopback name, the configured host or `console.allowed_hosts` (so that a DNS
+//! rebinding page in the operator's browser, whose requests name the attacker's host, is refused).
+//! Browsers on other sites are refused outright; failed sign-ins are rate-limited per address,
+//! but the right admin key always gets in.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -8,7 +11,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{header, HeaderMap};
+use axum::http::{header, HeaderMap, Method, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
@@ -19,6 +22,23 @@ use crate::state::AppState;
 
 const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 const MAX_FAILURES: u32 = 10;
+
+/// Headers a reverse proxy or CDN adds to tell who the client is: a request carrying any of them
+/// came through a proxy, so its loopback peer proves nothing about the client.
+const PROXY_HEADERS: [&str; 12] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-real-ip",
+    "via",
+    "cf-connecting-ip",
+    "true-client-ip",
+    "x-client-ip",
+    "fastly-client-ip",
+    "x-cluster-client-ip",
+    "x-original-forwarded-for",
+];
 
 /// Failed admin sign-ins per client address within the current window.
 #[derive(Default)]
@@ -57,71 +77,229 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// Whether the request came through a proxy (then its loopback peer proves nothing).
-fn forwarded(headers: &HeaderMap) -> bool {
-    ["forwarded", "x-forwarded-for", "x-real-ip"]
-        .iter()
-        .any(|h| headers.contains_key(*h))
+/// Whether an address is this machine's loopback, IPv4-mapped IPv6 (`::ffff:127.0.0.1`) included.
+pub fn is_loopback(ip: IpAddr) -> bool {
+    ip.to_canonical().is_loopback()
 }
 
-/// Refuses requests a browser sends from another site.
-fn cross_origin(headers: &HeaderMap) -> bool {
-    if headers
+/// Whether the request came through a proxy (then its loopback peer proves nothing).
+pub fn forwarded(headers: &HeaderMap) -> bool {
+    PROXY_HEADERS.iter().any(|h| headers.contains_key(*h))
+}
+
+/// The host part of an authority (`host[:port]`, `[v6]:port`), lowercase, without a final dot.
+fn host_of(authority: &str) -> Option<String> {
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    let host = if authority.starts_with('[') {
+        let end = authority.find(']')?;
+        let rest = &authority[end + 1..];
+        if !(rest.is_empty() || rest.starts_with(':')) {
+            return None;
+        }
+        &authority[..=end]
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+            Some(_) => return None,
+            None => authority,
+        }
+    };
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    (!host.is_empty()).then_some(host)
+}
+
+/// Whether a host (as [`host_of`] returns it) names this machine's loopback.
+fn loopback_name(host: &str) -> bool {
+    if host == "localhost" || host.ends_with(".localhost") {
+        return true;
+    }
+    let ip = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    ip.parse::<IpAddr>().is_ok_and(is_loopback)
+}
+
+/// Whether the console answers requests addressed to `host` without an admin key.
+fn allowed_host(state: &AppState, host: &str) -> bool {
+    if loopback_name(host) {
+        return true;
+    }
+    let configured = state.config.host.trim_end_matches('.').to_ascii_lowercase();
+    let wildcard = configured
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+        .is_ok_and(|ip| ip.is_unspecified());
+    let bare = |h: &str| h.trim_start_matches('[').trim_end_matches(']').to_owned();
+    (!configured.is_empty() && !wildcard && bare(&configured) == bare(host))
+        || state
+            .config
+            .console
+            .allowed_hosts
+            .iter()
+            .any(|allowed| bare(allowed) == bare(host))
+}
+
+/// Every host the request says it is addressed to: the URI's authority (HTTP/2's `:authority`,
+/// or an absolute-form HTTP/1.1 target) and the `Host` header. `None` when one is unreadable.
+fn addressed_hosts(uri: &Uri, headers: &HeaderMap) -> Option<Vec<String>> {
+    let mut hosts = Vec::with_capacity(2);
+    if let Some(authority) = uri.authority() {
+        hosts.push(host_of(authority.as_str())?);
+    }
+    for value in headers.get_all(header::HOST) {
+        hosts.push(host_of(value.to_str().ok()?)?);
+    }
+    Some(hosts)
+}
+
+/// The host of an `Origin` header (`scheme://host[:port]`); `None` for `null` or anything else.
+fn origin_host(origin: &str) -> Option<String> {
+    let rest = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))?;
+    if rest.contains(['/', '?', '#', '@']) {
+        return None;
+    }
+    host_of(rest)
+}
+
+fn forbidden(message: String) -> ConsoleError {
+    ConsoleError::Forbidden(message)
+}
+
+/// Refuses what a browser sends from another site: `Sec-Fetch-Site: cross-site` (or `same-site`).
+fn cross_site(state: &AppState, headers: &HeaderMap) -> Option<ConsoleError> {
+    headers
         .get("sec-fetch-site")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|site| site == "cross-site" || site == "same-site")
-    {
-        return true;
-    }
-    let (Some(origin), Some(host)) = (
-        headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()),
-        headers.get(header::HOST).and_then(|v| v.to_str().ok()),
-    ) else {
-        return false;
-    };
-    let origin_host = origin
-        .strip_prefix("http://")
-        .or_else(|| origin.strip_prefix("https://"))
-        .unwrap_or(origin);
-    origin_host != host
+        .then(|| {
+            let what = if state.config.console.admin_key.is_some() {
+                "use the console page itself".to_owned()
+            } else {
+                how_to_open(state)
+            };
+            forbidden(format!(
+                "the console does not answer requests from other web sites; {what}"
+            ))
+        })
 }
 
-/// Without an admin key, the refusal for a client that is not this machine.
+fn how_to_open(state: &AppState) -> String {
+    let port = state
+        .config
+        .console
+        .separate_port
+        .unwrap_or(state.config.port);
+    format!(
+        "open the console as http://localhost:{port}{path}/ or http://127.0.0.1:{port}{path}/, list the name you use in console.allowed_hosts (CONSOLE_ALLOWED_HOSTS), or set CONSOLE_ADMIN_KEY (console.admin_key) and sign in with it",
+        path = state.config.console.path
+    )
+}
+
+/// Without an admin key, the refusal for a request that is not from this machine *and* addressed
+/// to it: the peer must be loopback with no proxy in between, every address the request names
+/// (`Host`, `:authority`) must be a loopback name, the configured host or an allowed host, and a
+/// present `Origin` must be such an origin too (it is never compared with `Host`, which a DNS
+/// rebinding page chooses).
 pub fn local_only_refusal(
     state: &AppState,
     peer: SocketAddr,
+    uri: &Uri,
     headers: &HeaderMap,
 ) -> Option<ConsoleError> {
-    if state.config.console.admin_key.is_some() || (peer.ip().is_loopback() && !forwarded(headers))
-    {
+    if state.config.console.admin_key.is_some() {
         return None;
     }
-    Some(ConsoleError::Forbidden(
-        "the console answers only this machine because no admin key is set; set CONSOLE_ADMIN_KEY (or console.admin_key in config.yaml) and sign in with it".into(),
-    ))
+    if !is_loopback(peer.ip()) || forwarded(headers) {
+        return Some(forbidden(
+            "the console answers only this machine because no admin key is set; set CONSOLE_ADMIN_KEY (or console.admin_key in config.yaml) and sign in with it".into(),
+        ));
+    }
+    if let Some(refusal) = cross_site(state, headers) {
+        return Some(refusal);
+    }
+    let hosts = addressed_hosts(uri, headers).unwrap_or_default();
+    if hosts.is_empty() {
+        return Some(forbidden(format!(
+            "the request names no host (no Host header or :authority), so the console cannot tell it is addressed to this machine; {}",
+            how_to_open(state)
+        )));
+    }
+    if let Some(foreign) = hosts.iter().find(|h| !allowed_host(state, h)) {
+        return Some(forbidden(format!(
+            "without an admin key the console answers only requests addressed to this machine, and this one is addressed to \"{foreign}\"; {}",
+            how_to_open(state)
+        )));
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let text = origin.to_str().unwrap_or("");
+        if !origin_host(text).is_some_and(|h| allowed_host(state, &h)) {
+            return Some(forbidden(format!(
+                "the console does not answer pages from the origin \"{text}\"; {}",
+                how_to_open(state)
+            )));
+        }
+    }
+    None
+}
+
+/// With an admin key, a state-changing call must not come from a foreign page: a present
+/// `Origin` must be an allowed origin or the one the request is addressed to.
+fn foreign_origin_change(
+    state: &AppState,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Option<ConsoleError> {
+    if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        return None;
+    }
+    let origin = headers.get(header::ORIGIN)?;
+    let text = origin.to_str().unwrap_or("");
+    let own = addressed_hosts(uri, headers).unwrap_or_default();
+    let fine = origin_host(text).is_some_and(|h| {
+        allowed_host(state, &h) || (!own.is_empty() && own.iter().all(|o| *o == h))
+    });
+    (!fine).then(|| {
+        forbidden(format!(
+            "the console does not accept changes from pages of the origin \"{text}\"; use the console page itself"
+        ))
+    })
 }
 
 /// Checks console access for one request.
-pub fn check(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Result<(), ConsoleError> {
-    if cross_origin(headers) {
-        return Err(ConsoleError::Forbidden(
-            "the console API does not answer requests from other web sites".into(),
-        ));
+///
+/// The right admin key is compared first and always admits, however many wrong keys the same
+/// address sent: behind a reverse proxy every client shares one address, and a lock-out would shut
+/// the admin out. Only failures are counted; past the limit wrong keys get 429.
+pub fn check(
+    state: &AppState,
+    peer: SocketAddr,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<(), ConsoleError> {
+    if let Some(refusal) = cross_site(state, headers) {
+        return Err(refusal);
     }
-    if let Some(refusal) = local_only_refusal(state, peer, headers) {
+    if let Some(refusal) = local_only_refusal(state, peer, uri, headers) {
         return Err(refusal);
     }
     let Some(admin_key) = &state.config.console.admin_key else {
         return Ok(());
     };
-    let ip = peer.ip();
-    if state.sign_ins.blocked(ip) {
-        return Err(ConsoleError::TooManyRequests(
-            "too many failed sign-ins from this address; wait a minute and try again".into(),
-        ));
+    if let Some(refusal) = foreign_origin_change(state, method, uri, headers) {
+        return Err(refusal);
     }
+    let ip = peer.ip().to_canonical();
     match bearer(headers) {
         Some(token) if secrets_equal(token, admin_key.expose()) => Ok(()),
+        Some(_) if state.sign_ins.blocked(ip) => Err(ConsoleError::TooManyRequests(
+            "too many wrong admin keys from this address; wait a minute and try again".into(),
+        )),
         Some(_) => {
             state.sign_ins.fail(ip);
             Err(ConsoleError::Unauthorized(
@@ -141,7 +319,13 @@ pub async fn require_console_access(
     request: Request,
     next: Next,
 ) -> Response {
-    match check(&state, peer, request.headers()) {
+    match check(
+        &state,
+        peer,
+        request.method(),
+        request.uri(),
+        request.headers(),
+    ) {
         Ok(()) => next.run(request).await,
         Err(e) => e.into_response(),
     }
@@ -168,14 +352,28 @@ mod tests {
     }
 
     #[test]
-    fn spots_cross_origin_requests() {
-        let mut headers = HeaderMap::new();
-        headers.insert(header::HOST, "127.0.0.1:8317".parse().unwrap());
-        assert!(!cross_origin(&headers));
-        headers.insert(header::ORIGIN, "http://127.0.0.1:8317".parse().unwrap());
-        assert!(!cross_origin(&headers));
-        headers.insert(header::ORIGIN, "http://evil.example".parse().unwrap());
-        assert!(cross_origin(&headers));
+    fn reads_hosts_and_origins() {
+        assert_eq!(host_of("127.0.0.1:8317").as_deref(), Some("127.0.0.1"));
+        assert_eq!(host_of("LocalHost.").as_deref(), Some("localhost"));
+        assert_eq!(host_of("[::1]:80").as_deref(), Some("[::1]"));
+        assert_eq!(host_of("evil.example:x"), None);
+        assert!(loopback_name("[::1]"));
+        assert!(loopback_name("[::ffff:127.0.0.1]"));
+        assert!(loopback_name("127.9.8.7"));
+        assert!(loopback_name("app.localhost"));
+        assert!(!loopback_name("localhost.evil.example"));
+        assert_eq!(
+            origin_host("http://localhost:8317").as_deref(),
+            Some("localhost")
+        );
+        assert_eq!(origin_host("null"), None);
+        assert_eq!(origin_host("http://127.0.0.1@evil.example"), None);
+    }
+
+    #[test]
+    fn mapped_loopback_is_loopback() {
+        assert!(is_loopback("::ffff:127.0.0.1".parse().unwrap()));
+        assert!(!is_loopback("::ffff:10.0.0.1".parse().unwrap()));
     }
 
     #[test]

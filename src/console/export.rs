@@ -45,7 +45,7 @@ pub async fn export(state: &AppState, format: Format) -> Result<Response, Consol
         .to_string();
     let (head, content_type, ext) = match format {
         Format::Json => (json_head(state).await?, "application/json", "json"),
-        Format::Csv => (CSV_HEADER.to_owned(), "text/csv; charset=utf-8", "csv"),
+        Format::Csv => (csv_head()?, "text/csv; charset=utf-8", "csv"),
     };
     let body = Body::from_stream(log_chunks(state.clone(), format, head));
     let disposition = format!("attachment; filename=\"token-stats-{today}.{ext}\"");
@@ -118,6 +118,7 @@ fn log_chunks(
             }
         };
         let mut out = String::new();
+        let mut csv = csv_writer();
         for logged in &rows {
             let row = LogRow::from(logged);
             match cursor.format {
@@ -127,9 +128,23 @@ fn log_chunks(
                     }
                     out.push_str(&serde_json::to_string(&row).unwrap_or_else(|_| "null".into()));
                 }
-                Format::Csv => csv_row(&mut out, &row),
+                Format::Csv => {
+                    if let Err(e) = csv.write_record(csv_row(&row)) {
+                        cursor.done = true;
+                        return Some((Err(std::io::Error::other(e.to_string())), cursor));
+                    }
+                }
             }
             cursor.first_row = false;
+        }
+        if cursor.format == Format::Csv {
+            match csv.into_inner() {
+                Ok(bytes) => out.push_str(&String::from_utf8_lossy(&bytes)),
+                Err(e) => {
+                    cursor.done = true;
+                    return Some((Err(std::io::Error::other(e.to_string())), cursor));
+                }
+            }
         }
         cursor.before_id = rows.last().map(|r| r.id);
         if rows.len() < PAGE as usize {
@@ -142,46 +157,100 @@ fn log_chunks(
     })
 }
 
-const CSV_HEADER: &str = "id,timestamp,method,endpoint,status,tokens,prompt_tokens,completion_tokens,cache_read_tokens,cache_creation_tokens,reasoning_tokens,duration,ttft,model,key_id,key_name,stream,estimated,error\r\n";
+/// The CSV's columns.
+const CSV_COLUMNS: [&str; 19] = [
+    "id",
+    "timestamp",
+    "method",
+    "endpoint",
+    "status",
+    "tokens",
+    "prompt_tokens",
+    "completion_tokens",
+    "cache_read_tokens",
+    "cache_creation_tokens",
+    "reasoning_tokens",
+    "duration",
+    "ttft",
+    "model",
+    "key_id",
+    "key_name",
+    "stream",
+    "estimated",
+    "error",
+];
 
-/// Quotes a CSV field, and defuses spreadsheet formulas in text from requests.
-fn csv_text(out: &mut String, value: &str) {
-    let defused = if value.starts_with(['=', '+', '-', '@', '\t', '\r']) {
-        format!("'{value}")
-    } else {
-        value.to_owned()
-    };
-    if defused.contains([',', '"', '\n', '\r']) {
-        out.push('"');
-        out.push_str(&defused.replace('"', "\"\""));
-        out.push('"');
-    } else {
-        out.push_str(&defused);
-    }
+/// Characters that make a spreadsheet cell a formula (or a DDE call) when they start it.
+const FORMULA_START: [char; 6] = ['=', '+', '-', '@', '\t', '\r'];
+/// Characters a spreadsheet may split a CSV line at, whatever the file says: Excel and LibreOffice
+/// pick the separator from the locale (`;` in much of Europe) or the import dialog.
+const SPLIT_AT: [char; 6] = [',', ';', '\t', '\r', '\n', '|'];
+
+/// An RFC 4180 writer (quotes where needed, CRLF line ends) into memory.
+fn csv_writer() -> csv::Writer<Vec<u8>> {
+    csv::WriterBuilder::new()
+        .terminator(csv::Terminator::CRLF)
+        .from_writer(Vec::new())
 }
 
-fn csv_row(out: &mut String, row: &LogRow) {
+fn csv_head() -> Result<String, ConsoleError> {
+    let mut csv = csv_writer();
+    csv.write_record(CSV_COLUMNS)
+        .map_err(|e| ConsoleError::Internal(e.to_string()))?;
+    let bytes = csv
+        .into_inner()
+        .map_err(|e| ConsoleError::Internal(e.to_string()))?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// Defuses spreadsheet formulas in a text cell (OWASP's advice): a `'` goes before a formula
+/// character that starts the cell, and before one that starts any part a spreadsheet could split
+/// the cell into (after `,` `;` tab, CR, LF or `|`, leading spaces and quotes skipped), so that
+/// `a;=1+1` stays text even when opened with `;` as the separator. Other text is unchanged.
+pub fn defuse(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    let mut part_start = true;
+    for c in value.chars() {
+        if part_start {
+            if FORMULA_START.contains(&c) {
+                out.push('\'');
+                part_start = false;
+            } else if c != ' ' && c != '"' && !SPLIT_AT.contains(&c) {
+                part_start = false;
+            }
+        }
+        out.push(c);
+        if SPLIT_AT.contains(&c) {
+            part_start = true;
+        }
+    }
+    out
+}
+
+/// One log row's cells; every text cell defused.
+fn csv_row(row: &LogRow) -> [String; 19] {
     let opt = |v: Option<String>| v.unwrap_or_default();
-    out.push_str(&format!("{},{},{},", row.id, row.timestamp, row.method));
-    csv_text(out, &row.endpoint);
-    out.push_str(&format!(
-        ",{},{},{},{},{},{},{},{},{},",
-        row.status,
-        row.tokens,
-        row.prompt_tokens,
-        row.completion_tokens,
-        row.cache_read_tokens,
-        row.cache_creation_tokens,
-        row.reasoning_tokens,
-        row.duration,
+    [
+        row.id.to_string(),
+        defuse(&row.timestamp),
+        defuse(&row.method),
+        defuse(&row.endpoint),
+        row.status.to_string(),
+        row.tokens.to_string(),
+        row.prompt_tokens.to_string(),
+        row.completion_tokens.to_string(),
+        row.cache_read_tokens.to_string(),
+        row.cache_creation_tokens.to_string(),
+        row.reasoning_tokens.to_string(),
+        row.duration.to_string(),
         opt(row.ttft.map(|t| t.to_string())),
-    ));
-    csv_text(out, &row.model);
-    out.push_str(&format!(",{},", opt(row.key_id.map(|k| k.to_string()))));
-    csv_text(out, row.key_name.as_deref().unwrap_or(""));
-    out.push_str(&format!(",{},{},", row.stream, row.estimated));
-    csv_text(out, row.error.as_deref().unwrap_or(""));
-    out.push_str("\r\n");
+        defuse(&row.model),
+        opt(row.key_id.map(|k| k.to_string())),
+        defuse(row.key_name.as_deref().unwrap_or("")),
+        row.stream.to_string(),
+        row.estimated.to_string(),
+        defuse(row.error.as_deref().unwrap_or("")),
+    ]
 }
 
 #[cfg(test)]
@@ -189,18 +258,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn csv_quotes_and_defuses() {
+    fn defuses_formulas_anywhere_a_spreadsheet_may_split() {
         let cases = [
             ("plain", "plain"),
-            ("a,b", "\"a,b\""),
-            ("say \"hi\"", "\"say \"\"hi\"\"\""),
+            ("a,b", "a,b"),
             ("=SUM(A1)", "'=SUM(A1)"),
             ("-1", "'-1"),
+            ("\tx", "'\tx"),
+            ("a;=1+1", "a;'=1+1"),
+            ("a; @SUM(1)", "a; '@SUM(1)"),
+            ("a,\"+1", "a,\"'+1"),
+            ("x|-2", "x|'-2"),
+            ("gpt-4o", "gpt-4o"),
         ];
         for (input, want) in cases {
-            let mut out = String::new();
-            csv_text(&mut out, input);
-            assert_eq!(out, want, "{input}");
+            assert_eq!(defuse(input), want, "{input:?}");
         }
     }
 

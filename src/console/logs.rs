@@ -1,6 +1,9 @@
 //! The request log: pages of raw records and the live stream of new ones (Server-Sent Events).
 
+use std::collections::HashMap;
 use std::convert::Infallible;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -15,6 +18,68 @@ use crate::store::{LogQuery, StatusFilter};
 use crate::usage::LoggedCall;
 
 use super::wire::LogRow;
+
+/// Most live-log streams open at once from one client address.
+pub const MAX_STREAMS_PER_CLIENT: usize = 8;
+/// Most live-log streams open at once in all.
+pub const MAX_STREAMS: usize = 64;
+
+/// The live-log streams open now, per client address: each holds a task and a subscription to
+/// every new record, so their number is capped.
+#[derive(Default)]
+pub struct StreamLimits {
+    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+/// One open live-log stream; dropping it (when the client goes away) frees its place.
+pub struct StreamSlot {
+    limits: Arc<StreamLimits>,
+    ip: IpAddr,
+}
+
+impl StreamLimits {
+    /// Takes a place for a new stream from `ip`, or says why there is none.
+    pub fn open(self: &Arc<Self>, ip: IpAddr) -> Result<StreamSlot, ConsoleError> {
+        let ip = ip.to_canonical();
+        let mut open = self
+            .open
+            .lock()
+            .map_err(|_| ConsoleError::Internal("the live-log stream table is poisoned".into()))?;
+        let (total, per_client) = &mut *open;
+        let mine = per_client.get(&ip).copied().unwrap_or(0);
+        if mine >= MAX_STREAMS_PER_CLIENT {
+            return Err(ConsoleError::TooManyRequests(format!(
+                "this address already has {MAX_STREAMS_PER_CLIENT} live-log streams open; close a console tab (or its stream) and try again"
+            )));
+        }
+        if *total >= MAX_STREAMS {
+            return Err(ConsoleError::TooManyRequests(format!(
+                "the console already serves {MAX_STREAMS} live-log streams; close some console tabs and try again"
+            )));
+        }
+        *total += 1;
+        per_client.insert(ip, mine + 1);
+        Ok(StreamSlot {
+            limits: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.limits.open.lock() {
+            let (total, per_client) = &mut *open;
+            *total = total.saturating_sub(1);
+            if let Some(n) = per_client.get_mut(&self.ip) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    per_client.remove(&self.ip);
+                }
+            }
+        }
+    }
+}
 
 /// A page of the log, newest first.
 pub async fn page(state: &AppState, query: LogQuery) -> Result<Vec<LogRow>, ConsoleError> {
@@ -55,16 +120,20 @@ pub fn matches(query: &LogQuery, logged: &LoggedCall) -> bool {
 }
 
 /// Every new record that passes the filters, as `event: log` with the row as JSON data.
+///
+/// The stream holds `slot` until it ends, so that its place is free again when the client leaves.
 pub fn live(
     state: &AppState,
     query: LogQuery,
+    slot: StreamSlot,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let mut stop = state.shutdown.clone();
     let stopping = async move {
         let _ = stop.wait_for(|stopping| *stopping).await;
     };
-    let stream =
-        BroadcastStream::new(state.recorder.subscribe()).filter_map(move |item| match item {
+    let stream = BroadcastStream::new(state.recorder.subscribe()).filter_map(move |item| {
+        let _held = &slot;
+        match item {
             Ok(logged) if matches(&query, &logged) => {
                 let row = LogRow::from(logged.as_ref());
                 Some(Ok(Event::default()
@@ -78,7 +147,8 @@ pub fn live(
             Err(BroadcastStreamRecvError::Lagged(missed)) => Some(Ok(Event::default()
                 .event("lagged")
                 .data(missed.to_string()))),
-        });
+        }
+    });
     Sse::new(futures_util::StreamExt::take_until(
         stream,
         Box::pin(stopping),

@@ -6,7 +6,7 @@
 pub mod auth;
 mod export;
 mod keys;
-mod logs;
+pub mod logs;
 pub mod page;
 mod params;
 mod stats;
@@ -15,7 +15,7 @@ pub mod wire;
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::{middleware, Json, Router};
@@ -46,7 +46,8 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_console_access,
-        ));
+        ))
+        .layer(middleware::map_response(no_store));
     let path = state.config.console.path.clone();
     let with_slash = format!("{path}/");
     Router::new()
@@ -88,10 +89,20 @@ async fn get_logs(
 
 async fn stream_logs(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(q): Query<Params>,
 ) -> Result<Response, ConsoleError> {
     let query = params::log_query(&q)?;
-    Ok(logs::live(&state, query).into_response())
+    let slot = state.log_streams.open(peer.ip())?;
+    Ok(logs::live(&state, query, slot).into_response())
+}
+
+/// Every console API answer (refusals included) is private and must not be kept by a cache.
+async fn no_store(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 async fn list_keys(State(state): State<AppState>) -> ApiResult<Vec<wire::KeyView>> {
@@ -147,8 +158,13 @@ async fn api_not_found() -> ConsoleError {
 }
 
 /// Without an admin key the page, like the API, is for this machine only.
-fn page_refusal(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Option<Response> {
-    auth::local_only_refusal(state, peer, headers).map(|e| {
+fn page_refusal(
+    state: &AppState,
+    peer: SocketAddr,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Option<Response> {
+    auth::local_only_refusal(state, peer, uri, headers).map(|e| {
         let text = [("content-type", "text/plain; charset=utf-8")];
         page::secure((StatusCode::FORBIDDEN, text, e.to_string()).into_response())
     })
@@ -157,16 +173,18 @@ fn page_refusal(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Opti
 async fn index(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    page_refusal(&state, peer, &headers).unwrap_or_else(|| page::asset(""))
+    page_refusal(&state, peer, &uri, &headers).unwrap_or_else(|| page::asset(""))
 }
 
 async fn asset(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    uri: Uri,
     headers: HeaderMap,
     Path(file): Path<String>,
 ) -> Response {
-    page_refusal(&state, peer, &headers).unwrap_or_else(|| page::asset(&file))
+    page_refusal(&state, peer, &uri, &headers).unwrap_or_else(|| page::asset(&file))
 }

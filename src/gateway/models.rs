@@ -157,6 +157,14 @@ pub async fn list(State(state): State<AppState>, request: Request) -> Response {
     } else {
         openai_shape(&ids)
     };
+    let overhead_ms = meter.started().elapsed().as_secs_f64() * 1000.0;
     meter.finish(200, None, None);
-    Json(body).into_response()
+    let mut response = Json(body).into_response();
+    if let Ok(value) = axum::http::HeaderValue::from_str(&format!("{overhead_ms:.3}")) {
+        response.headers_mut().insert(
+            axum::http::HeaderName::from_static(proxy::OVERHEAD_HEADER),
+            value,
+        );
+    }
+    response
 }

@@ -33,24 +33,32 @@ pub const CLIENT_GONE_MID_BODY: &str =
 /// Header telling the client how long the gateway itself took, in milliseconds.
 pub const OVERHEAD_HEADER: &str = "x-token-console-overhead-ms";
 
-/// Request headers never forwarded: hop-by-hop ones, the client's credentials, and those the
-/// HTTP client sets itself. `accept-encoding` is dropped so answers arrive uncompressed and their
-/// usage can be read; the gateway never compresses anything itself.
-const DROPPED_REQUEST_HEADERS: [&str; 13] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "host",
-    "content-length",
-    "authorization",
-    "x-api-key",
+/// The only client request headers forwarded upstream (an allow-list: anything else, such as
+/// `OpenAI-Organization`, `OpenAI-Project`, `Cookie`, `api-key`, `X-Forwarded-*`, `Forwarded` or
+/// `Via`, could choose what the operator's provider account bills or leak the client's network).
+/// The provider's own credentials and `content-type` are set by the gateway; `accept-encoding` is
+/// not forwarded so that answers arrive uncompressed and their usage can be read.
+const FORWARDED_REQUEST_HEADERS: [&str; 6] = [
+    "accept",
+    "user-agent",
+    "anthropic-version",
+    "anthropic-beta",
+    "openai-beta",
+    "idempotency-key",
 ];
+/// Request header prefixes forwarded: the official SDKs' `x-stainless-*` telemetry (language,
+/// OS, SDK version, retry count, timeout) describes the client program only; it chooses no
+/// account, project or credential, and providers use it to diagnose SDK problems.
+const FORWARDED_REQUEST_PREFIXES: [&str; 1] = ["x-stainless-"];
+
+/// Whether a client's request header is passed on to the provider.
+pub fn forwarded_upstream(name: &HeaderName) -> bool {
+    let name = name.as_str();
+    FORWARDED_REQUEST_HEADERS.contains(&name)
+        || FORWARDED_REQUEST_PREFIXES
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
+}
 const DROPPED_RESPONSE_HEADERS: [&str; 8] = [
     "connection",
     "keep-alive",
@@ -76,14 +84,44 @@ pub async fn handle(state: AppState, endpoint: Endpoint, request: Request) -> Re
     forward(&state, endpoint, prepared, meter).await
 }
 
-/// Records a call the gateway refused and answers it in the client's protocol.
+/// Records a call the gateway refused and answers it in the client's protocol, with the
+/// `x-token-console-overhead-ms` header like every other answer.
 pub fn refuse(mut meter: Meter, endpoint: Endpoint, error: GatewayError) -> Response {
+    let overhead_ms = meter.started().elapsed().as_secs_f64() * 1000.0;
     meter.finish(
         error.status().as_u16(),
         None,
         Some(error.message().to_owned()),
     );
-    error.into_protocol_response(endpoint.protocol())
+    let mut response = error.into_protocol_response(endpoint.protocol());
+    if let Ok(value) = HeaderValue::from_str(&format!("{overhead_ms:.3}")) {
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static(OVERHEAD_HEADER), value);
+    }
+    response
+}
+
+/// A reqwest error and its causes as text, without the URL reqwest puts in its own message.
+fn error_chain(e: &reqwest::Error) -> String {
+    let mut text = String::new();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    if text.is_empty() {
+        let kind = if e.is_body() || e.is_decode() {
+            "the answer could not be read"
+        } else {
+            "the request could not be completed"
+        };
+        text.push_str(kind);
+    }
+    text
 }
 
 struct Prepared {
@@ -356,7 +394,7 @@ async fn prepare(
 fn upstream_headers(client: &HeaderMap, provider: &Provider) -> HeaderMap {
     let mut headers = HeaderMap::with_capacity(client.len() + 2);
     for (name, value) in client {
-        if !DROPPED_REQUEST_HEADERS.contains(&name.as_str()) && name != header::ACCEPT_ENCODING {
+        if forwarded_upstream(name) {
             headers.append(name.clone(), value.clone());
         }
     }
@@ -381,9 +419,11 @@ fn send_error(provider: &Provider, e: &reqwest::Error, timeout: Duration) -> Gat
             provider.config.name
         ))
     } else {
+        // reqwest's errors name the provider's URL; the client is told the provider's name only.
         GatewayError::BadGateway(format!(
-            "the request to the provider \"{}\" failed: {e}",
-            provider.config.name
+            "the request to the provider \"{}\" failed: {}; check that the provider is up",
+            provider.config.name,
+            error_chain(&e)
         ))
     }
 }
@@ -533,7 +573,7 @@ where
                     relay.done = true;
                     relay.meter.cut_short(
                         StatusCode::BAD_GATEWAY.as_u16(),
-                        format!("the provider's answer broke off: {e}"),
+                        format!("the provider's answer broke off: {}", error_chain(&e)),
                     );
                     return Some((
                         Err(std::io::Error::other("upstream answer broke off")),
