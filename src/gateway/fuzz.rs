@@ -33,3 +33,51 @@ pub fn body_usage(data: &[u8]) {
 pub fn request(data: &[u8]) {
     super::proxy::inspect(data);
 }
+
+/// A client's request as the gateway reads it: header lines (`name: value`, one per line) up to
+/// an empty line, then the body. The headers that parse go through the key lookup, the body
+/// through every read of [`request`].
+pub fn request_headers(data: &[u8]) {
+    let (head, body) = match data.windows(2).position(|w| w == b"\n\n") {
+        Some(at) => (&data[..at], &data[at + 2..]),
+        None => (data, &[][..]),
+    };
+    let mut headers = axum::http::HeaderMap::new();
+    for line in head.split(|&b| b == b'\n') {
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+        if let (Ok(name), Ok(value)) = (
+            axum::http::HeaderName::from_bytes(name),
+            axum::http::HeaderValue::from_bytes(value),
+        ) {
+            headers.append(name, value);
+        }
+    }
+    let _ = super::proxy::client_key(&headers);
+    super::proxy::inspect(body);
+}
+
+#[cfg(test)]
+mod tests {
+    /// Replays the seed corpora of the gateway's fuzz targets (CI has no nightly for cargo-fuzz).
+    #[test]
+    fn seed_corpora_run_without_panic() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
+        let targets: [(&str, fn(&[u8])); 4] = [
+            ("stream_usage", super::stream_usage),
+            ("body_usage", super::body_usage),
+            ("request", super::request),
+            ("request_headers", super::request_headers),
+        ];
+        for (name, target) in targets {
+            let mut seeds = 0;
+            for entry in std::fs::read_dir(root.join(name)).unwrap() {
+                target(&std::fs::read(entry.unwrap().path()).unwrap());
+                seeds += 1;
+            }
+            assert!(seeds > 0, "fuzz/corpus/{name} has seeds");
+        }
+    }
+}
