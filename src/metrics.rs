@@ -331,4 +331,33 @@ mod tests {
         assert!(text.contains("token_console_recorder_dropped_total 0"));
         assert!(text.contains("token_console_gateway_overhead_seconds_count 1"));
     }
+
+    #[test]
+    fn caps_the_label_sets() {
+        let metrics = Metrics::default();
+        for n in 0..MAX_SERIES + 100 {
+            let call = CallRecord {
+                ts: jiff::Timestamp::UNIX_EPOCH,
+                method: "POST".into(),
+                endpoint: "/v1/chat/completions".into(),
+                status: 200,
+                model: format!("model-{n}"),
+                key_id: Some(1),
+                key_name: Some("k".into()),
+                tokens: TokenUsage::new(1, 1),
+                duration_ms: 1,
+                ttft_ms: None,
+                stream: false,
+                estimated: false,
+                error: None,
+            };
+            metrics.observe(&call, 0.0);
+        }
+        metrics.observe_unauthenticated(401);
+        let inner = metrics.inner.lock().unwrap();
+        assert_eq!(inner.series.len(), MAX_SERIES + 1);
+        let other = &inner.series[&(OTHER_MODELS.to_owned(), "k".to_owned(), "2xx")];
+        assert_eq!(other.requests, 100);
+        assert_eq!(inner.unauthenticated["4xx"], 1);
+    }
 }

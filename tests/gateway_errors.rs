@@ -248,8 +248,15 @@ async fn model_no_provider_serves_is_404() {
     let rows = settle(&server, 2).await;
     let row = one_row(&rows, "/v1/chat/completions", 404);
     assert_refused_row(&row, Some(id));
-    assert_eq!(row["model"], "claude-3-haiku");
-    assert_eq!(one_row(&rows, "/v1/messages", 404)["model"], "gpt-4o");
+    // Models no provider serves are grouped under one name; the error names the model.
+    assert_eq!(row["model"], "(unrouted)");
+    assert!(row["error"]
+        .as_str()
+        .unwrap()
+        .contains("\"claude-3-haiku\""));
+    let row = one_row(&rows, "/v1/messages", 404);
+    assert_eq!(row["model"], "(unrouted)");
+    assert!(row["error"].as_str().unwrap().contains("\"gpt-4o\""));
     assert_eq!(mock_requests(&mock).await, 0);
 }
 

@@ -165,8 +165,8 @@ pub fn assert_error_shape(proto: Proto, body: &Value) -> (String, String) {
 pub const SENTINEL_PATH: &str = "/v1/zz-sentinel";
 
 /// Waits until every call made so far (`calls_made`) is recorded, using a sentinel call (an
-/// unknown route with a key of its own, recorded as 404 after every earlier record; only calls
-/// with a valid key are recorded), checks that the store holds exactly `calls_made` + 1 calls
+/// unknown route with a key of its own, recorded as 404; only calls with a valid key are
+/// recorded), checks that the store holds exactly `calls_made` + 1 calls
 /// (so no call was recorded twice), and returns the log rows of the calls made, newest first.
 pub async fn settle(server: &Server, calls_made: u64) -> Vec<Value> {
     static SENTINELS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -181,7 +181,12 @@ pub async fn settle(server: &Server, calls_made: u64) -> Vec<Value> {
         "every call is recorded exactly once: {stats}"
     );
     let rows = server.logs("limit=1000").await;
-    assert_eq!(rows[0]["endpoint"], SENTINEL_PATH, "the sentinel is newest");
+    // Estimated records are completed off the async workers, so the sentinel need not be the
+    // newest row; the count above says every call is in.
+    assert!(
+        rows.iter().any(|r| r["endpoint"] == SENTINEL_PATH),
+        "the sentinel is recorded"
+    );
     rows.into_iter()
         .filter(|r| r["endpoint"] != SENTINEL_PATH)
         .collect()
