@@ -8,6 +8,12 @@ use std::sync::Mutex;
 
 use crate::usage::{latency_bucket, CallRecord, RecorderStats, LATENCY_BOUNDS_MS, LATENCY_BUCKETS};
 
+/// Most distinct (model, key, status class) label sets kept; calls of further models are counted
+/// under the model [`OTHER_MODELS`], so that model names clients invent cannot grow `/metrics`.
+pub const MAX_SERIES: usize = 500;
+/// The model label of calls counted once [`MAX_SERIES`] label sets exist.
+pub const OTHER_MODELS: &str = "(other)";
+
 /// Buckets of the overhead histogram, in milliseconds.
 const OVERHEAD_BOUNDS_MS: [f64; 10] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 100.0];
 
@@ -49,6 +55,8 @@ struct Inner {
     overhead: [u64; OVERHEAD_BOUNDS_MS.len() + 1],
     overhead_sum_ms: f64,
     overhead_count: u64,
+    /// Calls without a valid key, by status class: counted, never recorded.
+    unauthenticated: BTreeMap<&'static str, u64>,
 }
 
 /// The process's metrics.
@@ -74,10 +82,11 @@ impl Metrics {
             return;
         };
         let key = call.key_name.clone().unwrap_or_default();
-        let series = inner
-            .series
-            .entry((call.model.clone(), key, status_class(call.status)))
-            .or_default();
+        let mut labels = (call.model.clone(), key, status_class(call.status));
+        if inner.series.len() >= MAX_SERIES && !inner.series.contains_key(&labels) {
+            labels.0 = OTHER_MODELS.to_owned();
+        }
+        let series = inner.series.entry(labels).or_default();
         series.requests += 1;
         let t = &call.tokens;
         for (slot, value) in series.tokens.iter_mut().zip([
@@ -102,6 +111,16 @@ impl Metrics {
             inner.overhead[bucket] += 1;
             inner.overhead_sum_ms += overhead_ms;
             inner.overhead_count += 1;
+        }
+    }
+
+    /// Counts a call made without a valid key (it is not recorded: see ARCHITECTURE.md).
+    pub fn observe_unauthenticated(&self, status: u16) {
+        if let Ok(mut inner) = self.inner.lock() {
+            *inner
+                .unauthenticated
+                .entry(status_class(status))
+                .or_default() += 1;
         }
     }
 
@@ -187,6 +206,18 @@ impl Metrics {
             "token_console_gateway_overhead_seconds_count {}",
             inner.overhead_count
         );
+        header(
+            &mut out,
+            "token_console_unauthenticated_requests_total",
+            "counter",
+            "Gateway calls without a valid key (answered, not recorded).",
+        );
+        for (status, count) in &inner.unauthenticated {
+            let _ = writeln!(
+                out,
+                "token_console_unauthenticated_requests_total{{status=\"{status}\"}} {count}"
+            );
+        }
         for (name, kind, help, value) in [
             (
                 "token_console_recorder_queued",
@@ -313,5 +344,34 @@ mod tests {
         assert!(text.contains(r#"kind="total"} 7"#));
         assert!(text.contains("token_console_recorder_dropped_total 0"));
         assert!(text.contains("token_console_gateway_overhead_seconds_count 1"));
+    }
+
+    #[test]
+    fn caps_the_label_sets() {
+        let metrics = Metrics::default();
+        for n in 0..MAX_SERIES + 100 {
+            let call = CallRecord {
+                ts: jiff::Timestamp::UNIX_EPOCH,
+                method: "POST".into(),
+                endpoint: "/v1/chat/completions".into(),
+                status: 200,
+                model: format!("model-{n}"),
+                key_id: Some(1),
+                key_name: Some("k".into()),
+                tokens: TokenUsage::new(1, 1),
+                duration_ms: 1,
+                ttft_ms: None,
+                stream: false,
+                estimated: false,
+                error: None,
+            };
+            metrics.observe(&call, 0.0);
+        }
+        metrics.observe_unauthenticated(401);
+        let inner = metrics.inner.lock().unwrap();
+        assert_eq!(inner.series.len(), MAX_SERIES + 1);
+        let other = &inner.series[&(OTHER_MODELS.to_owned(), "k".to_owned(), "2xx")];
+        assert_eq!(other.requests, 100);
+        assert_eq!(inner.unauthenticated["4xx"], 1);
     }
 }

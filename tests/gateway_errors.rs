@@ -57,8 +57,22 @@ fn start(mock: &Mock, extra_yaml: &str) -> (tempfile::TempDir, Server) {
     (dir, server)
 }
 
+/// The `token_console_unauthenticated_requests_total` counter of `/metrics`.
+async fn unauthenticated_count(server: &Server) -> u64 {
+    let text = reqwest::get(format!("{}/metrics", server.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("token_console_unauthenticated_requests_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
 #[tokio::test]
-async fn missing_key_is_401_recorded_without_a_key() {
+async fn missing_key_is_401_counted_not_recorded() {
     let mock = Mock::start();
     let (_dir, server) = start(&mock, "");
     for proto in BOTH {
@@ -68,10 +82,12 @@ async fn missing_key_is_401_recorded_without_a_key() {
             Proto::Anthropic => assert_eq!(kind, "authentication_error"),
         }
     }
-    let rows = settle(&server, 2).await;
-    for proto in BOTH {
-        assert_refused_row(&one_row(&rows, proto.path(), 401), None);
-    }
+    let rows = settle(&server, 0).await;
+    assert!(
+        rows.is_empty(),
+        "calls without a key are not recorded: {rows:#?}"
+    );
+    assert_eq!(unauthenticated_count(&server).await, 2, "but counted");
     assert_eq!(
         mock_requests(&mock).await,
         0,
@@ -80,7 +96,7 @@ async fn missing_key_is_401_recorded_without_a_key() {
 }
 
 #[tokio::test]
-async fn unknown_key_is_401_recorded_without_a_key() {
+async fn unknown_key_is_401_counted_not_recorded() {
     let mock = Mock::start();
     let (_dir, server) = start(&mock, "");
     let forged = format!("sk-tc-{}", "A".repeat(40));
@@ -92,10 +108,12 @@ async fn unknown_key_is_401_recorded_without_a_key() {
             Proto::Anthropic => assert_eq!(kind, "authentication_error"),
         }
     }
-    let rows = settle(&server, 2).await;
-    for proto in BOTH {
-        assert_refused_row(&one_row(&rows, proto.path(), 401), None);
-    }
+    let rows = settle(&server, 0).await;
+    assert!(
+        rows.is_empty(),
+        "calls with an unknown key are not recorded: {rows:#?}"
+    );
+    assert_eq!(unauthenticated_count(&server).await, 2, "but counted");
     assert_eq!(mock_requests(&mock).await, 0);
 }
 
@@ -112,11 +130,15 @@ async fn deleted_key_is_401_on_the_next_request() {
     for proto in BOTH {
         expect_error(&server, proto, proto.auth(&key), "gpt-4o", 401).await;
     }
-    let rows = settle(&server, 4).await;
+    let rows = settle(&server, 2).await;
     for proto in BOTH {
         assert_eq!(one_row(&rows, proto.path(), 200)["key_id"], id);
-        assert_refused_row(&one_row(&rows, proto.path(), 401), None);
     }
+    assert_eq!(
+        unauthenticated_count(&server).await,
+        2,
+        "the deleted key's calls are counted as unauthenticated"
+    );
     assert_eq!(
         mock_requests(&mock).await,
         2,
@@ -226,8 +248,15 @@ async fn model_no_provider_serves_is_404() {
     let rows = settle(&server, 2).await;
     let row = one_row(&rows, "/v1/chat/completions", 404);
     assert_refused_row(&row, Some(id));
-    assert_eq!(row["model"], "claude-3-haiku");
-    assert_eq!(one_row(&rows, "/v1/messages", 404)["model"], "gpt-4o");
+    // Models no provider serves are grouped under one name; the error names the model.
+    assert_eq!(row["model"], "(unrouted)");
+    assert!(row["error"]
+        .as_str()
+        .unwrap()
+        .contains("\"claude-3-haiku\""));
+    let row = one_row(&rows, "/v1/messages", 404);
+    assert_eq!(row["model"], "(unrouted)");
+    assert!(row["error"].as_str().unwrap().contains("\"gpt-4o\""));
     assert_eq!(mock_requests(&mock).await, 0);
 }
 
@@ -302,8 +331,10 @@ async fn body_over_max_body_bytes_is_413_with_or_without_a_length() {
 #[tokio::test]
 async fn global_budget_used_up_is_429_insufficient_quota() {
     let mock = Mock::start();
-    // One call reserves 9 + 4 + 3 + 20 = 36 and uses 13 + 20 = 33: a second cannot fit in 60.
-    let (_dir, server) = start(&mock, "quota:\n  total_tokens: 60\n");
+    // A budget of exactly one call's reservation (its body's bytes + 4 + 3 + 20): the call uses
+    // 13 + 20 = 33, so a second cannot fit in what is left.
+    let budget = reservation(&Proto::OpenAi.body("gpt-4o", TEXT, 20, false));
+    let (_dir, server) = start(&mock, &format!("quota:\n  total_tokens: {budget}\n"));
     let (id, key) = server.create_key("spender").await;
     let first = expect_ok(&server, Proto::OpenAi, Auth::Bearer(&key), "gpt-4o").await;
     assert_eq!(
@@ -330,7 +361,7 @@ async fn global_budget_used_up_is_429_insufficient_quota() {
     );
     let stats = server.data("/api/console/stats").await;
     assert_eq!(stats["used_tokens"], 33);
-    assert_eq!(stats["total_tokens"], 60);
+    assert_eq!(stats["total_tokens"], budget);
 }
 
 #[tokio::test]
@@ -339,7 +370,8 @@ async fn key_token_limit_used_up_is_429_for_that_key_only() {
     let (_dir, server) = start(&mock, "");
     let (id, key) = server.create_key("limited").await;
     let (_, other) = server.create_key("unlimited").await;
-    patch_key(&server, id, json!({"token_limit": 60})).await;
+    let limit = reservation(&Proto::OpenAi.body("gpt-4o", TEXT, 20, false));
+    patch_key(&server, id, json!({"token_limit": limit})).await;
     expect_ok(&server, Proto::OpenAi, Auth::Bearer(&key), "gpt-4o").await;
     for proto in BOTH {
         let (_, code, _) = expect_error(&server, proto, proto.auth(&key), "gpt-4o", 429).await;

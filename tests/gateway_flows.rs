@@ -367,21 +367,22 @@ async fn client_hanging_up_mid_stream_cancels_upstream_and_records_499() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn budget_race_forwards_only_what_fits() {
-    // Each call reserves ceil(16 / 2) + 4 + 3 + 20 = 35 tokens before forwarding and uses
-    // 13 + 20 = 33. A budget of 175 fits exactly 5 reservations at once, and 6 calls would use
-    // 198: so exactly 5 calls may reach the provider, however the 50 interleave.
-    const BUDGET: u64 = 175;
+    // The mock counts a `…byte-tokens` model's prompt at one token per byte, so each call uses
+    // about what it reserves (its body's bytes + 4 + 3 + 20). A budget of 5 reservations fits
+    // exactly 5 at once, 6 calls would use more than it, and what 5 calls leave is less than a
+    // reservation: so exactly 5 calls may reach the provider, however the 50 interleave.
     const K: u64 = 5;
-    let text = "budget race test";
-    let used_per_call = mock_prompt(text) + mock_completion(20);
-    assert_eq!(used_per_call, 33);
-    assert!(K * used_per_call <= BUDGET && (K + 1) * used_per_call > BUDGET);
+    let text = text_of(1000);
+    let body = Proto::OpenAi.body("mock-byte-tokens", &text, 20, false);
+    let used_per_call = 10 + text.len() as u64 + mock_completion(20);
+    let reserved = reservation(&body);
+    let budget = K * reserved;
+    assert!((K + 1) * used_per_call > budget && budget - K * used_per_call < reserved);
 
     let mock = Mock::start();
-    let (_dir, server) = start(&mock, &format!("quota:\n  total_tokens: {BUDGET}\n"));
+    let (_dir, server) = start(&mock, &format!("quota:\n  total_tokens: {budget}\n"));
     let (_, key) = server.create_key("racer").await;
     let client = reqwest::Client::new();
-    let body = Proto::OpenAi.body("gpt-4o", text, 20, false);
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..50 {
         let request = client
@@ -418,7 +419,7 @@ async fn budget_race_forwards_only_what_fits() {
     assert_eq!((ok, refused), (K, 50 - K));
     let stats = server.wait_for_calls(50).await;
     let used = stats["used_tokens"].as_u64().unwrap();
-    assert!(used <= BUDGET, "used {used} of {BUDGET}");
+    assert!(used <= budget, "used {used} of {budget}");
     assert_eq!(used, K * used_per_call);
 }
 
@@ -675,8 +676,8 @@ async fn metrics_parse_and_match_the_store() {
     round_of_calls(&server, &key, &mut totals, true).await;
     round_of_calls(&server, &key, &mut totals, false).await;
     let r = post(&server.url, "/v1/chat/completions", Auth::None, &json!({})).await;
-    assert_eq!(r.status(), 401);
-    let stats = server.wait_for_calls(9).await;
+    assert_eq!(r.status(), 401, "counted apart, not recorded");
+    let stats = server.wait_for_calls(8).await;
 
     let r = reqwest::get(format!("{}/metrics", server.url))
         .await
@@ -718,6 +719,7 @@ async fn metrics_parse_and_match_the_store() {
         .map(|s| s.value as u64)
         .sum();
     assert_eq!(errors, stats["error_count"]);
+    assert_eq!(sum("token_console_unauthenticated_requests_total", None), 1);
     // Histograms: cumulative buckets ending in +Inf = _count, per series.
     for s in samples.iter().filter(|s| s.name.ends_with("_bucket")) {
         if s.labels["le"] == "+Inf" {

@@ -32,6 +32,16 @@ fn chat(text: &str, max_tokens: u64) -> Value {
     json!({"model": "gpt-4o", "max_tokens": max_tokens, "messages": [{"role": "user", "content": text}]})
 }
 
+/// A call of about 1 KB of words to a model the mock counts at one token per byte: it uses
+/// about what the gateway reserves for it (the body's bytes + 4 + 3 + `max_tokens`). Returns the
+/// body, its reservation and the tokens it uses.
+fn byte_chat() -> (Value, u64, u64) {
+    let text = "budget race test ".repeat(60);
+    let body = json!({"model": "mock-byte-tokens", "max_tokens": 20, "messages": [{"role": "user", "content": text}]});
+    let reserved = serde_json::to_vec(&body).unwrap().len() as u64 + 4 + 3 + 20;
+    (body, reserved, 10 + text.len() as u64 + 20)
+}
+
 /// Calls `server` with `key` until `check(status)` holds; returns how long that took. Fails after
 /// [`DEADLINE`].
 async fn until_status(server: &Server, key: &str, check: impl Fn(u16) -> bool) -> Duration {
@@ -388,15 +398,16 @@ async fn a_budget_raced_for_through_both_instances_is_never_exceeded() {
         eprintln!("SKIPPED: budgets are shared by several instances on PostgreSQL only (on SQLite, one instance keeps its ledger in memory)");
         return;
     }
-    // Each call reserves ceil(16 / 2) + 4 + 3 + 20 = 35 tokens and uses 13 + 20 = 33: a budget
-    // of 175 admits at most 5 calls, however 100 calls through two instances interleave.
-    const BUDGET: u64 = 175;
+    // Each call reserves a little more than it uses: a budget of 5 reservations admits at most
+    // 5 calls, however 100 calls through two instances interleave.
     const K: u64 = 5;
-    let body = chat("budget race test", 20);
+    let (body, reserved, used_per_call) = byte_chat();
+    let budget = K * reserved;
+    assert!((K + 1) * used_per_call > budget);
     let mock = Mock::start();
     let dir = tempdir();
     let yaml = format!(
-        "quota:\n  total_tokens: {BUDGET}\n{}",
+        "quota:\n  total_tokens: {budget}\n{}",
         providers_yaml(&mock.url)
     );
     let (a, b) = pair(dir.path(), &yaml);
@@ -420,8 +431,8 @@ async fn a_budget_raced_for_through_both_instances_is_never_exceeded() {
 
     let (on_a, on_b) = chat_calls_recorded(&a, &b, 100).await;
     let used = on_a["used_tokens"].as_u64().unwrap();
-    assert!(used <= BUDGET, "used {used} of {BUDGET}");
-    assert_eq!(used, ok * 33);
+    assert!(used <= budget, "used {used} of {budget}");
+    assert_eq!(used, ok * used_per_call);
     assert_eq!(on_a, on_b, "both consoles show the same figures");
 }
 
@@ -435,16 +446,19 @@ async fn a_keys_token_limit_holds_across_instances() {
     let dir = tempdir();
     let (a, b) = pair(dir.path(), &providers_yaml(&mock.url));
     let (id, key) = a.create_key("limited").await;
-    // 3 calls of 35 reserved / 33 used fit in 110; a fourth would pass the limit.
+    // 3 calls' reservations fit in the limit; a fourth would pass it.
+    let (body, reserved, used_per_call) = byte_chat();
+    let limit = 3 * reserved;
+    assert!(4 * used_per_call > limit);
     let (status, _) = b
         .patch(
             &format!("/api/console/keys/{id}"),
-            &json!({"token_limit": 110}),
+            &json!({"token_limit": limit}),
         )
         .await;
     assert_eq!(status, 200);
     barrier(&b, &a, "sentinel").await;
-    let (ok, refused) = race(&a, &b, &key, 40, &chat("budget race test", 20)).await;
+    let (ok, refused) = race(&a, &b, &key, 40, &body).await;
     eprintln!("{ok} answered, {refused} refused under a key limit fitting 3");
     assert!((1..=3).contains(&ok), "{ok} calls answered");
     assert_eq!(
@@ -460,8 +474,11 @@ async fn a_keys_token_limit_holds_across_instances() {
         .iter()
         .find(|k| k["id"] == id)
         .unwrap();
-    assert!(limited["used_tokens"].as_u64().unwrap() <= 110, "{limited}");
-    assert_eq!(limited["used_tokens"], ok * 33);
+    assert!(
+        limited["used_tokens"].as_u64().unwrap() <= limit,
+        "{limited}"
+    );
+    assert_eq!(limited["used_tokens"], ok * used_per_call);
 }
 
 #[tokio::test]

@@ -34,6 +34,31 @@ pub fn request(data: &[u8]) {
     super::proxy::inspect(data);
 }
 
+/// A client's request as the gateway reads it: header lines (`name: value`, one per line) up to
+/// an empty line, then the body. The headers that parse go through the key lookup, the body
+/// through every read of [`request`].
+pub fn request_headers(data: &[u8]) {
+    let (head, body) = match data.windows(2).position(|w| w == b"\n\n") {
+        Some(at) => (&data[..at], &data[at + 2..]),
+        None => (data, &[][..]),
+    };
+    let mut headers = axum::http::HeaderMap::new();
+    for line in head.split(|&b| b == b'\n') {
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+        if let (Ok(name), Ok(value)) = (
+            axum::http::HeaderName::from_bytes(name),
+            axum::http::HeaderValue::from_bytes(value),
+        ) {
+            headers.append(name, value);
+        }
+    }
+    let _ = super::proxy::client_key(&headers);
+    super::proxy::inspect(body);
+}
+
 /// The configuration loader, fed text that may be anything.
 pub fn config(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
@@ -56,6 +81,7 @@ mod replay {
         ("body_usage", super::body_usage),
         ("request", super::request),
         ("config", super::config),
+        ("request_headers", super::request_headers),
     ];
     /// Mutations tried per seed.
     const MUTATIONS: usize = 3_000;

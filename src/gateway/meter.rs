@@ -103,6 +103,9 @@ impl Meter {
         self.record.key_name = Some(name);
     }
 
+    /// The model name of calls not routed to a configured provider (recorded under this name).
+    pub const UNROUTED: &'static str = "(unrouted)";
+
     /// The model asked for and whether the answer is streamed.
     pub fn set_request(&mut self, model: &str, stream: bool, request: Arc<serde_json::Value>) {
         self.record.model = model.to_owned();
@@ -133,64 +136,178 @@ impl Meter {
         let reported = body
             .and_then(super::usage::from_body)
             .or_else(|| self.tally.reported());
-        let tokens = match reported {
-            Some(tokens) => Some(tokens),
-            None if success => self.estimate(body),
-            None => None,
-        };
         let error = error.or_else(|| {
             (status >= 400)
                 .then(|| body.and_then(upstream_error_text))
                 .flatten()
         });
-        self.complete(
-            status,
-            tokens,
-            reported.is_none() && tokens.is_some(),
-            error,
-        );
+        match reported {
+            Some(tokens) => self.complete(status, Some(tokens), false, error),
+            None if success => {
+                let job = self.estimate_job(body);
+                self.complete_estimated(status, job, error);
+            }
+            None => self.complete(status, None, false, error),
+        }
     }
 
     /// Ends a call whose answer was cut short — the client went away (499) or the provider's
     /// answer broke off (502) — with the tokens seen so far: the final usage if it had already
     /// arrived, else an estimate of the prompt and of the answer text passed on until then.
     pub fn cut_short(&mut self, status: u16, error: String) {
-        let reported = self.tally.reported();
         let provider_failed = self
             .upstream_status
             .is_some_and(|s| !(200..300).contains(&s));
-        let tokens = reported.or_else(|| (!provider_failed).then(|| self.estimate(None)).flatten());
-        self.complete(
-            status,
-            tokens,
-            reported.is_none() && tokens.is_some(),
-            Some(error),
-        );
+        match self.tally.reported() {
+            Some(tokens) => self.complete(status, Some(tokens), false, Some(error)),
+            None if provider_failed => self.complete(status, None, false, Some(error)),
+            None => {
+                let job = self.estimate_job(None);
+                self.complete_estimated(status, job, Some(error));
+            }
+        }
     }
 
-    /// The tokenizer's estimate of the call, from the request and the answer (the whole body,
-    /// or the stream's text so far); `None` before the request was forwarded.
-    fn estimate(&self, body: Option<&[u8]>) -> Option<TokenUsage> {
+    /// What the tokenizer needs to estimate the call, from the request and the answer (the
+    /// whole body, or the stream's text so far); `None` before the request was forwarded.
+    fn estimate_job(&self, body: Option<&[u8]>) -> Option<EstimateJob> {
         if !self.endpoint.spends_tokens() {
             return None;
         }
-        let request = self.request.as_ref()?;
-        let has_completion = self.endpoint.has_completion();
-        let Some(bytes) = body else {
-            return Some(self.stream_estimate(request, has_completion));
+        let request = self.request.clone()?;
+        let answer = match body {
+            Some(bytes) => Answer::Body(bytes.to_vec()),
+            None => Answer::Text(self.tally.text().to_owned()),
         };
-        let mut answer_text = String::new();
-        if let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) {
-            super::usage::texts(&value, &mut answer_text);
-        }
-        Some(estimate::usage(request, &answer_text, has_completion))
+        Some(EstimateJob {
+            request,
+            answer,
+            has_completion: self.endpoint.has_completion(),
+            provisional: body.is_none().then(|| self.tally.provisional()).flatten(),
+        })
     }
 
-    /// A streamed answer without final usage: the provisional figures the stream gave (Anthropic's
-    /// `message_start` has exact input and cache counts), completed by the tokenizer.
-    fn stream_estimate(&self, request: &serde_json::Value, has_completion: bool) -> TokenUsage {
-        let counted = estimate::usage(request, self.tally.text(), has_completion);
-        match self.tally.provisional() {
+    /// Completes the call with an estimate of its tokens, computed off the async workers: the
+    /// tokenizer's cost is bounded (see [`estimate`]) but can still take milliseconds.
+    fn complete_estimated(&mut self, status: u16, job: Option<EstimateJob>, error: Option<String>) {
+        let Some(job) = job else {
+            self.complete(status, None, false, error);
+            return;
+        };
+        let Some(done) = self.take_completion(status, error) else {
+            return;
+        };
+        let run = move || done.record(Some(job.run()), true);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(run)),
+            Err(_) => run(),
+        }
+    }
+
+    fn complete(
+        &mut self,
+        status: u16,
+        tokens: Option<TokenUsage>,
+        estimated: bool,
+        error: Option<String>,
+    ) {
+        if let Some(done) = self.take_completion(status, error) {
+            done.record(tokens, estimated);
+        }
+    }
+
+    /// Marks the call finished and takes what recording it needs; `None` if it was already.
+    fn take_completion(&mut self, status: u16, error: Option<String>) -> Option<Completion> {
+        if self.finished {
+            return None;
+        }
+        self.finished = true;
+        let mut record = self.record.clone();
+        record.status = status;
+        record.duration_ms = self.started.elapsed().as_millis() as u64;
+        record.ttft_ms = self.first_byte_ms;
+        record.error = error.map(|e| truncate(&e));
+        Some(Completion {
+            state: self.state.clone(),
+            record,
+            reservation: self.reservation.take(),
+            slot: self.slot.take(),
+            spends_tokens: self.endpoint.spends_tokens(),
+            overhead_ms: self.overhead_ms,
+        })
+    }
+}
+
+/// A finished call waiting for its tokens: settles the reservation, counts the metrics and
+/// hands the record to the recorder.
+struct Completion {
+    state: AppState,
+    record: CallRecord,
+    reservation: Option<Reservation>,
+    /// The call's room in the record queue (dropped unused by a call that is not recorded).
+    slot: Option<Slot>,
+    spends_tokens: bool,
+    overhead_ms: f64,
+}
+
+impl Completion {
+    fn record(mut self, tokens: Option<TokenUsage>, estimated: bool) {
+        if self.record.key_id.is_none() {
+            // Made without a valid key: anyone can send those, so they are counted, not
+            // recorded (they would push real calls out of the log and the aggregates).
+            self.state
+                .metrics
+                .observe_unauthenticated(self.record.status);
+            return;
+        }
+        let tokens = if self.spends_tokens {
+            tokens.unwrap_or_default()
+        } else {
+            TokenUsage::default()
+        };
+        if let Some(reservation) = self.reservation.take() {
+            reservation.settle(tokens.total);
+        }
+        self.record.tokens = tokens;
+        self.record.estimated = estimated && tokens.total > 0;
+        self.state.metrics.observe(&self.record, self.overhead_ms);
+        match self.slot.take() {
+            Some(slot) => self.state.recorder.record_in(slot, self.record),
+            None => tracing::error!("a call was completed twice; its second record is ignored"),
+        }
+    }
+}
+
+/// The answer an estimate reads: a whole non-stream body, or a stream's text.
+enum Answer {
+    Body(Vec<u8>),
+    Text(String),
+}
+
+/// The inputs of a tokenizer estimate, moved to a blocking thread.
+struct EstimateJob {
+    request: Arc<serde_json::Value>,
+    answer: Answer,
+    has_completion: bool,
+    /// The provisional figures a stream gave (Anthropic's `message_start` has exact input and
+    /// cache counts), completed by the tokenizer.
+    provisional: Option<TokenUsage>,
+}
+
+impl EstimateJob {
+    fn run(self) -> TokenUsage {
+        let text = match &self.answer {
+            Answer::Text(text) => std::borrow::Cow::Borrowed(text.as_str()),
+            Answer::Body(bytes) => {
+                let mut text = String::new();
+                if let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) {
+                    super::usage::texts(&value, &mut text);
+                }
+                std::borrow::Cow::Owned(text)
+            }
+        };
+        let counted = estimate::usage(&self.request, &text, self.has_completion);
+        match self.provisional {
             Some(p) if p.prompt > 0 => {
                 let completion = p.completion.max(counted.completion);
                 TokenUsage {
@@ -203,39 +320,6 @@ impl Meter {
                 }
             }
             _ => counted,
-        }
-    }
-
-    fn complete(
-        &mut self,
-        status: u16,
-        tokens: Option<TokenUsage>,
-        estimated: bool,
-        error: Option<String>,
-    ) {
-        if self.finished {
-            return;
-        }
-        self.finished = true;
-        let tokens = if self.endpoint.spends_tokens() {
-            tokens.unwrap_or_default()
-        } else {
-            TokenUsage::default()
-        };
-        if let Some(reservation) = self.reservation.take() {
-            reservation.settle(tokens.total);
-        }
-        let mut record = self.record.clone();
-        record.status = status;
-        record.tokens = tokens;
-        record.estimated = estimated && tokens.total > 0;
-        record.duration_ms = self.started.elapsed().as_millis() as u64;
-        record.ttft_ms = self.first_byte_ms;
-        record.error = error.map(|e| truncate(&e));
-        self.state.metrics.observe(&record, self.overhead_ms);
-        match self.slot.take() {
-            Some(slot) => self.state.recorder.record_in(slot, record),
-            None => tracing::error!("a call was completed twice; its second record is ignored"),
         }
     }
 }

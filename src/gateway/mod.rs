@@ -75,8 +75,8 @@ pub fn router() -> Router<AppState> {
         .route("/v1/{*rest}", axum::routing::any(unknown_route))
 }
 
-/// Recorded 405 for a known `/v1` route called with the wrong method (used as the router's
-/// method-not-allowed fallback, so every `/v1` call is recorded).
+/// 405 (recorded when made with a valid key) for a known `/v1` route called with the wrong method (used as the router's
+/// method-not-allowed fallback, so every `/v1` call with a valid key is recorded).
 pub async fn wrong_method(State(state): State<AppState>, request: Request) -> Response {
     let path = request.uri().path().to_owned();
     let endpoint = if path.starts_with("/v1/messages") {
@@ -84,11 +84,12 @@ pub async fn wrong_method(State(state): State<AppState>, request: Request) -> Re
     } else {
         Endpoint::Models
     };
-    let meter = match meter::Meter::start(&state, endpoint, request.method().as_str(), &path).await
-    {
-        Ok(meter) => meter,
-        Err(unavailable) => return unavailable,
-    };
+    let mut meter =
+        match meter::Meter::start(&state, endpoint, request.method().as_str(), &path).await {
+            Ok(meter) => meter,
+            Err(unavailable) => return unavailable,
+        };
+    proxy::identify(&state, request.headers(), &mut meter);
     proxy::refuse(
         meter,
         endpoint,
@@ -108,7 +109,8 @@ fn proxied(endpoint: Endpoint) -> MethodRouter<AppState> {
     )
 }
 
-/// Any other `/v1/*` call: 404 in the protocol the path suggests, recorded like every call.
+/// Any other `/v1/*` call: 404 in the protocol the path suggests, recorded like every call made
+/// with a valid key.
 async fn unknown_route(State(state): State<AppState>, request: Request) -> Response {
     let path = request.uri().path().to_owned();
     let endpoint = if path.starts_with("/v1/messages") {
@@ -116,11 +118,12 @@ async fn unknown_route(State(state): State<AppState>, request: Request) -> Respo
     } else {
         Endpoint::Models
     };
-    let meter = match meter::Meter::start(&state, endpoint, request.method().as_str(), &path).await
-    {
-        Ok(meter) => meter,
-        Err(unavailable) => return unavailable,
-    };
+    let mut meter =
+        match meter::Meter::start(&state, endpoint, request.method().as_str(), &path).await {
+            Ok(meter) => meter,
+            Err(unavailable) => return unavailable,
+        };
+    proxy::identify(&state, request.headers(), &mut meter);
     proxy::refuse(
         meter,
         endpoint,

@@ -30,6 +30,8 @@ const KEPT_EDGE: usize = 64 * 1024;
 /// The record's error when the client hung up before its request body was complete.
 pub const CLIENT_GONE_MID_BODY: &str =
     "the client closed the connection before sending the whole request body";
+/// Longest model name accepted: longer names are refused (400) and recorded cut to this length.
+pub const MAX_MODEL_BYTES: usize = 256;
 /// Header telling the client how long the gateway itself took, in milliseconds.
 pub const OVERHEAD_HEADER: &str = "x-token-console-overhead-ms";
 
@@ -147,6 +149,14 @@ pub fn client_key(headers: &HeaderMap) -> Option<&str> {
     })
 }
 
+/// Notes the key of a call the gateway refuses before checking it (an unknown route, a wrong
+/// method), so that the call is recorded when the key is valid, and only then.
+pub fn identify(state: &AppState, headers: &HeaderMap, meter: &mut Meter) {
+    if let Some(entry) = client_key(headers).and_then(|given| state.keys.find(given)) {
+        meter.set_key(entry.id, entry.settings().name);
+    }
+}
+
 /// Finds the live key of a request (asking the store about a key this instance does not know)
 /// and checks that it may be used now.
 pub async fn authenticate(
@@ -245,7 +255,13 @@ fn client_went_away(error: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 fn parse_request(bytes: &[u8]) -> Result<serde_json::Map<String, serde_json::Value>, GatewayError> {
-    match serde_json::from_slice::<serde_json::Value>(bytes) {
+    // `str::parse` runs serde_json's own compiled parser of `Value` (a whole request body is
+    // read once, and in an unoptimised build a generic instance of ours costs ~10x more).
+    let parsed = match std::str::from_utf8(bytes) {
+        Ok(text) => text.parse::<serde_json::Value>(),
+        Err(_) => serde_json::from_slice::<serde_json::Value>(bytes),
+    };
+    match parsed {
         Ok(serde_json::Value::Object(map)) => Ok(map),
         Ok(_) => Err(GatewayError::BadRequest("the request body must be a JSON object".into())),
         Err(e) => Err(GatewayError::BadRequest(format!(
@@ -260,10 +276,36 @@ fn requested_max_tokens(request: &serde_json::Value) -> Option<u64> {
         .find_map(|k| request.get(*k).and_then(serde_json::Value::as_u64))
 }
 
+/// Answers a request asks for at once (`n`, or `best_of` of legacy completions), each of which
+/// may use its whole `max_tokens`; capped so that a silly value cannot overflow the bound.
+fn requested_choices(request: &serde_json::Value) -> u64 {
+    ["n", "best_of"]
+        .iter()
+        .filter_map(|k| request.get(*k).and_then(serde_json::Value::as_u64))
+        .max()
+        .unwrap_or(1)
+        .clamp(1, 1024)
+}
+
+/// The most tokens a call can spend: a true upper bound of its prompt (see
+/// [`estimate::prompt_upper_bound`]) plus every answer it asks for at its `max_tokens` (or
+/// [`DEFAULT_MAX_TOKENS`] when it sets none).
+fn spend_bound(endpoint: Endpoint, body_len: usize, request: &serde_json::Value) -> u64 {
+    let completion = if endpoint.has_completion() {
+        requested_max_tokens(request)
+            .unwrap_or(DEFAULT_MAX_TOKENS)
+            .saturating_mul(requested_choices(request))
+    } else {
+        0
+    };
+    estimate::prompt_upper_bound(body_len, request).saturating_add(completion)
+}
+
 async fn reserve(
     state: &AppState,
     key: &KeyEntry,
     endpoint: Endpoint,
+    body_len: usize,
     request: &serde_json::Value,
 ) -> Result<Option<crate::keys::Reservation>, GatewayError> {
     if !endpoint.spends_tokens() {
@@ -278,12 +320,7 @@ async fn reserve(
             "{who} token budget is used up (or the tokens this request may use do not fit in what is left); raise the limit in the token console or wait for it to be reset"
         ))
     };
-    let completion = if endpoint.has_completion() {
-        requested_max_tokens(request).unwrap_or(DEFAULT_MAX_TOKENS)
-    } else {
-        0
-    };
-    let amount = estimate::prompt_upper_bound(request) + completion;
+    let amount = spend_bound(endpoint, body_len, request);
     match Budget::reserve(&state.budget, key_budget, amount).await {
         Ok(reservation) => Ok(Some(reservation)),
         Err(Refusal::Global) => Err(exhausted("the gateway's")),
@@ -338,33 +375,49 @@ async fn prepare(
         .get("stream")
         .and_then(serde_json::Value::as_bool)
         .unwrap_or(false);
+    if model.len() > MAX_MODEL_BYTES {
+        meter.set_request(Meter::UNROUTED, stream, Arc::new(serde_json::Value::Null));
+        let cut = char_prefix(&model, 64);
+        return Err(GatewayError::BadRequest(format!(
+            "the model name is {} bytes long, more than the gateway's limit of {MAX_MODEL_BYTES}; name a configured model (it began \"{cut}…\")",
+            model.len()
+        )));
+    }
+    let provider = state.gateway.route(endpoint, &model);
+    // Calls and metrics are grouped by the model only once it routes to a configured provider,
+    // so that names a client invents cannot grow the aggregates (see ARCHITECTURE.md).
+    let label = if provider.is_some() {
+        model.as_str()
+    } else {
+        Meter::UNROUTED
+    };
     let settings = key.settings();
     if settings
         .allowed_models
         .as_ref()
         .is_some_and(|allowed| !super::glob::any(allowed, &model))
     {
-        meter.set_request(&model, stream, Arc::new(serde_json::Value::Null));
+        meter.set_request(label, stream, Arc::new(serde_json::Value::Null));
         return Err(GatewayError::Forbidden(format!(
             "the API key \"{}\" may not use the model \"{model}\"; allow it for the key in the token console",
             settings.name
         )));
     }
+    let had_stream_options = object.contains_key("stream_options");
     let hide_usage_chunk =
         stream && endpoint.wants_stream_usage_option() && ask_for_stream_usage(&mut object);
-    let modified = hide_usage_chunk;
     let value = serde_json::Value::Object(object);
-    let body = if modified {
-        Bytes::from(
-            serde_json::to_vec(&value).map_err(|e| GatewayError::BadRequest(e.to_string()))?,
-        )
-    } else {
-        bytes
+    let body = match hide_usage_chunk {
+        false => bytes,
+        // Spliced into the client's bytes when it is a new member: re-serialising a large body
+        // would cost a pass over all of it.
+        true if !had_stream_options => splice_stream_usage(&bytes),
+        true => Bytes::from(value.to_string()),
     };
     let request_value = Arc::new(value);
-    meter.set_request(&model, stream, request_value.clone());
+    meter.set_request(label, stream, request_value.clone());
     meter.tally = StreamTally::new(hide_usage_chunk);
-    let provider = state.gateway.route(endpoint, &model).ok_or_else(|| {
+    let provider = provider.ok_or_else(|| {
         GatewayError::NotFound(format!(
             "no configured provider serves the model \"{model}\" on {}; add it to a provider's models in config.yaml",
             endpoint.path()
@@ -380,7 +433,7 @@ async fn prepare(
             retry_after,
         ));
     }
-    if let Some(reservation) = reserve(state, &key, endpoint, &request_value).await? {
+    if let Some(reservation) = reserve(state, &key, endpoint, body.len(), &request_value).await? {
         meter.hold(reservation);
     }
     Ok(Prepared {
@@ -680,14 +733,68 @@ impl<S> Relay<S> {
     }
 }
 
+/// The body with `"stream_options":{"include_usage":true}` added as the first member of its
+/// object (which has no `stream_options` member).
+fn splice_stream_usage(body: &[u8]) -> Bytes {
+    const MEMBER: &[u8] = br#""stream_options":{"include_usage":true}"#;
+    let Some(open) = body.iter().position(|&b| b == b'{') else {
+        return Bytes::copy_from_slice(body);
+    };
+    let empty = body[open + 1..]
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|&b| b == b'}');
+    let mut spliced = Vec::with_capacity(body.len() + MEMBER.len() + 1);
+    spliced.extend_from_slice(&body[..=open]);
+    spliced.extend_from_slice(MEMBER);
+    if !empty {
+        spliced.push(b',');
+    }
+    spliced.extend_from_slice(&body[open + 1..]);
+    Bytes::from(spliced)
+}
+
+/// The longest start of `text` of at most `limit` bytes that ends on a character boundary.
+fn char_prefix(text: &str, limit: usize) -> &str {
+    let mut end = limit.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// Runs every read the gateway makes of a client's request body (for the fuzzer).
 pub(crate) fn inspect(bytes: &[u8]) {
     let Ok(mut object) = parse_request(bytes) else {
         return;
     };
+    if !object.contains_key("stream_options") {
+        let spliced = splice_stream_usage(bytes);
+        let reread = parse_request(&spliced).ok();
+        let options = reread.as_ref().and_then(|o| o.get("stream_options"));
+        debug_assert!(options.is_some(), "the splice keeps the body JSON");
+    }
     let _ = ask_for_stream_usage(&mut object);
     let value = serde_json::Value::Object(object);
     let _ = requested_max_tokens(&value);
-    let _ = estimate::prompt_upper_bound(&value);
+    let _ = spend_bound(Endpoint::ChatCompletions, bytes.len(), &value);
     let _ = estimate::prompt_tokens(&value);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splices_the_usage_option_into_the_clients_bytes() {
+        let spliced = splice_stream_usage(br#" {"model": "m", "stream": true}"#);
+        assert_eq!(
+            &spliced[..],
+            br#" {"stream_options":{"include_usage":true},"model": "m", "stream": true}"#
+        );
+        assert_eq!(
+            &splice_stream_usage(b"{ }")[..],
+            br#"{"stream_options":{"include_usage":true} }"#
+        );
+    }
 }

@@ -286,6 +286,20 @@ pub fn from_fragment(fragment: &[u8]) -> Option<WireUsage> {
 /// Every string under keys that carry text (`content`, `text`, …) anywhere in a JSON document:
 /// the prompt of a request or the answer of a response, for a tokenizer estimate.
 pub fn texts(value: &serde_json::Value, out: &mut String) {
+    each_text(value, &mut |s| {
+        if out.len() + s.len() > MAX_TEXT * 4 {
+            return;
+        }
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        out.push_str(s);
+    });
+}
+
+/// Calls `visit` with every string under keys that carry text, in document order, without
+/// copying them (so a caller can look at all of a large prompt's text, or only at its start).
+pub fn each_text(value: &serde_json::Value, visit: &mut dyn FnMut(&str)) {
     const TEXT_KEYS: [&str; 10] = [
         "content",
         "text",
@@ -302,35 +316,22 @@ pub fn texts(value: &serde_json::Value, out: &mut String) {
         serde_json::Value::Object(map) => {
             for (key, child) in map {
                 if TEXT_KEYS.contains(&key.as_str()) {
-                    strings(child, out);
+                    strings(child, visit);
                 } else {
-                    texts(child, out);
+                    each_text(child, visit);
                 }
             }
         }
-        serde_json::Value::Array(items) => items.iter().for_each(|v| texts(v, out)),
+        serde_json::Value::Array(items) => items.iter().for_each(|v| each_text(v, visit)),
         _ => {}
     }
 }
 
-fn strings(value: &serde_json::Value, out: &mut String) {
+fn strings(value: &serde_json::Value, visit: &mut dyn FnMut(&str)) {
     match value {
-        serde_json::Value::String(s) => {
-            if out.len() + s.len() > MAX_TEXT * 4 {
-                return;
-            }
-            if !out.is_empty() {
-                out.push('\n');
-            }
-            out.push_str(s);
-        }
-        serde_json::Value::Array(_) | serde_json::Value::Object(_) => {
-            if let serde_json::Value::Array(items) = value {
-                items.iter().for_each(|v| strings(v, out));
-            } else {
-                texts(value, out);
-            }
-        }
+        serde_json::Value::String(s) => visit(s),
+        serde_json::Value::Array(items) => items.iter().for_each(|v| strings(v, visit)),
+        serde_json::Value::Object(_) => each_text(value, visit),
         _ => {}
     }
 }

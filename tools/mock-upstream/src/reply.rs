@@ -5,7 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 
 use crate::behaviour::Behaviour;
-use crate::words::request_words;
+use crate::words::{request_bytes, request_words};
 
 /// Fixed prompt overhead added to the word count.
 const PROMPT_OVERHEAD: u64 = 10;
@@ -26,7 +26,7 @@ pub struct Reply {
     pub seq: u64,
     /// Unix seconds at the time of the request.
     pub created: u64,
-    /// 10 + words of the request.
+    /// 10 + words of the request (bytes for a `…byte-tokens…` model).
     pub input_tokens: u64,
     /// Words in the reply.
     pub output_tokens: u64,
@@ -52,7 +52,12 @@ impl Reply {
             model: str_field(body, "model").to_owned(),
             seq,
             created: unix_now(),
-            input_tokens: PROMPT_OVERHEAD + request_words(body),
+            input_tokens: PROMPT_OVERHEAD
+                + if str_field(body, "model").contains("byte-tokens") {
+                    request_bytes(body)
+                } else {
+                    request_words(body)
+                },
             output_tokens,
             truncated,
             usage: behaviour != Behaviour::NoUsage,

@@ -1,4 +1,6 @@
-//! Deterministic "tokenizer": counts whitespace-separated words in every text of a request.
+//! Deterministic "tokenizers": count whitespace-separated words in every text of a request, or,
+//! for models named `…byte-tokens…`, one token per byte (the worst case of a real tokenizer, as
+//! digit- or punctuation-heavy text can be).
 
 use serde_json::Value;
 
@@ -8,25 +10,34 @@ const TEXT_FIELDS: [&str; 5] = ["messages", "prompt", "input", "system", "instru
 /// Number of whitespace-separated words in all the request's text (messages, prompt, input,
 /// system, instructions). A token-id array counts one word per id.
 pub fn request_words(body: &Value) -> u64 {
+    request_tokens(body, count)
+}
+
+/// Bytes of all the request's text (the same fields as [`request_words`]): one token per byte.
+pub fn request_bytes(body: &Value) -> u64 {
+    request_tokens(body, |s| s.len() as u64)
+}
+
+fn request_tokens(body: &Value, count: fn(&str) -> u64) -> u64 {
     TEXT_FIELDS
         .iter()
         .filter_map(|field| body.get(field))
-        .map(text_words)
+        .map(|v| text_tokens(v, count))
         .sum()
 }
 
-/// Words in a string, an array of strings/parts, or a part/message object (`text`, `content`).
-fn text_words(value: &Value) -> u64 {
+/// Tokens in a string, an array of strings/parts, or a part/message object (`text`, `content`).
+fn text_tokens(value: &Value, count: fn(&str) -> u64) -> u64 {
     match value {
         Value::String(s) => count(s),
         Value::Number(_) => 1,
-        Value::Array(items) => items.iter().map(text_words).sum(),
+        Value::Array(items) => items.iter().map(|v| text_tokens(v, count)).sum(),
         Value::Object(obj) => {
             let text = obj
                 .get("text")
                 .filter(|t| t.is_string())
-                .map_or(0, text_words);
-            text + obj.get("content").map_or(0, text_words)
+                .map_or(0, |v| text_tokens(v, count));
+            text + obj.get("content").map_or(0, |v| text_tokens(v, count))
         }
         _ => 0,
     }
@@ -52,6 +63,13 @@ pub fn embedding_items(input: Option<&Value>) -> usize {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn counts_bytes() {
+        let body = json!({"messages": [{"role": "user", "content": "12345 678"}], "model": "x"});
+        assert_eq!(request_bytes(&body), 9);
+        assert_eq!(request_words(&body), 2);
+    }
 
     #[test]
     fn counts_words() {
