@@ -299,8 +299,39 @@ async fn body_over_max_body_bytes_is_413_with_or_without_a_length() {
     assert_eq!(mock_requests(&mock).await, 1);
 }
 
+/// The status a spent budget is refused with: OpenAI's `429 insufficient_quota`; on the
+/// Anthropic protocol the non-retryable `400 invalid_request_error` Anthropic sends for a spent
+/// account (Anthropic clients retry any 429 for minutes).
+fn budget_refusal(proto: Proto) -> u16 {
+    match proto {
+        Proto::OpenAi => 429,
+        Proto::Anthropic => 400,
+    }
+}
+
+/// Checks the refusal of a spent budget in each protocol, and that its message names `budget`.
+async fn expect_budget_refusal(server: &Server, proto: Proto, key: &str, budget: &str) {
+    let (status, headers, body) = ask(server, proto, proto.auth(key), "gpt-4o", TEXT).await;
+    assert_eq!(status, budget_refusal(proto), "{proto:?}: {body}");
+    let (kind, message) = assert_error_shape(proto, &body);
+    match proto {
+        Proto::OpenAi => {
+            assert_eq!(
+                (kind.as_str(), &body["error"]["code"]),
+                ("insufficient_quota", &json!("insufficient_quota"))
+            );
+        }
+        Proto::Anthropic => assert_eq!(kind, "invalid_request_error", "{body}"),
+    }
+    assert!(message.contains(budget), "{message}");
+    assert!(
+        headers.get("retry-after").is_none(),
+        "a spent budget does not invite a retry"
+    );
+}
+
 #[tokio::test]
-async fn global_budget_used_up_is_429_insufficient_quota() {
+async fn global_budget_used_up_is_refused_in_each_protocols_terms() {
     let mock = Mock::start();
     // One call reserves 9 + 4 + 3 + 20 = 36 and uses 13 + 20 = 33: a second cannot fit in 60.
     let (_dir, server) = start(&mock, "quota:\n  total_tokens: 60\n");
@@ -311,17 +342,14 @@ async fn global_budget_used_up_is_429_insufficient_quota() {
         mock_prompt(TEXT) + mock_completion(20)
     );
     for proto in BOTH {
-        let (kind, code, _) = expect_error(&server, proto, proto.auth(&key), "gpt-4o", 429).await;
-        if proto == Proto::OpenAi {
-            assert_eq!(
-                (kind.as_str(), code),
-                ("insufficient_quota", json!("insufficient_quota"))
-            );
-        }
+        expect_budget_refusal(&server, proto, &key, "the gateway's token budget").await;
     }
     let rows = settle(&server, 3).await;
     for proto in BOTH {
-        assert_refused_row(&one_row(&rows, proto.path(), 429), Some(id));
+        assert_refused_row(
+            &one_row(&rows, proto.path(), budget_refusal(proto)),
+            Some(id),
+        );
     }
     assert_eq!(
         mock_requests(&mock).await,
@@ -334,7 +362,7 @@ async fn global_budget_used_up_is_429_insufficient_quota() {
 }
 
 #[tokio::test]
-async fn key_token_limit_used_up_is_429_for_that_key_only() {
+async fn key_token_limit_used_up_is_refused_for_that_key_only() {
     let mock = Mock::start();
     let (_dir, server) = start(&mock, "");
     let (id, key) = server.create_key("limited").await;
@@ -342,10 +370,7 @@ async fn key_token_limit_used_up_is_429_for_that_key_only() {
     patch_key(&server, id, json!({"token_limit": 60})).await;
     expect_ok(&server, Proto::OpenAi, Auth::Bearer(&key), "gpt-4o").await;
     for proto in BOTH {
-        let (_, code, _) = expect_error(&server, proto, proto.auth(&key), "gpt-4o", 429).await;
-        if proto == Proto::OpenAi {
-            assert_eq!(code, "insufficient_quota");
-        }
+        expect_budget_refusal(&server, proto, &key, "\"limited\"'s token budget").await;
     }
     expect_ok(
         &server,
@@ -356,7 +381,10 @@ async fn key_token_limit_used_up_is_429_for_that_key_only() {
     .await;
     let rows = settle(&server, 4).await;
     for proto in BOTH {
-        assert_refused_row(&one_row(&rows, proto.path(), 429), Some(id));
+        assert_refused_row(
+            &one_row(&rows, proto.path(), budget_refusal(proto)),
+            Some(id),
+        );
     }
     assert_eq!(mock_requests(&mock).await, 2);
     let keys = server.data("/api/console/keys").await;

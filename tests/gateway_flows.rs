@@ -221,7 +221,12 @@ async fn anthropic_usage_is_recorded_exactly_stream_and_not() {
         .collect();
     assert_eq!(answer, mock_text(9));
     let row = newest_row(&server, 1).await;
-    assert_eq!(row_tokens(&row), [prompt, 9, 3, 1, 0, prompt + 9], "{row}");
+    // Anthropic's input_tokens excludes the mock's 3 cache-read and 1 cache-write tokens.
+    assert_eq!(
+        row_tokens(&row),
+        [prompt + 4, 9, 3, 1, 0, prompt + 13],
+        "{row}"
+    );
     assert_eq!(
         (row["stream"].clone(), row["estimated"].clone()),
         (json!(true), json!(false))
@@ -240,7 +245,7 @@ async fn anthropic_usage_is_recorded_exactly_stream_and_not() {
     let row = newest_row(&server, 2).await;
     assert_eq!(
         row_tokens(&row),
-        [prompt, 20, 3, 1, 0, prompt + 20],
+        [prompt + 4, 20, 3, 1, 0, prompt + 24],
         "{row}"
     );
 }
