@@ -347,12 +347,12 @@ fn instances_starting_together_on_an_empty_database_migrate_once() {
     assert!(keys.is_empty());
 }
 
-/// `INSERT` of an aggregate row of `table` with the given dimensions and figures (one call per
-/// row, in latency bucket 5).
-fn old_agg_row(table: &str, dims: &str, values: &str, t: [u64; 5]) -> String {
+/// `INSERT` of an aggregate row of `table` with the given dimensions and figures (`calls`
+/// successful calls, in latency bucket 5).
+fn old_agg_row(table: &str, dims: &str, values: &str, calls: u64, t: [u64; 5]) -> String {
     let [prompt, completion, cache_read, cache_creation, total] = t;
     let latency: Vec<String> = (0..crate::usage::LATENCY_BUCKETS)
-        .map(|i| if i == 5 { "1".into() } else { "0".into() })
+        .map(|i| if i == 5 { calls.to_string() } else { "0".into() })
         .collect();
     let columns: Vec<String> = (0..crate::usage::LATENCY_BUCKETS)
         .map(|i| format!("l{i}"))
@@ -360,9 +360,10 @@ fn old_agg_row(table: &str, dims: &str, values: &str, t: [u64; 5]) -> String {
     format!(
         "INSERT INTO {table} ({dims}, calls, successes, failures, prompt_tokens, completion_tokens,
          cache_read_tokens, cache_creation_tokens, reasoning_tokens, total_tokens, duration_ms, {})
-         VALUES ({values}, 1, 1, 0, {prompt}, {completion}, {cache_read}, {cache_creation}, 0,
-         {total}, 40, {});",
+         VALUES ({values}, {calls}, {calls}, 0, {prompt}, {completion}, {cache_read},
+         {cache_creation}, 0, {total}, {}, {});",
         columns.join(", "),
+        40 * calls,
         latency.join(", ")
     )
 }
@@ -391,18 +392,21 @@ fn old_rows_sql() -> String {
             "agg_hour",
             "hour, key_id, model",
             &format!("{hour}, 1, '{model}'"),
+            1,
             t,
         ));
         sql.push_str(&old_agg_row(
             "agg_day",
             "day, key_id, model",
             &format!("{day}, 1, '{model}'"),
+            1,
             t,
         ));
         sql.push_str(&old_agg_row(
             "agg_total",
             "key_id, model",
             &format!("1, '{model}'"),
+            1,
             t,
         ));
     }
@@ -410,6 +414,7 @@ fn old_rows_sql() -> String {
         "agg_day",
         "day, key_id, model",
         &format!("{day}, -1, ''"),
+        2,
         rollup,
     ));
     sql
