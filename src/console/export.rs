@@ -142,7 +142,7 @@ fn log_chunks(
     })
 }
 
-const CSV_HEADER: &str = "id,timestamp,method,endpoint,status,tokens,prompt_tokens,completion_tokens,cache_read_tokens,cache_creation_tokens,reasoning_tokens,duration,ttft,model,key_id,key_name,stream,estimated,error\r\n";
+const CSV_HEADER: &str = "id,timestamp,method,endpoint,status,tokens,prompt_tokens,completion_tokens,cache_read_tokens,cache_creation_tokens,reasoning_tokens,duration,ttft,model,key_id,key_name,stream,estimated,error,client,session_id\r\n";
 
 /// Quotes a CSV field, and defuses spreadsheet formulas in text from requests.
 fn csv_text(out: &mut String, value: &str) {
@@ -181,6 +181,10 @@ fn csv_row(out: &mut String, row: &LogRow) {
     csv_text(out, row.key_name.as_deref().unwrap_or(""));
     out.push_str(&format!(",{},{},", row.stream, row.estimated));
     csv_text(out, row.error.as_deref().unwrap_or(""));
+    out.push(',');
+    csv_text(out, &row.client);
+    out.push(',');
+    csv_text(out, row.session_id.as_deref().unwrap_or(""));
     out.push_str("\r\n");
 }
 

@@ -352,7 +352,13 @@ fn instances_starting_together_on_an_empty_database_migrate_once() {
 fn old_agg_row(table: &str, dims: &str, values: &str, calls: u64, t: [u64; 5]) -> String {
     let [prompt, completion, cache_read, cache_creation, total] = t;
     let latency: Vec<String> = (0..crate::usage::LATENCY_BUCKETS)
-        .map(|i| if i == 5 { calls.to_string() } else { "0".into() })
+        .map(|i| {
+            if i == 5 {
+                calls.to_string()
+            } else {
+                "0".into()
+            }
+        })
         .collect();
     let columns: Vec<String> = (0..crate::usage::LATENCY_BUCKETS)
         .map(|i| format!("l{i}"))
