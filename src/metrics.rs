@@ -325,6 +325,8 @@ mod tests {
             stream: false,
             estimated: false,
             error: None,
+            client: String::new(),
+            session_id: None,
         };
         metrics.observe(&call, 0.3);
         let text = metrics.render(RecorderStats {

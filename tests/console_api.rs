@@ -163,6 +163,8 @@ fn call(
         stream: prompt % 2 == 0,
         estimated: false,
         error: (status >= 400).then(|| format!("failed with {status}")),
+        client: String::new(),
+        session_id: None,
     }
 }
 

@@ -328,8 +328,39 @@ async fn body_over_max_body_bytes_is_413_with_or_without_a_length() {
     assert_eq!(mock_requests(&mock).await, 1);
 }
 
+/// The status a spent budget is refused with: OpenAI's `429 insufficient_quota`; on the
+/// Anthropic protocol the non-retryable `400 invalid_request_error` Anthropic sends for a spent
+/// account (Anthropic clients retry any 429 for minutes).
+fn budget_refusal(proto: Proto) -> u16 {
+    match proto {
+        Proto::OpenAi => 429,
+        Proto::Anthropic => 400,
+    }
+}
+
+/// Checks the refusal of a spent budget in each protocol, and that its message names `budget`.
+async fn expect_budget_refusal(server: &Server, proto: Proto, key: &str, budget: &str) {
+    let (status, headers, body) = ask(server, proto, proto.auth(key), "gpt-4o", TEXT).await;
+    assert_eq!(status, budget_refusal(proto), "{proto:?}: {body}");
+    let (kind, message) = assert_error_shape(proto, &body);
+    match proto {
+        Proto::OpenAi => {
+            assert_eq!(
+                (kind.as_str(), &body["error"]["code"]),
+                ("insufficient_quota", &json!("insufficient_quota"))
+            );
+        }
+        Proto::Anthropic => assert_eq!(kind, "invalid_request_error", "{body}"),
+    }
+    assert!(message.contains(budget), "{message}");
+    assert!(
+        headers.get("retry-after").is_none(),
+        "a spent budget does not invite a retry"
+    );
+}
+
 #[tokio::test]
-async fn global_budget_used_up_is_429_insufficient_quota() {
+async fn global_budget_used_up_is_refused_in_each_protocols_terms() {
     let mock = Mock::start();
     // A budget of exactly one call's reservation (its body's bytes + 4 + 3 + 20): the call uses
     // 13 + 20 = 33, so a second cannot fit in what is left.
@@ -342,17 +373,14 @@ async fn global_budget_used_up_is_429_insufficient_quota() {
         mock_prompt(TEXT) + mock_completion(20)
     );
     for proto in BOTH {
-        let (kind, code, _) = expect_error(&server, proto, proto.auth(&key), "gpt-4o", 429).await;
-        if proto == Proto::OpenAi {
-            assert_eq!(
-                (kind.as_str(), code),
-                ("insufficient_quota", json!("insufficient_quota"))
-            );
-        }
+        expect_budget_refusal(&server, proto, &key, "the gateway's token budget").await;
     }
     let rows = settle(&server, 3).await;
     for proto in BOTH {
-        assert_refused_row(&one_row(&rows, proto.path(), 429), Some(id));
+        assert_refused_row(
+            &one_row(&rows, proto.path(), budget_refusal(proto)),
+            Some(id),
+        );
     }
     assert_eq!(
         mock_requests(&mock).await,
@@ -365,7 +393,7 @@ async fn global_budget_used_up_is_429_insufficient_quota() {
 }
 
 #[tokio::test]
-async fn key_token_limit_used_up_is_429_for_that_key_only() {
+async fn key_token_limit_used_up_is_refused_for_that_key_only() {
     let mock = Mock::start();
     let (_dir, server) = start(&mock, "");
     let (id, key) = server.create_key("limited").await;
@@ -374,10 +402,7 @@ async fn key_token_limit_used_up_is_429_for_that_key_only() {
     patch_key(&server, id, json!({"token_limit": limit})).await;
     expect_ok(&server, Proto::OpenAi, Auth::Bearer(&key), "gpt-4o").await;
     for proto in BOTH {
-        let (_, code, _) = expect_error(&server, proto, proto.auth(&key), "gpt-4o", 429).await;
-        if proto == Proto::OpenAi {
-            assert_eq!(code, "insufficient_quota");
-        }
+        expect_budget_refusal(&server, proto, &key, "\"limited\"'s token budget").await;
     }
     expect_ok(
         &server,
@@ -388,7 +413,10 @@ async fn key_token_limit_used_up_is_429_for_that_key_only() {
     .await;
     let rows = settle(&server, 4).await;
     for proto in BOTH {
-        assert_refused_row(&one_row(&rows, proto.path(), 429), Some(id));
+        assert_refused_row(
+            &one_row(&rows, proto.path(), budget_refusal(proto)),
+            Some(id),
+        );
     }
     assert_eq!(mock_requests(&mock).await, 2);
     let keys = server.data("/api/console/keys").await;
@@ -626,9 +654,10 @@ async fn upstream_breaking_off_mid_stream_is_502_with_the_tokens_seen() {
         );
         assert_eq!(total, prompt + completion);
         if proto == Proto::Anthropic {
+            // Anthropic's input_tokens plus the mock's 3 cache-read and 1 cache-write tokens.
             assert_eq!(
                 prompt,
-                mock_prompt(TEXT),
+                mock_prompt(TEXT) + 4,
                 "message_start's exact input: {row}"
             );
         }

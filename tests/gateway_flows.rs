@@ -221,7 +221,12 @@ async fn anthropic_usage_is_recorded_exactly_stream_and_not() {
         .collect();
     assert_eq!(answer, mock_text(9));
     let row = newest_row(&server, 1).await;
-    assert_eq!(row_tokens(&row), [prompt, 9, 3, 1, 0, prompt + 9], "{row}");
+    // Anthropic's input_tokens excludes the mock's 3 cache-read and 1 cache-write tokens.
+    assert_eq!(
+        row_tokens(&row),
+        [prompt + 4, 9, 3, 1, 0, prompt + 13],
+        "{row}"
+    );
     assert_eq!(
         (row["stream"].clone(), row["estimated"].clone()),
         (json!(true), json!(false))
@@ -240,7 +245,7 @@ async fn anthropic_usage_is_recorded_exactly_stream_and_not() {
     let row = newest_row(&server, 2).await;
     assert_eq!(
         row_tokens(&row),
-        [prompt, 20, 3, 1, 0, prompt + 20],
+        [prompt + 4, 20, 3, 1, 0, prompt + 24],
         "{row}"
     );
 }
@@ -343,8 +348,13 @@ async fn client_hanging_up_mid_stream_cancels_upstream_and_records_499() {
         let [prompt, completion, .., total] = row_tokens(&row);
         assert!(prompt > 0, "the prompt is counted: {row}");
         if proto == Proto::Anthropic {
-            // message_start had arrived: its input and cache counts are exact.
-            assert_eq!(prompt, mock_prompt("stream fifty chunks slowly"), "{row}");
+            // message_start had arrived: its input and cache counts are exact (the prompt
+            // includes the 3 cache-read and 1 cache-write tokens).
+            assert_eq!(
+                prompt,
+                mock_prompt("stream fifty chunks slowly") + 4,
+                "{row}"
+            );
             assert_eq!(
                 (
                     row["cache_read_tokens"].clone(),
@@ -459,7 +469,8 @@ async fn round_of_calls(server: &Server, key: &str, totals: &mut Expected, strea
     .await;
     assert_eq!(r.status(), 200);
     r.bytes().await.unwrap();
-    expect(totals, "claude-3-haiku", true, prompt, 11);
+    // Anthropic's input_tokens plus the mock's 3 cache-read and 1 cache-write tokens.
+    expect(totals, "claude-3-haiku", true, prompt + 4, 11);
     let r = post(
         &server.url,
         "/v1/embeddings",

@@ -158,7 +158,7 @@ fn log_chunks(
 }
 
 /// The CSV's columns.
-const CSV_COLUMNS: [&str; 19] = [
+const CSV_COLUMNS: [&str; 21] = [
     "id",
     "timestamp",
     "method",
@@ -178,6 +178,8 @@ const CSV_COLUMNS: [&str; 19] = [
     "stream",
     "estimated",
     "error",
+    "client",
+    "session_id",
 ];
 
 /// Characters that make a spreadsheet cell a formula (or a DDE call) when they start it.
@@ -228,7 +230,7 @@ pub fn defuse(value: &str) -> String {
 }
 
 /// One log row's cells; every text cell defused.
-fn csv_row(row: &LogRow) -> [String; 19] {
+fn csv_row(row: &LogRow) -> [String; 21] {
     let opt = |v: Option<String>| v.unwrap_or_default();
     [
         row.id.to_string(),
@@ -250,6 +252,8 @@ fn csv_row(row: &LogRow) -> [String; 19] {
         row.stream.to_string(),
         row.estimated.to_string(),
         defuse(row.error.as_deref().unwrap_or("")),
+        defuse(&row.client),
+        defuse(row.session_id.as_deref().unwrap_or("")),
     ]
 }
 

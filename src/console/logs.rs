@@ -14,7 +14,7 @@ use tokio_stream::StreamExt as _;
 
 use crate::error::ConsoleError;
 use crate::state::AppState;
-use crate::store::{LogQuery, StatusFilter};
+use crate::store::{CallKind, LogQuery, StatusFilter};
 use crate::usage::LoggedCall;
 
 use super::wire::LogRow;
@@ -115,6 +115,16 @@ pub fn matches(query: &LogQuery, logged: &LoggedCall) -> bool {
         query.key_id.is_none_or(|k| c.key_id == Some(k)),
         query.since.is_none_or(|s| c.ts >= s),
         query.until.is_none_or(|u| c.ts < u),
+        match query.kind {
+            Some(CallKind::Call) => !c.is_count_tokens(),
+            Some(CallKind::CountTokens) => c.is_count_tokens(),
+            None => true,
+        },
+        query.client.as_ref().is_none_or(|k| *k == c.client),
+        query
+            .session_id
+            .as_ref()
+            .is_none_or(|s| c.session_id.as_ref() == Some(s)),
     ];
     checks.iter().all(|&ok| ok)
 }

@@ -8,7 +8,7 @@ use axum::extract::{FromRequest, Request};
 use serde::de::DeserializeOwned;
 
 use crate::error::ConsoleError;
-use crate::store::{LogQuery, StatusFilter, UsageFilter};
+use crate::store::{CallKind, LogQuery, StatusFilter, UsageFilter};
 
 /// Query parameters as given.
 pub type Params = HashMap<String, String>;
@@ -122,7 +122,21 @@ pub fn log_query(params: &Params) -> Result<LogQuery, ConsoleError> {
         since: optional_instant(params, "since")?,
         until: optional_instant(params, "until")?,
         before_id: id(params, "before_id")?,
+        kind: get(params, "kind").map(kind).transpose()?,
+        client: get(params, "client").map(str::to_owned),
+        session_id: get(params, "session_id").map(str::to_owned),
     })
+}
+
+/// `call` (every call but `count_tokens`) or `count_tokens`.
+fn kind(raw: &str) -> Result<CallKind, ConsoleError> {
+    match raw {
+        "call" => Ok(CallKind::Call),
+        "count_tokens" => Ok(CallKind::CountTokens),
+        _ => Err(ConsoleError::BadRequest(format!(
+            "kind must be call (every call but count_tokens) or count_tokens; got \"{raw}\""
+        ))),
+    }
 }
 
 /// A JSON body whose parse errors name the failing field, answered in the console envelope.

@@ -86,6 +86,7 @@ pub fn build_stats(models: Vec<(String, Aggregate)>, budget: Option<u64>) -> Sta
             }
         }),
         api_call_count: total.calls,
+        count_tokens_calls: total.count_tokens,
         success_count: total.successes,
         error_count: total.failures,
         prompt_tokens: total.tokens.prompt,
@@ -169,6 +170,7 @@ mod tests {
             },
             duration_ms: duration,
             latency,
+            count_tokens: 0,
         }
     }
 

@@ -91,8 +91,10 @@ pub struct Stats {
     pub remaining_tokens: Option<u64>,
     /// Used share of the budget, %; `null` when unlimited.
     pub usage_percent: Option<f64>,
-    /// Calls.
+    /// Calls (`count_tokens` calls not included).
     pub api_call_count: u64,
+    /// `count_tokens` calls, counted apart from the calls.
+    pub count_tokens_calls: u64,
     /// 2xx calls.
     pub success_count: u64,
     /// Other calls.
@@ -172,6 +174,10 @@ pub struct LogRow {
     pub estimated: bool,
     /// Failure description.
     pub error: Option<String>,
+    /// Client family from the `User-Agent` (`claude-cli`, `codex`, …, `other`; empty: none sent).
+    pub client: String,
+    /// Session id the client sent, if any.
+    pub session_id: Option<String>,
 }
 
 impl From<&LoggedCall> for LogRow {
@@ -197,6 +203,8 @@ impl From<&LoggedCall> for LogRow {
             ttft: c.ttft_ms,
             estimated: c.estimated,
             error: c.error.clone(),
+            client: c.client.clone(),
+            session_id: c.session_id.clone(),
         }
     }
 }

@@ -53,6 +53,15 @@ impl Endpoint {
         !matches!(self, Self::CountTokens | Self::Models)
     }
 
+    /// The event that ends a complete stream of this route, as named in a record's error.
+    pub fn stream_end(self) -> &'static str {
+        match self {
+            Self::Messages => "message_stop",
+            Self::Responses => "response.completed",
+            _ => "[DONE]",
+        }
+    }
+
     /// Whether the gateway adds `stream_options.include_usage` to its streams.
     pub fn wants_stream_usage_option(self) -> bool {
         matches!(self, Self::ChatCompletions | Self::Completions)

@@ -34,7 +34,12 @@ pub enum GatewayError {
     RequestTimeout(String),
     /// Body over the limit (413).
     TooLarge(String),
-    /// A budget is exhausted (429 insufficient_quota).
+    /// A WebSocket upgrade the gateway does not offer (426): clients such as Codex then fall
+    /// back to plain HTTP at once.
+    UpgradeRequired(String),
+    /// A budget is exhausted: OpenAI's `429 insufficient_quota`; on the Anthropic protocol the
+    /// non-retryable `400 invalid_request_error` Anthropic sends for a spent account (its
+    /// clients, Claude Code among them, retry every 429 for minutes).
     QuotaExhausted(String),
     /// The key's requests-per-minute limit (429 with Retry-After seconds).
     RateLimited(String, u64),
@@ -59,6 +64,7 @@ impl GatewayError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UpgradeRequired(_) => StatusCode::UPGRADE_REQUIRED,
             Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::QuotaExhausted(_) | Self::RateLimited(..) => StatusCode::TOO_MANY_REQUESTS,
             Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
@@ -67,6 +73,14 @@ impl GatewayError {
             Self::ClientClosed(_) => {
                 StatusCode::from_u16(CLIENT_CLOSED_REQUEST).unwrap_or(StatusCode::BAD_REQUEST)
             }
+        }
+    }
+
+    /// The HTTP status in the client's protocol (a spent budget differs between them).
+    pub fn status_in(&self, protocol: Protocol) -> StatusCode {
+        match (self, protocol) {
+            (Self::QuotaExhausted(_), Protocol::Anthropic) => StatusCode::BAD_REQUEST,
+            _ => self.status(),
         }
     }
 
@@ -79,6 +93,7 @@ impl GatewayError {
             | Self::NotFound(m)
             | Self::MethodNotAllowed(m)
             | Self::TooLarge(m)
+            | Self::UpgradeRequired(m)
             | Self::RequestTimeout(m)
             | Self::QuotaExhausted(m)
             | Self::RateLimited(m, _)
@@ -98,6 +113,7 @@ impl GatewayError {
             Self::NotFound(_) => ("invalid_request_error", "model_not_found"),
             Self::MethodNotAllowed(_) => ("invalid_request_error", "method_not_allowed"),
             Self::TooLarge(_) => ("invalid_request_error", "request_too_large"),
+            Self::UpgradeRequired(_) => ("invalid_request_error", "websocket_not_supported"),
             Self::RequestTimeout(_) => ("invalid_request_error", "request_timeout"),
             Self::QuotaExhausted(_) => ("insufficient_quota", "insufficient_quota"),
             Self::RateLimited(..) => ("requests", "rate_limit_exceeded"),
@@ -117,8 +133,10 @@ impl GatewayError {
             Self::NotFound(_) => "not_found_error",
             Self::MethodNotAllowed(_) => "invalid_request_error",
             Self::TooLarge(_) => "request_too_large",
+            Self::UpgradeRequired(_) => "invalid_request_error",
             Self::RequestTimeout(_) => "invalid_request_error",
-            Self::QuotaExhausted(_) | Self::RateLimited(..) => "rate_limit_error",
+            Self::QuotaExhausted(_) => "invalid_request_error",
+            Self::RateLimited(..) => "rate_limit_error",
             Self::BadGateway(_) => "api_error",
             Self::Timeout(_) => "timeout_error",
             Self::Unavailable(_) => "overloaded_error",
@@ -138,7 +156,7 @@ impl GatewayError {
                 "error": {"type": self.anthropic_kind(), "message": self.message()},
             }),
         };
-        let mut response = (self.status(), Json(body)).into_response();
+        let mut response = (self.status_in(protocol), Json(body)).into_response();
         if let Self::RateLimited(_, seconds) = &self {
             if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
                 response.headers_mut().insert(header::RETRY_AFTER, value);
@@ -158,6 +176,13 @@ mod tests {
         assert_eq!(e.status(), StatusCode::TOO_MANY_REQUESTS);
         let r = e.clone().into_protocol_response(Protocol::OpenAi);
         assert_eq!(r.status(), 429);
+        let r = e.clone().into_protocol_response(Protocol::Anthropic);
+        assert_eq!(
+            r.status(),
+            400,
+            "a spent budget is not retryable for Anthropic clients"
+        );
+        assert!(r.headers().get("retry-after").is_none());
         let r = GatewayError::RateLimited("slow down".into(), 7)
             .into_protocol_response(Protocol::Anthropic);
         assert_eq!(r.headers().get("retry-after").unwrap(), "7");

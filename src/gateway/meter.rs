@@ -14,6 +14,15 @@ use crate::usage::{CallRecord, Slot, TokenUsage};
 
 /// Status recorded when the client went away before the answer was complete.
 pub const CLIENT_CLOSED: u16 = 499;
+/// Headers that carry a client's session id, the first present winning: Claude Code's, then
+/// Codex's and other common spellings.
+const SESSION_HEADERS: [&str; 5] = [
+    "x-claude-code-session-id",
+    "session_id",
+    "session-id",
+    "x-session-id",
+    "conversation_id",
+];
 /// Longest error text kept in a record.
 const MAX_ERROR_CHARS: usize = 300;
 
@@ -78,6 +87,8 @@ impl Meter {
                 stream: false,
                 estimated: false,
                 error: None,
+                client: String::new(),
+                session_id: None,
             },
             started: Instant::now(),
             endpoint,
@@ -95,6 +106,16 @@ impl Meter {
     /// When the call started.
     pub fn started(&self) -> Instant {
         self.started
+    }
+
+    /// The client family (from `User-Agent`) and the session id the client sent, if any.
+    pub fn set_client(&mut self, headers: &axum::http::HeaderMap) {
+        let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        self.record.client =
+            crate::usage::client_family(text(axum::http::header::USER_AGENT.as_str())).to_owned();
+        self.record.session_id = SESSION_HEADERS
+            .iter()
+            .find_map(|name| text(name).and_then(crate::usage::session_id));
     }
 
     /// The key the call is made with.
@@ -135,7 +156,8 @@ impl Meter {
         let success = (200..300).contains(&status);
         let reported = body
             .and_then(super::usage::from_body)
-            .or_else(|| self.tally.reported());
+            .or_else(|| self.tally.reported())
+            .filter(|usage| !success || !is_zero(usage));
         let error = error.or_else(|| {
             (status >= 400)
                 .then(|| body.and_then(upstream_error_text))
@@ -158,7 +180,7 @@ impl Meter {
         let provider_failed = self
             .upstream_status
             .is_some_and(|s| !(200..300).contains(&s));
-        match self.tally.reported() {
+        match self.tally.reported().filter(|usage| !is_zero(usage)) {
             Some(tokens) => self.complete(status, Some(tokens), false, Some(error)),
             None if provider_failed => self.complete(status, None, false, Some(error)),
             None => {
@@ -166,6 +188,16 @@ impl Meter {
                 self.complete_estimated(status, job, Some(error));
             }
         }
+    }
+
+    /// The error of a stream that ended without its protocol's terminal event, if this one did.
+    pub fn stream_end_missing(&self) -> Option<String> {
+        (!self.tally.ended).then(|| {
+            format!(
+                "the provider's stream ended without its final event ({}); the answer may be cut off",
+                self.endpoint.stream_end()
+            )
+        })
     }
 
     /// What the tokenizer needs to estimate the call, from the request and the answer (the
@@ -333,6 +365,12 @@ impl Drop for Meter {
             );
         }
     }
+}
+
+/// Usage of 0 input and 0 output tokens, which some compatible servers report beside a real
+/// answer: treated as no usage at all, so the call is estimated instead.
+fn is_zero(usage: &TokenUsage) -> bool {
+    usage.prompt == 0 && usage.completion == 0 && usage.total == 0
 }
 
 fn truncate(text: &str) -> String {

@@ -68,7 +68,10 @@ pub fn router() -> Router<AppState> {
         .route("/v1/chat/completions", proxied(Endpoint::ChatCompletions))
         .route("/v1/completions", proxied(Endpoint::Completions))
         .route("/v1/embeddings", proxied(Endpoint::Embeddings))
-        .route("/v1/responses", proxied(Endpoint::Responses))
+        .route(
+            "/v1/responses",
+            proxied(Endpoint::Responses).get(responses_websocket),
+        )
         .route("/v1/messages", proxied(Endpoint::Messages))
         .route("/v1/messages/count_tokens", proxied(Endpoint::CountTokens))
         .route("/v1/models", get(models::list))
@@ -89,6 +92,7 @@ pub async fn wrong_method(State(state): State<AppState>, request: Request) -> Re
             Ok(meter) => meter,
             Err(unavailable) => return unavailable,
         };
+    meter.set_client(request.headers());
     proxy::identify(&state, request.headers(), &mut meter);
     proxy::refuse(
         meter,
@@ -97,6 +101,31 @@ pub async fn wrong_method(State(state): State<AppState>, request: Request) -> Re
             "{} is not allowed on {path}; see the API reference for the method",
             request.method()
         )),
+    )
+}
+
+/// `GET /v1/responses`: a client opening the Responses API as a WebSocket (Codex does, with
+/// `Upgrade: websocket` and `OpenAI-Beta: responses_websockets=…`) gets 426 at once, so it falls
+/// back to HTTP streaming, which the gateway meters; any other GET is the usual recorded 405.
+async fn responses_websocket(State(state): State<AppState>, request: Request) -> Response {
+    let upgrade = request
+        .headers()
+        .get(axum::http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().contains("websocket"));
+    if !upgrade {
+        return wrong_method(State(state), request).await;
+    }
+    let path = request.uri().path().to_owned();
+    let mut meter = meter::Meter::start(&state, Endpoint::Responses, "GET", &path);
+    meter.set_client(request.headers());
+    let _ = proxy::authenticate(&state, request.headers(), &mut meter);
+    proxy::refuse(
+        meter,
+        Endpoint::Responses,
+        GatewayError::UpgradeRequired(
+            "this gateway does not serve the Responses API over WebSocket; send the request as HTTP POST /v1/responses (with \"stream\": true for a stream)".into(),
+        ),
     )
 }
 
@@ -123,6 +152,7 @@ async fn unknown_route(State(state): State<AppState>, request: Request) -> Respo
             Ok(meter) => meter,
             Err(unavailable) => return unavailable,
         };
+    meter.set_client(request.headers());
     proxy::identify(&state, request.headers(), &mut meter);
     proxy::refuse(
         meter,

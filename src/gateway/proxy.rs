@@ -79,6 +79,7 @@ pub async fn handle(state: AppState, endpoint: Endpoint, request: Request) -> Re
         Ok(meter) => meter,
         Err(unavailable) => return unavailable,
     };
+    meter.set_client(request.headers());
     let prepared = match prepare(&state, endpoint, request, &mut meter).await {
         Ok(prepared) => prepared,
         Err(e) => return refuse(meter, endpoint, e),
@@ -91,7 +92,7 @@ pub async fn handle(state: AppState, endpoint: Endpoint, request: Request) -> Re
 pub fn refuse(mut meter: Meter, endpoint: Endpoint, error: GatewayError) -> Response {
     let overhead_ms = meter.started().elapsed().as_secs_f64() * 1000.0;
     meter.finish(
-        error.status().as_u16(),
+        error.status_in(endpoint.protocol()).as_u16(),
         None,
         Some(error.message().to_owned()),
     );
@@ -324,7 +325,10 @@ async fn reserve(
     match Budget::reserve(&state.budget, key_budget, amount).await {
         Ok(reservation) => Ok(Some(reservation)),
         Err(Refusal::Global) => Err(exhausted("the gateway's")),
-        Err(Refusal::Key) => Err(exhausted("this key's")),
+        Err(Refusal::Key) => Err(exhausted(&format!(
+            "the API key \"{}\"'s",
+            key.settings().name
+        ))),
         Err(Refusal::Unavailable(reason)) => {
             tracing::error!("cannot confirm the token budget: {reason}");
             Err(GatewayError::QuotaExhausted(
@@ -423,7 +427,12 @@ async fn prepare(
             endpoint.path()
         ))
     })?;
-    if let Err(retry_after) = state.keys.check_rate(&key, settings.rpm_limit).await {
+    // Counting tokens spends nothing and is not a call: it neither uses nor is held to the RPM
+    // limit (Claude Code sends a burst of them for `/context`).
+    let rpm_limit = settings
+        .rpm_limit
+        .filter(|_| endpoint != Endpoint::CountTokens);
+    if let Err(retry_after) = state.keys.check_rate(&key, rpm_limit).await {
         return Err(GatewayError::RateLimited(
             format!(
                 "the API key \"{}\" is limited to {} requests per minute; retry after {retry_after} s",
@@ -703,11 +712,17 @@ impl<S> Relay<S> {
         }
         let status = self.status.as_u16();
         if self.sse.is_some() {
-            let error = self
+            let cut_off = (200..300)
+                .contains(&status)
+                .then(|| self.meter.stream_end_missing())
+                .flatten();
+            let malformed = self
                 .meter
                 .tally
                 .malformed
                 .then(|| "the provider's stream had malformed events".to_owned());
+            let problems: Vec<String> = malformed.into_iter().chain(cut_off).collect();
+            let error = (!problems.is_empty()).then(|| problems.join("; "));
             self.meter.finish(status, None, error);
         } else if let Some(tail) = self.tail.take() {
             let usage = super::usage::from_fragment(&tail)

@@ -60,17 +60,36 @@ impl WireUsage {
         );
     }
 
-    /// The recorded token fields; `None` when no prompt or completion count was reported.
+    /// The recorded token fields under one meaning for every protocol; `None` when no prompt or
+    /// completion count was reported.
+    ///
+    /// `prompt` is every input token the provider processed: OpenAI's `prompt_tokens` and the
+    /// Responses API's `input_tokens` already include cached tokens, while Anthropic's
+    /// `input_tokens` excludes cache reads and writes (reported apart as
+    /// `cache_read_input_tokens` and `cache_creation_input_tokens`, fields only Anthropic sends),
+    /// so those are added. `completion` is every output token (reasoning included) and `total`
+    /// their sum.
     pub fn to_tokens(self) -> Option<TokenUsage> {
         let prompt = self.prompt();
         let completion = self.completion();
         if prompt.is_none() && completion.is_none() && self.total_tokens.is_none() {
             return None;
         }
-        let prompt = prompt.unwrap_or(0);
-        let completion = completion.unwrap_or(0);
         let cached = |d: Option<Details>| d.and_then(|d| d.cached_tokens);
         let reasoning = |d: Option<Details>| d.and_then(|d| d.reasoning_tokens);
+        let anthropic_read = self.cache_read_input_tokens.unwrap_or(0);
+        let anthropic_write = self.cache_creation_input_tokens.unwrap_or(0);
+        let total = match (prompt, completion) {
+            (None, None) => self.total_tokens.unwrap_or(0),
+            _ => 0,
+        };
+        let prompt = prompt
+            .map(|p| {
+                p.saturating_add(anthropic_read)
+                    .saturating_add(anthropic_write)
+            })
+            .unwrap_or(0);
+        let completion = completion.unwrap_or(0);
         Some(TokenUsage {
             prompt,
             completion,
@@ -79,11 +98,11 @@ impl WireUsage {
                 .or(cached(self.prompt_tokens_details))
                 .or(cached(self.input_tokens_details))
                 .unwrap_or(0),
-            cache_creation: self.cache_creation_input_tokens.unwrap_or(0),
+            cache_creation: anthropic_write,
             reasoning: reasoning(self.completion_tokens_details)
                 .or(reasoning(self.output_tokens_details))
                 .unwrap_or(0),
-            total: self.total_tokens.unwrap_or(prompt + completion),
+            total: total.max(prompt.saturating_add(completion)),
         })
     }
 }
@@ -114,6 +133,8 @@ struct Nested {
 /// The fields of a stream event the gateway reads; everything else is ignored.
 #[derive(Deserialize)]
 struct StreamEvent {
+    #[serde(rename = "type")]
+    kind: Option<String>,
     usage: Option<WireUsage>,
     choices: Option<Vec<Choice>>,
     message: Option<Nested>,
@@ -145,6 +166,10 @@ pub struct StreamTally {
     pub hide_usage_chunk: bool,
     /// Whether some event could not be parsed.
     pub malformed: bool,
+    /// Whether the stream's terminal event arrived: `[DONE]` (chat and text completions),
+    /// `message_stop` (Anthropic), or `response.completed`, `response.failed` or
+    /// `response.incomplete` (Responses).
+    pub ended: bool,
 }
 
 impl StreamTally {
@@ -174,13 +199,23 @@ impl StreamTally {
     /// Reads one event's data (the joined `data:` lines) and says whether to forward it.
     pub fn observe(&mut self, data: &str) -> Verdict {
         let data = data.trim();
-        if data.is_empty() || data == "[DONE]" {
+        if data == "[DONE]" {
+            self.ended = true;
+            return Verdict::Forward;
+        }
+        if data.is_empty() {
             return Verdict::Forward;
         }
         let Ok(event) = serde_json::from_str::<StreamEvent>(data) else {
             self.malformed = true;
             return Verdict::Forward;
         };
+        if matches!(
+            event.kind.as_deref(),
+            Some("message_stop" | "response.completed" | "response.failed" | "response.incomplete")
+        ) {
+            self.ended = true;
+        }
         if let Some(usage) = event.message.as_ref().and_then(|m| m.usage.as_ref()) {
             self.note_usage(usage, false);
         }
@@ -369,6 +404,7 @@ mod tests {
             "[DONE]",
         ];
         let (t, verdicts) = tally(&events, true);
+        assert!(t.ended);
         assert_eq!(
             verdicts,
             [
@@ -410,16 +446,17 @@ mod tests {
             r#"{"type":"message_stop"}"#,
         ];
         let (t, verdicts) = tally(&events, false);
+        assert!(t.ended, "message_stop ends the stream");
         assert!(verdicts.iter().all(|v| *v == Verdict::Forward));
         assert_eq!(
             t.reported(),
             Some(TokenUsage {
-                prompt: 15,
+                prompt: 19,
                 completion: 7,
                 cache_read: 3,
                 cache_creation: 1,
                 reasoning: 0,
-                total: 22
+                total: 26
             })
         );
         assert_eq!(t.text(), "Hi");
@@ -433,8 +470,9 @@ mod tests {
         ];
         let (t, _) = tally(&events, false);
         assert_eq!(t.reported(), None, "no message_delta yet: not final");
+        assert!(!t.ended, "no message_stop");
         let provisional = t.provisional().unwrap();
-        assert_eq!((provisional.prompt, provisional.cache_read), (15, 3));
+        assert_eq!((provisional.prompt, provisional.cache_read), (18, 3));
     }
 
     #[test]
@@ -444,6 +482,9 @@ mod tests {
             r#"{"type":"response.completed","response":{"id":"r","usage":{"input_tokens":20,"output_tokens":5,"total_tokens":25,"input_tokens_details":{"cached_tokens":2},"output_tokens_details":{"reasoning_tokens":1}}}}"#,
         ];
         let (t, _) = tally(&events, false);
+        assert!(t.ended);
+        let (cut, _) = tally(&events[..1], false);
+        assert!(!cut.ended, "no response.completed");
         assert_eq!(
             t.reported(),
             Some(TokenUsage {
@@ -456,6 +497,30 @@ mod tests {
             })
         );
         assert_eq!(t.text(), "Yo");
+    }
+
+    #[test]
+    fn one_meaning_of_prompt_tokens_across_protocols() {
+        // A Claude Code turn: Anthropic's input_tokens excludes the cache reads and writes.
+        let claude = r#"{"usage":{"input_tokens":4,"output_tokens":12,"cache_read_input_tokens":30000,"cache_creation_input_tokens":5000}}"#;
+        let u = from_body(claude.as_bytes()).unwrap();
+        assert_eq!(
+            (
+                u.prompt,
+                u.completion,
+                u.cache_read,
+                u.cache_creation,
+                u.total
+            ),
+            (35_004, 12, 30_000, 5_000, 35_016)
+        );
+        // OpenAI's prompt_tokens and the Responses API's input_tokens include the cached ones.
+        let chat = r#"{"usage":{"prompt_tokens":30004,"completion_tokens":12,"total_tokens":30016,"prompt_tokens_details":{"cached_tokens":30000}}}"#;
+        let u = from_body(chat.as_bytes()).unwrap();
+        assert_eq!((u.prompt, u.cache_read, u.total), (30_004, 30_000, 30_016));
+        let responses = r#"{"usage":{"input_tokens":30004,"output_tokens":12,"total_tokens":30016,"input_tokens_details":{"cached_tokens":30000}}}"#;
+        let u = from_body(responses.as_bytes()).unwrap();
+        assert_eq!((u.prompt, u.cache_read, u.total), (30_004, 30_000, 30_016));
     }
 
     #[test]

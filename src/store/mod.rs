@@ -140,11 +140,19 @@ pub struct Aggregate {
     pub duration_ms: u64,
     /// Latency histogram (see [`crate::usage::LATENCY_BOUNDS_MS`]).
     pub latency: [u64; LATENCY_BUCKETS],
+    /// `count_tokens` calls, counted apart: they are not in any other field.
+    pub count_tokens: u64,
 }
 
 impl Aggregate {
-    /// The aggregate of a single call.
+    /// The aggregate of a single call; a `count_tokens` call counts only in `count_tokens`.
     pub fn of(call: &CallRecord) -> Self {
+        if call.is_count_tokens() {
+            return Self {
+                count_tokens: 1,
+                ..Self::default()
+            };
+        }
         let mut latency = [0; LATENCY_BUCKETS];
         latency[crate::usage::latency_bucket(call.duration_ms)] = 1;
         let success = call.is_success();
@@ -155,6 +163,7 @@ impl Aggregate {
             tokens: call.tokens,
             duration_ms: call.duration_ms,
             latency,
+            count_tokens: 0,
         }
     }
 
@@ -170,6 +179,7 @@ impl Aggregate {
         self.tokens.reasoning += other.tokens.reasoning;
         self.tokens.total += other.tokens.total;
         self.duration_ms += other.duration_ms;
+        self.count_tokens += other.count_tokens;
         for (a, b) in self.latency.iter_mut().zip(other.latency.iter()) {
             *a += b;
         }
@@ -228,6 +238,21 @@ pub struct LogQuery {
     pub until: Option<jiff::Timestamp>,
     /// Rows with a smaller id only (the next page).
     pub before_id: Option<i64>,
+    /// Calls or `count_tokens` calls only.
+    pub kind: Option<CallKind>,
+    /// Client family, exact (see [`crate::usage::client_family`]).
+    pub client: Option<String>,
+    /// Session id, exact.
+    pub session_id: Option<String>,
+}
+
+/// A kind filter of the logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallKind {
+    /// Every call but `count_tokens` ones.
+    Call,
+    /// `count_tokens` calls only.
+    CountTokens,
 }
 
 /// How the budget ledger answered a request for a lease.

@@ -18,17 +18,18 @@ use super::sqlite::{
     like_pattern, local_day, ms, to_i64, Dims, MS_PER_HOUR,
 };
 use super::{
-    Aggregate, DayTotal, KeyPatch, KeyRow, Lease, LogQuery, NewKey, StatusFilter, StoreError,
-    UsageFilter, ALL_KEYS, GLOBAL_SCOPE,
+    Aggregate, CallKind, DayTotal, KeyPatch, KeyRow, Lease, LogQuery, NewKey, StatusFilter,
+    StoreError, UsageFilter, ALL_KEYS, GLOBAL_SCOPE,
 };
 use crate::config::ServiceUrl;
-use crate::usage::{CallRecord, LoggedCall, TokenUsage, LATENCY_BUCKETS};
+use crate::usage::{CallRecord, LoggedCall, TokenUsage, COUNT_TOKENS_PATH, LATENCY_BUCKETS};
 
 /// Versioned migrations; `schema_migrations` lists the applied ones.
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres/0001_init.sql"),
     include_str!("migrations/postgres/0002_instances.sql"),
     include_str!("migrations/postgres/0003_rollups.sql"),
+    include_str!("migrations/postgres/0004_clients.sql"),
     include_str!("migrations/postgres/0005_budget_leases.sql"),
 ];
 /// Most pooled connections per instance (readers, key changes, ledger and the batch writer).
@@ -132,7 +133,7 @@ impl AggRows {
                 .map(|_| Vec::with_capacity(rows.len()))
                 .collect(),
             models: Vec::with_capacity(rows.len()),
-            values: (0..10 + LATENCY_BUCKETS)
+            values: (0..11 + LATENCY_BUCKETS)
                 .map(|_| Vec::with_capacity(rows.len()))
                 .collect(),
         };
@@ -618,6 +619,22 @@ impl PgStore {
             let n = bind(Box::new(before_id));
             conditions.push(format!("id < ${n}"));
         }
+        if let Some(kind) = query.kind {
+            let n = bind(Box::new(COUNT_TOKENS_PATH.to_owned()));
+            let op = match kind {
+                CallKind::Call => "<>",
+                CallKind::CountTokens => "=",
+            };
+            conditions.push(format!("endpoint {op} ${n}"));
+        }
+        if let Some(client) = &query.client {
+            let n = bind(Box::new(client.clone()));
+            conditions.push(format!("client = ${n}"));
+        }
+        if let Some(session_id) = &query.session_id {
+            let n = bind(Box::new(session_id.clone()));
+            conditions.push(format!("session_id = ${n}"));
+        }
         let limit = bind(Box::new(i64::from(query.limit)));
         let mut sql = CALL_SELECT.to_owned();
         if !conditions.is_empty() {
@@ -854,7 +871,7 @@ fn read_key(row: &Row) -> Result<KeyRow, StoreError> {
 
 const CALL_SELECT: &str = "SELECT id, ts, method, endpoint, status, model, key_id, key_name,
     prompt_tokens, completion_tokens, cache_read_tokens, cache_creation_tokens, reasoning_tokens,
-    total_tokens, duration_ms, ttft_ms, stream, estimated, error FROM calls";
+    total_tokens, duration_ms, ttft_ms, stream, estimated, error, client, session_id FROM calls";
 
 fn read_call(row: &Row) -> Result<LoggedCall, StoreError> {
     let count = |i: usize| -> Result<u64, tokio_postgres::Error> {
@@ -883,6 +900,8 @@ fn read_call(row: &Row) -> Result<LoggedCall, StoreError> {
             stream: row.try_get(16)?,
             estimated: row.try_get(17)?,
             error: row.try_get(18)?,
+            client: row.try_get(19)?,
+            session_id: row.try_get(20)?,
         },
     })
 }
@@ -914,6 +933,8 @@ struct CallColumns {
     stream: Vec<bool>,
     estimated: Vec<bool>,
     error: Vec<Option<String>>,
+    client: Vec<String>,
+    session_id: Vec<Option<String>>,
 }
 
 impl CallColumns {
@@ -945,6 +966,8 @@ impl CallColumns {
             c.stream.push(call.stream);
             c.estimated.push(call.estimated);
             c.error.push(call.error.clone());
+            c.client.push(call.client.clone());
+            c.session_id.push(call.session_id.clone());
         }
         c
     }
@@ -969,6 +992,8 @@ impl CallColumns {
             &self.stream,
             &self.estimated,
             &self.error,
+            &self.client,
+            &self.session_id,
         ]);
         p
     }
@@ -976,11 +1001,12 @@ impl CallColumns {
 
 const INSERT_CALLS: &str = "INSERT INTO calls (id, ts, method, endpoint, status, model, key_id,
     key_name, prompt_tokens, completion_tokens, cache_read_tokens, cache_creation_tokens,
-    reasoning_tokens, total_tokens, duration_ms, ttft_ms, stream, estimated, error)
+    reasoning_tokens, total_tokens, duration_ms, ttft_ms, stream, estimated, error, client,
+    session_id)
     SELECT * FROM UNNEST($1::BIGINT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::INTEGER[],
     $6::TEXT[], $7::BIGINT[], $8::TEXT[], $9::BIGINT[], $10::BIGINT[], $11::BIGINT[],
     $12::BIGINT[], $13::BIGINT[], $14::BIGINT[], $15::BIGINT[], $16::BIGINT[], $17::BOOLEAN[],
-    $18::BOOLEAN[], $19::TEXT[])";
+    $18::BOOLEAN[], $19::TEXT[], $20::TEXT[], $21::TEXT[])";
 
 impl PgBatchWriter {
     /// Writes the records, their aggregates and the keys' `last_used` in one transaction, trims

@@ -9,23 +9,24 @@ use rusqlite::types::Value;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row, Transaction};
 
 use super::{
-    Aggregate, DayTotal, KeyPatch, KeyRow, Lease, LogQuery, NewKey, StatusFilter, StoreError,
-    UsageFilter, ALL_KEYS, GLOBAL_SCOPE,
+    Aggregate, CallKind, DayTotal, KeyPatch, KeyRow, Lease, LogQuery, NewKey, StatusFilter,
+    StoreError, UsageFilter, ALL_KEYS, GLOBAL_SCOPE,
 };
-use crate::usage::{CallRecord, LoggedCall, TokenUsage, LATENCY_BUCKETS};
+use crate::usage::{CallRecord, LoggedCall, TokenUsage, COUNT_TOKENS_PATH, LATENCY_BUCKETS};
 
 /// Versioned migrations; `PRAGMA user_version` holds how many are applied.
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite/0001_init.sql"),
     include_str!("migrations/sqlite/0002_instances.sql"),
     include_str!("migrations/sqlite/0003_rollups.sql"),
+    include_str!("migrations/sqlite/0004_clients.sql"),
     include_str!("migrations/sqlite/0005_budget_leases.sql"),
 ];
 const READERS: usize = 4;
 pub(super) const MS_PER_HOUR: i64 = 3_600_000;
 
 /// The aggregate tables' value columns, in [`Aggregate`] order.
-pub(super) const AGG_COLUMNS: [&str; 10 + LATENCY_BUCKETS] = [
+pub(super) const AGG_COLUMNS: [&str; 11 + LATENCY_BUCKETS] = [
     "calls",
     "successes",
     "failures",
@@ -53,6 +54,7 @@ pub(super) const AGG_COLUMNS: [&str; 10 + LATENCY_BUCKETS] = [
     "l14",
     "l15",
     "l16",
+    "count_tokens",
 ];
 
 /// The value columns.
@@ -89,6 +91,7 @@ pub(super) fn aggregate_from<E>(get: impl Fn(usize) -> Result<u64, E>) -> Result
         },
         duration_ms: get(9)?,
         latency,
+        count_tokens: get(10 + LATENCY_BUCKETS)?,
     })
 }
 
@@ -113,6 +116,7 @@ pub(super) fn aggregate_values(agg: &Aggregate) -> Vec<i64> {
         agg.duration_ms,
     ];
     values.extend_from_slice(&agg.latency);
+    values.push(agg.count_tokens);
     values.into_iter().map(to_i64).collect()
 }
 
@@ -719,7 +723,7 @@ fn read_key(row: &Row<'_>) -> rusqlite::Result<KeyRow> {
 
 const CALL_SELECT: &str = "SELECT id, ts, method, endpoint, status, model, key_id, key_name,
     prompt_tokens, completion_tokens, cache_read_tokens, cache_creation_tokens, reasoning_tokens,
-    total_tokens, duration_ms, ttft_ms, stream, estimated, error FROM calls";
+    total_tokens, duration_ms, ttft_ms, stream, estimated, error, client, session_id FROM calls";
 
 fn read_call(row: &Row<'_>) -> rusqlite::Result<LoggedCall> {
     let count = |i: usize| -> rusqlite::Result<u64> { Ok(row.get::<_, i64>(i)?.max(0) as u64) };
@@ -746,6 +750,8 @@ fn read_call(row: &Row<'_>) -> rusqlite::Result<LoggedCall> {
             stream: row.get(16)?,
             estimated: row.get(17)?,
             error: row.get(18)?,
+            client: row.get(19)?,
+            session_id: row.get(20)?,
         },
     })
 }
@@ -809,6 +815,25 @@ fn log_conditions(query: &LogQuery) -> (Vec<&'static str>, Vec<Value>) {
         conditions.push("id < ?");
         values.push(before_id.into());
     }
+    match query.kind {
+        Some(CallKind::Call) => {
+            conditions.push("endpoint <> ?");
+            values.push(COUNT_TOKENS_PATH.to_owned().into());
+        }
+        Some(CallKind::CountTokens) => {
+            conditions.push("endpoint = ?");
+            values.push(COUNT_TOKENS_PATH.to_owned().into());
+        }
+        None => {}
+    }
+    if let Some(client) = &query.client {
+        conditions.push("client = ?");
+        values.push(client.clone().into());
+    }
+    if let Some(session_id) = &query.session_id {
+        conditions.push("session_id = ?");
+        values.push(session_id.clone().into());
+    }
     // The q filter comes first and uses `?1` four times; SQLite numbers each later bare `?` one
     // past the largest number used so far, so the other values follow in order.
     (conditions, values)
@@ -868,8 +893,9 @@ fn insert_calls(
     let mut stmt = tx.prepare_cached(
         "INSERT INTO calls (ts, method, endpoint, status, model, key_id, key_name, prompt_tokens,
          completion_tokens, cache_read_tokens, cache_creation_tokens, reasoning_tokens,
-         total_tokens, duration_ms, ttft_ms, stream, estimated, error)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+         total_tokens, duration_ms, ttft_ms, stream, estimated, error, client, session_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
+         ?19, ?20)",
     )?;
     let mut logged = Vec::with_capacity(records.len());
     for call in records {
@@ -893,6 +919,8 @@ fn insert_calls(
             call.stream,
             call.estimated,
             call.error,
+            call.client,
+            call.session_id,
         ])?;
         logged.push(LoggedCall {
             id: tx.last_insert_rowid(),

@@ -26,6 +26,8 @@ fn record(
         stream: false,
         estimated: false,
         error: None,
+        client: String::new(),
+        session_id: None,
     }
 }
 
@@ -399,4 +401,203 @@ fn instances_starting_together_on_an_empty_database_migrate_once() {
     let store = Store::open(&url, jiff::tz::TimeZone::UTC).unwrap();
     let keys = runtime.block_on(store.list_keys()).unwrap();
     assert!(keys.is_empty());
+}
+
+/// `INSERT` of an aggregate row of `table` with the given dimensions and figures (`calls`
+/// successful calls, in latency bucket 5).
+fn old_agg_row(table: &str, dims: &str, values: &str, calls: u64, t: [u64; 5]) -> String {
+    let [prompt, completion, cache_read, cache_creation, total] = t;
+    let latency: Vec<String> = (0..crate::usage::LATENCY_BUCKETS)
+        .map(|i| {
+            if i == 5 {
+                calls.to_string()
+            } else {
+                "0".into()
+            }
+        })
+        .collect();
+    let columns: Vec<String> = (0..crate::usage::LATENCY_BUCKETS)
+        .map(|i| format!("l{i}"))
+        .collect();
+    format!(
+        "INSERT INTO {table} ({dims}, calls, successes, failures, prompt_tokens, completion_tokens,
+         cache_read_tokens, cache_creation_tokens, reasoning_tokens, total_tokens, duration_ms, {})
+         VALUES ({values}, {calls}, {calls}, 0, {prompt}, {completion}, {cache_read},
+         {cache_creation}, 0, {total}, {}, {});",
+        columns.join(", "),
+        40 * calls,
+        latency.join(", ")
+    )
+}
+
+/// Rows as schema 3 stored them: a Claude Code turn on /v1/messages whose prompt_tokens left out
+/// 30,000 cache-read and 5,000 cache-write tokens, and an OpenAI call whose prompt_tokens already
+/// included its 80 cached tokens; their aggregates, the day's rollup and the budget ledgers
+/// (key 1 holding an unused lease of 500).
+fn old_rows_sql() -> String {
+    let (hour, day) = (492_322, 20_260_301);
+    let claude = [4, 12, 30_000, 5_000, 16];
+    let gpt = [100, 10, 80, 0, 110];
+    let rollup = [104, 22, 30_080, 5_000, 126];
+    let mut sql = String::from(
+        "INSERT INTO calls (ts, method, endpoint, status, model, key_id, key_name, prompt_tokens,
+         completion_tokens, cache_read_tokens, cache_creation_tokens, reasoning_tokens,
+         total_tokens, duration_ms, ttft_ms, stream, estimated, error) VALUES
+         (1772359200000, 'POST', '/v1/messages', 200, 'claude-x', 1, 'k', 4, 12, 30000, 5000, 0,
+          16, 40, NULL, TRUE, FALSE, NULL),
+         (1772359200001, 'POST', '/v1/chat/completions', 200, 'gpt-x', 1, 'k', 100, 10, 80, 0, 0,
+          110, 40, NULL, FALSE, FALSE, NULL);
+         INSERT INTO budgets (scope, taken) VALUES (0, 126), (1, 626);",
+    );
+    for (model, t) in [("claude-x", claude), ("gpt-x", gpt)] {
+        sql.push_str(&old_agg_row(
+            "agg_hour",
+            "hour, key_id, model",
+            &format!("{hour}, 1, '{model}'"),
+            1,
+            t,
+        ));
+        sql.push_str(&old_agg_row(
+            "agg_day",
+            "day, key_id, model",
+            &format!("{day}, 1, '{model}'"),
+            1,
+            t,
+        ));
+        sql.push_str(&old_agg_row(
+            "agg_total",
+            "key_id, model",
+            &format!("1, '{model}'"),
+            1,
+            t,
+        ));
+    }
+    sql.push_str(&old_agg_row(
+        "agg_day",
+        "day, key_id, model",
+        &format!("{day}, -1, ''"),
+        2,
+        rollup,
+    ));
+    sql
+}
+
+/// Builds a database at schema version 3 holding [`old_rows_sql`].
+async fn database_at_version_3(db: &TestDb) {
+    match db {
+        TestDb::Sqlite(dir) => {
+            let conn = rusqlite::Connection::open(dir.path().join("t.db")).unwrap();
+            conn.execute_batch(include_str!("migrations/sqlite/0001_init.sql"))
+                .unwrap();
+            conn.execute_batch(include_str!("migrations/sqlite/0002_instances.sql"))
+                .unwrap();
+            conn.execute_batch(include_str!("migrations/sqlite/0003_rollups.sql"))
+                .unwrap();
+            conn.pragma_update(None, "user_version", 3).unwrap();
+            conn.execute_batch(&old_rows_sql()).unwrap();
+        }
+        TestDb::Postgres(pg) => {
+            let (client, connection) = tokio_postgres::connect(&pg.url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            let driver = tokio::spawn(connection);
+            for sql in [
+                include_str!("migrations/postgres/0001_init.sql"),
+                include_str!("migrations/postgres/0002_instances.sql"),
+                include_str!("migrations/postgres/0003_rollups.sql"),
+                "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL);
+                 INSERT INTO schema_migrations VALUES (1, 0), (2, 0), (3, 0);",
+                &old_rows_sql(),
+            ] {
+                client.batch_execute(sql).await.unwrap();
+            }
+            drop(client);
+            let _ = driver.await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn migration_4_adds_anthropic_cache_tokens_to_old_rows_aggregates_and_ledgers() {
+    let db = TestDb::new();
+    database_at_version_3(&db).await;
+    let store = open(&db, "UTC");
+    let rows = store
+        .logs(LogQuery {
+            limit: 10,
+            ..LogQuery::default()
+        })
+        .await
+        .unwrap();
+    let tokens: Vec<(String, u64, u64, u64)> = rows
+        .iter()
+        .map(|r| {
+            let t = r.call.tokens;
+            (r.call.model.clone(), t.prompt, t.cache_read, t.total)
+        })
+        .collect();
+    assert_eq!(
+        tokens,
+        [
+            ("gpt-x".into(), 100, 80, 110),
+            ("claude-x".into(), 35_004, 30_000, 35_016)
+        ]
+    );
+    assert!(rows
+        .iter()
+        .all(|r| r.call.client.is_empty() && r.call.session_id.is_none()));
+    let ts: jiff::Timestamp = "2026-03-01T10:00:00Z".parse().unwrap();
+    let hours = UsageFilter {
+        key_id: Some(1),
+        from: Some(ts),
+        to: Some(ts + jiff::SignedDuration::from_hours(1)),
+    };
+    for filter in [UsageFilter::default(), hours] {
+        let models = store.usage_by_model(filter).await.unwrap();
+        let figures: Vec<(&str, u64, u64, u64)> = models
+            .iter()
+            .map(|(m, a)| (m.as_str(), a.tokens.prompt, a.tokens.total, a.calls))
+            .collect();
+        assert_eq!(
+            figures,
+            [("claude-x", 35_004, 35_016, 1), ("gpt-x", 100, 110, 1)],
+            "{filter:?}"
+        );
+    }
+    assert_eq!(store.usage_by_key().await.unwrap()[&1].tokens.total, 35_126);
+    for key in [None, Some(1)] {
+        let days = store
+            .usage_by_day(key, 20_260_301, 20_260_301)
+            .await
+            .unwrap();
+        assert_eq!(days.len(), 1);
+        assert_eq!((days[0].calls, days[0].tokens), (2, 35_126), "{key:?}");
+    }
+    // The ledgers grew by the 35,000 tokens now counted; key 1 keeps its lease of 500.
+    let limit = 1_000_000;
+    let global = store.lease(GLOBAL_SCOPE, limit, 1, 1).await.unwrap();
+    assert_eq!(global.remaining, limit - 35_126 - 1);
+    let key = store.lease(1, limit, 1, 1).await.unwrap();
+    assert_eq!(key.remaining, limit - 35_626 - 1);
+    // New calls are written with the new columns beside the migrated ones.
+    let mut call = record(ts, "claude-x", Some(1), 200, 10);
+    call.client = "claude-cli".into();
+    call.session_id = Some("s-1".into());
+    store
+        .batch_writer(10)
+        .unwrap()
+        .write(&[call])
+        .await
+        .unwrap();
+    let newest = store
+        .logs(LogQuery {
+            limit: 1,
+            client: Some("claude-cli".into()),
+            session_id: Some("s-1".into()),
+            ..LogQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(newest.len(), 1);
+    assert_eq!(newest[0].call.session_id.as_deref(), Some("s-1"));
 }

@@ -105,13 +105,72 @@ pub struct CallRecord {
     pub estimated: bool,
     /// Short description of a failure.
     pub error: Option<String>,
+    /// The client family, from its `User-Agent` (see [`client_family`]); empty when none was sent.
+    pub client: String,
+    /// The session id the client sent (`X-Claude-Code-Session-Id`, `session_id`, …), if any.
+    pub session_id: Option<String>,
 }
+
+/// The path of Anthropic's token counting route: its calls spend nothing and are counted apart.
+pub const COUNT_TOKENS_PATH: &str = "/v1/messages/count_tokens";
 
 impl CallRecord {
     /// Whether the call succeeded (a 2xx status).
     pub fn is_success(&self) -> bool {
         (200..300).contains(&self.status)
     }
+
+    /// Whether this is a `count_tokens` call, which is recorded but not counted as a call.
+    pub fn is_count_tokens(&self) -> bool {
+        self.endpoint == COUNT_TOKENS_PATH
+    }
+}
+
+/// Client families recognised in a `User-Agent`, as (prefix of a product token, family), the
+/// first match winning; anything else is `other`. A small fixed set, never the raw header.
+const CLIENT_FAMILIES: [(&str, &str); 9] = [
+    ("claude-cli", "claude-cli"),
+    ("claude-code", "claude-cli"),
+    ("codex", "codex"),
+    ("openai/python", "openai-python"),
+    ("openai/js", "openai-node"),
+    ("openai-node", "openai-node"),
+    ("anthropic/python", "anthropic-python"),
+    ("anthropic/js", "anthropic-typescript"),
+    ("curl", "curl"),
+];
+
+/// The client family of a `User-Agent` header: `claude-cli`, `codex`, `openai-python`,
+/// `openai-node`, `anthropic-python`, `anthropic-typescript`, `curl`, or `other`; empty when the
+/// header is absent or blank.
+pub fn client_family(user_agent: Option<&str>) -> &'static str {
+    let Some(agent) = user_agent.map(str::trim).filter(|a| !a.is_empty()) else {
+        return "";
+    };
+    let agent = agent.to_ascii_lowercase();
+    for token in agent.split_whitespace() {
+        for (prefix, family) in CLIENT_FAMILIES {
+            if token.starts_with(prefix) {
+                return family;
+            }
+        }
+    }
+    "other"
+}
+
+/// Longest session id kept, in characters.
+pub const MAX_SESSION_ID_CHARS: usize = 128;
+
+/// A session id as recorded: trimmed, control characters dropped, at most
+/// [`MAX_SESSION_ID_CHARS`] characters; `None` when nothing is left.
+pub fn session_id(raw: &str) -> Option<String> {
+    let id: String = raw
+        .trim()
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_SESSION_ID_CHARS)
+        .collect();
+    (!id.is_empty()).then_some(id)
 }
 
 /// A stored call: the record with the id the store gave it.
@@ -126,6 +185,40 @@ pub struct LoggedCall {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_families_from_user_agents() {
+        let cases = [
+            (Some("claude-cli/2.1.3 (external, cli)"), "claude-cli"),
+            (
+                Some("codex_cli_rs/0.171.0 (Ubuntu 24.4.0; x86_64) xterm"),
+                "codex",
+            ),
+            (Some("OpenAI/Python 1.99.1"), "openai-python"),
+            (Some("OpenAI/JS 5.12.0"), "openai-node"),
+            (Some("Anthropic/Python 0.64.0"), "anthropic-python"),
+            (Some("Anthropic/JS 0.60.0"), "anthropic-typescript"),
+            (Some("curl/8.5.0"), "curl"),
+            (Some("python-httpx/0.28.1"), "other"),
+            (Some("   "), ""),
+            (None, ""),
+        ];
+        for (agent, want) in cases {
+            assert_eq!(client_family(agent), want, "{agent:?}");
+        }
+    }
+
+    #[test]
+    fn session_ids_are_trimmed_and_bounded() {
+        assert_eq!(session_id(" abc-1 "), Some("abc-1".into()));
+        assert_eq!(session_id("a\u{7}b"), Some("ab".into()));
+        assert_eq!(session_id(""), None);
+        let long = "x".repeat(1000);
+        assert_eq!(
+            session_id(&long).map(|s| s.chars().count()),
+            Some(MAX_SESSION_ID_CHARS)
+        );
+    }
 
     #[test]
     fn buckets_include_their_upper_bound() {

@@ -192,13 +192,16 @@ def responses_usage(usage):
 
 
 def anthropic_usage(usage):
+    """An Anthropic usage as the recorded fields: input_tokens excludes the cache reads and
+    writes, which the recorded prompt_tokens include."""
+    prompt = usage.input_tokens + usage.cache_read_input_tokens + usage.cache_creation_input_tokens
     return (
-        usage.input_tokens,
+        prompt,
         usage.output_tokens,
         usage.cache_read_input_tokens,
         usage.cache_creation_input_tokens,
         0,
-        usage.input_tokens + usage.output_tokens,
+        prompt + usage.output_tokens,
     )
 
 
@@ -333,13 +336,14 @@ def test_messages_stream(an, console):
         e.delta.text for e in events if e.type == "content_block_delta" and e.delta.type == "text_delta"
     )
     assert text == mock_text(6)
+    prompt = start.input_tokens + start.cache_read_input_tokens + start.cache_creation_input_tokens
     seen = (
-        start.input_tokens,
+        prompt,
         delta.output_tokens,
         start.cache_read_input_tokens,
         start.cache_creation_input_tokens,
         0,
-        start.input_tokens + delta.output_tokens,
+        prompt + delta.output_tokens,
     )
     assert_exact(console.newest(), seen, stream=True)
 

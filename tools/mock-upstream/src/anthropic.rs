@@ -3,7 +3,7 @@
 use serde_json::{json, Value};
 
 use crate::http::insert;
-use crate::reply::{Reply, ANTHROPIC_CACHE_CREATION, ANTHROPIC_CACHE_READ};
+use crate::reply::Reply;
 use crate::sse::{self, Parts};
 
 fn message_id(r: &Reply) -> String {
@@ -20,10 +20,10 @@ fn stop_reason(r: &Reply) -> &'static str {
 
 fn usage(r: &Reply, output_tokens: u64) -> Value {
     json!({
-        "input_tokens": r.input_tokens,
-        "output_tokens": output_tokens,
-        "cache_creation_input_tokens": ANTHROPIC_CACHE_CREATION,
-        "cache_read_input_tokens": ANTHROPIC_CACHE_READ,
+        "input_tokens": r.reported_input(),
+        "output_tokens": r.reported_output(output_tokens),
+        "cache_creation_input_tokens": if r.zero_usage { 0 } else { r.cache_creation },
+        "cache_read_input_tokens": if r.zero_usage { 0 } else { r.cache_read },
         "service_tier": "standard"
     })
 }
@@ -104,7 +104,7 @@ fn tail_events(r: &Reply) -> Vec<bytes::Bytes> {
         insert(
             &mut delta,
             "usage",
-            json!({"output_tokens": r.output_tokens}),
+            json!({"output_tokens": r.reported_output(r.output_tokens)}),
         );
     }
     vec![

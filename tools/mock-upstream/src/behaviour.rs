@@ -28,6 +28,13 @@ pub enum Behaviour {
     Garbage,
     /// Stream `count` content chunks, `gap` apart.
     Chunks { count: usize, gap: Duration },
+    /// Usage shaped like a Claude Code turn: 4 input, 30,000 cache-read, 5,000 cache-write and 12
+    /// output tokens (Anthropic); other protocols answer normally.
+    ClaudeCodeUsage,
+    /// Usage that reports 0 input and 0 output tokens beside a real answer.
+    ZeroUsage,
+    /// Stream: a few chunks, then the body ends cleanly without the protocol's terminal event.
+    EndEarly,
 }
 
 /// Reads the behaviour from a model name; anything unrecognised is [`Behaviour::Normal`].
@@ -40,6 +47,9 @@ pub fn parse(model: &str) -> Behaviour {
         "stall-after-headers" => return Behaviour::StallAfterHeaders,
         "drop-mid-stream" => return Behaviour::DropMidStream,
         "garbage" => return Behaviour::Garbage,
+        "claude-code-usage" => return Behaviour::ClaudeCodeUsage,
+        "zero-usage" => return Behaviour::ZeroUsage,
+        "end-early" => return Behaviour::EndEarly,
         "slow-first-token" => return slow_first_token(DEFAULT_SLOW_FIRST_TOKEN_MS),
         _ => {}
     }
@@ -103,6 +113,9 @@ mod tests {
             ("mock-stall-after-headers", Behaviour::StallAfterHeaders),
             ("mock-drop-mid-stream", Behaviour::DropMidStream),
             ("mock-garbage", Behaviour::Garbage),
+            ("mock-claude-code-usage", Behaviour::ClaudeCodeUsage),
+            ("mock-zero-usage", Behaviour::ZeroUsage),
+            ("mock-end-early", Behaviour::EndEarly),
             (
                 "mock-chunks-200-gap-10",
                 Behaviour::Chunks {

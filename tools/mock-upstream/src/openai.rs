@@ -18,9 +18,9 @@ const MAX_DIMENSIONS: usize = 4096;
 /// `usage` of chat and text completions.
 fn usage(r: &Reply) -> Value {
     json!({
-        "prompt_tokens": r.input_tokens,
-        "completion_tokens": r.output_tokens,
-        "total_tokens": r.total_tokens(),
+        "prompt_tokens": r.reported_input(),
+        "completion_tokens": r.reported_output(r.output_tokens),
+        "total_tokens": r.reported_input() + r.reported_output(r.output_tokens),
         "prompt_tokens_details": {"cached_tokens": OPENAI_CACHED_TOKENS, "audio_tokens": 0},
         "completion_tokens_details": {
             "reasoning_tokens": REASONING_TOKENS,

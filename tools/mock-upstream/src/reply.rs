@@ -16,6 +16,11 @@ pub const OPENAI_CACHED_TOKENS: u64 = 2;
 pub const REASONING_TOKENS: u64 = 1;
 pub const ANTHROPIC_CACHE_READ: u64 = 3;
 pub const ANTHROPIC_CACHE_CREATION: u64 = 1;
+/// The usage of `mock-claude-code-usage`: a Claude Code turn, mostly prompt cache.
+const CLAUDE_CODE_INPUT: u64 = 4;
+const CLAUDE_CODE_CACHE_READ: u64 = 30_000;
+const CLAUDE_CODE_CACHE_CREATION: u64 = 5_000;
+const CLAUDE_CODE_OUTPUT: u64 = 12;
 
 /// Everything a protocol needs to render a reply.
 #[derive(Debug, Clone)]
@@ -36,6 +41,12 @@ pub struct Reply {
     pub usage: bool,
     /// The request asked for `stream_options.include_usage`.
     pub include_usage: bool,
+    /// Anthropic cache-read tokens reported beside `input_tokens`.
+    pub cache_read: u64,
+    /// Anthropic cache-write tokens reported beside `input_tokens`.
+    pub cache_creation: u64,
+    /// Whether the usage reports 0 input and 0 output tokens (`mock-zero-usage`).
+    pub zero_usage: bool,
 }
 
 impl Reply {
@@ -43,21 +54,27 @@ impl Reply {
     pub fn new(body: &Value, behaviour: Behaviour, seq: u64) -> Reply {
         let (output_tokens, truncated) = match behaviour {
             Behaviour::Chunks { count, .. } => (count as u64, false),
+            Behaviour::ClaudeCodeUsage => (CLAUDE_CODE_OUTPUT, false),
             _ => {
                 let limit = max_tokens(body);
                 (limit.min(MAX_REPLY_WORDS), limit < MAX_REPLY_WORDS)
             }
         };
+        let claude_code = behaviour == Behaviour::ClaudeCodeUsage;
         Reply {
             model: str_field(body, "model").to_owned(),
             seq,
             created: unix_now(),
-            input_tokens: PROMPT_OVERHEAD
-                + if str_field(body, "model").contains("byte-tokens") {
-                    request_bytes(body)
-                } else {
-                    request_words(body)
-                },
+            input_tokens: if claude_code {
+                CLAUDE_CODE_INPUT
+            } else {
+                PROMPT_OVERHEAD
+                    + if str_field(body, "model").contains("byte-tokens") {
+                        request_bytes(body)
+                    } else {
+                        request_words(body)
+                    }
+            },
             output_tokens,
             truncated,
             usage: behaviour != Behaviour::NoUsage,
@@ -65,6 +82,35 @@ impl Reply {
                 .pointer("/stream_options/include_usage")
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
+            cache_read: if claude_code {
+                CLAUDE_CODE_CACHE_READ
+            } else {
+                ANTHROPIC_CACHE_READ
+            },
+            cache_creation: if claude_code {
+                CLAUDE_CODE_CACHE_CREATION
+            } else {
+                ANTHROPIC_CACHE_CREATION
+            },
+            zero_usage: behaviour == Behaviour::ZeroUsage,
+        }
+    }
+
+    /// Input tokens as the usage reports them (0 for `mock-zero-usage`).
+    pub fn reported_input(&self) -> u64 {
+        if self.zero_usage {
+            0
+        } else {
+            self.input_tokens
+        }
+    }
+
+    /// Output tokens as the usage reports them (0 for `mock-zero-usage`).
+    pub fn reported_output(&self, output_tokens: u64) -> u64 {
+        if self.zero_usage {
+            0
+        } else {
+            output_tokens
         }
     }
 

@@ -95,6 +95,11 @@ pub fn plan(parts: Parts, behaviour: Behaviour) -> Plan {
             Plan::immediate(events, Ending::Abort)
         }
         Behaviour::Chunks { gap, .. } => paced(parts, gap),
+        Behaviour::EndEarly => {
+            let mut events = parts.head;
+            events.extend(parts.content.into_iter().take(CHUNKS_BEFORE_DROP));
+            Plan::immediate(events, Ending::Finish)
+        }
         Behaviour::SlowFirstToken(delay) => {
             let mut plan = Plan::immediate(flatten(parts), Ending::Finish);
             if let Some(first) = plan.events.first_mut() {
@@ -255,6 +260,11 @@ mod tests {
                 Behaviour::DropMidStream,
                 s(&[(0, "h"), (0, "c0"), (0, "c1"), (0, "c2")]),
                 Ending::Abort,
+            ),
+            (
+                Behaviour::EndEarly,
+                s(&[(0, "h"), (0, "c0"), (0, "c1"), (0, "c2")]),
+                Ending::Finish,
             ),
             (
                 Behaviour::SlowFirstToken(ms(7)),

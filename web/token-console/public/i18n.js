@@ -103,6 +103,7 @@ const TABLE = {
     'logs.noKey': '无密钥',
     'logs.stream': '流式',
     'logs.estimated': '估算',
+    'logs.session': '会话 {id}',
     'logs.ttft': '首字 {n} ms',
     'col.time': '时间',
     'col.method': '方法',
@@ -111,6 +112,7 @@ const TABLE = {
     'col.logTokens': 'Token',
     'col.duration': '耗时',
     'col.key': '密钥',
+    'col.client': '客户端',
 
     'keys.title': 'API 密钥',
     'keys.createTitle': '创建新密钥',
@@ -252,6 +254,7 @@ const TABLE = {
     'logs.noKey': 'No key',
     'logs.stream': 'stream',
     'logs.estimated': 'estimated',
+    'logs.session': 'session {id}',
     'logs.ttft': 'first token {n} ms',
     'col.time': 'Time',
     'col.method': 'Method',
@@ -260,6 +263,7 @@ const TABLE = {
     'col.logTokens': 'Tokens',
     'col.duration': 'Duration',
     'col.key': 'Key',
+    'col.client': 'Client',
 
     'keys.title': 'API keys',
     'keys.createTitle': 'Create a key',

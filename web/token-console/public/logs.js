@@ -339,6 +339,7 @@ export class Logs {
     const labels = {
       time: t('col.time'), method: t('col.method'), endpoint: t('col.endpoint'), status: t('col.status'),
       tokens: t('col.logTokens'), duration: t('col.duration'), model: t('col.model'), key: t('col.key'),
+      client: t('col.client'),
     };
     const frag = document.createDocumentFragment();
     // Each cell holds one wrapper so the narrow-screen list can lay it out as "label | value".
@@ -361,6 +362,8 @@ export class Logs {
           r.stream && r.ttft !== null && r.ttft !== undefined ? h('div', { class: 'sub' }, t('logs.ttft', { n: fmtInt(r.ttft) })) : null),
         cell('model', labels.model, 'model', r.model ? h('span', { 'data-raw': '' }, r.model) : h('span', { class: 'muted' }, '—')),
         cell('key', labels.key, null, r.key_name ? h('span', { 'data-raw': '' }, r.key_name) : h('span', { class: 'muted' }, t('logs.noKey'))),
+        cell('client', labels.client, 'client', r.client ? h('span', { 'data-raw': '' }, r.client) : h('span', { class: 'muted' }, '—'),
+          r.session_id ? h('div', { class: 'sub mono', title: r.session_id, 'data-raw': '' }, t('logs.session', { id: r.session_id })) : null),
       );
       frag.append(tr);
     }

@@ -161,6 +161,8 @@ fn call(
         stream,
         estimated: false,
         error: error.map(str::to_owned),
+        client: String::new(),
+        session_id: None,
     }
 }
 
