@@ -366,6 +366,8 @@ mod tests {
                 stream: false,
                 estimated: false,
                 error: None,
+                client: String::new(),
+                session_id: None,
             };
             metrics.observe(&call, 0.0);
         }

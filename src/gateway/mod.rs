@@ -117,9 +117,12 @@ async fn responses_websocket(State(state): State<AppState>, request: Request) ->
         return wrong_method(State(state), request).await;
     }
     let path = request.uri().path().to_owned();
-    let mut meter = meter::Meter::start(&state, Endpoint::Responses, "GET", &path);
+    let mut meter = match meter::Meter::start(&state, Endpoint::Responses, "GET", &path).await {
+        Ok(meter) => meter,
+        Err(unavailable) => return unavailable,
+    };
     meter.set_client(request.headers());
-    let _ = proxy::authenticate(&state, request.headers(), &mut meter);
+    let _ = proxy::authenticate(&state, request.headers(), &mut meter).await;
     proxy::refuse(
         meter,
         Endpoint::Responses,

@@ -574,10 +574,13 @@ async fn migration_4_adds_anthropic_cache_tokens_to_old_rows_aggregates_and_ledg
         assert_eq!((days[0].calls, days[0].tokens), (2, 35_126), "{key:?}");
     }
     // The ledgers grew by the 35,000 tokens now counted; key 1 keeps its lease of 500.
-    let limit = 1_000_000;
-    let global = store.lease(GLOBAL_SCOPE, limit, 1, 1).await.unwrap();
+    let limit: u64 = 1_000_000;
+    let global = store
+        .lease("a".into(), GLOBAL_SCOPE, limit, 1, 1)
+        .await
+        .unwrap();
     assert_eq!(global.remaining, limit - 35_126 - 1);
-    let key = store.lease(1, limit, 1, 1).await.unwrap();
+    let key = store.lease("a".into(), 1, limit, 1, 1).await.unwrap();
     assert_eq!(key.remaining, limit - 35_626 - 1);
     // New calls are written with the new columns beside the migrated ones.
     let mut call = record(ts, "claude-x", Some(1), 200, 10);
