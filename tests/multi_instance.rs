@@ -1,7 +1,8 @@
 //! Two gateway instances on different ports sharing one database — a scratch PostgreSQL database
 //! with `TC_TEST_DATABASE=postgres`, else one SQLite file opened by both processes — behave as one
-//! gateway: keys changed through either console are honoured by both within a second, a budget
-//! raced for through both admits no more than it holds, RPM limits are shared through Redis
+//! gateway: keys changed through either console are honoured by both within a second (a new key
+//! at its first call), a budget raced for through both admits no more than it holds and the slice
+//! of a killed instance comes back (budgets: PostgreSQL only), RPM limits are shared through Redis
 //! (`TC_TEST_REDIS_URL`, on PostgreSQL runs), both consoles show the same totals, and one instance killed under load
 //! leaves the other serving and the database consistent.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
