@@ -337,6 +337,7 @@ fn connections_that_never_speak_are_closed() {
         let mut stream = TcpStream::connect(addr).unwrap();
         stream.write_all(&bytes).unwrap();
         let after = closed_after(stream);
+        eprintln!("{what}: closed after {after:?}");
         assert!(after < bound, "{what}: closed after {after:?}");
         assert!(
             after >= Duration::from_millis(250),
@@ -351,6 +352,7 @@ fn connections_that_never_speak_are_closed() {
     stream.read_exact(&mut first).unwrap();
     assert_eq!(&first, b"HTTP/1.1 200");
     let after = closed_after(stream);
+    eprintln!("idle keep-alive: closed after {after:?}");
     assert!(
         after < Duration::from_millis(600 + 2000),
         "idle keep-alive closed after {after:?}"
@@ -474,14 +476,33 @@ async fn an_ipv4_mapped_loopback_peer_is_this_machine() {
 #[test]
 fn a_short_admin_key_stops_start_up() {
     let dir = tempdir();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_token-console"))
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_token-console"))
         .args(["--port", "0"])
         .current_dir(dir.path())
         .env("CONSOLE_ADMIN_KEY", "only-15-chars!!")
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > DEADLINE {
+            let _ = child.kill();
+            panic!("a 15-character admin key did not stop start-up");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(
         stderr.contains("CONSOLE_ADMIN_KEY") && stderr.contains("16"),
         "{stderr}"
