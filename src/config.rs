@@ -849,4 +849,32 @@ mod tests {
             "{err}"
         );
     }
+
+    #[test]
+    fn allowed_hosts_and_admin_key_length_are_checked() {
+        let config = Config::from_yaml(
+            "console: {allowed_hosts: [TC.Example.com., '[::1]', '']}\n",
+            &cli(),
+        )
+        .unwrap();
+        assert_eq!(config.console.allowed_hosts, ["tc.example.com", "[::1]"]);
+        for bad in ["http://tc.example.com", "tc.example.com:8317", "*", "a/b"] {
+            let yaml = format!("console: {{allowed_hosts: ['{bad}']}}\n");
+            let err = Config::from_yaml(&yaml, &cli()).unwrap_err().to_string();
+            assert!(err.contains("console.allowed_hosts"), "{bad}: {err}");
+        }
+        let mut from_env = cli();
+        from_env.console_allowed_hosts = Some(vec!["tc.internal".into()]);
+        let config = Config::from_yaml("", &from_env).unwrap();
+        assert_eq!(config.console.allowed_hosts, ["tc.internal"]);
+        let err = Config::from_yaml("console: {admin_key: fifteen-chars!!}\n", &cli())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("at least 16"), "{err}");
+        assert!(Config::from_yaml("console: {admin_key: sixteen-chars!!!}\n", &cli()).is_ok());
+        let err = Config::from_yaml("console: {allowed_host: [x]}\n", &cli())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("allowed_host"), "{err}");
+    }
 }

@@ -164,22 +164,33 @@ struct Timeouts {
 struct Activity {
     /// Requests whose answer is not yet fully sent.
     in_flight: std::sync::atomic::AtomicUsize,
+    /// Whether any request has begun on the connection.
+    spoke: std::sync::atomic::AtomicBool,
     /// When the connection last went idle (opened, or an answer ended).
     idle_since: std::sync::Mutex<tokio::time::Instant>,
+    /// Wakes the watchdog when an answer ends.
+    changed: tokio::sync::Notify,
 }
 
 impl Activity {
     fn new() -> Arc<Self> {
         Arc::new(Self {
             in_flight: std::sync::atomic::AtomicUsize::new(0),
+            spoke: std::sync::atomic::AtomicBool::new(false),
             idle_since: std::sync::Mutex::new(tokio::time::Instant::now()),
+            changed: tokio::sync::Notify::new(),
         })
     }
 
     fn begin(self: &Arc<Self>) -> InFlight {
         self.in_flight
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.spoke.store(true, std::sync::atomic::Ordering::SeqCst);
         InFlight(self.clone())
+    }
+
+    fn busy(&self) -> bool {
+        self.in_flight.load(std::sync::atomic::Ordering::SeqCst) > 0
     }
 
     fn idle_since(&self) -> tokio::time::Instant {
@@ -201,36 +212,36 @@ impl Drop for InFlight {
         self.0
             .in_flight
             .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.changed.notify_one();
     }
 }
 
 /// Resolves when the connection has been silent too long: no request within
 /// `timeouts.first_request` of opening, or none within `timeouts.idle` of the last answer.
 ///
-/// hyper's own `header_read_timeout` starts only once a request's first bytes arrive and does not
-/// apply to HTTP/2, so a client that connects and says nothing (or one byte, or only the HTTP/2
-/// preface) would otherwise hold a task and a descriptor forever.
+/// hyper's own `header_read_timeout` starts only once hyper-util has seen enough bytes to tell
+/// HTTP/1 from HTTP/2 and does not apply to HTTP/2, so a client that connects and says nothing
+/// (or one byte, or only the HTTP/2 preface) would otherwise hold a task and a descriptor forever.
 async fn silence(activity: Arc<Activity>, timeouts: Timeouts) {
-    let mut served_one = false;
     loop {
-        let limit = if served_one {
+        let limit = if activity.spoke.load(std::sync::atomic::Ordering::SeqCst) {
             timeouts.idle
         } else {
             timeouts.first_request
         };
         let deadline = activity.idle_since() + limit;
-        tokio::time::sleep_until(deadline).await;
-        if activity.in_flight.load(std::sync::atomic::Ordering::SeqCst) > 0 {
-            served_one = true;
-            // Busy: look again once an answer could have ended and the idle time run out.
-            tokio::time::sleep(timeouts.idle.min(timeouts.first_request)).await;
+        tokio::select! {
+            () = tokio::time::sleep_until(deadline) => {}
+            () = activity.changed.notified() => continue,
+        }
+        if activity.busy() {
+            // A request is being answered: look again when an answer ends.
+            activity.changed.notified().await;
             continue;
         }
-        let since = activity.idle_since();
-        if since + limit <= tokio::time::Instant::now() {
+        if activity.idle_since() + limit <= tokio::time::Instant::now() {
             return;
         }
-        served_one = true;
     }
 }
 

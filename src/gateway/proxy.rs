@@ -485,7 +485,7 @@ fn send_error(provider: &Provider, e: &reqwest::Error, timeout: Duration) -> Gat
         GatewayError::BadGateway(format!(
             "the request to the provider \"{}\" failed: {}; check that the provider is up",
             provider.config.name,
-            error_chain(&e)
+            error_chain(e)
         ))
     }
 }
