@@ -65,7 +65,8 @@ mod tests {
     #[test]
     fn seed_corpora_run_without_panic() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
-        let targets: [(&str, fn(&[u8])); 4] = [
+        type Target = fn(&[u8]);
+        let targets: [(&str, Target); 4] = [
             ("stream_usage", super::stream_usage),
             ("body_usage", super::body_usage),
             ("request", super::request),
