@@ -57,6 +57,9 @@ async fn warm_up(server: &Server, key: &str) {
         let (status, _, body) = ask(server, proto, proto.auth(key), "mock-no-usage", TEXT).await;
         assert_eq!(status, 200, "{proto:?}: {body}");
     }
+    // Estimates run off the async workers and are recorded when done: once the calls are
+    // recorded, the tokenizer is loaded.
+    server.wait_for_calls(WARM_UP_CALLS).await;
 }
 
 /// After a fault: other clients are served, no stream is left open at the provider, the open

@@ -55,7 +55,7 @@ async fn hung_up_streams_of_one_long_word_cost_bounded_cpu() {
     hang_up_after_first_bytes(&server, &key, &body("warm up".into())).await;
     hung_up_row(&server, 0).await;
 
-    // `/healthz` is asked every 20 ms meanwhile; the slowest answer must stay under 50 ms.
+    // `/healthz` is asked every 50 ms meanwhile; the slowest answer must stay under 50 ms.
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = {
         let (stop, url) = (stop.clone(), format!("{}/healthz", server.url));
@@ -63,7 +63,7 @@ async fn hung_up_streams_of_one_long_word_cost_bounded_cpu() {
             let client = reqwest::Client::new();
             let mut slowest = Duration::ZERO;
             let mut asked = 0;
-            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
             while !stop.load(Ordering::Relaxed) {
                 tick.tick().await;
                 let started = Instant::now();

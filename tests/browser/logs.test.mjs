@@ -17,7 +17,10 @@ before(async () => {
   key = await stack.createKey('logs key');
   assert.equal(await stack.chat(key.value, 'alpha-model'), 200);
   assert.equal(await stack.models(key.value), 200);
+  // A call without a valid key is answered but not recorded; a 404 of a model no provider
+  // serves is (the 4xx row of the list).
   assert.equal(await stack.chat('sk-tc-not-a-real-key', 'alpha-model'), 401);
+  assert.equal(await stack.chat(key.value, 'mock-error-404'), 404);
   assert.equal(await stack.chat(key.value, 'mock-error-503'), 503);
   assert.equal(await stack.chat(key.value, 'stream-model', 'hi', { stream: true }), 200);
   await stack.waitForCalls(5);
@@ -78,7 +81,7 @@ test('the logs show the recorded calls newest first, with local times and colour
     const colour = (status) => page.locator(`#logs-body tr[data-status="${status}"] .status`).first()
       .evaluate((el) => [el.className, getComputedStyle(el).color]);
     assert.deepEqual(await colour(200), ['status status-2xx', 'rgb(21, 128, 61)']);
-    assert.deepEqual(await colour(401), ['status status-4xx', 'rgb(161, 98, 7)']);
+    assert.deepEqual(await colour(404), ['status status-4xx', 'rgb(161, 98, 7)']);
     assert.deepEqual(await colour(503), ['status status-5xx', 'rgb(185, 28, 28)']);
     assertNoProblems(t, problems, assert);
   } finally {
@@ -126,7 +129,7 @@ test('typing an endpoint, a method or a status narrows the list to matching rows
     const cases = [
       ['/v1/models', (r) => r.endpoint.includes('/v1/models'), { q: '/v1/models' }],
       ['GET', (r) => r.method === 'GET', { q: 'GET' }],
-      ['401', (r) => String(r.status) === '401', { q: '401' }],
+      ['404', (r) => String(r.status) === '404', { q: '404' }],
       ['5xx', (r) => r.status >= 500, { status: '5xx' }],
       ['/v1/chat/completions', (r) => r.endpoint.includes('/v1/chat/completions'), { q: '/v1/chat/completions' }],
     ];

@@ -406,5 +406,14 @@ def test_errors_reach_the_sdks_as_their_own_exceptions(gateway, console):
             model="claude-3-haiku", max_tokens=5, messages=[{"role": "user", "content": "hi"}]
         )
     assert caught.value.body["error"]["type"] == "authentication_error"
-    row = console.newest(2)
-    assert (row["status"], row["key_id"], row["endpoint"]) == (401, None, "/v1/messages")
+    # Calls without a valid key are counted in /metrics, not recorded as log rows.
+    with urllib.request.urlopen(f"{gateway}/metrics", timeout=DEADLINE_S) as response:
+        metrics = response.read().decode()
+    unauthenticated = sum(
+        int(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("token_console_unauthenticated_requests_total{")
+    )
+    assert unauthenticated >= 2, metrics
+    stats = _api(console.gw, "GET", "/api/console/stats")
+    assert stats["api_call_count"] == console.calls, stats
