@@ -136,6 +136,7 @@ fn anthropic_shape(ids: &[ModelId]) -> serde_json::Value {
 pub async fn list(State(state): State<AppState>, request: Request) -> Response {
     let path = request.uri().path().to_owned();
     let mut meter = Meter::start(&state, Endpoint::Models, request.method().as_str(), &path);
+    meter.set_client(request.headers());
     let key = match proxy::authenticate(&state, request.headers(), &mut meter) {
         Ok(key) => key,
         Err(e) => return proxy::refuse(meter, Endpoint::Models, e),
