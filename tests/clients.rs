@@ -339,13 +339,16 @@ async fn responses_websocket_upgrade_is_answered_426_at_once() {
     assert_eq!(r.status(), 405);
 }
 
+/// A call's extra headers, and the client family and session id it should be recorded with.
+type ClientCall<'a> = (&'a [(&'a str, &'a str)], &'a str, Option<&'a str>);
+
 #[tokio::test]
 async fn clients_and_sessions_are_recorded_and_filter_the_logs() {
     let mock = Mock::start();
     let (_dir, server) = start(&mock, "");
     let (_, key) = server.create_key("everyone").await;
     let long_session = "s".repeat(500);
-    let calls: [(&[(&str, &str)], &str, Option<&str>); 5] = [
+    let calls: [ClientCall<'_>; 5] = [
         (
             &[
                 ("user-agent", "claude-cli/2.1.3 (external, cli)"),

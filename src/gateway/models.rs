@@ -140,6 +140,7 @@ pub async fn list(State(state): State<AppState>, request: Request) -> Response {
             Ok(meter) => meter,
             Err(unavailable) => return unavailable,
         };
+    meter.set_client(request.headers());
     let key = match proxy::authenticate(&state, request.headers(), &mut meter).await {
         Ok(key) => key,
         Err(e) => return proxy::refuse(meter, Endpoint::Models, e),

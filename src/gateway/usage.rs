@@ -66,9 +66,9 @@ impl WireUsage {
     /// `prompt` is every input token the provider processed: OpenAI's `prompt_tokens` and the
     /// Responses API's `input_tokens` already include cached tokens, while Anthropic's
     /// `input_tokens` excludes cache reads and writes (reported apart as
-    /// `cache_read_input_tokens` and `cache_creation_input_tokens`, fields only Anthropic sends),
-    /// so those are added. `completion` is every output token (reasoning included) and `total`
-    /// their sum.
+    /// `cache_read_input_tokens` and `cache_creation_input_tokens`), so those are added when they
+    /// sit beside an `input_tokens`. `completion` is every output token (reasoning included)
+    /// and `total` their sum.
     pub fn to_tokens(self) -> Option<TokenUsage> {
         let prompt = self.prompt();
         let completion = self.completion();
@@ -77,8 +77,17 @@ impl WireUsage {
         }
         let cached = |d: Option<Details>| d.and_then(|d| d.cached_tokens);
         let reasoning = |d: Option<Details>| d.and_then(|d| d.reasoning_tokens);
-        let anthropic_read = self.cache_read_input_tokens.unwrap_or(0);
-        let anthropic_write = self.cache_creation_input_tokens.unwrap_or(0);
+        // Anthropic's cache counts sit beside `input_tokens`; an OpenAI-shaped usage that also
+        // carries them (as some proxies for Claude send) already counts them in `prompt_tokens`.
+        let beside_input = self.prompt_tokens.is_none();
+        let anthropic_read = self
+            .cache_read_input_tokens
+            .filter(|_| beside_input)
+            .unwrap_or(0);
+        let anthropic_write = self
+            .cache_creation_input_tokens
+            .filter(|_| beside_input)
+            .unwrap_or(0);
         let total = match (prompt, completion) {
             (None, None) => self.total_tokens.unwrap_or(0),
             _ => 0,
@@ -98,7 +107,7 @@ impl WireUsage {
                 .or(cached(self.prompt_tokens_details))
                 .or(cached(self.input_tokens_details))
                 .unwrap_or(0),
-            cache_creation: anthropic_write,
+            cache_creation: self.cache_creation_input_tokens.unwrap_or(0),
             reasoning: reasoning(self.completion_tokens_details)
                 .or(reasoning(self.output_tokens_details))
                 .unwrap_or(0),
@@ -521,6 +530,13 @@ mod tests {
         let responses = r#"{"usage":{"input_tokens":30004,"output_tokens":12,"total_tokens":30016,"input_tokens_details":{"cached_tokens":30000}}}"#;
         let u = from_body(responses.as_bytes()).unwrap();
         assert_eq!((u.prompt, u.cache_read, u.total), (30_004, 30_000, 30_016));
+        // An OpenAI-shaped usage from a proxy for Claude: prompt_tokens already counts the cache.
+        let proxied = r#"{"usage":{"prompt_tokens":35004,"completion_tokens":12,"total_tokens":35016,"cache_read_input_tokens":30000,"cache_creation_input_tokens":5000}}"#;
+        let u = from_body(proxied.as_bytes()).unwrap();
+        assert_eq!(
+            (u.prompt, u.cache_read, u.cache_creation, u.total),
+            (35_004, 30_000, 5_000, 35_016)
+        );
     }
 
     #[test]

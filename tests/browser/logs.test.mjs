@@ -39,6 +39,7 @@ async function visibleRows(page) {
     status: tr.querySelector('[data-col="status"]').textContent.trim(),
     model: tr.querySelector('[data-col="model"]').textContent.trim(),
     key: tr.querySelector('[data-col="key"]').textContent.trim(),
+    client: tr.querySelector('[data-col="client"] .cell > span').textContent.trim(),
     time: tr.querySelector('time').textContent,
     datetime: tr.querySelector('time').getAttribute('datetime'),
     tokens: tr.querySelector('[data-col="tokens"] [data-raw]').textContent,
@@ -63,6 +64,7 @@ test('the logs show the recorded calls newest first, with local times and colour
       assert.equal(r.status, String(l.status));
       assert.equal(r.tokens, fmtInt(l.tokens));
       assert.equal(r.key, l.key_name ?? '无密钥');
+      assert.equal(r.client, l.client || '—', 'the client family, or a dash when none was sent');
       // The browser's time zone (the context runs in Asia/Shanghai).
       const expected = new Intl.DateTimeFormat('zh-CN', {
         year: 'numeric', month: '2-digit', day: '2-digit', hour: '2-digit', minute: '2-digit', second: '2-digit',
