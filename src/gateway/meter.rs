@@ -209,6 +209,7 @@ impl Meter {
         record.ttft_ms = self.first_byte_ms;
         record.error = error.map(|e| truncate(&e));
         self.state.metrics.observe(&record, self.overhead_ms);
+        crate::telemetry::export(&self.state, self.endpoint, &record);
         self.state.recorder.record_detached(record);
     }
 }
