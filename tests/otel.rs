@@ -317,3 +317,34 @@ async fn with_the_collector_down_calls_are_answered_and_recorded() {
         .filter(|r| r["status"] == 200 && r["endpoint"] != "/v1/embeddings")
         .all(|r| u(r, "completion_tokens") > 0 && r["estimated"] == false));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn spans_still_queued_are_sent_when_the_gateway_stops() {
+    let mock = Mock::start();
+    let (endpoint, seen) = collector().await;
+    let dir = tempdir();
+    // Batches every 10 minutes: only the shutdown can send this span.
+    let yaml = format!(
+        "{}otel:\n  endpoint: {endpoint}\n  export_interval_ms: 600000\n",
+        providers_yaml(&mock.url)
+    );
+    let mut server = Server::start(dir.path(), &yaml);
+    let (_, key) = server.create_key("shutdown").await;
+    let body = Proto::OpenAi.body("gpt-4o-mini", "flush me", 3, false);
+    let r = call(&server.url, "/v1/chat/completions", &key, &body).await;
+    assert_eq!(r.status(), 200);
+    server.wait_for_calls(1).await;
+    assert!(seen.lock().unwrap().spans.is_empty());
+
+    assert!(server.terminate().success());
+    let spans = seen.lock().unwrap().spans.clone();
+    assert_eq!(spans.len(), 1, "the queued span was sent at shutdown");
+    assert_eq!(spans[0]["name"], "chat gpt-4o-mini");
+    let export = seen
+        .lock()
+        .unwrap()
+        .metrics
+        .clone()
+        .expect("metrics sent at shutdown");
+    assert_eq!(token_sum(&export, "output"), 3);
+}
