@@ -170,7 +170,8 @@ impl Telemetry {
             timed.push(KeyValue::new("error.type", kind));
         }
         self.duration.record(duration.as_secs_f64(), &timed);
-        if endpoint.spends_tokens() && record.is_success() {
+        // Answered calls, and calls cut short with the tokens they had used (as the store counts).
+        if endpoint.spends_tokens() && (record.is_success() || record.tokens.total > 0) {
             for (kind, count) in [
                 ("input", record.tokens.prompt),
                 ("output", record.tokens.completion),
