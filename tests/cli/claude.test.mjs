@@ -45,12 +45,15 @@ test("claude -p answers through the gateway and every token the mock reported is
     assert.equal(row.estimated, false, "usage came from the mock");
   }
   const sum = (field) => calls.reduce((n, r) => n + r[field], 0);
-  // Every input token (uncached + cache read + cache write) and every output token: the
-  // meaning of `tokens` that the "clients" branch brings.
-  assert.equal(sum("tokens"), reported.tokens - before.tokens);
-  assert.equal(sum("completion_tokens"), reported.output_tokens - before.output_tokens);
-  assert.equal(sum("cache_read_tokens"), reported.cache_read_tokens - before.cache_read_tokens);
-  assert.equal(sum("cache_creation_tokens"), reported.cache_creation_tokens - before.cache_creation_tokens);
+  const delta = (field) => reported[field] - before[field];
+  assert.equal(sum("completion_tokens"), delta("output_tokens"));
+  assert.equal(sum("cache_read_tokens"), delta("cache_read_tokens"));
+  assert.equal(sum("cache_creation_tokens"), delta("cache_creation_tokens"));
+  // Every input token the provider processed (uncached + cache read + cache write) and every
+  // output token: one meaning of `prompt_tokens` and `tokens` across protocols (issue 15, item 1).
+  const input = delta("input_tokens") + delta("cache_read_tokens") + delta("cache_creation_tokens");
+  assert.equal(sum("prompt_tokens"), input);
+  assert.equal(sum("tokens"), delta("tokens"));
 });
 
 test("claude -p with a spent budget exits at once with the gateway's message", async () => {
