@@ -166,6 +166,15 @@ struct RawConfig {
     console: Option<RawConsole>,
     quota: Option<RawQuota>,
     providers: Option<Vec<RawProvider>>,
+    otel: Option<RawOtel>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOtel {
+    endpoint: EnvString,
+    headers: Option<std::collections::BTreeMap<String, EnvString>>,
+    export_interval_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -331,6 +340,20 @@ pub struct Config {
     pub total_tokens: Option<u64>,
     /// Upstream providers, in routing order.
     pub providers: Vec<ProviderConfig>,
+    /// OpenTelemetry export of every call; `None` (the default) exports nothing.
+    pub otel: Option<OtelConfig>,
+}
+
+/// Where the OpenTelemetry GenAI spans and metrics of the calls go (the `otel:` section).
+#[derive(Debug, Clone)]
+pub struct OtelConfig {
+    /// Base URL of an OTLP/HTTP receiver, e.g. `http://127.0.0.1:4318`; spans go to
+    /// `/v1/traces` under it, metrics to `/v1/metrics`.
+    pub endpoint: String,
+    /// Headers sent with every export (an API key of the collector, for example).
+    pub headers: Vec<(String, Secret)>,
+    /// How often batches of spans and the metrics are sent.
+    pub export_interval_ms: u64,
 }
 
 /// Why the configuration could not be loaded.
@@ -499,6 +522,7 @@ impl Config {
             },
             total_tokens: cli.total_tokens.or(quota.total_tokens),
             providers,
+            otel: raw.otel.map(validate_otel).transpose()?,
         })
     }
 }
@@ -518,6 +542,42 @@ fn parse_text(text: &str, path: &Path) -> Result<RawConfig, ConfigError> {
     serde_saphyr::from_str::<RawConfig>(text).map_err(|e| ConfigError::Parse {
         path: path.to_owned(),
         message: e.to_string(),
+    })
+}
+
+/// Default `otel.export_interval_ms`: spans and metrics leave in batches every 5 s.
+const DEFAULT_OTEL_EXPORT_INTERVAL_MS: u64 = 5_000;
+
+fn validate_otel(raw: RawOtel) -> Result<OtelConfig, ConfigError> {
+    let endpoint = raw.endpoint.0.trim_end_matches('/').to_owned();
+    let valid_url = ["http://", "https://"]
+        .iter()
+        .any(|scheme| endpoint.len() > scheme.len() && endpoint.starts_with(scheme))
+        && endpoint.parse::<axum::http::Uri>().is_ok();
+    if !valid_url {
+        return Err(ConfigError::Invalid(format!(
+            "otel.endpoint \"{endpoint}\" must be the http:// or https:// URL of an OTLP/HTTP receiver (e.g. http://127.0.0.1:4318)"
+        )));
+    }
+    let mut headers = Vec::new();
+    for (name, value) in raw.headers.unwrap_or_default() {
+        if axum::http::HeaderName::from_bytes(name.as_bytes()).is_err()
+            || axum::http::HeaderValue::from_str(&value.0).is_err()
+        {
+            return Err(ConfigError::Invalid(format!(
+                "otel.headers: \"{name}\" is not a valid HTTP header name, or its value is not a valid header value"
+            )));
+        }
+        headers.push((name, Secret::new(value.0)));
+    }
+    Ok(OtelConfig {
+        endpoint,
+        headers,
+        export_interval_ms: positive(
+            "otel.export_interval_ms",
+            raw.export_interval_ms
+                .unwrap_or(DEFAULT_OTEL_EXPORT_INTERVAL_MS),
+        )?,
     })
 }
 
@@ -876,5 +936,42 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("allowed_host"), "{err}");
+    }
+
+    #[test]
+    fn otel_is_off_by_default_and_its_section_is_validated() {
+        assert!(Config::from_yaml("", &cli()).unwrap().otel.is_none());
+        let config = Config::from_yaml(
+            "otel:\n  endpoint: http://127.0.0.1:4318/\n  headers: {x-api-key: s3cret}\n",
+            &cli(),
+        )
+        .unwrap();
+        let otel = config.otel.unwrap();
+        assert_eq!(otel.endpoint, "http://127.0.0.1:4318");
+        assert_eq!(otel.export_interval_ms, 5_000);
+        assert_eq!(otel.headers[0].0, "x-api-key");
+        assert_eq!(otel.headers[0].1.expose(), "s3cret");
+        assert!(
+            !format!("{otel:?}").contains("s3cret"),
+            "headers never print"
+        );
+        let cases = [
+            ("otel: {endpoint: localhost:4318}\n", "otel.endpoint"),
+            ("otel: {endpoint: 'http://'}\n", "otel.endpoint"),
+            (
+                "otel: {endpoint: 'http://h', export_interval_ms: 0}\n",
+                "export_interval_ms",
+            ),
+            (
+                "otel: {endpoint: 'http://h', headers: {'a b': x}}\n",
+                "otel.headers",
+            ),
+            ("otel: {endpoint: 'http://h', protocol: grpc}\n", "protocol"),
+            ("otel: {}\n", "endpoint"),
+        ];
+        for (yaml, named) in cases {
+            let err = Config::from_yaml(yaml, &cli()).unwrap_err().to_string();
+            assert!(err.contains(named), "{yaml}: {err}");
+        }
     }
 }

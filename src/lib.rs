@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod telemetry;
 pub mod usage;
 
 pub use server::{app, run};

@@ -389,6 +389,10 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     }
     state.instance.shutdown().await;
     recorder.shutdown().await;
+    if let Some(telemetry) = state.telemetry.clone() {
+        // Flushing waits on the exporters' threads; keep it off the runtime's workers.
+        let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    }
     let stats = recorder.stats();
     tracing::info!(written = stats.written, dropped = stats.dropped, "stopped");
     Ok(())

@@ -30,6 +30,8 @@ pub struct AppState {
     pub gateway: Arc<Gateway>,
     /// Prometheus counters.
     pub metrics: Arc<Metrics>,
+    /// The OpenTelemetry exporters, when `otel:` is configured.
+    pub telemetry: Option<Arc<crate::telemetry::Telemetry>>,
     /// Failed console sign-ins per client.
     pub sign_ins: Arc<SignInLimiter>,
     /// Live-log streams open now, capped per client and in all.
@@ -82,7 +84,12 @@ impl AppState {
             budget.clone(),
             ledger,
         ));
+        let telemetry = match &config.otel {
+            Some(otel) => Some(Arc::new(crate::telemetry::Telemetry::start(otel)?)),
+            None => None,
+        };
         Ok(Self {
+            telemetry,
             budget,
             instance,
             keys,

@@ -264,6 +264,7 @@ impl Meter {
             record,
             reservation: self.reservation.take(),
             slot: self.slot.take(),
+            endpoint: self.endpoint,
             spends_tokens: self.endpoint.spends_tokens(),
             overhead_ms: self.overhead_ms,
         })
@@ -276,6 +277,7 @@ struct Completion {
     state: AppState,
     record: CallRecord,
     reservation: Option<Reservation>,
+    endpoint: Endpoint,
     /// The call's room in the record queue (dropped unused by a call that is not recorded).
     slot: Option<Slot>,
     spends_tokens: bool,
@@ -303,6 +305,7 @@ impl Completion {
         self.record.tokens = tokens;
         self.record.estimated = estimated && tokens.total > 0;
         self.state.metrics.observe(&self.record, self.overhead_ms);
+        crate::telemetry::export(&self.state, self.endpoint, &self.record);
         match self.slot.take() {
             Some(slot) => self.state.recorder.record_in(slot, self.record),
             None => tracing::error!("a call was completed twice; its second record is ignored"),

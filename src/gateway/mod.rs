@@ -53,6 +53,18 @@ impl Gateway {
         })
     }
 
+    /// The configuration of the provider a call to `endpoint` for `model` goes to.
+    pub fn provider_config(
+        &self,
+        endpoint: Endpoint,
+        model: &str,
+    ) -> Option<&crate::config::ProviderConfig> {
+        self.providers
+            .iter()
+            .find(|p| p.serves(endpoint, model))
+            .map(|p| &p.config)
+    }
+
     /// The first provider that speaks the endpoint's protocol and serves the model.
     fn route(&self, endpoint: Endpoint, model: &str) -> Option<Arc<Provider>> {
         self.providers

@@ -301,6 +301,36 @@ def test_responses_stream_helper(oa, console):
     assert_exact(console.newest(), responses_usage(final.usage), stream=True)
 
 
+def test_responses_stream_helper_sees_the_full_event_sequence(oa, console):
+    """The helper's events in the order OpenAI sends them, each numbered, one item and part."""
+    with oa.responses.stream(
+        model="gpt-4o", input="every event of the stream", max_output_tokens=3
+    ) as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    kinds = [e.type for e in events]
+    assert kinds == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.delta",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    done = next(e for e in events if e.type == "response.output_text.done")
+    assert done.text == final.output_text == mock_text(3)
+    item = next(e for e in events if e.type == "response.output_item.done").item
+    assert item.id == final.output[0].id and item.status == "completed"
+    assert final.id.startswith("resp_") and final.status == "completed"
+    assert_exact(console.newest(), responses_usage(final.usage), stream=True)
+
+
 def test_embeddings(oa, console):
     texts = ["embed these words", "and these"]
     reply = oa.embeddings.create(model="text-embedding-3-small", input=texts)

@@ -16,7 +16,7 @@ use serde_json::Value;
 use crate::behaviour::{self, Behaviour};
 use crate::errors::{error, mock_error};
 use crate::http::{bytes_response, json_response};
-use crate::reply::{str_field, Reply};
+use crate::reply::{str_field, Reply, ANTHROPIC_CACHE_CREATION, ANTHROPIC_CACHE_READ};
 use crate::routes::{dialect_for_path, Dialect, Route};
 use crate::sse::{self, Ending, Plan};
 use crate::stats::Stats;
@@ -150,6 +150,7 @@ async fn handle(st: &AppState, route: Route, dialect: Dialect, body: Value) -> R
         _ => {}
     }
     let reply = Reply::new(&body, behaviour, st.next_seq.fetch_add(1, Relaxed));
+    count_reported(st, route, &reply, stream);
     if stream {
         let plan = sse::plan(stream_parts(route, &reply, &body), behaviour);
         return sse::response(sse::EVENT_STREAM, plan, st.stats.clone());
@@ -159,6 +160,27 @@ async fn handle(st: &AppState, route: Route, dialect: Dialect, body: Value) -> R
         return truncated(st, &json);
     }
     json_response(StatusCode::OK, &json)
+}
+
+/// Adds the usage the answer will report to `/_mock/stats`' `reported` (calls that spend tokens).
+fn count_reported(st: &AppState, route: Route, reply: &Reply, stream: bool) {
+    let chat_stream = stream && matches!(route, Route::ChatCompletions | Route::Completions);
+    if !reply.usage || (chat_stream && !reply.include_usage) {
+        return;
+    }
+    match route {
+        Route::Messages => st.stats.reported(
+            reply.input_tokens,
+            reply.output_tokens,
+            ANTHROPIC_CACHE_READ,
+            ANTHROPIC_CACHE_CREATION,
+        ),
+        Route::ChatCompletions | Route::Completions | Route::Responses => {
+            st.stats
+                .reported(reply.input_tokens, reply.output_tokens, 0, 0)
+        }
+        Route::Embeddings | Route::CountTokens | Route::Models => {}
+    }
 }
 
 /// The non-stream body of a route.

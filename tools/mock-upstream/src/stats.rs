@@ -43,6 +43,23 @@ pub struct Stats {
     aborted_streams: AtomicU64,
     open_streams: AtomicI64,
     recent: Mutex<VecDeque<Recorded>>,
+    reported: Mutex<Reported>,
+}
+
+/// The token usage the mock reported in its answers, summed (what a gateway should record).
+#[derive(Default, Clone, Copy)]
+struct Reported {
+    /// Answers that carried usage.
+    answers: u64,
+    /// Uncached input tokens (OpenAI's `prompt_tokens` include cached ones; Anthropic's
+    /// `input_tokens` do not).
+    input: u64,
+    /// Output tokens.
+    output: u64,
+    /// Input tokens read from the cache.
+    cache_read: u64,
+    /// Input tokens written to the cache.
+    cache_creation: u64,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -72,6 +89,17 @@ impl Stats {
         recent.push_back(entry);
     }
 
+    /// Adds the usage of one answer: `input` as the protocol reports it, plus the cache parts
+    /// that protocol reports outside it.
+    pub fn reported(&self, input: u64, output: u64, cache_read: u64, cache_creation: u64) {
+        let mut reported = lock(&self.reported);
+        reported.answers += 1;
+        reported.input += input;
+        reported.output += output;
+        reported.cache_read += cache_read;
+        reported.cache_creation += cache_creation;
+    }
+
     /// A streamed body started.
     pub fn stream_opened(&self) {
         self.open_streams.fetch_add(1, Relaxed);
@@ -98,6 +126,7 @@ impl Stats {
         self.completed_streams.store(0, Relaxed);
         self.aborted_streams.store(0, Relaxed);
         lock(&self.recent).clear();
+        *lock(&self.reported) = Reported::default();
     }
 
     /// The `/_mock/stats` document.
@@ -109,6 +138,21 @@ impl Stats {
             "completed_streams": self.completed_streams.load(Relaxed),
             "aborted_streams": self.aborted_streams.load(Relaxed),
             "open_streams": self.open_streams.load(Relaxed),
+            "reported": self.reported_json(),
+        })
+    }
+
+    /// The usage reported so far: its parts and `tokens`, every input token processed
+    /// (uncached, cache read, cache write) plus every output token.
+    fn reported_json(&self) -> Value {
+        let r = *lock(&self.reported);
+        json!({
+            "answers": r.answers,
+            "input_tokens": r.input,
+            "output_tokens": r.output,
+            "cache_read_tokens": r.cache_read,
+            "cache_creation_tokens": r.cache_creation,
+            "tokens": r.input + r.cache_read + r.cache_creation + r.output,
         })
     }
 
