@@ -74,9 +74,12 @@ pub fn config(data: &[u8]) {
 mod replay {
     use std::path::{Path, PathBuf};
 
+    /// A fuzz target's entry point.
+    type Target = fn(&[u8]);
+
     /// Every fuzz target and the entry point it drives: a target added to `fuzz/fuzz_targets`
     /// without a line here fails [`every_target_is_replayed`].
-    const TARGETS: &[(&str, fn(&[u8]))] = &[
+    const TARGETS: &[(&str, Target)] = &[
         ("stream_usage", super::stream_usage),
         ("body_usage", super::body_usage),
         ("request", super::request),
