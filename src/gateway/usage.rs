@@ -748,6 +748,152 @@ mod tests {
         }
     }
 
+    /// (model, finish reasons) of an answer, for the tables below.
+    fn meta(answer: &AnswerMeta) -> (Option<&str>, Vec<&str>) {
+        (
+            answer.model.as_deref(),
+            answer.finish_reasons.iter().map(String::as_str).collect(),
+        )
+    }
+
+    #[test]
+    fn response_model_and_finish_reasons_of_streams() {
+        type Case = (
+            &'static str,
+            &'static [&'static str],
+            Option<&'static str>,
+            &'static [&'static str],
+        );
+        let cases: [Case; 7] = [
+            (
+                "openai chat, an empty model first (Azure), two choices",
+                &[
+                    r#"{"id":"c","model":"","choices":[],"prompt_filter_results":[]}"#,
+                    r#"{"id":"c","model":"gpt-4o-2024-08-06","choices":[{"index":0,"delta":{"content":"a"},"finish_reason":null}]}"#,
+                    r#"{"id":"c","model":"gpt-4o-2024-08-06","choices":[{"index":0,"delta":{},"finish_reason":"stop"},{"index":1,"delta":{},"finish_reason":"length"}]}"#,
+                    r#"{"id":"c","model":"gpt-4o-2024-08-06","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1}}"#,
+                    "[DONE]",
+                ],
+                Some("gpt-4o-2024-08-06"),
+                &["stop", "length"],
+            ),
+            (
+                "openai text completions",
+                &[
+                    r#"{"model":"gpt-3.5-turbo-instruct","choices":[{"text":"hi","index":0,"finish_reason":null}]}"#,
+                    r#"{"model":"gpt-3.5-turbo-instruct","choices":[{"text":"","index":0,"finish_reason":"length"}]}"#,
+                ],
+                Some("gpt-3.5-turbo-instruct"),
+                &["length"],
+            ),
+            (
+                "anthropic messages",
+                &[
+                    r#"{"type":"message_start","message":{"id":"m","model":"claude-sonnet-4-5-20250929","stop_reason":null,"usage":{"input_tokens":3,"output_tokens":1}}}"#,
+                    r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"hi"}}"#,
+                    r#"{"type":"message_delta","delta":{"stop_reason":"tool_use","stop_sequence":null},"usage":{"output_tokens":5}}"#,
+                    r#"{"type":"message_stop"}"#,
+                ],
+                Some("claude-sonnet-4-5-20250929"),
+                &["tool_use"],
+            ),
+            (
+                "responses, completed",
+                &[
+                    r#"{"type":"response.created","response":{"id":"r","model":"gpt-5","status":"in_progress","usage":null}}"#,
+                    r#"{"type":"response.output_text.delta","delta":"hi"}"#,
+                    r#"{"type":"response.completed","response":{"id":"r","model":"gpt-5","status":"completed","incomplete_details":null,"usage":{"input_tokens":2,"output_tokens":1}}}"#,
+                ],
+                Some("gpt-5"),
+                &["completed"],
+            ),
+            (
+                "responses, incomplete for a reason",
+                &[
+                    r#"{"type":"response.incomplete","response":{"model":"gpt-5","status":"incomplete","incomplete_details":{"reason":"max_output_tokens"}}}"#,
+                ],
+                Some("gpt-5"),
+                &["max_output_tokens"],
+            ),
+            (
+                "odd types are ignored, the usage still read",
+                &[
+                    r#"{"model":42,"choices":[{"delta":{"content":"x"},"finish_reason":{"x":[1]}}],"usage":{"prompt_tokens":4,"completion_tokens":2}}"#,
+                ],
+                None,
+                &[],
+            ),
+            ("nothing reported", &["{}", "[DONE]"], None, &[]),
+        ];
+        for (name, events, model, reasons) in cases {
+            let (t, _) = tally(events, false);
+            assert!(!t.malformed, "{name}");
+            assert_eq!(meta(&t.answer), (model, reasons.to_vec()), "{name}");
+        }
+        let (t, _) = tally(&[cases[5].1[0]], false);
+        assert_eq!(t.reported().map(|u| u.total), Some(6));
+    }
+
+    #[test]
+    fn response_model_and_finish_reasons_of_bodies() {
+        type Case = (&'static str, Option<&'static str>, &'static [&'static str]);
+        let cases: [Case; 7] = [
+            (
+                r#"{"model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"message":{"content":"x"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":1}}"#,
+                Some("gpt-4o-mini-2024-07-18"),
+                &["stop"],
+            ),
+            (
+                r#"{"type":"message","model":"claude-haiku-4-5","content":[],"stop_reason":"max_tokens","stop_sequence":null}"#,
+                Some("claude-haiku-4-5"),
+                &["max_tokens"],
+            ),
+            (
+                r#"{"object":"response","model":"gpt-5","status":"completed","incomplete_details":null}"#,
+                Some("gpt-5"),
+                &["completed"],
+            ),
+            (
+                r#"{"object":"response","model":"gpt-5","status":"incomplete","incomplete_details":{"reason":"content_filter"}}"#,
+                Some("gpt-5"),
+                &["content_filter"],
+            ),
+            (
+                r#"{"object":"response","model":"gpt-5","status":"queued"}"#,
+                Some("gpt-5"),
+                &[],
+            ),
+            (
+                r#"{"error":{"message":"boom"},"status":500,"model":null}"#,
+                None,
+                &[],
+            ),
+            ("not json", None, &[]),
+        ];
+        for (body, model, reasons) in cases {
+            let (_, answer) = read_body(body.as_bytes());
+            assert_eq!(meta(&answer), (model, reasons.to_vec()), "{body}");
+        }
+    }
+
+    #[test]
+    fn response_model_and_finish_reasons_are_bounded() {
+        let long = format!(
+            r#"{{"model":"{}é","choices":[{}]}}"#,
+            "m".repeat(255),
+            vec![r#"{"finish_reason":"stop"}"#; 20].join(",")
+        );
+        let (_, answer) = read_body(long.as_bytes());
+        assert_eq!(answer.model.as_deref(), Some("m".repeat(255).as_str()));
+        assert_eq!(
+            answer.finish_reasons.len(),
+            crate::usage::MAX_FINISH_REASONS
+        );
+        let odd = format!(r#"{{"stop_reason":"a\u0000b{}"}}"#, "r".repeat(100));
+        let (_, answer) = read_body(odd.as_bytes());
+        assert_eq!(answer.finish_reasons, [format!("ab{}", "r".repeat(62))]);
+    }
+
     #[test]
     fn collects_texts_for_estimates() {
         let v: serde_json::Value = serde_json::from_str(
