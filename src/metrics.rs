@@ -327,6 +327,7 @@ mod tests {
             error: None,
             client: String::new(),
             session_id: None,
+            answer: Default::default(),
         };
         metrics.observe(&call, 0.3);
         let text = metrics.render(RecorderStats {
@@ -368,6 +369,7 @@ mod tests {
                 error: None,
                 client: String::new(),
                 session_id: None,
+                answer: Default::default(),
             };
             metrics.observe(&call, 0.0);
         }

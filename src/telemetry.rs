@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use opentelemetry::metrics::{Histogram, MeterProvider as _};
 use opentelemetry::trace::{Span as _, SpanKind, Status, Tracer as _, TracerProvider as _};
-use opentelemetry::KeyValue;
+use opentelemetry::{Array, KeyValue, StringValue, Value};
 use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::trace::{
@@ -261,6 +261,7 @@ fn span_attributes(record: &CallRecord, provider: Option<&ProviderConfig>) -> Ve
         KeyValue::new("token_console.stream", record.stream),
         KeyValue::new("token_console.estimated", record.estimated),
     ];
+    attributes.extend(response_attributes(record));
     if let Some(kind) = error_type(record) {
         attributes.push(KeyValue::new("error.type", kind));
     }
@@ -277,6 +278,28 @@ fn span_attributes(record: &CallRecord, provider: Option<&ProviderConfig>) -> Ve
         attributes.push(KeyValue::new(
             "token_console.time_to_first_byte_ms",
             count(ttft),
+        ));
+    }
+    attributes
+}
+
+/// `gen_ai.response.model` and `gen_ai.response.finish_reasons` (a string array), when the
+/// provider's answer reported them.
+fn response_attributes(record: &CallRecord) -> Vec<KeyValue> {
+    let mut attributes = Vec::new();
+    if let Some(model) = &record.answer.model {
+        attributes.push(KeyValue::new("gen_ai.response.model", model.clone()));
+    }
+    if !record.answer.finish_reasons.is_empty() {
+        let reasons = record
+            .answer
+            .finish_reasons
+            .iter()
+            .map(|r| StringValue::from(r.clone()))
+            .collect();
+        attributes.push(KeyValue::new(
+            "gen_ai.response.finish_reasons",
+            Value::Array(Array::String(reasons)),
         ));
     }
     attributes

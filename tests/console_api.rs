@@ -165,6 +165,7 @@ fn call(
         error: (status >= 400).then(|| format!("failed with {status}")),
         client: String::new(),
         session_id: None,
+        answer: Default::default(),
     }
 }
 

@@ -66,23 +66,33 @@ fn attributes(item: &Value) -> BTreeMap<String, Value> {
         .as_array()
         .into_iter()
         .flatten()
-        .map(|kv| {
-            let v = &kv["value"];
-            let plain = if let Some(s) = v.get("stringValue") {
-                s.clone()
-            } else if let Some(i) = v.get("intValue") {
-                json!(i
-                    .as_i64()
-                    .or_else(|| i.as_str().and_then(|s| s.parse().ok()))
-                    .unwrap())
-            } else if let Some(b) = v.get("boolValue") {
-                b.clone()
-            } else {
-                v.clone()
-            };
-            (kv["key"].as_str().unwrap().to_owned(), plain)
-        })
+        .map(|kv| (kv["key"].as_str().unwrap().to_owned(), plain(&kv["value"])))
         .collect()
+}
+
+/// An OTLP JSON `AnyValue` as a plain JSON value (an `arrayValue` as an array).
+fn plain(v: &Value) -> Value {
+    if let Some(s) = v.get("stringValue") {
+        s.clone()
+    } else if let Some(i) = v.get("intValue") {
+        json!(i
+            .as_i64()
+            .or_else(|| i.as_str().and_then(|s| s.parse().ok()))
+            .unwrap())
+    } else if let Some(b) = v.get("boolValue") {
+        b.clone()
+    } else if let Some(array) = v.get("arrayValue") {
+        Value::Array(
+            array["values"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(plain)
+                .collect(),
+        )
+    } else {
+        v.clone()
+    }
 }
 
 /// The data points of the histogram `name` in a metrics export.
@@ -364,4 +374,124 @@ async fn spans_still_queued_are_sent_when_the_gateway_stops() {
         .clone()
         .expect("metrics sent at shutdown");
     assert_eq!(token_sum(&export, "output"), 3);
+}
+
+/// The model and finish reasons an answer (a JSON body, or the JSON data of each SSE event) told
+/// the client, read the way a client would: the first model named, and every finish reason.
+fn answered(documents: &[Value]) -> (Value, Value) {
+    let mut model = Value::Null;
+    let mut reasons = Vec::new();
+    for d in documents {
+        for m in [&d["model"], &d["message"]["model"], &d["response"]["model"]] {
+            if model.is_null() && m.as_str().is_some_and(|m| !m.is_empty()) {
+                model = m.clone();
+            }
+        }
+        for choice in d["choices"].as_array().into_iter().flatten() {
+            if choice["finish_reason"].is_string() {
+                reasons.push(choice["finish_reason"].clone());
+            }
+        }
+        for r in [&d["stop_reason"], &d["delta"]["stop_reason"]] {
+            if r.is_string() {
+                reasons.push(r.clone());
+            }
+        }
+        // The Responses API: the reason it is incomplete, else its final status.
+        let response = if d["object"] == "response" {
+            d
+        } else {
+            &d["response"]
+        };
+        if response["status"].is_string() && response["status"] != "in_progress" {
+            let reason = &response["incomplete_details"]["reason"];
+            reasons.push(if reason.is_string() {
+                reason.clone()
+            } else {
+                response["status"].clone()
+            });
+        }
+    }
+    (model, Value::Array(reasons))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn spans_carry_the_response_model_and_finish_reasons_the_provider_answered() {
+    let mock = Mock::start();
+    let (endpoint, seen) = collector().await;
+    let dir = tempdir();
+    let yaml = format!("{}{}", providers_yaml(&mock.url), otel_yaml(&endpoint));
+    let server = Server::start(dir.path(), &yaml);
+    let (_, key) = server.create_key("finish").await;
+
+    // (endpoint, stream, what the client was answered); a tight token limit for the non-stream
+    // calls, so they stop for their length rather than at the answer's end.
+    let mut answers = Vec::new();
+    for proto in BOTH {
+        for stream in [false, true] {
+            let limit = if stream { 400 } else { 2 };
+            let body = proto.body("gpt-4o-mini", "why did you stop", limit, stream);
+            let r = post(&server.url, proto.path(), proto.auth(&key), &body).await;
+            assert_eq!(r.status(), 200);
+            let text = r.text().await.unwrap();
+            let documents: Vec<Value> = if stream {
+                sse_events(&text).iter().map(SseEvent::json).collect()
+            } else {
+                vec![serde_json::from_str(&text).unwrap()]
+            };
+            answers.push((proto.path(), stream, answered(&documents)));
+        }
+    }
+    let r = call(
+        &server.url,
+        "/v1/responses",
+        &key,
+        &json!({"model": "gpt-4o", "input": "the responses api", "max_output_tokens": 4}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    answers.push(("/v1/responses", false, answered(&[body])));
+    let made = answers.len() as u64;
+    server.wait_for_calls(made).await;
+
+    let spans = poll("one span per call", || {
+        let seen = seen.clone();
+        async move {
+            let spans = seen.lock().unwrap().spans.clone();
+            (spans.len() as u64 >= made).then_some(spans)
+        }
+    })
+    .await;
+    for (path, stream, (model, reasons)) in &answers {
+        let a = spans
+            .iter()
+            .map(attributes)
+            .find(|a| a["token_console.endpoint"] == *path && a["token_console.stream"] == *stream)
+            .unwrap_or_else(|| panic!("no span for {path} (stream: {stream})"));
+        assert!(
+            model.is_string(),
+            "the mock named its model: {path} {stream}"
+        );
+        assert!(
+            !reasons.as_array().unwrap().is_empty(),
+            "the mock said why it stopped: {path} {stream}"
+        );
+        assert_eq!(
+            a["gen_ai.response.model"], *model,
+            "{path} (stream: {stream})"
+        );
+        assert_eq!(
+            a["gen_ai.response.finish_reasons"], *reasons,
+            "{path} (stream: {stream})"
+        );
+    }
+    // Both kinds of ending were seen: at the answer's end and at the token limit.
+    let all: Vec<&Value> = answers
+        .iter()
+        .flat_map(|(_, _, (_, r))| r.as_array().unwrap())
+        .collect();
+    for reason in ["stop", "length", "end_turn", "max_tokens"] {
+        assert!(all.iter().any(|r| *r == reason), "{reason} in {all:?}");
+    }
 }

@@ -89,6 +89,7 @@ impl Meter {
                 error: None,
                 client: String::new(),
                 session_id: None,
+                answer: Default::default(),
             },
             started: Instant::now(),
             endpoint,
@@ -154,8 +155,11 @@ impl Meter {
     /// Ends the call with `status`; `body` is a whole (non-stream) answer, if there was one.
     pub fn finish(&mut self, status: u16, body: Option<&[u8]>, error: Option<String>) {
         let success = (200..300).contains(&status);
-        let reported = body
-            .and_then(super::usage::from_body)
+        let (from_body, answer) = body.map(super::usage::read_body).unwrap_or_default();
+        if !answer.is_empty() {
+            self.record.answer = answer;
+        }
+        let reported = from_body
             .or_else(|| self.tally.reported())
             .filter(|usage| !success || !is_zero(usage));
         let error = error.or_else(|| {
@@ -254,6 +258,9 @@ impl Meter {
             return None;
         }
         self.finished = true;
+        if self.record.answer.is_empty() {
+            self.record.answer = std::mem::take(&mut self.tally.answer);
+        }
         let mut record = self.record.clone();
         record.status = status;
         record.duration_ms = self.started.elapsed().as_millis() as u64;

@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 
-use crate::usage::TokenUsage;
+use crate::usage::{AnswerMeta, TokenUsage};
 
 /// Cap of answer text kept for a tokenizer estimate when the upstream reports no usage.
 const MAX_TEXT: usize = 1 << 20;
@@ -116,6 +116,75 @@ impl WireUsage {
     }
 }
 
+/// A string field of the answer that tolerates any other JSON value in its place (read as
+/// absent), so an odd field never costs the usage of the event or body it sits in.
+#[derive(Default)]
+struct Text(Option<String>);
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+        struct AnyValue;
+
+        impl<'de> Visitor<'de> for AnyValue {
+            type Value = Text;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+
+            fn visit_str<E>(self, v: &str) -> Result<Text, E> {
+                Ok(Text(Some(v.to_owned())))
+            }
+
+            fn visit_string<E>(self, v: String) -> Result<Text, E> {
+                Ok(Text(Some(v)))
+            }
+
+            fn visit_bool<E>(self, _: bool) -> Result<Text, E> {
+                Ok(Text(None))
+            }
+
+            fn visit_i64<E>(self, _: i64) -> Result<Text, E> {
+                Ok(Text(None))
+            }
+
+            fn visit_u64<E>(self, _: u64) -> Result<Text, E> {
+                Ok(Text(None))
+            }
+
+            fn visit_f64<E>(self, _: f64) -> Result<Text, E> {
+                Ok(Text(None))
+            }
+
+            fn visit_unit<E>(self) -> Result<Text, E> {
+                Ok(Text(None))
+            }
+
+            fn visit_none<E>(self) -> Result<Text, E> {
+                Ok(Text(None))
+            }
+
+            fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Text, D::Error> {
+                d.deserialize_any(self)
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Text, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Text(None))
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Text, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Text(None))
+            }
+        }
+
+        deserializer.deserialize_any(AnyValue)
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum Delta {
@@ -125,6 +194,9 @@ enum Delta {
         thinking: Option<String>,
         partial_json: Option<String>,
         content: Option<String>,
+        /// Anthropic's `message_delta.delta.stop_reason`.
+        #[serde(default)]
+        stop_reason: Text,
     },
 }
 
@@ -132,11 +204,42 @@ enum Delta {
 struct Choice {
     delta: Option<Delta>,
     text: Option<String>,
+    #[serde(default)]
+    finish_reason: Text,
 }
 
 #[derive(Deserialize)]
+struct Incomplete {
+    #[serde(default)]
+    reason: Text,
+}
+
+/// Anthropic's `message` (in `message_start`) or the Responses API's `response` object.
+#[derive(Deserialize)]
 struct Nested {
     usage: Option<WireUsage>,
+    #[serde(default)]
+    model: Text,
+    #[serde(default)]
+    status: Text,
+    incomplete_details: Option<Incomplete>,
+}
+
+/// Statuses of a Responses API answer that say why it ended (not `queued` or `in_progress`).
+const FINAL_STATUSES: [&str; 4] = ["completed", "incomplete", "failed", "cancelled"];
+
+/// Notes the finish reason of a Responses API answer: the reason it is incomplete, if it says
+/// one, else its status once that is final.
+fn note_response_end(
+    answer: &mut AnswerMeta,
+    status: Option<&str>,
+    incomplete: Option<&Incomplete>,
+) {
+    if let Some(reason) = incomplete.and_then(|i| i.reason.0.as_deref()) {
+        answer.note_finish_reason(reason);
+    } else if let Some(status) = status.filter(|s| FINAL_STATUSES.contains(s)) {
+        answer.note_finish_reason(status);
+    }
 }
 
 /// The fields of a stream event the gateway reads; everything else is ignored.
@@ -149,6 +252,9 @@ struct StreamEvent {
     message: Option<Nested>,
     response: Option<Nested>,
     delta: Option<Delta>,
+    /// The answering model of an OpenAI chunk.
+    #[serde(default)]
+    model: Text,
 }
 
 /// What an event means for the client: pass it on, or hold it back.
@@ -179,6 +285,8 @@ pub struct StreamTally {
     /// `message_stop` (Anthropic), or `response.completed`, `response.failed` or
     /// `response.incomplete` (Responses).
     pub ended: bool,
+    /// The model and finish reasons the stream reported.
+    pub answer: AnswerMeta,
 }
 
 impl StreamTally {
@@ -219,17 +327,38 @@ impl StreamTally {
             self.malformed = true;
             return Verdict::Forward;
         };
-        if matches!(
+        let response_end = matches!(
             event.kind.as_deref(),
-            Some("message_stop" | "response.completed" | "response.failed" | "response.incomplete")
-        ) {
+            Some("response.completed" | "response.failed" | "response.incomplete")
+        );
+        if response_end || event.kind.as_deref() == Some("message_stop") {
             self.ended = true;
         }
-        if let Some(usage) = event.message.as_ref().and_then(|m| m.usage.as_ref()) {
-            self.note_usage(usage, false);
+        if let Some(model) = &event.model.0 {
+            self.answer.note_model(model);
         }
-        if let Some(usage) = event.response.as_ref().and_then(|r| r.usage.as_ref()) {
-            self.note_usage(usage, true);
+        if let Some(message) = &event.message {
+            if let Some(usage) = &message.usage {
+                self.note_usage(usage, false);
+            }
+            if let Some(model) = &message.model.0 {
+                self.answer.note_model(model);
+            }
+        }
+        if let Some(response) = &event.response {
+            if let Some(usage) = &response.usage {
+                self.note_usage(usage, true);
+            }
+            if let Some(model) = &response.model.0 {
+                self.answer.note_model(model);
+            }
+            if response_end {
+                note_response_end(
+                    &mut self.answer,
+                    response.status.0.as_deref(),
+                    response.incomplete_details.as_ref(),
+                );
+            }
         }
         let mut usage_only_chunk = false;
         if let Some(usage) = &event.usage {
@@ -239,6 +368,9 @@ impl StreamTally {
         for choice in event.choices.iter().flatten() {
             self.note_text(choice.text.as_deref());
             self.note_delta(choice.delta.as_ref());
+            if let Some(reason) = &choice.finish_reason.0 {
+                self.answer.note_finish_reason(reason);
+            }
         }
         self.note_delta(event.delta.as_ref());
         if usage_only_chunk && self.hide_usage_chunk {
@@ -256,9 +388,13 @@ impl StreamTally {
                 thinking,
                 partial_json,
                 content,
+                stop_reason,
             }) => {
                 for part in [text, thinking, partial_json, content] {
                     self.note_text(part.as_deref());
+                }
+                if let Some(reason) = &stop_reason.0 {
+                    self.answer.note_finish_reason(reason);
                 }
             }
             None => {}
@@ -289,17 +425,58 @@ impl StreamTally {
     }
 }
 
+/// The fields of a non-stream answer the gateway reads, in any protocol.
 #[derive(Deserialize)]
 struct WholeAnswer {
     usage: Option<WireUsage>,
+    #[serde(default)]
+    model: Text,
+    /// Chat and text completions.
+    choices: Option<Vec<WholeChoice>>,
+    /// Anthropic.
+    #[serde(default)]
+    stop_reason: Text,
+    /// Responses.
+    #[serde(default)]
+    status: Text,
+    incomplete_details: Option<Incomplete>,
+}
+
+#[derive(Deserialize)]
+struct WholeChoice {
+    #[serde(default)]
+    finish_reason: Text,
 }
 
 /// The usage of a non-stream answer body, if it reports one.
 pub fn from_body(body: &[u8]) -> Option<TokenUsage> {
-    serde_json::from_slice::<WholeAnswer>(body)
-        .ok()?
-        .usage?
-        .to_tokens()
+    read_body(body).0
+}
+
+/// The usage (if reported) and the model and finish reasons of a non-stream answer body, read
+/// in one parse.
+pub fn read_body(body: &[u8]) -> (Option<TokenUsage>, AnswerMeta) {
+    let mut answer = AnswerMeta::default();
+    let Ok(whole) = serde_json::from_slice::<WholeAnswer>(body) else {
+        return (None, answer);
+    };
+    if let Some(model) = &whole.model.0 {
+        answer.note_model(model);
+    }
+    for choice in whole.choices.iter().flatten() {
+        if let Some(reason) = &choice.finish_reason.0 {
+            answer.note_finish_reason(reason);
+        }
+    }
+    if let Some(reason) = &whole.stop_reason.0 {
+        answer.note_finish_reason(reason);
+    }
+    note_response_end(
+        &mut answer,
+        whole.status.0.as_deref(),
+        whole.incomplete_details.as_ref(),
+    );
+    (whole.usage.and_then(WireUsage::to_tokens), answer)
 }
 
 /// The usage reported in a fragment of a JSON answer too large to keep whole (its first or last
@@ -569,6 +746,152 @@ mod tests {
             let got = from_body(body.as_bytes()).map(|u| (u.prompt, u.completion, u.total));
             assert_eq!(got, want, "{body}");
         }
+    }
+
+    /// (model, finish reasons) of an answer, for the tables below.
+    fn meta(answer: &AnswerMeta) -> (Option<&str>, Vec<&str>) {
+        (
+            answer.model.as_deref(),
+            answer.finish_reasons.iter().map(String::as_str).collect(),
+        )
+    }
+
+    #[test]
+    fn response_model_and_finish_reasons_of_streams() {
+        type Case = (
+            &'static str,
+            &'static [&'static str],
+            Option<&'static str>,
+            &'static [&'static str],
+        );
+        let cases: [Case; 7] = [
+            (
+                "openai chat, an empty model first (Azure), two choices",
+                &[
+                    r#"{"id":"c","model":"","choices":[],"prompt_filter_results":[]}"#,
+                    r#"{"id":"c","model":"gpt-4o-2024-08-06","choices":[{"index":0,"delta":{"content":"a"},"finish_reason":null}]}"#,
+                    r#"{"id":"c","model":"gpt-4o-2024-08-06","choices":[{"index":0,"delta":{},"finish_reason":"stop"},{"index":1,"delta":{},"finish_reason":"length"}]}"#,
+                    r#"{"id":"c","model":"gpt-4o-2024-08-06","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1}}"#,
+                    "[DONE]",
+                ],
+                Some("gpt-4o-2024-08-06"),
+                &["stop", "length"],
+            ),
+            (
+                "openai text completions",
+                &[
+                    r#"{"model":"gpt-3.5-turbo-instruct","choices":[{"text":"hi","index":0,"finish_reason":null}]}"#,
+                    r#"{"model":"gpt-3.5-turbo-instruct","choices":[{"text":"","index":0,"finish_reason":"length"}]}"#,
+                ],
+                Some("gpt-3.5-turbo-instruct"),
+                &["length"],
+            ),
+            (
+                "anthropic messages",
+                &[
+                    r#"{"type":"message_start","message":{"id":"m","model":"claude-sonnet-4-5-20250929","stop_reason":null,"usage":{"input_tokens":3,"output_tokens":1}}}"#,
+                    r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"hi"}}"#,
+                    r#"{"type":"message_delta","delta":{"stop_reason":"tool_use","stop_sequence":null},"usage":{"output_tokens":5}}"#,
+                    r#"{"type":"message_stop"}"#,
+                ],
+                Some("claude-sonnet-4-5-20250929"),
+                &["tool_use"],
+            ),
+            (
+                "responses, completed",
+                &[
+                    r#"{"type":"response.created","response":{"id":"r","model":"gpt-5","status":"in_progress","usage":null}}"#,
+                    r#"{"type":"response.output_text.delta","delta":"hi"}"#,
+                    r#"{"type":"response.completed","response":{"id":"r","model":"gpt-5","status":"completed","incomplete_details":null,"usage":{"input_tokens":2,"output_tokens":1}}}"#,
+                ],
+                Some("gpt-5"),
+                &["completed"],
+            ),
+            (
+                "responses, incomplete for a reason",
+                &[
+                    r#"{"type":"response.incomplete","response":{"model":"gpt-5","status":"incomplete","incomplete_details":{"reason":"max_output_tokens"}}}"#,
+                ],
+                Some("gpt-5"),
+                &["max_output_tokens"],
+            ),
+            (
+                "odd types are ignored, the usage still read",
+                &[
+                    r#"{"model":42,"choices":[{"delta":{"content":"x"},"finish_reason":{"x":[1]}}],"usage":{"prompt_tokens":4,"completion_tokens":2}}"#,
+                ],
+                None,
+                &[],
+            ),
+            ("nothing reported", &["{}", "[DONE]"], None, &[]),
+        ];
+        for (name, events, model, reasons) in cases {
+            let (t, _) = tally(events, false);
+            assert!(!t.malformed, "{name}");
+            assert_eq!(meta(&t.answer), (model, reasons.to_vec()), "{name}");
+        }
+        let (t, _) = tally(&[cases[5].1[0]], false);
+        assert_eq!(t.reported().map(|u| u.total), Some(6));
+    }
+
+    #[test]
+    fn response_model_and_finish_reasons_of_bodies() {
+        type Case = (&'static str, Option<&'static str>, &'static [&'static str]);
+        let cases: [Case; 7] = [
+            (
+                r#"{"model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"message":{"content":"x"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":1}}"#,
+                Some("gpt-4o-mini-2024-07-18"),
+                &["stop"],
+            ),
+            (
+                r#"{"type":"message","model":"claude-haiku-4-5","content":[],"stop_reason":"max_tokens","stop_sequence":null}"#,
+                Some("claude-haiku-4-5"),
+                &["max_tokens"],
+            ),
+            (
+                r#"{"object":"response","model":"gpt-5","status":"completed","incomplete_details":null}"#,
+                Some("gpt-5"),
+                &["completed"],
+            ),
+            (
+                r#"{"object":"response","model":"gpt-5","status":"incomplete","incomplete_details":{"reason":"content_filter"}}"#,
+                Some("gpt-5"),
+                &["content_filter"],
+            ),
+            (
+                r#"{"object":"response","model":"gpt-5","status":"queued"}"#,
+                Some("gpt-5"),
+                &[],
+            ),
+            (
+                r#"{"error":{"message":"boom"},"status":500,"model":null}"#,
+                None,
+                &[],
+            ),
+            ("not json", None, &[]),
+        ];
+        for (body, model, reasons) in cases {
+            let (_, answer) = read_body(body.as_bytes());
+            assert_eq!(meta(&answer), (model, reasons.to_vec()), "{body}");
+        }
+    }
+
+    #[test]
+    fn response_model_and_finish_reasons_are_bounded() {
+        let long = format!(
+            r#"{{"model":"{}é","choices":[{}]}}"#,
+            "m".repeat(255),
+            vec![r#"{"finish_reason":"stop"}"#; 20].join(",")
+        );
+        let (_, answer) = read_body(long.as_bytes());
+        assert_eq!(answer.model.as_deref(), Some("m".repeat(255).as_str()));
+        assert_eq!(
+            answer.finish_reasons.len(),
+            crate::usage::MAX_FINISH_REASONS
+        );
+        let odd = format!(r#"{{"stop_reason":"a\u0000b{}"}}"#, "r".repeat(100));
+        let (_, answer) = read_body(odd.as_bytes());
+        assert_eq!(answer.finish_reasons, [format!("ab{}", "r".repeat(62))]);
     }
 
     #[test]

@@ -902,6 +902,7 @@ fn read_call(row: &Row) -> Result<LoggedCall, StoreError> {
             error: row.try_get(18)?,
             client: row.try_get(19)?,
             session_id: row.try_get(20)?,
+            answer: Default::default(),
         },
     })
 }

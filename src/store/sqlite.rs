@@ -752,6 +752,7 @@ fn read_call(row: &Row<'_>) -> rusqlite::Result<LoggedCall> {
             error: row.get(18)?,
             client: row.get(19)?,
             session_id: row.get(20)?,
+            answer: Default::default(),
         },
     })
 }

@@ -28,6 +28,7 @@ fn record(
         error: None,
         client: String::new(),
         session_id: None,
+        answer: Default::default(),
     }
 }
 

@@ -109,6 +109,63 @@ pub struct CallRecord {
     pub client: String,
     /// The session id the client sent (`X-Claude-Code-Session-Id`, `session_id`, …), if any.
     pub session_id: Option<String>,
+    /// What the provider's answer said about itself (model, finish reasons); not stored, only
+    /// exported (see `telemetry`), so a record read back from the store has it empty.
+    pub answer: AnswerMeta,
+}
+
+/// Longest response model name kept, in bytes.
+pub const MAX_RESPONSE_MODEL_BYTES: usize = 256;
+/// Most finish reasons kept for one answer.
+pub const MAX_FINISH_REASONS: usize = 8;
+/// Longest finish reason kept, in bytes.
+pub const MAX_FINISH_REASON_BYTES: usize = 64;
+
+/// The model that answered and why it stopped, as the provider's answer reported them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AnswerMeta {
+    /// The model named in the answer (`model`, `message.model`, `response.model`), at most
+    /// [`MAX_RESPONSE_MODEL_BYTES`] bytes.
+    pub model: Option<String>,
+    /// Why each generation stopped (`finish_reason`, `stop_reason`, the Responses API's status
+    /// or `incomplete_details.reason`), in arrival order, at most [`MAX_FINISH_REASONS`] of
+    /// at most [`MAX_FINISH_REASON_BYTES`] bytes each.
+    pub finish_reasons: Vec<String>,
+}
+
+impl AnswerMeta {
+    /// Keeps `model` when no model was noted yet and it is not blank (the first named wins:
+    /// some providers send an empty one in a stream's first chunk).
+    pub fn note_model(&mut self, model: &str) {
+        if self.model.is_none() && !model.trim().is_empty() {
+            self.model = Some(bounded(model, MAX_RESPONSE_MODEL_BYTES));
+        }
+    }
+
+    /// Adds one finish reason, unless it is blank or [`MAX_FINISH_REASONS`] are already kept.
+    pub fn note_finish_reason(&mut self, reason: &str) {
+        if self.finish_reasons.len() < MAX_FINISH_REASONS && !reason.trim().is_empty() {
+            self.finish_reasons
+                .push(bounded(reason, MAX_FINISH_REASON_BYTES));
+        }
+    }
+
+    /// Whether the answer reported neither a model nor a finish reason.
+    pub fn is_empty(&self) -> bool {
+        self.model.is_none() && self.finish_reasons.is_empty()
+    }
+}
+
+/// `text` without control characters, cut to at most `max` bytes at a character boundary.
+fn bounded(text: &str, max: usize) -> String {
+    let mut out = String::new();
+    for c in text.chars().filter(|c| !c.is_control()) {
+        if out.len() + c.len_utf8() > max {
+            break;
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// The path of Anthropic's token counting route: its calls spend nothing and are counted apart.

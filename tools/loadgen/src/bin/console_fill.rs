@@ -163,6 +163,7 @@ fn call(
         error: error.map(str::to_owned),
         client: String::new(),
         session_id: None,
+        answer: Default::default(),
     }
 }
 
