@@ -784,6 +784,7 @@ async fn fit_max_tokens_never_spends_past_the_budget_in_a_race() {
     assert!(answered >= 1, "at least the first call fits");
     settle(&server, 30).await;
     let reported = mock.stats().await["reported"]["tokens"].as_u64().unwrap();
+    eprintln!("{answered} of 30 racing calls answered, {reported} of {limit} tokens spent");
     assert!(
         reported <= limit,
         "the provider reported {reported} tokens for {answered} answered calls, more than the budget of {limit}"
