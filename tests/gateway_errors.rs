@@ -664,3 +664,173 @@ async fn upstream_breaking_off_mid_stream_is_502_with_the_tokens_seen() {
     }
     assert_eq!(mock.stats().await["aborted_streams"], 2);
 }
+
+/// The key's `used_tokens` as the console lists it.
+async fn key_used_tokens(server: &Server, id: i64) -> u64 {
+    let keys = server.data("/api/console/keys").await;
+    let key = keys.as_array().unwrap().iter().find(|k| k["id"] == id);
+    key.unwrap()["used_tokens"].as_u64().unwrap()
+}
+
+#[tokio::test]
+async fn fit_max_tokens_lowers_a_large_max_tokens_to_what_is_left() {
+    let mock = Mock::start();
+    let (_dir, server) = start(&mock, "");
+    let (id, key) = server.create_key("claude-code").await;
+    let (strict_id, strict) = server.create_key("strict").await;
+    let limit = 3_000;
+    patch_key(
+        &server,
+        id,
+        json!({"token_limit": limit, "fit_max_tokens": true}),
+    )
+    .await;
+    patch_key(&server, strict_id, json!({"token_limit": limit})).await;
+
+    // Claude Code reserves 32,000 output tokens per call: far more than the budget.
+    let body = Proto::Anthropic.body("claude-3-haiku", TEXT, 32_000, false);
+    let prompt_bound = reservation(&body) - 32_000;
+    let r = post(&server.url, "/v1/messages", Auth::XApiKey(&key), &body).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let sent = mock.requests().await.pop().unwrap();
+    assert_eq!(
+        sent["body"]["max_tokens"],
+        limit - prompt_bound,
+        "the provider was asked for what is left of the budget after the prompt: {sent}"
+    );
+    assert_eq!(sent["body"]["messages"], body["messages"]);
+
+    // Without the option the same call is refused, as before, and never leaves.
+    let r = post(&server.url, "/v1/messages", Auth::XApiKey(&strict), &body).await;
+    assert_eq!(r.status(), budget_refusal(Proto::Anthropic));
+    assert_eq!(mock_requests(&mock).await, 1);
+
+    // A request without any max_tokens gets the protocol's field, set to what is left now.
+    settle(&server, 2).await;
+    let used = key_used_tokens(&server, id).await;
+    assert!(used > 0 && used <= limit, "{used}");
+    let responses = json!({"model": "gpt-4o", "input": TEXT});
+    let r = post(&server.url, "/v1/responses", Auth::Bearer(&key), &responses).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let sent = mock.requests().await.pop().unwrap();
+    let lowered = sent["body"]["max_output_tokens"].as_u64().unwrap();
+    assert!(
+        lowered >= 1 && lowered < limit - used,
+        "max_output_tokens {lowered} fits in the {} tokens left",
+        limit - used
+    );
+    assert!(sent["body"].get("max_tokens").is_none(), "{sent}");
+    assert_eq!(sent["body"]["input"], TEXT);
+    // Two calls, the first settle's sentinel, and the Responses call.
+    settle(&server, 4).await;
+    assert!(key_used_tokens(&server, id).await <= limit);
+}
+
+#[tokio::test]
+async fn fit_max_tokens_refuses_a_prompt_that_alone_does_not_fit() {
+    let mock = Mock::start();
+    let (_dir, server) = start(&mock, "");
+    let (id, key) = server.create_key("tight").await;
+    patch_key(
+        &server,
+        id,
+        json!({"token_limit": 20, "fit_max_tokens": true}),
+    )
+    .await;
+    let body = Proto::OpenAi.body("gpt-4o", TEXT, 32_000, false);
+    let r = post(
+        &server.url,
+        "/v1/chat/completions",
+        Auth::Bearer(&key),
+        &body,
+    )
+    .await;
+    assert_eq!(r.status(), budget_refusal(Proto::OpenAi));
+    assert_eq!(mock_requests(&mock).await, 0);
+}
+
+#[tokio::test]
+async fn fit_max_tokens_never_spends_past_the_budget_in_a_race() {
+    let mock = Mock::start();
+    let (_dir, server) = start(&mock, "");
+    let (id, key) = server.create_key("racer").await;
+    let limit = 5_000;
+    patch_key(
+        &server,
+        id,
+        json!({"token_limit": limit, "fit_max_tokens": true}),
+    )
+    .await;
+    // One token per byte: each prompt costs about what the gateway reserves for it.
+    let text = text_of(600);
+    let calls = (0..30).map(|i| {
+        let (url, key, text) = (server.url.clone(), key.clone(), text.clone());
+        tokio::spawn(async move {
+            let model = format!("mock-byte-tokens-{i}");
+            let body = Proto::OpenAi.body(&model, &text, 32_000, false);
+            post(&url, "/v1/chat/completions", Auth::Bearer(&key), &body)
+                .await
+                .status()
+                .as_u16()
+        })
+    });
+    let mut answered = 0;
+    for call in calls.collect::<Vec<_>>() {
+        match call.await.unwrap() {
+            200 => answered += 1,
+            status => assert_eq!(status, budget_refusal(Proto::OpenAi)),
+        }
+    }
+    assert!(answered >= 1, "at least the first call fits");
+    settle(&server, 30).await;
+    let reported = mock.stats().await["reported"]["tokens"].as_u64().unwrap();
+    eprintln!("{answered} of 30 racing calls answered, {reported} of {limit} tokens spent");
+    assert!(
+        reported <= limit,
+        "the provider reported {reported} tokens for {answered} answered calls, more than the budget of {limit}"
+    );
+    assert_eq!(key_used_tokens(&server, id).await, reported);
+    for sent in mock.requests().await {
+        let max = sent["body"]["max_tokens"].as_u64().unwrap();
+        assert!(max < limit, "every forwarded call was lowered: {max}");
+    }
+}
+
+#[tokio::test]
+async fn fit_max_tokens_round_trips_and_must_be_a_boolean() {
+    let mock = Mock::start();
+    let (_dir, server) = start(&mock, "");
+    let (id, _) = server.create_key("setting").await;
+    let listed = |keys: Value| {
+        let key = keys
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["id"] == id)
+            .cloned();
+        key.unwrap()["fit_max_tokens"].clone()
+    };
+    assert_eq!(listed(server.data("/api/console/keys").await), false);
+    let (status, answer) = server
+        .patch(
+            &format!("/api/console/keys/{id}"),
+            &json!({"fit_max_tokens": true}),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["data"]["fit_max_tokens"], true);
+    assert_eq!(listed(server.data("/api/console/keys").await), true);
+    for bad in [json!("yes"), json!(1), Value::Null] {
+        let (status, answer) = server
+            .patch(
+                &format!("/api/console/keys/{id}"),
+                &json!({"fit_max_tokens": bad}),
+            )
+            .await;
+        assert_eq!(status, 400, "{bad}: {answer}");
+    }
+    assert_eq!(listed(server.data("/api/console/keys").await), true);
+    // Other edits leave it as it is.
+    patch_key(&server, id, json!({"rpm_limit": 5})).await;
+    assert_eq!(listed(server.data("/api/console/keys").await), true);
+}

@@ -483,6 +483,34 @@ async fn a_keys_token_limit_holds_across_instances() {
 }
 
 #[tokio::test]
+async fn fit_max_tokens_set_through_one_instance_is_honoured_by_the_other() {
+    let mock = Mock::start();
+    let dir = tempdir();
+    let (a, b) = pair(dir.path(), &providers_yaml(&mock.url));
+    let (id, key) = a.create_key("claude-code").await;
+    let limit = 3_000;
+    let path = format!("/api/console/keys/{id}");
+    let (status, _) = a.patch(&path, &json!({"token_limit": limit})).await;
+    assert_eq!(status, 200);
+    barrier(&a, &b, "sentinel-limit").await;
+    let large = chat("hi", 32_000);
+    let refused = call(&b.url, "/v1/chat/completions", &key, &large).await;
+    assert_eq!(refused.status(), 429, "32,000 tokens do not fit in {limit}");
+
+    let (status, _) = a.patch(&path, &json!({"fit_max_tokens": true})).await;
+    assert_eq!(status, 200);
+    barrier(&a, &b, "sentinel-fit").await;
+    let listed = b.data("/api/console/keys").await;
+    let on_b = listed.as_array().unwrap().iter().find(|k| k["id"] == id);
+    assert_eq!(on_b.unwrap()["fit_max_tokens"], true);
+    let answered = call(&b.url, "/v1/chat/completions", &key, &large).await;
+    assert_eq!(answered.status(), 200);
+    let sent = mock.requests().await.pop().unwrap();
+    let lowered = sent["body"]["max_tokens"].as_u64().unwrap();
+    assert!((1..limit).contains(&lowered), "B sent max_tokens {lowered}");
+}
+
+#[tokio::test]
 async fn rpm_limits_are_shared_through_redis() {
     if redis_url().is_none() {
         eprintln!("no Redis in this run (TC_TEST_DATABASE=postgres with TC_TEST_REDIS_URL): each instance counts its own RPM window, as gateway_errors tests");

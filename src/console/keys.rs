@@ -113,6 +113,7 @@ fn to_patch(body: PatchKey) -> Result<KeyPatch, ConsoleError> {
         rpm_limit: body.rpm_limit,
         allowed_models: body.allowed_models,
         expires_at,
+        fit_max_tokens: body.fit_max_tokens,
     })
 }
 

@@ -234,6 +234,8 @@ pub struct KeyView {
     pub allowed_models: Option<Vec<String>>,
     /// Expiry.
     pub expires_at: Option<String>,
+    /// Whether `max_tokens` is lowered to what is left of a budget instead of refusing.
+    pub fit_max_tokens: bool,
     /// Tokens used by recorded calls.
     pub used_tokens: u64,
     /// Recorded calls.
@@ -258,6 +260,7 @@ impl KeyView {
             rpm_limit: row.rpm_limit,
             allowed_models: row.allowed_models.clone(),
             expires_at: row.expires_at.map(rfc3339),
+            fit_max_tokens: row.fit_max_tokens,
             used_tokens,
             call_count,
         }
@@ -300,6 +303,9 @@ pub struct PatchKey {
     /// Expiry (RFC 3339), or `null` for none.
     #[serde(default, deserialize_with = "present")]
     pub expires_at: Option<Option<String>>,
+    /// Lower `max_tokens` to what is left of a budget instead of refusing.
+    #[serde(default, deserialize_with = "not_null")]
+    pub fit_max_tokens: Option<bool>,
 }
 
 /// A field that may be absent but, when present, must not be `null`.

@@ -302,13 +302,15 @@ fn spend_bound(endpoint: Endpoint, body_len: usize, request: &serde_json::Value)
     estimate::prompt_upper_bound(body_len, request).saturating_add(completion)
 }
 
+/// Reserves what the call may spend; with the key's `fit_max_tokens`, a call that does not fit
+/// reserves what is left instead, and the answer's second part is the `max_tokens` to send.
 async fn reserve(
     state: &AppState,
     key: &KeyEntry,
     endpoint: Endpoint,
     body_len: usize,
     request: &serde_json::Value,
-) -> Result<Option<crate::keys::Reservation>, GatewayError> {
+) -> Result<Option<(crate::keys::Reservation, Option<u64>)>, GatewayError> {
     if !endpoint.spends_tokens() {
         return Ok(None);
     }
@@ -322,8 +324,25 @@ async fn reserve(
         ))
     };
     let amount = spend_bound(endpoint, body_len, request);
-    match Budget::reserve(&state.budget, key_budget, amount).await {
-        Ok(reservation) => Ok(Some(reservation)),
+    let fit = key.settings().fit_max_tokens && endpoint.has_completion();
+    let reserved = match Budget::reserve(&state.budget, key_budget, amount).await {
+        Err(Refusal::Global | Refusal::Key) if fit => {
+            // The prompt must fit whole; the answers get what is left, at least a token each.
+            let prompt = estimate::prompt_upper_bound(body_len, request);
+            let choices = requested_choices(request);
+            let least = prompt.saturating_add(choices);
+            Budget::reserve_up_to(&state.budget, key_budget, least, amount)
+                .await
+                .map(|r| {
+                    let output = r.amount().saturating_sub(prompt) / choices;
+                    let lowered = (r.amount() < amount).then_some(output.max(1));
+                    (r, lowered)
+                })
+        }
+        other => other.map(|r| (r, None)),
+    };
+    match reserved {
+        Ok(reserved) => Ok(Some(reserved)),
         Err(Refusal::Global) => Err(exhausted("the gateway's")),
         Err(Refusal::Key) => Err(exhausted(&format!(
             "the API key \"{}\"'s",
@@ -442,7 +461,13 @@ async fn prepare(
             retry_after,
         ));
     }
-    if let Some(reservation) = reserve(state, &key, endpoint, body.len(), &request_value).await? {
+    let mut body = body;
+    if let Some((reservation, lowered)) =
+        reserve(state, &key, endpoint, body.len(), &request_value).await?
+    {
+        if let Some(max_tokens) = lowered {
+            body = lower_max_tokens(&body, endpoint, &request_value, max_tokens);
+        }
         meter.hold(reservation);
     }
     Ok(Prepared {
@@ -751,7 +776,67 @@ impl<S> Relay<S> {
 /// The body with `"stream_options":{"include_usage":true}` added as the first member of its
 /// object (which has no `stream_options` member).
 fn splice_stream_usage(body: &[u8]) -> Bytes {
-    const MEMBER: &[u8] = br#""stream_options":{"include_usage":true}"#;
+    splice_member(body, br#""stream_options":{"include_usage":true}"#)
+}
+
+/// The names a request may give its answer's token limit.
+const MAX_TOKENS_FIELDS: [&str; 3] = ["max_tokens", "max_completion_tokens", "max_output_tokens"];
+
+/// The body with the value of each top-level token-limit member ([`MAX_TOKENS_FIELDS`]) replaced
+/// by `max_tokens`, or with the protocol's member added when it has none. The number is spliced
+/// into the client's bytes (re-serialising a large body would cost a pass over all of it); a
+/// body the splice cannot read (a member name written with escapes) is re-serialised.
+fn lower_max_tokens(
+    body: &[u8],
+    endpoint: Endpoint,
+    request: &serde_json::Value,
+    max_tokens: u64,
+) -> Bytes {
+    let number = max_tokens.to_string();
+    let spans = member_values(body, &MAX_TOKENS_FIELDS);
+    let has_field = MAX_TOKENS_FIELDS.iter().any(|f| request.get(*f).is_some());
+    match spans {
+        Some(spans) if !spans.is_empty() => {
+            let mut spliced = Vec::with_capacity(body.len() + number.len());
+            let mut at = 0;
+            for (start, end) in spans {
+                spliced.extend_from_slice(&body[at..start]);
+                spliced.extend_from_slice(number.as_bytes());
+                at = end;
+            }
+            spliced.extend_from_slice(&body[at..]);
+            Bytes::from(spliced)
+        }
+        Some(_) if !has_field => {
+            let name = match endpoint {
+                Endpoint::Responses => "max_output_tokens",
+                _ => "max_tokens",
+            };
+            let member = format!("\"{name}\":{number}");
+            splice_member(body, member.as_bytes())
+        }
+        _ => {
+            let mut value = request.clone();
+            if let serde_json::Value::Object(object) = &mut value {
+                let name = MAX_TOKENS_FIELDS
+                    .iter()
+                    .find(|f| object.contains_key(**f))
+                    .copied()
+                    .unwrap_or("max_tokens");
+                for field in MAX_TOKENS_FIELDS {
+                    if object.contains_key(field) {
+                        object.insert(field.into(), max_tokens.into());
+                    }
+                }
+                object.entry(name).or_insert_with(|| max_tokens.into());
+            }
+            Bytes::from(value.to_string())
+        }
+    }
+}
+
+/// The body with `member` added as the first member of its top-level object.
+fn splice_member(body: &[u8], member: &[u8]) -> Bytes {
     let Some(open) = body.iter().position(|&b| b == b'{') else {
         return Bytes::copy_from_slice(body);
     };
@@ -759,14 +844,106 @@ fn splice_stream_usage(body: &[u8]) -> Bytes {
         .iter()
         .find(|b| !b.is_ascii_whitespace())
         .is_some_and(|&b| b == b'}');
-    let mut spliced = Vec::with_capacity(body.len() + MEMBER.len() + 1);
+    let mut spliced = Vec::with_capacity(body.len() + member.len() + 1);
     spliced.extend_from_slice(&body[..=open]);
-    spliced.extend_from_slice(MEMBER);
+    spliced.extend_from_slice(member);
     if !empty {
         spliced.push(b',');
     }
     spliced.extend_from_slice(&body[open + 1..]);
     Bytes::from(spliced)
+}
+
+/// The byte spans of the values of the top-level members of the JSON object `body` whose names
+/// (as written, without escapes) are among `names`; `None` when `body` is not such an object.
+fn member_values(body: &[u8], names: &[&str]) -> Option<Vec<(usize, usize)>> {
+    let skip_ws = |mut i: usize| {
+        while body.get(i).is_some_and(u8::is_ascii_whitespace) {
+            i += 1;
+        }
+        i
+    };
+    let mut i = skip_ws(0);
+    if body.get(i) != Some(&b'{') {
+        return None;
+    }
+    i = skip_ws(i + 1);
+    let mut spans = Vec::new();
+    if body.get(i) == Some(&b'}') {
+        return Some(spans);
+    }
+    loop {
+        let name_end = string_end(body, i)?;
+        let name = body.get(i + 1..name_end - 1)?;
+        i = skip_ws(name_end);
+        if body.get(i) != Some(&b':') {
+            return None;
+        }
+        let start = skip_ws(i + 1);
+        let end = value_end(body, start)?;
+        if names.iter().any(|n| n.as_bytes() == name) {
+            spans.push((start, end));
+        }
+        i = skip_ws(end);
+        match body.get(i) {
+            Some(b',') => i = skip_ws(i + 1),
+            Some(b'}') => return Some(spans),
+            _ => return None,
+        }
+    }
+}
+
+/// The index just past the JSON string that starts at `start`.
+fn string_end(body: &[u8], start: usize) -> Option<usize> {
+    if body.get(start) != Some(&b'"') {
+        return None;
+    }
+    let mut i = start + 1;
+    loop {
+        match body.get(i)? {
+            b'\\' => i += 2,
+            b'"' => return Some(i + 1),
+            _ => i += 1,
+        }
+    }
+}
+
+/// The index just past the JSON value that starts at `start`.
+fn value_end(body: &[u8], start: usize) -> Option<usize> {
+    match body.get(start)? {
+        b'"' => string_end(body, start),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut i = start;
+            loop {
+                match body.get(i)? {
+                    b'"' => {
+                        i = string_end(body, i)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(i + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+        }
+        _ => {
+            let mut i = start;
+            while body
+                .get(i)
+                .is_some_and(|b| !matches!(b, b',' | b'}' | b']') && !b.is_ascii_whitespace())
+            {
+                i += 1;
+            }
+            (i > start).then_some(i)
+        }
+    }
 }
 
 /// The longest start of `text` of at most `limit` bytes that ends on a character boundary.
@@ -791,6 +968,14 @@ pub(crate) fn inspect(bytes: &[u8]) {
     }
     let _ = ask_for_stream_usage(&mut object);
     let value = serde_json::Value::Object(object);
+    let lowered = lower_max_tokens(bytes, Endpoint::Messages, &value, 1);
+    let reread = parse_request(&lowered).ok();
+    debug_assert!(
+        reread.is_some_and(|o| o.get("max_tokens").is_some()
+            || o.get("max_completion_tokens").is_some()
+            || o.get("max_output_tokens").is_some()),
+        "lowering max_tokens keeps the body JSON"
+    );
     let _ = requested_max_tokens(&value);
     let _ = spend_bound(Endpoint::ChatCompletions, bytes.len(), &value);
     let _ = estimate::prompt_tokens(&value);
@@ -811,5 +996,43 @@ mod tests {
             &splice_stream_usage(b"{ }")[..],
             br#"{"stream_options":{"include_usage":true} }"#
         );
+    }
+
+    #[test]
+    fn lowers_only_the_top_level_max_tokens_in_the_clients_bytes() {
+        let body = br#"{"model":"m", "messages":[{"content":"\"max_tokens\": 9","max_tokens":7}],
+            "max_tokens" : 32000 ,"n":1}"#;
+        let value: serde_json::Value = serde_json::from_slice(body).unwrap();
+        let lowered = lower_max_tokens(body, Endpoint::ChatCompletions, &value, 4242);
+        let expected =
+            br#"{"model":"m", "messages":[{"content":"\"max_tokens\": 9","max_tokens":7}],
+            "max_tokens" : 4242 ,"n":1}"#;
+        assert_eq!(&lowered[..], &expected[..]);
+        let body = br#"{"model":"m","max_output_tokens":null}"#;
+        let value: serde_json::Value = serde_json::from_slice(body).unwrap();
+        let lowered = lower_max_tokens(body, Endpoint::Responses, &value, 5);
+        assert_eq!(&lowered[..], br#"{"model":"m","max_output_tokens":5}"#);
+    }
+
+    #[test]
+    fn adds_the_protocols_max_tokens_when_the_request_has_none() {
+        let body = br#"{"model":"m","input":"hi"}"#;
+        let value: serde_json::Value = serde_json::from_slice(body).unwrap();
+        let lowered = lower_max_tokens(body, Endpoint::Responses, &value, 5);
+        assert_eq!(
+            &lowered[..],
+            br#"{"max_output_tokens":5,"model":"m","input":"hi"}"#
+        );
+        let lowered = lower_max_tokens(body, Endpoint::Messages, &value, 5);
+        assert_eq!(
+            &lowered[..],
+            br#"{"max_tokens":5,"model":"m","input":"hi"}"#
+        );
+        // A name written with escapes is not found by the splice: the body is re-serialised.
+        let body = br#"{"model":"m","max\u005ftokens":900}"#;
+        let value: serde_json::Value = serde_json::from_slice(body).unwrap();
+        let lowered = lower_max_tokens(body, Endpoint::Messages, &value, 5);
+        let reread: serde_json::Value = serde_json::from_slice(&lowered).unwrap();
+        assert_eq!(reread["max_tokens"], 5);
     }
 }

@@ -327,6 +327,67 @@ impl Budget {
         Err(Refusal::Global)
     }
 
+    /// Reserves as many tokens as `global` and `key` have left, at most `most` and at least
+    /// `least` — both budgets or neither — leasing what the ledger still has when the slices this
+    /// instance holds are too small. A budget without a limit never lowers the amount.
+    pub async fn reserve_up_to(
+        global: &Arc<Budget>,
+        key: Option<&Arc<Budget>>,
+        least: u64,
+        most: u64,
+    ) -> Result<Reservation, Refusal> {
+        let most = most.max(least);
+        let mut last = Refusal::Global;
+        for _ in 0..ATTEMPTS {
+            global.refill_between(least, most, Refusal::Global).await?;
+            if let Some(key) = key {
+                key.refill_between(least, most, Refusal::Key).await?;
+            }
+            match Self::try_reserve_up_to(global, key, least, most) {
+                Ok(reservation) => return Ok(reservation),
+                Err(refusal) => last = refusal,
+            }
+        }
+        Err(last)
+    }
+
+    /// [`Budget::reserve_up_to`] from the slices held, without waiting.
+    fn try_reserve_up_to(
+        global: &Arc<Budget>,
+        key: Option<&Arc<Budget>>,
+        least: u64,
+        most: u64,
+    ) -> Result<Reservation, Refusal> {
+        let now = Instant::now();
+        let mut g = global.lock();
+        let mut amount = most;
+        if g.limit.is_some() {
+            amount = amount.min(g.free());
+        }
+        if amount < least {
+            return Err(Refusal::Global);
+        }
+        if let Some(key) = key {
+            let mut k = key.lock();
+            if k.limit.is_some() {
+                amount = amount.min(k.free());
+            }
+            if amount < least {
+                return Err(Refusal::Key);
+            }
+            k.reserved += amount;
+            k.note_demand(amount, now);
+        }
+        g.reserved += amount;
+        g.note_demand(amount, now);
+        Ok(Reservation {
+            global: global.clone(),
+            key: key.cloned(),
+            amount,
+            settled: false,
+        })
+    }
+
     /// Reserves from the slices held, without waiting; says which budget is short.
     fn try_reserve(
         global: &Arc<Budget>,
@@ -358,6 +419,12 @@ impl Budget {
 
     /// Leases enough for `amount` more; `refusal` when the ledger has not that much left.
     async fn refill(&self, amount: u64, refusal: Refusal) -> Result<(), Refusal> {
+        self.refill_between(amount, amount, refusal).await
+    }
+
+    /// Leases enough for `most` more, or what the ledger has left when that is less;
+    /// `refusal` when it has not even enough for `least`.
+    async fn refill_between(&self, least: u64, most: u64, refusal: Refusal) -> Result<(), Refusal> {
         let _one_at_a_time = self.refill.lock().await;
         let (limit, need, want) = {
             let state = self.lock();
@@ -365,10 +432,11 @@ impl Budget {
                 return Ok(());
             };
             let free = state.free();
-            if free >= amount {
+            if free >= most {
                 return Ok(());
             }
-            let need = amount - free;
+            let need = least.saturating_sub(free);
+            let wanted = most - free;
             if let Some((left, at)) = state.known_left {
                 if left < need && at.elapsed() < KNOWN_EMPTY_FOR {
                     return Err(refusal);
@@ -378,7 +446,7 @@ impl Budget {
             if let Some((left, _)) = state.known_left {
                 extra = extra.min(left / LEASE_SHARE);
             }
-            (limit, need, need.saturating_add(extra))
+            (limit, need, wanted.saturating_add(extra))
         };
         let lease = match self.ledger.lease_locally(self.scope, limit, need, want) {
             Some(lease) => lease,
@@ -397,7 +465,7 @@ impl Budget {
         }
         state.held += lease.granted;
         state.known_left = Some((lease.remaining, Instant::now()));
-        if lease.granted == 0 {
+        if lease.granted == 0 && need > 0 {
             return Err(refusal);
         }
         Ok(())
@@ -441,6 +509,11 @@ pub struct Reservation {
 }
 
 impl Reservation {
+    /// The tokens reserved.
+    pub fn amount(&self) -> u64 {
+        self.amount
+    }
+
     /// Releases the reservation and charges `actual` tokens.
     pub fn settle(mut self, actual: u64) {
         self.finish(actual);

@@ -91,6 +91,8 @@ pub struct KeySettings {
     pub expires_at: Option<jiff::Timestamp>,
     /// Requests per minute; `None` is unlimited.
     pub rpm_limit: Option<u32>,
+    /// Lower a call's `max_tokens` to what is left of a budget instead of refusing it.
+    pub fit_max_tokens: bool,
 }
 
 /// A live key as the gateway sees it.
@@ -142,6 +144,7 @@ fn settings_of(row: &KeyRow) -> KeySettings {
         allowed_models: row.allowed_models.clone(),
         expires_at: row.expires_at,
         rpm_limit: row.rpm_limit,
+        fit_max_tokens: row.fit_max_tokens,
     }
 }
 

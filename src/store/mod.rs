@@ -84,6 +84,9 @@ pub struct KeyRow {
     pub allowed_models: Option<Vec<String>>,
     /// After this instant the key is refused with 403.
     pub expires_at: Option<jiff::Timestamp>,
+    /// Whether a call whose `max_tokens` does not fit in what is left of a budget is sent with
+    /// its `max_tokens` lowered to what is left instead of being refused.
+    pub fit_max_tokens: bool,
     /// Deleted keys are kept so their history keeps its name.
     pub deleted: bool,
     /// Grows with every change made through any instance's console (see
@@ -123,6 +126,8 @@ pub struct KeyPatch {
     pub allowed_models: Option<Option<Vec<String>>>,
     /// Expiry.
     pub expires_at: Option<Option<jiff::Timestamp>>,
+    /// Lower `max_tokens` to what is left of a budget instead of refusing.
+    pub fit_max_tokens: Option<bool>,
 }
 
 /// Summed figures of many calls, as the aggregate tables keep them.

@@ -31,6 +31,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres/0003_rollups.sql"),
     include_str!("migrations/postgres/0004_clients.sql"),
     include_str!("migrations/postgres/0005_budget_leases.sql"),
+    include_str!("migrations/postgres/0006_fit_max_tokens.sql"),
 ];
 /// Most pooled connections per instance (readers, key changes, ledger and the batch writer).
 const POOL_SIZE: usize = 16;
@@ -443,7 +444,7 @@ impl PgStore {
         let updated = tx
             .execute(
                 "UPDATE api_keys SET name = $2, description = $3, enabled = $4, token_limit = $5,
-                 rpm_limit = $6, allowed_models = $7, expires_at = $8,
+                 rpm_limit = $6, allowed_models = $7, expires_at = $8, fit_max_tokens = $9,
                  version = (SELECT MAX(version) + 1 FROM api_keys) WHERE id = $1",
                 &[
                     &id,
@@ -454,6 +455,7 @@ impl PgStore {
                     &key.rpm_limit.map(i64::from),
                     &allowed,
                     &key.expires_at.map(ms),
+                    &key.fit_max_tokens,
                 ],
             )
             .await;
@@ -833,7 +835,8 @@ fn name_conflict<T>(result: Result<T, tokio_postgres::Error>, name: &str) -> Res
 }
 
 const KEY_SELECT: &str = "SELECT id, name, description, key_hash, display, created_at, last_used,
-    enabled, token_limit, rpm_limit, allowed_models, expires_at, deleted_at, version FROM api_keys";
+    enabled, token_limit, rpm_limit, allowed_models, expires_at, deleted_at, version,
+    fit_max_tokens FROM api_keys";
 
 async fn select_key(client: &impl GenericClient, id: i64) -> Result<Option<KeyRow>, StoreError> {
     let row = client
@@ -866,6 +869,7 @@ fn read_key(row: &Row) -> Result<KeyRow, StoreError> {
         expires_at: row.try_get::<_, Option<i64>>(11)?.map(from_ms),
         deleted: row.try_get::<_, Option<i64>>(12)?.is_some(),
         version: row.try_get(13)?,
+        fit_max_tokens: row.try_get(14)?,
     })
 }
 

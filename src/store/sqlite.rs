@@ -21,6 +21,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite/0003_rollups.sql"),
     include_str!("migrations/sqlite/0004_clients.sql"),
     include_str!("migrations/sqlite/0005_budget_leases.sql"),
+    include_str!("migrations/sqlite/0006_fit_max_tokens.sql"),
 ];
 const READERS: usize = 4;
 pub(super) const MS_PER_HOUR: i64 = 3_600_000;
@@ -361,7 +362,7 @@ impl SqliteStore {
             .map(|m| serde_json::to_string(m).unwrap_or_else(|_| "[]".into()));
         let updated = tx.execute(
             "UPDATE api_keys SET name = ?2, description = ?3, enabled = ?4, token_limit = ?5,
-             rpm_limit = ?6, allowed_models = ?7, expires_at = ?8,
+             rpm_limit = ?6, allowed_models = ?7, expires_at = ?8, fit_max_tokens = ?9,
              version = (SELECT MAX(version) + 1 FROM api_keys) WHERE id = ?1",
             params![
                 id,
@@ -371,7 +372,8 @@ impl SqliteStore {
                 key.token_limit.map(to_i64),
                 key.rpm_limit,
                 allowed,
-                key.expires_at.map(ms)
+                key.expires_at.map(ms),
+                key.fit_max_tokens
             ],
         );
         map_name_conflict(updated, &key.name)?;
@@ -673,6 +675,9 @@ pub(super) fn apply_patch(key: &mut KeyRow, patch: &KeyPatch) {
     if let Some(expires_at) = patch.expires_at {
         key.expires_at = expires_at;
     }
+    if let Some(fit) = patch.fit_max_tokens {
+        key.fit_max_tokens = fit;
+    }
 }
 
 fn map_name_conflict(result: rusqlite::Result<usize>, name: &str) -> Result<(), StoreError> {
@@ -688,7 +693,8 @@ fn map_name_conflict(result: rusqlite::Result<usize>, name: &str) -> Result<(), 
 }
 
 const KEY_SELECT: &str = "SELECT id, name, description, key_hash, display, created_at, last_used,
-    enabled, token_limit, rpm_limit, allowed_models, expires_at, deleted_at, version FROM api_keys";
+    enabled, token_limit, rpm_limit, allowed_models, expires_at, deleted_at, version,
+    fit_max_tokens FROM api_keys";
 
 fn select_key(tx: &Transaction<'_>, id: i64) -> Result<Option<KeyRow>, StoreError> {
     Ok(tx
@@ -718,6 +724,7 @@ fn read_key(row: &Row<'_>) -> rusqlite::Result<KeyRow> {
         expires_at: row.get::<_, Option<i64>>(11)?.map(from_ms),
         deleted: row.get::<_, Option<i64>>(12)?.is_some(),
         version: row.get(13)?,
+        fit_max_tokens: row.get(14)?,
     })
 }
 
