@@ -726,6 +726,51 @@ async fn fit_max_tokens_lowers_a_large_max_tokens_to_what_is_left() {
     assert!(key_used_tokens(&server, id).await <= limit);
 }
 
+/// A request that names no output limit could spend more than any reservation: under a budget it
+/// is forwarded with the limit it was reserved for; without one, as it came.
+#[tokio::test]
+async fn a_budgeted_request_without_an_output_limit_is_sent_with_the_reserved_one() {
+    let mock = Mock::start();
+    let (_dir, server) = start(&mock, "");
+    let (id, limited) = server.create_key("limited").await;
+    let (_, free) = server.create_key("free").await;
+    patch_key(&server, id, json!({"token_limit": 1_000_000})).await;
+    let cases = [
+        (
+            "/v1/chat/completions",
+            json!({"model": "gpt-4o", "messages": [{"role": "user", "content": TEXT}]}),
+            "max_completion_tokens",
+        ),
+        (
+            "/v1/responses",
+            json!({"model": "gpt-4o", "input": TEXT}),
+            "max_output_tokens",
+        ),
+        (
+            "/v1/completions",
+            json!({"model": "gpt-4o", "prompt": TEXT}),
+            "max_tokens",
+        ),
+    ];
+    for (path, body, field) in cases {
+        let r = post(&server.url, path, Auth::Bearer(&limited), &body).await;
+        assert_eq!(r.status(), 200, "{path}: {}", r.text().await.unwrap());
+        let sent = mock.requests().await.pop().unwrap();
+        assert_eq!(sent["body"][field], 4096, "{path}: {sent}");
+        let others = ["max_tokens", "max_completion_tokens", "max_output_tokens"];
+        for other in others.iter().filter(|o| **o != field) {
+            assert!(sent["body"].get(*other).is_none(), "{path}: {sent}");
+        }
+        let r = post(&server.url, path, Auth::Bearer(&free), &body).await;
+        assert_eq!(r.status(), 200, "{path}: {}", r.text().await.unwrap());
+        let sent = mock.requests().await.pop().unwrap();
+        assert_eq!(
+            sent["body"], body,
+            "{path}: without a budget the body goes as it came"
+        );
+    }
+}
+
 #[tokio::test]
 async fn fit_max_tokens_refuses_a_prompt_that_alone_does_not_fit() {
     let mock = Mock::start();

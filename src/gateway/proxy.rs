@@ -303,7 +303,9 @@ fn spend_bound(endpoint: Endpoint, body_len: usize, request: &serde_json::Value)
 }
 
 /// Reserves what the call may spend; with the key's `fit_max_tokens`, a call that does not fit
-/// reserves what is left instead, and the answer's second part is the `max_tokens` to send.
+/// reserves what is left instead. The answer's second part is the `max_tokens` to send: the
+/// lowered one, or [`DEFAULT_MAX_TOKENS`] for a request that names none (without it the model
+/// could write past the reservation).
 async fn reserve(
     state: &AppState,
     key: &KeyEntry,
@@ -339,7 +341,12 @@ async fn reserve(
                     (r, lowered)
                 })
         }
-        other => other.map(|r| (r, None)),
+        // A request that names no output limit may run to the model's own: it is given the
+        // limit it was reserved for, so that the reservation stays a true upper bound.
+        other => other.map(|r| {
+            let unlimited = endpoint.has_completion() && requested_max_tokens(request).is_none();
+            (r, unlimited.then_some(DEFAULT_MAX_TOKENS))
+        }),
     };
     match reserved {
         Ok(reserved) => Ok(Some(reserved)),
@@ -808,10 +815,7 @@ fn lower_max_tokens(
             Bytes::from(spliced)
         }
         Some(_) if !has_field => {
-            let name = match endpoint {
-                Endpoint::Responses => "max_output_tokens",
-                _ => "max_tokens",
-            };
+            let name = limit_field(endpoint);
             let member = format!("\"{name}\":{number}");
             splice_member(body, member.as_bytes())
         }
@@ -822,7 +826,7 @@ fn lower_max_tokens(
                     .iter()
                     .find(|f| object.contains_key(**f))
                     .copied()
-                    .unwrap_or("max_tokens");
+                    .unwrap_or(limit_field(endpoint));
                 for field in MAX_TOKENS_FIELDS {
                     if object.contains_key(field) {
                         object.insert(field.into(), max_tokens.into());
@@ -832,6 +836,17 @@ fn lower_max_tokens(
             }
             Bytes::from(value.to_string())
         }
+    }
+}
+
+/// The member a request of `endpoint` names its output limit with when the gateway adds one:
+/// chat/completions takes `max_completion_tokens` (OpenAI's reasoning models refuse
+/// `max_tokens`), the Responses API `max_output_tokens`, the others `max_tokens`.
+fn limit_field(endpoint: Endpoint) -> &'static str {
+    match endpoint {
+        Endpoint::Responses => "max_output_tokens",
+        Endpoint::ChatCompletions => "max_completion_tokens",
+        _ => "max_tokens",
     }
 }
 
