@@ -9,7 +9,8 @@ import { startStack, launchBrowser, openPage, assertNoProblems, switchTab, colle
 
 const CJK = /[\u3000-\u303f\u3400-\u9fff\uff00-\uffef]/;
 // Words that are the same in both languages: product and protocol names.
-const SHARED = [/console\.admin_key/g, /CONSOLE_ADMIN_KEY/g, /\bTokens?\b/g, /\bAPI\b/g, /\bLLM\b/g, /\bJSON\b/g, /\bms\b/g];
+// Client families and count_tokens are the API's own identifiers, the same in every language.
+const SHARED = [/\b(claude-cli|codex|openai-python|openai-node|anthropic-python|anthropic-typescript|curl|count_tokens)\b/g, /console\.admin_key/g, /CONSOLE_ADMIN_KEY/g, /\bTokens?\b/g, /\bAPI\b/g, /\bLLM\b/g, /\bJSON\b/g, /\bms\b/g];
 
 let stack;
 let browser;

@@ -23,7 +23,11 @@ before(async () => {
   assert.equal(await stack.chat(key.value, 'mock-error-404'), 404);
   assert.equal(await stack.chat(key.value, 'mock-error-503'), 503);
   assert.equal(await stack.chat(key.value, 'stream-model', 'hi', { stream: true }), 200);
-  await stack.waitForCalls(5);
+  assert.equal(await stack.chat(key.value, 'alpha-model', 'from curl', { headers: { 'User-Agent': 'curl/8.5.0' } }), 200);
+  // Counting tokens is recorded, but apart from the calls.
+  assert.equal(await stack.countTokens(key.value), 200);
+  await stack.waitForCalls(6);
+  await waitUntil(async () => (await stack.data('/stats')).count_tokens_calls >= 1, 'the count_tokens record');
 });
 
 after(async () => {
@@ -169,6 +173,22 @@ test('typing an endpoint, a method or a status narrows the list to matching rows
     await page.selectOption('#filter-model', '');
     await page.selectOption('#filter-key', String(key.id));
     await waitForRowCount(page, all.filter((r) => r.key_id === key.id).length);
+    await page.selectOption('#filter-key', '');
+    // Client family and kind (calls, or Anthropic's count_tokens).
+    const curl = all.filter((r) => r.client === 'curl');
+    assert.equal(curl.length, 1, 'one call was made with curl\'s User-Agent');
+    await page.selectOption('#filter-client', 'curl');
+    await waitForRowCount(page, 1);
+    assert.deepEqual((await visibleRows(page)).map((r) => r.id), curl.map((r) => r.id));
+    await page.selectOption('#filter-client', '');
+    const counts = all.filter((r) => r.endpoint === '/v1/messages/count_tokens');
+    assert.equal(counts.length, 1);
+    await page.selectOption('#filter-kind', 'count_tokens');
+    await waitForRowCount(page, 1);
+    assert.deepEqual((await visibleRows(page)).map((r) => r.id), counts.map((r) => r.id));
+    await page.selectOption('#filter-kind', 'call');
+    await waitForRowCount(page, all.length - 1);
+    await page.selectOption('#filter-kind', '');
     assertNoProblems(t, problems, assert);
   } finally {
     await context.close();

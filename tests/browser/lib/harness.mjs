@@ -102,6 +102,7 @@ export async function startStack({ adminKey, totalTokens } = {}) {
     lines.push(
       'providers:',
       `  - { name: mock, kind: openai, base_url: "${mockUrl}/v1", api_key: "mock-key", models: ["*"] }`,
+      `  - { name: mock-anthropic, kind: anthropic, base_url: "${mockUrl}", api_key: "mock-key", models: ["claude-*"] }`,
       '',
     );
     const configPath = path.join(tmp, 'config.yaml');
@@ -140,8 +141,8 @@ export async function startStack({ adminKey, totalTokens } = {}) {
         return body.data;
       },
       /** One OpenAI chat call through the gateway (read to the end); returns the HTTP status. */
-      async chat(key, model = 'gpt-test', content = 'hello', { stream = false } = {}) {
-        const headers = { 'Content-Type': 'application/json' };
+      async chat(key, model = 'gpt-test', content = 'hello', { stream = false, headers: extra = {} } = {}) {
+        const headers = { 'Content-Type': 'application/json', ...extra };
         if (key) headers.Authorization = `Bearer ${key}`;
         const body = { model, messages: [{ role: 'user', content }] };
         if (stream) body.stream = true;
@@ -149,6 +150,16 @@ export async function startStack({ adminKey, totalTokens } = {}) {
           method: 'POST',
           headers,
           body: JSON.stringify(body),
+        });
+        await res.arrayBuffer();
+        return res.status;
+      },
+      /** One Anthropic count_tokens call through the gateway; returns the HTTP status. */
+      async countTokens(key, model = 'claude-test', content = 'hello') {
+        const res = await fetch(`${gateway}/v1/messages/count_tokens`, {
+          method: 'POST',
+          headers: { 'Content-Type': 'application/json', 'x-api-key': key, 'anthropic-version': '2023-06-01' },
+          body: JSON.stringify({ model, messages: [{ role: 'user', content }] }),
         });
         await res.arrayBuffer();
         return res.status;

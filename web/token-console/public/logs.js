@@ -1,6 +1,7 @@
 // The logs tab: the newest calls first, live rows from the log stream (with
 // a pause switch), a search box that filters as you type, filters by model,
-// key and status class, and "load more" paging by `before_id`.
+// key, status class, client and kind (calls or count_tokens), and "load more"
+// paging by `before_id`.
 
 import { api } from './api.js';
 import { t } from './i18n.js';
@@ -10,6 +11,8 @@ const PAGE = 100;
 /** Most rows kept on the page; older ones drop off ("load more" brings them back). */
 const MAX_ROWS = 2000;
 const STATUS_CLASS = /^[1-5]xx$/i;
+/** The endpoint of Anthropic's token counting, recorded apart from calls. */
+const COUNT_TOKENS = '/v1/messages/count_tokens';
 
 export function statusClass(status) {
   const s = Number(status);
@@ -30,7 +33,7 @@ export class Logs {
     this.paused = false;
     this.pending = [];
     this.streamState = 'connecting';
-    this.filters = { q: '', model: '', key_id: '', status: '' };
+    this.filters = { q: '', model: '', key_id: '', status: '', client: '', kind: '' };
     this.knownModels = new Set();
     this.keys = [];
     this.seq = 0;
@@ -57,7 +60,7 @@ export class Logs {
         this.searchSoon();
       }
     });
-    for (const [id, field] of [['filter-model', 'model'], ['filter-key', 'key_id'], ['filter-status', 'status']]) {
+    for (const [id, field] of [['filter-model', 'model'], ['filter-key', 'key_id'], ['filter-status', 'status'], ['filter-client', 'client'], ['filter-kind', 'kind']]) {
       document.getElementById(id).addEventListener('change', (e) => {
         this.filters[field] = e.target.value;
         this.render();
@@ -83,6 +86,8 @@ export class Logs {
     if (this.filters.model) p.model = this.filters.model;
     if (this.filters.key_id) p.key_id = this.filters.key_id;
     if (this.filters.status) p.status = this.filters.status;
+    if (this.filters.client) p.client = this.filters.client;
+    if (this.filters.kind) p.kind = this.filters.kind;
     if (q) {
       // The server's `q` matches endpoint, method, status and model as substrings, like
       // `matches()` below; a status class ("4xx") is not a substring, so it goes as `status`.
@@ -98,6 +103,8 @@ export class Logs {
     if (f.model && row.model !== f.model) return false;
     if (f.key_id && String(row.key_id) !== String(f.key_id)) return false;
     if (f.status && statusClass(row.status) !== f.status) return false;
+    if (f.client && row.client !== f.client) return false;
+    if (f.kind && (row.endpoint === COUNT_TOKENS) !== (f.kind === 'count_tokens')) return false;
     const q = f.q.toLowerCase();
     if (!q) return true;
     if (STATUS_CLASS.test(q)) return statusClass(row.status) === q;
