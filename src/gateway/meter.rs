@@ -50,18 +50,30 @@ pub struct Meter {
 impl Meter {
     /// Starts metering a call that just arrived, once the recorder has room for its record;
     /// when no room frees up in time the call is answered 503 (naming the cause) unrecorded.
-    pub async fn start(
+    ///
+    /// What the call is (method, path, client, session) is read from `request` before waiting, so
+    /// the future holds no borrow of it.
+    pub fn start(
         state: &AppState,
         endpoint: Endpoint,
-        method: &str,
-        path: &str,
-    ) -> Result<Self, axum::response::Response> {
-        let slot = state.recorder.slot().await.map_err(|full| {
-            tracing::warn!("refused a call: {}", full.message);
-            super::GatewayError::Unavailable(full.message)
-                .into_protocol_response(endpoint.protocol())
-        })?;
-        Ok(Self::with_slot(state, slot, endpoint, method, path))
+        request: &axum::extract::Request,
+    ) -> impl std::future::Future<Output = Result<Self, axum::response::Response>> + Send + 'static
+    {
+        let state = state.clone();
+        let method = request.method().as_str().to_owned();
+        let path = request.uri().path().to_owned();
+        let (client, session_id) = client_of(request.headers());
+        async move {
+            let slot = state.recorder.slot().await.map_err(|full| {
+                tracing::warn!("refused a call: {}", full.message);
+                super::GatewayError::Unavailable(full.message)
+                    .into_protocol_response(endpoint.protocol())
+            })?;
+            let mut meter = Self::with_slot(&state, slot, endpoint, &method, &path);
+            meter.record.client = client;
+            meter.record.session_id = session_id;
+            Ok(meter)
+        }
     }
 
     fn with_slot(
@@ -107,16 +119,6 @@ impl Meter {
     /// When the call started.
     pub fn started(&self) -> Instant {
         self.started
-    }
-
-    /// The client family (from `User-Agent`) and the session id the client sent, if any.
-    pub fn set_client(&mut self, headers: &axum::http::HeaderMap) {
-        let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-        self.record.client =
-            crate::usage::client_family(text(axum::http::header::USER_AGENT.as_str())).to_owned();
-        self.record.session_id = SESSION_HEADERS
-            .iter()
-            .find_map(|name| text(name).and_then(crate::usage::session_id));
     }
 
     /// The key the call is made with.
@@ -381,6 +383,16 @@ impl Drop for Meter {
 /// answer: treated as no usage at all, so the call is estimated instead.
 fn is_zero(usage: &TokenUsage) -> bool {
     usage.prompt == 0 && usage.completion == 0 && usage.total == 0
+}
+
+/// The client family (from `User-Agent`) and the session id a call's headers carry.
+fn client_of(headers: &axum::http::HeaderMap) -> (String, Option<String>) {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let client = crate::usage::client_family(text(axum::http::header::USER_AGENT.as_str()));
+    let session = SESSION_HEADERS
+        .iter()
+        .find_map(|name| text(name).and_then(crate::usage::session_id));
+    (client.to_owned(), session)
 }
 
 fn truncate(text: &str) -> String {

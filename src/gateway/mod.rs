@@ -90,30 +90,37 @@ pub fn router() -> Router<AppState> {
         .route("/v1/{*rest}", axum::routing::any(unknown_route))
 }
 
-/// 405 (recorded when made with a valid key) for a known `/v1` route called with the wrong method (used as the router's
-/// method-not-allowed fallback, so every `/v1` call with a valid key is recorded).
+/// 405 (recorded when made with a valid key) for a known `/v1` route called with the wrong
+/// method (used as the router's method-not-allowed fallback, so every `/v1` call with a valid key
+/// is recorded).
 pub async fn wrong_method(State(state): State<AppState>, request: Request) -> Response {
-    let path = request.uri().path().to_owned();
+    refuse_unserved(&state, request, |method, path| {
+        GatewayError::MethodNotAllowed(format!(
+            "{method} is not allowed on {path}; see the API reference for the method"
+        ))
+    })
+    .await
+}
+
+/// Refuses a `/v1` call no route serves, in the protocol its path suggests, recording it when it
+/// carries a valid key; `error` is made from the call's method and path.
+async fn refuse_unserved(
+    state: &AppState,
+    request: Request,
+    error: impl FnOnce(&axum::http::Method, &str) -> GatewayError,
+) -> Response {
+    let path = request.uri().path();
     let endpoint = if path.starts_with("/v1/messages") {
         Endpoint::Messages
     } else {
         Endpoint::Models
     };
-    let mut meter =
-        match meter::Meter::start(&state, endpoint, request.method().as_str(), &path).await {
-            Ok(meter) => meter,
-            Err(unavailable) => return unavailable,
-        };
-    meter.set_client(request.headers());
-    proxy::identify(&state, request.headers(), &mut meter);
-    proxy::refuse(
-        meter,
-        endpoint,
-        GatewayError::MethodNotAllowed(format!(
-            "{} is not allowed on {path}; see the API reference for the method",
-            request.method()
-        )),
-    )
+    let mut meter = match meter::Meter::start(state, endpoint, &request).await {
+        Ok(meter) => meter,
+        Err(unavailable) => return unavailable,
+    };
+    proxy::identify(state, request.headers(), &mut meter);
+    proxy::refuse(meter, endpoint, error(request.method(), path))
 }
 
 /// `GET /v1/responses`: a client opening the Responses API as a WebSocket (Codex does, with
@@ -128,12 +135,10 @@ async fn responses_websocket(State(state): State<AppState>, request: Request) ->
     if !upgrade {
         return wrong_method(State(state), request).await;
     }
-    let path = request.uri().path().to_owned();
-    let mut meter = match meter::Meter::start(&state, Endpoint::Responses, "GET", &path).await {
+    let mut meter = match meter::Meter::start(&state, Endpoint::Responses, &request).await {
         Ok(meter) => meter,
         Err(unavailable) => return unavailable,
     };
-    meter.set_client(request.headers());
     let _ = proxy::authenticate(&state, request.headers(), &mut meter).await;
     proxy::refuse(
         meter,
@@ -156,25 +161,10 @@ fn proxied(endpoint: Endpoint) -> MethodRouter<AppState> {
 /// Any other `/v1/*` call: 404 in the protocol the path suggests, recorded like every call made
 /// with a valid key.
 async fn unknown_route(State(state): State<AppState>, request: Request) -> Response {
-    let path = request.uri().path().to_owned();
-    let endpoint = if path.starts_with("/v1/messages") {
-        Endpoint::Messages
-    } else {
-        Endpoint::Models
-    };
-    let mut meter =
-        match meter::Meter::start(&state, endpoint, request.method().as_str(), &path).await {
-            Ok(meter) => meter,
-            Err(unavailable) => return unavailable,
-        };
-    meter.set_client(request.headers());
-    proxy::identify(&state, request.headers(), &mut meter);
-    proxy::refuse(
-        meter,
-        endpoint,
+    refuse_unserved(&state, request, |method, path| {
         GatewayError::NotFound(format!(
-            "{} {path} is not a route of this gateway; use /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses, /v1/messages, /v1/messages/count_tokens or /v1/models",
-            request.method()
-        )),
-    )
+            "{method} {path} is not a route of this gateway; use /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses, /v1/messages, /v1/messages/count_tokens or /v1/models"
+        ))
+    })
+    .await
 }

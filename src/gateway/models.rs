@@ -134,13 +134,10 @@ fn anthropic_shape(ids: &[ModelId]) -> serde_json::Value {
 
 /// Lists the models the caller's key may use.
 pub async fn list(State(state): State<AppState>, request: Request) -> Response {
-    let path = request.uri().path().to_owned();
-    let mut meter =
-        match Meter::start(&state, Endpoint::Models, request.method().as_str(), &path).await {
-            Ok(meter) => meter,
-            Err(unavailable) => return unavailable,
-        };
-    meter.set_client(request.headers());
+    let mut meter = match Meter::start(&state, Endpoint::Models, &request).await {
+        Ok(meter) => meter,
+        Err(unavailable) => return unavailable,
+    };
     let key = match proxy::authenticate(&state, request.headers(), &mut meter).await {
         Ok(key) => key,
         Err(e) => return proxy::refuse(meter, Endpoint::Models, e),

@@ -74,12 +74,10 @@ const DROPPED_RESPONSE_HEADERS: [&str; 8] = [
 
 /// Handles one call of a token-spending route.
 pub async fn handle(state: AppState, endpoint: Endpoint, request: Request) -> Response {
-    let path = request.uri().path().to_owned();
-    let mut meter = match Meter::start(&state, endpoint, request.method().as_str(), &path).await {
+    let mut meter = match Meter::start(&state, endpoint, &request).await {
         Ok(meter) => meter,
         Err(unavailable) => return unavailable,
     };
-    meter.set_client(request.headers());
     let prepared = match prepare(&state, endpoint, request, &mut meter).await {
         Ok(prepared) => prepared,
         Err(e) => return refuse(meter, endpoint, e),

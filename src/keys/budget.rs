@@ -188,10 +188,6 @@ impl State {
         self.held.saturating_sub(self.reserved)
     }
 
-    fn fits(&self, amount: u64) -> bool {
-        self.limit.is_none() || self.free() >= amount
-    }
-
     fn note_demand(&mut self, amount: u64, now: Instant) {
         let (start, current, previous) = &mut self.demand;
         let elapsed = now.saturating_duration_since(*start);
@@ -388,33 +384,13 @@ impl Budget {
         })
     }
 
-    /// Reserves from the slices held, without waiting; says which budget is short.
+    /// Reserves exactly `amount` from the slices held, without waiting; says which budget is short.
     fn try_reserve(
         global: &Arc<Budget>,
         key: Option<&Arc<Budget>>,
         amount: u64,
     ) -> Result<Reservation, Refusal> {
-        let now = Instant::now();
-        let mut g = global.lock();
-        if !g.fits(amount) {
-            return Err(Refusal::Global);
-        }
-        if let Some(key) = key {
-            let mut k = key.lock();
-            if !k.fits(amount) {
-                return Err(Refusal::Key);
-            }
-            k.reserved += amount;
-            k.note_demand(amount, now);
-        }
-        g.reserved += amount;
-        g.note_demand(amount, now);
-        Ok(Reservation {
-            global: global.clone(),
-            key: key.cloned(),
-            amount,
-            settled: false,
-        })
+        Self::try_reserve_up_to(global, key, amount, amount)
     }
 
     /// Leases enough for `amount` more; `refusal` when the ledger has not that much left.
