@@ -67,7 +67,7 @@ fn extrapolate(tokens: u64, sampled: usize, total: usize) -> u64 {
 }
 
 /// The longest start of `text` of at most `limit` bytes that ends on a character boundary.
-fn prefix(text: &str, limit: usize) -> &str {
+pub(super) fn prefix(text: &str, limit: usize) -> &str {
     if text.len() <= limit {
         return text;
     }

@@ -405,7 +405,7 @@ async fn prepare(
         .unwrap_or(false);
     if model.len() > MAX_MODEL_BYTES {
         meter.set_request(Meter::UNROUTED, stream, Arc::new(serde_json::Value::Null));
-        let cut = char_prefix(&model, 64);
+        let cut = estimate::prefix(&model, 64);
         return Err(GatewayError::BadRequest(format!(
             "the model name is {} bytes long, more than the gateway's limit of {MAX_MODEL_BYTES}; name a configured model (it began \"{cut}…\")",
             model.len()
@@ -957,15 +957,6 @@ fn value_end(body: &[u8], start: usize) -> Option<usize> {
             (i > start).then_some(i)
         }
     }
-}
-
-/// The longest start of `text` of at most `limit` bytes that ends on a character boundary.
-fn char_prefix(text: &str, limit: usize) -> &str {
-    let mut end = limit.min(text.len());
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }
 
 /// Runs every read the gateway makes of a client's request body (for the fuzzer).
