@@ -89,14 +89,7 @@ impl Metrics {
         let series = inner.series.entry(labels).or_default();
         series.requests += 1;
         let t = &call.tokens;
-        for (slot, value) in series.tokens.iter_mut().zip([
-            t.prompt,
-            t.completion,
-            t.cache_read,
-            t.cache_creation,
-            t.reasoning,
-            t.total,
-        ]) {
+        for (slot, value) in series.tokens.iter_mut().zip(t.counts()) {
             *slot += value;
         }
         series.duration.observe(call.duration_ms);
@@ -363,13 +356,7 @@ mod tests {
                 key_name: Some("k".into()),
                 tokens: TokenUsage::new(1, 1),
                 duration_ms: 1,
-                ttft_ms: None,
-                stream: false,
-                estimated: false,
-                error: None,
-                client: String::new(),
-                session_id: None,
-                answer: Default::default(),
+                ..CallRecord::default()
             };
             metrics.observe(&call, 0.0);
         }

@@ -15,7 +15,9 @@ use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use token_console::config::{Cli, Config};
 use token_console::state::AppState;
-use token_console::store::scratch::{self, ScratchDb};
+#[path = "common/scratch.rs"]
+mod scratch;
+use scratch::ScratchDb;
 use token_console::store::Store;
 use token_console::usage::{CallRecord, Recorder, TokenUsage};
 use tower::ServiceExt;

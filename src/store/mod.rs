@@ -1,15 +1,18 @@
 //! The store: the only module that knows SQL. Keys, raw call records, their aggregates, and the
 //! shared ledgers that let several gateway instances behave as one.
 //!
-//! [`Store`] is the one interface the rest of the program uses; it dispatches to a backend:
-//! SQLite (embedded, one machine) or PostgreSQL (shared by several instances). SQLite's blocking
-//! work runs on tokio's blocking pool and PostgreSQL's is asynchronous, so no request handler
-//! ever blocks a runtime thread on the database. The recorder's batch writes go through
-//! [`BatchWriter`], which owns its own connection (SQLite) or borrows one from the pool
-//! (PostgreSQL).
+//! [`Store`] is the one interface the rest of the program uses. Its queries are written once
+//! ([`queries`], over the [`sql::Db`] trait) and run on either backend: SQLite (embedded, one
+//! machine) or PostgreSQL (shared by several instances); the backend modules know connections,
+//! not queries. SQLite's blocking work runs on tokio's blocking pool and PostgreSQL's is
+//! asynchronous, so no request handler ever blocks a runtime thread on the database. The
+//! recorder's batch writes go through [`BatchWriter`], which owns its own connection (SQLite) or
+//! borrows one from the pool (PostgreSQL).
 
 mod postgres;
-pub mod scratch;
+mod queries;
+mod schema;
+mod sql;
 mod sqlite;
 
 use std::collections::HashMap;
@@ -55,6 +58,20 @@ pub enum StoreError {
     /// A blocking task failed.
     #[error("store task failed: {0}")]
     Task(String),
+    /// A row did not have the shape its query promised.
+    #[error("unexpected data in the database: {0}")]
+    Decode(String),
+}
+
+impl StoreError {
+    /// Whether the database refused a change because it broke a uniqueness constraint.
+    fn is_unique_violation(&self) -> bool {
+        match self {
+            Self::Database(e) => sqlite::is_unique_violation(e),
+            Self::Postgres(e) => postgres::is_unique_violation(e),
+            _ => false,
+        }
+    }
 }
 
 /// An API key as stored (the full key is never stored, only its hash).
@@ -290,6 +307,7 @@ pub(crate) fn grant(limit: u64, taken: u64, need: u64, want: u64) -> Lease {
 #[derive(Clone)]
 pub struct Store {
     backend: Backend,
+    timezone: jiff::tz::TimeZone,
 }
 
 #[derive(Clone)]
@@ -299,20 +317,37 @@ enum Backend {
 }
 
 /// Writes batches of call records with their aggregates, for the recorder.
-pub enum BatchWriter {
+pub struct BatchWriter {
+    connection: WriterConnection,
+    timezone: jiff::tz::TimeZone,
+    max_logs: u64,
+}
+
+enum WriterConnection {
     /// SQLite: synchronous, on the recorder's own thread (which is not a runtime worker).
-    Sqlite(sqlite::SqliteBatchWriter),
-    /// PostgreSQL: asynchronous.
-    Postgres(postgres::PgBatchWriter),
+    Sqlite(rusqlite::Connection),
+    /// PostgreSQL: asynchronous, on a pooled connection per batch.
+    Postgres(Arc<postgres::PgStore>),
 }
 
 impl BatchWriter {
     /// Writes the records, their aggregates and the keys' `last_used` in one transaction, trims
     /// the raw log to `max_logs`, and returns the records with their new ids.
     pub async fn write(&mut self, records: &[CallRecord]) -> Result<Vec<LoggedCall>, StoreError> {
-        match self {
-            Self::Sqlite(writer) => writer.write(records),
-            Self::Postgres(writer) => writer.write(records).await,
+        let (tz, max_logs) = (&self.timezone, self.max_logs);
+        match &mut self.connection {
+            WriterConnection::Sqlite(conn) => sqlite::in_transaction(conn, |db| {
+                sql::now(queries::write_batch(db, records, tz, max_logs))
+            }),
+            WriterConnection::Postgres(pg) => {
+                let mut client = pg.client().await?;
+                let tx = client.transaction().await?;
+                let logged =
+                    queries::write_batch(&mut postgres::PgDb::new(&tx), records, tz, max_logs)
+                        .await?;
+                tx.commit().await?;
+                Ok(logged)
+            }
         }
     }
 }
@@ -326,17 +361,34 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| StoreError::Task(e.to_string()))?
 }
 
-/// Calls the same method on whichever backend the store has.
-macro_rules! dispatch {
-    ($self:ident, $method:ident ( $($arg:expr),* )) => {
+/// Runs `queries::$op(db, args…)` on whichever backend the store has: on a read connection
+/// (`read`) or in a write transaction (`write`). Arguments are moved in (SQLite runs the query on
+/// the blocking pool); a `&` before one passes it by reference.
+macro_rules! run {
+    ($mode:ident, $self:ident, $op:ident ( $($arg:expr),* )) => {
         match &$self.backend {
             Backend::Sqlite(backend) => {
                 let backend = backend.clone();
-                blocking(move || backend.$method($($arg),*)).await
+                blocking(move || backend.$mode(|db| sql::now(queries::$op(db, $($arg),*)))).await
             }
-            Backend::Postgres(backend) => backend.$method($($arg),*).await,
+            Backend::Postgres(backend) => on_postgres!($mode, backend, $op($($arg),*)),
         }
     };
+}
+
+/// The PostgreSQL half of [`run!`]: a pooled connection, in a transaction for `write`.
+macro_rules! on_postgres {
+    (read, $backend:ident, $op:ident ( $($arg:expr),* )) => {{
+        let client = $backend.client().await?;
+        queries::$op(&mut postgres::PgDb::new(&client), $($arg),*).await
+    }};
+    (write, $backend:ident, $op:ident ( $($arg:expr),* )) => {{
+        let mut client = $backend.client().await?;
+        let tx = client.transaction().await?;
+        let out = queries::$op(&mut postgres::PgDb::new(&tx), $($arg),*).await?;
+        tx.commit().await?;
+        Ok(out)
+    }};
 }
 
 impl Store {
@@ -345,13 +397,13 @@ impl Store {
     pub fn open(url: &DatabaseUrl, timezone: jiff::tz::TimeZone) -> Result<Self, StoreError> {
         let backend = match url {
             DatabaseUrl::Sqlite(path) => {
-                Backend::Sqlite(Arc::new(sqlite::SqliteStore::open(path, timezone)?))
+                Backend::Sqlite(Arc::new(sqlite::SqliteStore::open(path, &timezone)?))
             }
             DatabaseUrl::Postgres(url) => {
-                Backend::Postgres(Arc::new(postgres::PgStore::open(url, timezone)?))
+                Backend::Postgres(Arc::new(postgres::PgStore::open(url, &timezone)?))
             }
         };
-        Ok(Self { backend })
+        Ok(Self { backend, timezone })
     }
 
     /// Which backend this is, for messages: `sqlite` or `postgres`.
@@ -364,47 +416,40 @@ impl Store {
 
     /// A writer for the recorder.
     pub fn batch_writer(&self, max_logs: u64) -> Result<BatchWriter, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(backend) => backend.batch_writer(max_logs).map(BatchWriter::Sqlite),
-            Backend::Postgres(backend) => Ok(BatchWriter::Postgres(backend.batch_writer(max_logs))),
-        }
+        let connection = match &self.backend {
+            Backend::Sqlite(backend) => WriterConnection::Sqlite(backend.connection()?),
+            Backend::Postgres(backend) => WriterConnection::Postgres(backend.clone()),
+        };
+        Ok(BatchWriter {
+            connection,
+            timezone: self.timezone.clone(),
+            max_logs,
+        })
     }
 
     /// Inserts a key unless its name is taken or `max_keys` live keys exist.
     pub async fn insert_key(&self, key: NewKey, max_keys: u64) -> Result<KeyRow, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(backend) => {
-                let backend = backend.clone();
-                blocking(move || backend.insert_key(&key, max_keys)).await
-            }
-            Backend::Postgres(backend) => backend.insert_key(&key, max_keys).await,
-        }
+        run!(write, self, insert_key(&key, max_keys))
     }
 
     /// All keys, deleted ones included, oldest first.
     pub async fn list_keys(&self) -> Result<Vec<KeyRow>, StoreError> {
-        dispatch!(self, list_keys())
+        run!(read, self, list_keys())
     }
 
     /// Keys changed (created, edited or deleted) after `version`, in the order of their changes.
     pub async fn keys_changed_since(&self, version: i64) -> Result<Vec<KeyRow>, StoreError> {
-        dispatch!(self, keys_changed_since(version))
+        run!(read, self, keys_changed_since(version))
     }
 
     /// Applies a patch to a live key; `None` when there is no such live key.
     pub async fn update_key(&self, id: i64, patch: KeyPatch) -> Result<Option<KeyRow>, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(backend) => {
-                let backend = backend.clone();
-                blocking(move || backend.update_key(id, &patch)).await
-            }
-            Backend::Postgres(backend) => backend.update_key(id, &patch).await,
-        }
+        run!(write, self, update_key(id, &patch))
     }
 
     /// Marks a live key deleted; `false` when there is no such live key.
     pub async fn delete_key(&self, id: i64) -> Result<bool, StoreError> {
-        dispatch!(self, delete_key(id))
+        run!(write, self, delete_key(id))
     }
 
     /// Aggregates per model of the calls the filter selects.
@@ -412,18 +457,12 @@ impl Store {
         &self,
         filter: UsageFilter,
     ) -> Result<Vec<(String, Aggregate)>, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(backend) => {
-                let backend = backend.clone();
-                blocking(move || backend.usage_by_model(&filter)).await
-            }
-            Backend::Postgres(backend) => backend.usage_by_model(&filter).await,
-        }
+        run!(read, self, usage_by_model(&filter))
     }
 
     /// All-time aggregates per key id (0 = calls without a key).
     pub async fn usage_by_key(&self) -> Result<HashMap<i64, Aggregate>, StoreError> {
-        dispatch!(self, usage_by_key())
+        run!(read, self, usage_by_key())
     }
 
     /// Calls and tokens per local day in `[first_day, last_day]` (YYYYMMDD), days with calls only.
@@ -433,18 +472,12 @@ impl Store {
         first_day: i64,
         last_day: i64,
     ) -> Result<Vec<DayTotal>, StoreError> {
-        dispatch!(self, usage_by_day(key_id, first_day, last_day))
+        run!(read, self, usage_by_day(key_id, first_day, last_day))
     }
 
     /// Raw call records, newest first.
     pub async fn logs(&self, query: LogQuery) -> Result<Vec<LoggedCall>, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(backend) => {
-                let backend = backend.clone();
-                blocking(move || backend.logs(&query)).await
-            }
-            Backend::Postgres(backend) => backend.logs(&query).await,
-        }
+        run!(read, self, logs(&query))
     }
 
     /// Leases tokens of a budget (`scope` 0 is the global budget, else a key id) to this
@@ -461,13 +494,7 @@ impl Store {
         need: u64,
         want: u64,
     ) -> Result<Lease, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(backend) => {
-                let backend = backend.clone();
-                blocking(move || backend.lease(&instance, scope, limit, need, want)).await
-            }
-            Backend::Postgres(backend) => backend.lease(&instance, scope, limit, need, want).await,
-        }
+        run!(write, self, lease(&instance, scope, limit, need, want))
     }
 
     /// Applies changes of `instance` to budget ledgers, one `(scope, taken, held)` per budget:
@@ -478,31 +505,25 @@ impl Store {
         instance: String,
         deltas: Vec<(i64, i64, i64)>,
     ) -> Result<(), StoreError> {
-        match &self.backend {
-            Backend::Sqlite(backend) => {
-                let backend = backend.clone();
-                blocking(move || backend.adjust_budgets(&instance, &deltas)).await
-            }
-            Backend::Postgres(backend) => backend.adjust_budgets(&instance, &deltas).await,
-        }
+        run!(write, self, adjust_budgets(&instance, &deltas))
     }
 
     /// Forgets the instances not seen for `stale_ms` and gives the budget slices they held back
     /// to the ledgers; returns the tokens given back.
     pub async fn reap_instances(&self, stale_ms: i64) -> Result<u64, StoreError> {
-        dispatch!(self, reap_instances(stale_ms))
+        run!(write, self, reap_instances(stale_ms))
     }
 
     /// Registers this instance. When no other instance has been seen for `stale_ms`, the budget
     /// ledgers are rebuilt from the recorded usage: leases held by instances that died are
     /// forgotten. Returns how many other instances are alive.
     pub async fn register_instance(&self, id: String, stale_ms: i64) -> Result<u64, StoreError> {
-        dispatch!(self, register_instance(id, stale_ms))
+        run!(write, self, register_instance(&id, stale_ms))
     }
 
     /// Notes that this instance is alive.
     pub async fn heartbeat(&self, id: String) -> Result<(), StoreError> {
-        dispatch!(self, heartbeat(id))
+        run!(write, self, heartbeat(&id))
     }
 
     /// The identity of this deployment (the database), made up when first asked: a namespace for
@@ -512,14 +533,17 @@ impl Store {
         rand::TryRngCore::try_fill_bytes(&mut rand::rngs::OsRng, &mut bytes)
             .map_err(|e| StoreError::Task(format!("the OS random source failed: {e}")))?;
         let candidate: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        dispatch!(self, deployment_id(candidate))
+        run!(write, self, deployment_id(&candidate))
     }
 
     /// Removes this instance on shutdown.
     pub async fn unregister_instance(&self, id: String) -> Result<(), StoreError> {
-        dispatch!(self, unregister_instance(id))
+        run!(write, self, unregister_instance(&id))
     }
 }
 
+#[cfg(test)]
+#[path = "../../tests/common/scratch.rs"]
+mod scratch;
 #[cfg(test)]
 mod tests;

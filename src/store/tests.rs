@@ -22,13 +22,7 @@ fn record(
         key_name: key_id.map(|id| format!("key-{id}")),
         tokens: TokenUsage::new(total / 2, total - total / 2),
         duration_ms: 40,
-        ttft_ms: None,
-        stream: false,
-        estimated: false,
-        error: None,
-        client: String::new(),
-        session_id: None,
-        answer: Default::default(),
+        ..CallRecord::default()
     }
 }
 
@@ -53,6 +47,26 @@ impl TestDb {
             Self::Postgres(db) => DatabaseUrl::Postgres(crate::config::ServiceUrl::new(&db.url)),
         }
     }
+}
+
+/// Tokens of the global budget (`limit`) leased to `instance`.
+async fn granted(store: &Store, instance: String, limit: u64, need: u64, want: u64) -> u64 {
+    store
+        .lease(instance, GLOBAL_SCOPE, limit, need, want)
+        .await
+        .unwrap()
+        .granted
+}
+
+/// The newest `limit` call records.
+async fn newest(store: &Store, limit: u32) -> Vec<LoggedCall> {
+    store
+        .logs(LogQuery {
+            limit,
+            ..LogQuery::default()
+        })
+        .await
+        .unwrap()
 }
 
 fn open(db: &TestDb, zone: &str) -> Store {
@@ -97,13 +111,7 @@ async fn trimming_keeps_aggregates() {
             .await
             .unwrap();
     }
-    let logs = store
-        .logs(LogQuery {
-            limit: 100,
-            ..LogQuery::default()
-        })
-        .await
-        .unwrap();
+    let logs = newest(&store, 100).await;
     assert_eq!(logs.iter().map(|l| l.id).collect::<Vec<_>>(), [8, 7, 6]);
     let by_key = store.usage_by_key().await.unwrap();
     assert_eq!(by_key[&1].calls, 8);
@@ -218,37 +226,23 @@ async fn the_ledger_leases_what_is_left_and_starts_from_recorded_usage() {
         .write(&[record(jiff::Timestamp::now(), "m", Some(7), 200, 30)])
         .await
         .unwrap();
+    let global = |need, want| store.lease("a".into(), GLOBAL_SCOPE, 100, need, want);
+    let both = |lease: Lease| (lease.granted, lease.remaining);
     // 30 of 100 already used: 50 asked, 50 granted; then only 20 are left.
-    let lease = store
-        .lease("a".into(), GLOBAL_SCOPE, 100, 10, 50)
-        .await
-        .unwrap();
-    assert_eq!((lease.granted, lease.remaining), (50, 20));
-    let lease = store
-        .lease("a".into(), GLOBAL_SCOPE, 100, 10, 50)
-        .await
-        .unwrap();
-    assert_eq!((lease.granted, lease.remaining), (20, 0));
-    let lease = store
-        .lease("a".into(), GLOBAL_SCOPE, 100, 1, 1)
-        .await
-        .unwrap();
-    assert_eq!(lease.granted, 0, "nothing left");
+    assert_eq!(both(global(10, 50).await.unwrap()), (50, 20));
+    assert_eq!(both(global(10, 50).await.unwrap()), (20, 0));
+    assert_eq!(global(1, 1).await.unwrap().granted, 0, "nothing left");
     // Unused tokens given back can be leased again.
     store
         .adjust_budgets("a".into(), vec![(GLOBAL_SCOPE, -15, -15)])
         .await
         .unwrap();
-    let lease = store
-        .lease("a".into(), GLOBAL_SCOPE, 100, 20, 20)
-        .await
-        .unwrap();
-    assert_eq!(lease.granted, 0, "15 left, 20 needed");
-    let lease = store
-        .lease("a".into(), GLOBAL_SCOPE, 100, 15, 20)
-        .await
-        .unwrap();
-    assert_eq!((lease.granted, lease.remaining), (15, 0));
+    assert_eq!(
+        global(20, 20).await.unwrap().granted,
+        0,
+        "15 left, 20 needed"
+    );
+    assert_eq!(both(global(15, 20).await.unwrap()), (15, 0));
     // A key's ledger starts from that key's usage.
     let lease = store.lease("a".into(), 7, 40, 5, 100).await.unwrap();
     assert_eq!((lease.granted, lease.remaining), (10, 0));
@@ -271,14 +265,7 @@ async fn an_instance_alone_rebuilds_the_ledgers_others_keep_them() {
         store.register_instance("b".into(), 60_000).await.unwrap(),
         1
     );
-    assert_eq!(
-        store
-            .lease("b".into(), GLOBAL_SCOPE, 100, 1, 100)
-            .await
-            .unwrap()
-            .granted,
-        40
-    );
+    assert_eq!(granted(&store, "b".into(), 100, 1, 100).await, 40);
     // c starts when nobody else is registered: the ledger is rebuilt from recorded usage.
     store.unregister_instance("a".into()).await.unwrap();
     store.unregister_instance("b".into()).await.unwrap();
@@ -286,14 +273,7 @@ async fn an_instance_alone_rebuilds_the_ledgers_others_keep_them() {
         store.register_instance("c".into(), 60_000).await.unwrap(),
         0
     );
-    assert_eq!(
-        store
-            .lease("b".into(), GLOBAL_SCOPE, 100, 1, 100)
-            .await
-            .unwrap()
-            .granted,
-        100
-    );
+    assert_eq!(granted(&store, "b".into(), 100, 1, 100).await, 100);
     // An instance not seen within the stale period counts as dead (here: a period reaching
     // into the future, so that c's heartbeat of this very millisecond is stale too).
     assert_eq!(
@@ -308,14 +288,7 @@ async fn the_slices_of_a_dead_instance_go_back_to_the_ledger() {
     let store = open(&db, "UTC");
     store.register_instance("a".into(), 60_000).await.unwrap();
     store.register_instance("b".into(), 60_000).await.unwrap();
-    assert_eq!(
-        store
-            .lease("a".into(), GLOBAL_SCOPE, 100, 60, 60)
-            .await
-            .unwrap()
-            .granted,
-        60
-    );
+    assert_eq!(granted(&store, "a".into(), 100, 60, 60).await, 60);
     // a used 10 of its 60 and gave 20 back: it holds 30.
     store
         .adjust_budgets("a".into(), vec![(GLOBAL_SCOPE, -20, -30)])
@@ -371,13 +344,7 @@ async fn several_writers_keep_aggregates_exact_and_trim_to_max_logs() {
         .write(&[record(ts, "m1", None, 200, 1)])
         .await
         .unwrap();
-    let logs = store
-        .logs(LogQuery {
-            limit: 1000,
-            ..LogQuery::default()
-        })
-        .await
-        .unwrap();
+    let logs = newest(&store, 1000).await;
     assert_eq!(logs.len(), 50, "the newest max_logs rows are kept");
     assert!(logs.windows(2).all(|w| w[0].id > w[1].id));
 }
@@ -488,12 +455,10 @@ async fn database_at_version_3(db: &TestDb) {
     match db {
         TestDb::Sqlite(dir) => {
             let conn = rusqlite::Connection::open(dir.path().join("t.db")).unwrap();
-            conn.execute_batch(include_str!("migrations/sqlite/0001_init.sql"))
-                .unwrap();
-            conn.execute_batch(include_str!("migrations/sqlite/0002_instances.sql"))
-                .unwrap();
-            conn.execute_batch(include_str!("migrations/sqlite/0003_rollups.sql"))
-                .unwrap();
+            for version in 1..=3 {
+                conn.execute_batch(&schema::rendered(sql::Dialect::Sqlite, version))
+                    .unwrap();
+            }
             conn.pragma_update(None, "user_version", 3).unwrap();
             conn.execute_batch(&old_rows_sql()).unwrap();
         }
@@ -502,15 +467,14 @@ async fn database_at_version_3(db: &TestDb) {
                 .await
                 .unwrap();
             let driver = tokio::spawn(connection);
-            for sql in [
-                include_str!("migrations/postgres/0001_init.sql"),
-                include_str!("migrations/postgres/0002_instances.sql"),
-                include_str!("migrations/postgres/0003_rollups.sql"),
+            let schema = (1..=3).map(|v| schema::rendered(sql::Dialect::Postgres, v));
+            for sql in schema.chain([
                 "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL);
-                 INSERT INTO schema_migrations VALUES (1, 0), (2, 0), (3, 0);",
-                &old_rows_sql(),
-            ] {
-                client.batch_execute(sql).await.unwrap();
+                 INSERT INTO schema_migrations VALUES (1, 0), (2, 0), (3, 0);"
+                    .to_owned(),
+                old_rows_sql(),
+            ]) {
+                client.batch_execute(&sql).await.unwrap();
             }
             drop(client);
             let _ = driver.await;
@@ -523,13 +487,7 @@ async fn migration_4_adds_anthropic_cache_tokens_to_old_rows_aggregates_and_ledg
     let db = TestDb::new();
     database_at_version_3(&db).await;
     let store = open(&db, "UTC");
-    let rows = store
-        .logs(LogQuery {
-            limit: 10,
-            ..LogQuery::default()
-        })
-        .await
-        .unwrap();
+    let rows = newest(&store, 10).await;
     let tokens: Vec<(String, u64, u64, u64)> = rows
         .iter()
         .map(|r| {

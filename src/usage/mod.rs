@@ -74,10 +74,23 @@ impl TokenUsage {
             ..Self::default()
         }
     }
+
+    /// The counts in storage order: prompt, completion, cache read, cache creation, reasoning,
+    /// total.
+    pub fn counts(&self) -> [u64; 6] {
+        [
+            self.prompt,
+            self.completion,
+            self.cache_read,
+            self.cache_creation,
+            self.reasoning,
+            self.total,
+        ]
+    }
 }
 
 /// One gateway call, as the recorder receives it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CallRecord {
     /// When the call arrived.
     pub ts: jiff::Timestamp,

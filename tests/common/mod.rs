@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use token_console::store::scratch::{self, ScratchDb};
+
+pub mod scratch;
+use scratch::ScratchDb;
 
 /// Whether the tests run on PostgreSQL (`TC_TEST_DATABASE=postgres`).
 pub fn on_postgres() -> bool {

@@ -7,7 +7,7 @@
 -- model, not per endpoint: cache writes are only ever reported by Anthropic, so they are added
 -- everywhere; cache reads are added on the rows of models called on /v1/messages (in the raw
 -- rows still kept) or named claude-*.
-CREATE TEMP TABLE migration_anthropic_models ON COMMIT DROP AS
+CREATE TEMP TABLE migration_anthropic_models AS
     SELECT DISTINCT model FROM calls WHERE endpoint = '/v1/messages'
     UNION SELECT DISTINCT model FROM agg_total WHERE model LIKE 'claude%';
 
@@ -45,11 +45,12 @@ UPDATE agg_day SET
     total_tokens = (SELECT COALESCE(SUM(d.total_tokens), 0) FROM agg_day d
                     WHERE d.day = agg_day.day AND d.key_id <> -1)
 WHERE key_id = -1;
+DROP TABLE migration_anthropic_models;
 
 -- count_tokens calls spend nothing and are not calls: aggregates count them apart from now on.
-ALTER TABLE agg_hour ADD COLUMN count_tokens BIGINT NOT NULL DEFAULT 0;
-ALTER TABLE agg_day ADD COLUMN count_tokens BIGINT NOT NULL DEFAULT 0;
-ALTER TABLE agg_total ADD COLUMN count_tokens BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE agg_hour ADD COLUMN count_tokens {int} NOT NULL DEFAULT 0;
+ALTER TABLE agg_day ADD COLUMN count_tokens {int} NOT NULL DEFAULT 0;
+ALTER TABLE agg_total ADD COLUMN count_tokens {int} NOT NULL DEFAULT 0;
 
 -- The client family (from User-Agent; '' when none was sent) and the session id it sent.
 ALTER TABLE calls ADD COLUMN client TEXT NOT NULL DEFAULT '';

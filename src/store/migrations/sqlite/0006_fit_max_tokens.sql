@@ -1,6 +1,0 @@
--- token-console schema: keys may lower a call's max_tokens to what is left of a budget.
-
--- 1: a call whose reservation (prompt bound + max_tokens) does not fit in what is left of the
--- key's budget (or the global one) is forwarded with its max_tokens lowered to what is left,
--- instead of being refused. 0 (the default): refused as before.
-ALTER TABLE api_keys ADD COLUMN fit_max_tokens INTEGER NOT NULL DEFAULT 0;
