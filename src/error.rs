@@ -88,7 +88,10 @@ impl IntoResponse for ConsoleError {
             }
             other => other.to_string(),
         };
-        let body = serde_json::json!({ "code": status.as_u16(), "msg": msg });
+        let body = crate::console::wire::Failure {
+            code: status.as_u16(),
+            msg,
+        };
         (status, Json(body)).into_response()
     }
 }

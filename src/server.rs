@@ -33,7 +33,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 ///
 /// Layers, outermost first: none beyond axum's routing. The gateway enforces its own body
 /// limit (so a too-large body gets a protocol-shaped 413 and a record), the console API is
-/// wrapped by `console::auth::require_console_access` inside its router, and console pages add
+/// admits requests through the `console::auth::Admitted` extractor (a route layer inside its
+/// router), and console pages add
 /// their security headers themselves.
 pub fn app(state: AppState) -> Router {
     let mut router = gateway_routes();
@@ -64,7 +65,8 @@ fn gateway_routes() -> Router<AppState> {
 
 fn console_routes(state: &AppState) -> Router<AppState> {
     let path = state.config.console.path.clone();
-    console::router(state).route("/", get(move || async move { Redirect::temporary(&path) }))
+    console::router(&state.console)
+        .route("/", get(move || async move { Redirect::temporary(&path) }))
 }
 
 async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
@@ -95,7 +97,7 @@ async fn metrics(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(e) = console::auth::check(&state, peer, &method, &uri, &headers) {
+    if let Err(e) = console::auth::check(&state.console.gate, peer, &method, &uri, &headers) {
         let mut response = e.into_response();
         response
             .headers_mut()

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::console::auth::SignInLimiter;
+use crate::console::auth::Gatekeeper;
+use crate::console::ConsoleState;
 use crate::gateway::Gateway;
 use crate::keys::sync::{Instance, STALE_AFTER_MS};
 use crate::keys::{Budget, KeyRegistry, Ledger, RateLimiter};
@@ -32,12 +33,14 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The OpenTelemetry exporters, when `otel:` is configured.
     pub telemetry: Option<Arc<crate::telemetry::Telemetry>>,
-    /// Failed console sign-ins per client.
-    pub sign_ins: Arc<SignInLimiter>,
-    /// Live-log streams open now, capped per client and in all.
-    pub log_streams: Arc<crate::console::logs::StreamLimits>,
-    /// Fires when the process starts shutting down (ends live streams).
-    pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// What the console uses (it shares the store, keys and recorder above).
+    pub console: ConsoleState,
+}
+
+impl axum::extract::FromRef<AppState> for Arc<Gatekeeper> {
+    fn from_ref(state: &AppState) -> Self {
+        state.console.gate.clone()
+    }
 }
 
 impl AppState {
@@ -88,19 +91,27 @@ impl AppState {
             Some(otel) => Some(Arc::new(crate::telemetry::Telemetry::start(otel)?)),
             None => None,
         };
+        let config = Arc::new(config);
+        let console = ConsoleState {
+            config: config.clone(),
+            store: store.clone(),
+            keys: keys.clone(),
+            recorder: recorder.clone(),
+            gate: Arc::new(Gatekeeper::new(config.clone())),
+            log_streams: Arc::default(),
+            shutdown,
+        };
         Ok(Self {
             telemetry,
             budget,
             instance,
             keys,
-            config: Arc::new(config),
+            config,
             store,
             recorder,
             gateway: Arc::new(gateway),
             metrics: Arc::new(Metrics::default()),
-            sign_ins: Arc::new(SignInLimiter::default()),
-            log_streams: Arc::default(),
-            shutdown,
+            console,
         })
     }
 }

@@ -7,18 +7,18 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, Method, Uri};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::config::Config;
 use crate::error::ConsoleError;
-use crate::state::AppState;
 
 const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 const MAX_FAILURES: u32 = 10;
@@ -39,6 +39,25 @@ const PROXY_HEADERS: [&str; 12] = [
     "x-cluster-client-ip",
     "x-original-forwarded-for",
 ];
+
+/// What decides who may use the console: the configuration (admin key, host names) and the
+/// failed sign-ins so far.
+pub struct Gatekeeper {
+    /// The validated configuration.
+    pub config: Arc<Config>,
+    /// Failed sign-ins per client.
+    pub sign_ins: SignInLimiter,
+}
+
+impl Gatekeeper {
+    /// A gatekeeper for `config` with no failed sign-ins yet.
+    pub fn new(config: Arc<Config>) -> Self {
+        Self {
+            config,
+            sign_ins: SignInLimiter::default(),
+        }
+    }
+}
 
 /// Failed admin sign-ins per client address within the current window.
 #[derive(Default)]
@@ -121,7 +140,7 @@ fn loopback_name(host: &str) -> bool {
 }
 
 /// Whether the console answers requests addressed to `host` without an admin key.
-fn allowed_host(state: &AppState, host: &str) -> bool {
+fn allowed_host(state: &Gatekeeper, host: &str) -> bool {
     if loopback_name(host) {
         return true;
     }
@@ -170,7 +189,7 @@ fn forbidden(message: String) -> ConsoleError {
 }
 
 /// Refuses what a browser sends from another site: `Sec-Fetch-Site: cross-site` (or `same-site`).
-fn cross_site(state: &AppState, headers: &HeaderMap) -> Option<ConsoleError> {
+fn cross_site(state: &Gatekeeper, headers: &HeaderMap) -> Option<ConsoleError> {
     headers
         .get("sec-fetch-site")
         .and_then(|v| v.to_str().ok())
@@ -187,7 +206,7 @@ fn cross_site(state: &AppState, headers: &HeaderMap) -> Option<ConsoleError> {
         })
 }
 
-fn how_to_open(state: &AppState) -> String {
+fn how_to_open(state: &Gatekeeper) -> String {
     let port = state
         .config
         .console
@@ -205,7 +224,7 @@ fn how_to_open(state: &AppState) -> String {
 /// present `Origin` must be such an origin too (it is never compared with `Host`, which a DNS
 /// rebinding page chooses).
 pub fn local_only_refusal(
-    state: &AppState,
+    state: &Gatekeeper,
     peer: SocketAddr,
     uri: &Uri,
     headers: &HeaderMap,
@@ -249,7 +268,7 @@ pub fn local_only_refusal(
 /// With an admin key, a state-changing call must not come from a foreign page: a present
 /// `Origin` must be an allowed origin or the one the request is addressed to.
 fn foreign_origin_change(
-    state: &AppState,
+    state: &Gatekeeper,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
@@ -276,7 +295,7 @@ fn foreign_origin_change(
 /// address sent: behind a reverse proxy every client shares one address, and a lock-out would shut
 /// the admin out. Only failures are counted; past the limit wrong keys get 429.
 pub fn check(
-    state: &AppState,
+    state: &Gatekeeper,
     peer: SocketAddr,
     method: &Method,
     uri: &Uri,
@@ -312,23 +331,61 @@ pub fn check(
     }
 }
 
-/// Middleware in front of `/api/console/*`.
-pub async fn require_console_access(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    request: Request,
-    next: Next,
-) -> Response {
-    match check(
-        &state,
-        peer,
-        request.method(),
-        request.uri(),
-        request.headers(),
-    ) {
-        Ok(()) => next.run(request).await,
-        Err(e) => e.into_response(),
+/// A request admitted to the console API (and `/metrics`): it passed [`check`] — not from
+/// another web site; without an admin key, from this machine (loopback peer, no proxy headers)
+/// and addressed to it (Host, `:authority` and Origin name this machine or an allowed host); with
+/// one, carrying it as `Authorization: Bearer …` (wrong keys are rate-limited per address, and
+/// changes from foreign origins refused). Refused with 403, 401 or 429 and a message that says
+/// what to do.
+pub struct Admitted;
+
+impl<S: Send + Sync> FromRequestParts<S> for Admitted
+where
+    Arc<Gatekeeper>: axum::extract::FromRef<S>,
+{
+    type Rejection = ConsoleError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ConsoleError> {
+        let gate: Arc<Gatekeeper> = axum::extract::FromRef::from_ref(state);
+        let peer = peer_of(parts, state).await?;
+        check(&gate, peer, &parts.method, &parts.uri, &parts.headers).map(|()| Self)
     }
+}
+
+/// A request admitted to the console page: without an admin key, only [`local_only_refusal`]'s
+/// rule (the page itself asks for the admin key when there is one, and holds no data). Refused
+/// with a plain-text 403 that says how to open the console.
+pub struct PageAccess;
+
+impl<S: Send + Sync> FromRequestParts<S> for PageAccess
+where
+    Arc<Gatekeeper>: axum::extract::FromRef<S>,
+{
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        let gate: Arc<Gatekeeper> = axum::extract::FromRef::from_ref(state);
+        let refusal = match peer_of(parts, state).await {
+            Ok(peer) => local_only_refusal(&gate, peer, &parts.uri, &parts.headers),
+            Err(e) => Some(e),
+        };
+        match refusal {
+            None => Ok(Self),
+            Some(e) => {
+                let text = [("content-type", "text/plain; charset=utf-8")];
+                let response = (axum::http::StatusCode::FORBIDDEN, text, e.to_string());
+                Err(super::page::secure(response.into_response()))
+            }
+        }
+    }
+}
+
+/// The peer address the listener recorded for the connection.
+async fn peer_of<S: Send + Sync>(parts: &mut Parts, state: &S) -> Result<SocketAddr, ConsoleError> {
+    ConnectInfo::<SocketAddr>::from_request_parts(parts, state)
+        .await
+        .map(|info| info.0)
+        .map_err(|_| forbidden("the connection's peer address is unknown".into()))
 }
 
 #[cfg(test)]

@@ -7,11 +7,11 @@ use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream;
 
+use super::ConsoleState;
 use crate::error::ConsoleError;
-use crate::state::AppState;
 use crate::store::{LogQuery, UsageFilter};
 
-use super::wire::{rfc3339, LogRow};
+use super::wire::{rfc3339, Export, LogRow};
 use super::{keys, stats};
 
 const PAGE: u32 = 1000;
@@ -37,7 +37,7 @@ pub fn format(raw: Option<&str>) -> Result<Format, ConsoleError> {
 }
 
 /// The export response with its download file name.
-pub async fn export(state: &AppState, format: Format) -> Result<Response, ConsoleError> {
+pub async fn export(state: &ConsoleState, format: Format) -> Result<Response, ConsoleError> {
     let today = jiff::Timestamp::now()
         .to_zoned(state.config.timezone.clone())
         .date()
@@ -58,25 +58,24 @@ pub async fn export(state: &AppState, format: Format) -> Result<Response, Consol
     Ok(response)
 }
 
-async fn json_head(state: &AppState) -> Result<String, ConsoleError> {
+async fn json_head(state: &ConsoleState) -> Result<String, ConsoleError> {
     let stats = stats::stats(state, UsageFilter::default()).await?;
-    let trend = stats::trend(state, 90, None).await?;
-    let keys = keys::list(state).await?;
-    let head = serde_json::json!({
-        "exported_at": rfc3339(jiff::Timestamp::now()),
-        "stats": stats,
-        "trend": trend,
-        "models": stats.models,
-        "keys": keys,
-    });
+    let head = Export {
+        exported_at: rfc3339(jiff::Timestamp::now()),
+        models: stats.models.clone(),
+        stats,
+        trend: stats::trend(state, 90, None).await?,
+        keys: keys::list(state).await?,
+        logs: Vec::new(),
+    };
     let text = serde_json::to_string(&head).map_err(|e| ConsoleError::Internal(e.to_string()))?;
-    // Reopen the object to append the streamed logs array.
-    let open = text.strip_suffix('}').unwrap_or(&text);
-    Ok(format!("{open},\"logs\":["))
+    // Reopen the empty logs array (the last field) to append the streamed rows.
+    let open = text.strip_suffix("]}").unwrap_or(&text);
+    Ok(open.to_owned())
 }
 
 struct Cursor {
-    state: AppState,
+    state: ConsoleState,
     format: Format,
     head: Option<String>,
     before_id: Option<i64>,
@@ -86,7 +85,7 @@ struct Cursor {
 
 /// The head, then every log row page by page (newest first), then the closing bytes.
 fn log_chunks(
-    state: AppState,
+    state: ConsoleState,
     format: Format,
     head: String,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {

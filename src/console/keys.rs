@@ -2,9 +2,9 @@
 
 use std::collections::HashMap;
 
+use super::ConsoleState;
 use crate::error::ConsoleError;
 use crate::keys;
-use crate::state::AppState;
 use crate::store::{Aggregate, KeyPatch, NewKey};
 
 use super::params;
@@ -46,7 +46,7 @@ fn usage_of(usage: &HashMap<i64, Aggregate>, id: i64) -> (u64, u64) {
 }
 
 /// The live keys with their recorded usage, oldest first.
-pub async fn list(state: &AppState) -> Result<Vec<KeyView>, ConsoleError> {
+pub async fn list(state: &ConsoleState) -> Result<Vec<KeyView>, ConsoleError> {
     let rows = state.store.list_keys().await?;
     let usage = state.store.usage_by_key().await?;
     Ok(rows
@@ -60,7 +60,7 @@ pub async fn list(state: &AppState) -> Result<Vec<KeyView>, ConsoleError> {
 }
 
 /// Creates a key and returns it with its full value: the only time it is ever shown.
-pub async fn create(state: &AppState, body: CreateKey) -> Result<KeyView, ConsoleError> {
+pub async fn create(state: &ConsoleState, body: CreateKey) -> Result<KeyView, ConsoleError> {
     let name = valid_name(&body.name)?;
     let description = valid_description(body.description)?;
     let generated = keys::generate().map_err(ConsoleError::Internal)?;
@@ -124,7 +124,11 @@ fn not_found(id: i64) -> ConsoleError {
 }
 
 /// Changes a key; the gateway honours the change on its next request.
-pub async fn update(state: &AppState, id: i64, body: PatchKey) -> Result<KeyView, ConsoleError> {
+pub async fn update(
+    state: &ConsoleState,
+    id: i64,
+    body: PatchKey,
+) -> Result<KeyView, ConsoleError> {
     let patch = to_patch(body)?;
     let row = state
         .store
@@ -138,7 +142,7 @@ pub async fn update(state: &AppState, id: i64, body: PatchKey) -> Result<KeyView
 }
 
 /// Deletes a key: it stops working at once; its history stays in every statistic.
-pub async fn delete(state: &AppState, id: i64) -> Result<(), ConsoleError> {
+pub async fn delete(state: &ConsoleState, id: i64) -> Result<(), ConsoleError> {
     if !state.store.delete_key(id).await? {
         return Err(not_found(id));
     }

@@ -12,8 +12,8 @@ use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::StreamExt as _;
 
+use super::ConsoleState;
 use crate::error::ConsoleError;
-use crate::state::AppState;
 use crate::store::{CallKind, LogQuery, StatusFilter};
 use crate::usage::LoggedCall;
 
@@ -82,7 +82,7 @@ impl Drop for StreamSlot {
 }
 
 /// A page of the log, newest first.
-pub async fn page(state: &AppState, query: LogQuery) -> Result<Vec<LogRow>, ConsoleError> {
+pub async fn page(state: &ConsoleState, query: LogQuery) -> Result<Vec<LogRow>, ConsoleError> {
     let rows = state.store.logs(query).await?;
     Ok(rows.iter().map(LogRow::from).collect())
 }
@@ -133,7 +133,7 @@ pub fn matches(query: &LogQuery, logged: &LoggedCall) -> bool {
 ///
 /// The stream holds `slot` until it ends, so that its place is free again when the client leaves.
 pub fn live(
-    state: &AppState,
+    state: &ConsoleState,
     query: LogQuery,
     slot: StreamSlot,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {

@@ -7,29 +7,61 @@ pub mod auth;
 mod export;
 mod keys;
 pub mod logs;
+pub mod openapi;
 pub mod page;
 mod params;
 mod stats;
 pub mod wire;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::extract::{ConnectInfo, FromRef, Path, State};
+use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::{middleware, Json, Router};
 
+use crate::config::Config;
 use crate::error::ConsoleError;
-use crate::state::AppState;
+use crate::keys::KeyRegistry;
+use crate::store::Store;
+use crate::usage::Recorder;
+use auth::{Admitted, Gatekeeper, PageAccess};
 
-use params::{ConsoleJson, Params};
+use params::{ConsoleJson, ConsoleQuery, ExportQuery, LogsQuery, StatsQuery, TrendQuery};
 use wire::{CreateKey, Done, Envelope, PatchKey};
 
 type ApiResult<T> = Result<Json<Envelope<T>>, ConsoleError>;
 
+/// What the console's handlers use: the store they read, the keys they change, the recorder's
+/// live feed, and who may come in.
+#[derive(Clone)]
+pub struct ConsoleState {
+    /// The validated configuration.
+    pub config: Arc<Config>,
+    /// The store (read here; keys are changed through it).
+    pub store: Store,
+    /// Live keys, told of every change made here.
+    pub keys: Arc<KeyRegistry>,
+    /// The recorder, whose live feed the log stream follows.
+    pub recorder: Arc<Recorder>,
+    /// Who may use the console.
+    pub gate: Arc<Gatekeeper>,
+    /// Live-log streams open now, capped per client and in all.
+    pub log_streams: Arc<logs::StreamLimits>,
+    /// Fires when the process starts shutting down (ends live streams).
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+impl FromRef<ConsoleState> for Arc<Gatekeeper> {
+    fn from_ref(state: &ConsoleState) -> Self {
+        state.gate.clone()
+    }
+}
+
 /// The console API and page, for the listener that serves the console.
-pub fn router(state: &AppState) -> Router<AppState> {
+pub fn router<S: Clone + Send + Sync + 'static>(state: &ConsoleState) -> Router<S> {
     let api = Router::new()
         .route("/stats", get(get_stats))
         .route("/usage-trend", get(get_trend))
@@ -43,9 +75,8 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route("/export", get(export))
         .route("/openapi.json", get(openapi))
         .fallback(api_not_found)
-        .route_layer(middleware::from_fn_with_state(
+        .route_layer(middleware::from_extractor_with_state::<Admitted, _>(
             state.clone(),
-            auth::require_console_access,
         ))
         .layer(middleware::map_response(no_store));
     let path = state.config.console.path.clone();
@@ -58,41 +89,61 @@ pub fn router(state: &AppState) -> Router<AppState> {
         )
         .route(&format!("{path}/"), get(index))
         .route(&format!("{path}/{{*file}}"), get(asset))
+        .with_state(state.clone())
 }
 
+/// Usage statistics, the global budget and the per-model table.
+#[utoipa::path(get, path = "/api/console/stats", params(StatsQuery),
+    responses((status = 200, description = "Statistics", body = Envelope<wire::Stats>),
+        (status = 400, description = "A parameter is wrong", body = wire::Failure),
+        (status = 404, description = "No key has this key_id", body = wire::Failure)))]
 async fn get_stats(
-    State(state): State<AppState>,
-    Query(q): Query<Params>,
+    State(state): State<ConsoleState>,
+    ConsoleQuery(q): ConsoleQuery<StatsQuery>,
 ) -> ApiResult<wire::Stats> {
-    let filter = params::usage_filter(&q)?;
+    let filter = q.filter()?;
     Ok(Json(Envelope::ok(stats::stats(&state, filter).await?)))
 }
 
+/// Calls and tokens per local day, oldest first.
+#[utoipa::path(get, path = "/api/console/usage-trend", params(TrendQuery),
+    responses((status = 200, description = "The trend", body = Envelope<wire::Trend>),
+        (status = 400, description = "A parameter is wrong", body = wire::Failure)))]
 async fn get_trend(
-    State(state): State<AppState>,
-    Query(q): Query<Params>,
+    State(state): State<ConsoleState>,
+    ConsoleQuery(q): ConsoleQuery<TrendQuery>,
 ) -> ApiResult<wire::Trend> {
-    let days = params::days(&q)?;
-    let key_id = params::id(&q, "key_id")?;
+    let (days, key_id) = (q.days()?, q.key_id()?);
     Ok(Json(Envelope::ok(
         stats::trend(&state, days, key_id).await?,
     )))
 }
 
+/// Recorded calls, newest first.
+#[utoipa::path(get, path = "/api/console/logs", params(LogsQuery),
+    responses((status = 200, description = "One page of calls", body = Envelope<Vec<wire::LogRow>>),
+        (status = 400, description = "A parameter is wrong", body = wire::Failure)))]
 async fn get_logs(
-    State(state): State<AppState>,
-    Query(q): Query<Params>,
+    State(state): State<ConsoleState>,
+    ConsoleQuery(q): ConsoleQuery<LogsQuery>,
 ) -> ApiResult<Vec<wire::LogRow>> {
-    let query = params::log_query(&q)?;
+    let query = q.query()?;
     Ok(Json(Envelope::ok(logs::page(&state, query).await?)))
 }
 
+/// Each new call that passes the filters, as it is recorded (Server-Sent Events: `event: log`
+/// with the row as JSON data; `event: lagged` with the number of rows missed by a slow reader;
+/// `: keep-alive` comments every 15 s).
+#[utoipa::path(get, path = "/api/console/logs/stream", params(LogsQuery),
+    responses((status = 200, description = "Calls as they are recorded", content_type = "text/event-stream", body = String),
+        (status = 400, description = "A parameter is wrong", body = wire::Failure),
+        (status = 429, description = "Too many live streams open", body = wire::Failure)))]
 async fn stream_logs(
-    State(state): State<AppState>,
+    State(state): State<ConsoleState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Query(q): Query<Params>,
+    ConsoleQuery(q): ConsoleQuery<LogsQuery>,
 ) -> Result<Response, ConsoleError> {
-    let query = params::log_query(&q)?;
+    let query = q.query()?;
     let slot = state.log_streams.open(peer.ip())?;
     Ok(logs::live(&state, query, slot).into_response())
 }
@@ -105,19 +156,34 @@ async fn no_store(mut response: Response) -> Response {
     response
 }
 
-async fn list_keys(State(state): State<AppState>) -> ApiResult<Vec<wire::KeyView>> {
+/// Every key, deleted ones excluded, with its usage.
+#[utoipa::path(get, path = "/api/console/keys",
+    responses((status = 200, description = "The keys", body = Envelope<Vec<wire::KeyView>>)))]
+async fn list_keys(State(state): State<ConsoleState>) -> ApiResult<Vec<wire::KeyView>> {
     Ok(Json(Envelope::ok(keys::list(&state).await?)))
 }
 
+/// Creates a key; the answer holds the full key, shown this once.
+#[utoipa::path(post, path = "/api/console/keys", request_body = CreateKey,
+    responses((status = 200, description = "The new key, with its full value", body = Envelope<wire::KeyView>),
+        (status = 400, description = "The body is wrong", body = wire::Failure),
+        (status = 409, description = "The name is taken or the key limit is reached", body = wire::Failure)))]
 async fn create_key(
-    State(state): State<AppState>,
+    State(state): State<ConsoleState>,
     ConsoleJson(body): ConsoleJson<CreateKey>,
 ) -> ApiResult<wire::KeyView> {
     Ok(Json(Envelope::ok(keys::create(&state, body).await?)))
 }
 
+/// Changes a key: absent fields are left alone, `null` clears a limit.
+#[utoipa::path(patch, path = "/api/console/keys/{id}", request_body = PatchKey,
+    params(("id" = i64, Path, description = "The key's id")),
+    responses((status = 200, description = "The changed key", body = Envelope<wire::KeyView>),
+        (status = 400, description = "The id or the body is wrong", body = wire::Failure),
+        (status = 404, description = "No such key", body = wire::Failure),
+        (status = 409, description = "The name is taken", body = wire::Failure)))]
 async fn patch_key(
-    State(state): State<AppState>,
+    State(state): State<ConsoleState>,
     Path(id): Path<String>,
     ConsoleJson(body): ConsoleJson<PatchKey>,
 ) -> ApiResult<wire::KeyView> {
@@ -125,8 +191,14 @@ async fn patch_key(
     Ok(Json(Envelope::ok(keys::update(&state, id, body).await?)))
 }
 
+/// Deletes a key: it is refused from then on; its recorded calls keep its name.
+#[utoipa::path(delete, path = "/api/console/keys/{id}",
+    params(("id" = i64, Path, description = "The key's id")),
+    responses((status = 200, description = "Deleted", body = Done),
+        (status = 400, description = "The id is wrong", body = wire::Failure),
+        (status = 404, description = "No such key", body = wire::Failure)))]
 async fn delete_key(
-    State(state): State<AppState>,
+    State(state): State<ConsoleState>,
     Path(id): Path<String>,
 ) -> Result<Json<Done>, ConsoleError> {
     keys::delete(&state, keys::parse_id(&id)?).await?;
@@ -136,19 +208,24 @@ async fn delete_key(
     }))
 }
 
+/// Every recorded call still kept, as JSON or CSV (a download).
+#[utoipa::path(get, path = "/api/console/export", params(ExportQuery),
+    responses((status = 200, description = "The calls", content(
+            (wire::Export = "application/json"), (String = "text/csv"))),
+        (status = 400, description = "The format is wrong", body = wire::Failure)))]
 async fn export(
-    State(state): State<AppState>,
-    Query(q): Query<Params>,
+    State(state): State<ConsoleState>,
+    ConsoleQuery(q): ConsoleQuery<ExportQuery>,
 ) -> Result<Response, ConsoleError> {
-    let format = export::format(q.get("format").map(String::as_str))?;
+    let format = export::format(q.format())?;
     export::export(&state, format).await
 }
 
-/// The API's OpenAPI 3.1 description (also its reference in the README).
-pub const OPENAPI: &str = include_str!("openapi.json");
-
+/// This document.
+#[utoipa::path(get, path = "/api/console/openapi.json",
+    responses((status = 200, description = "The OpenAPI 3.1 document", body = Object)))]
 async fn openapi() -> Response {
-    ([("content-type", "application/json")], OPENAPI).into_response()
+    ([("content-type", "application/json")], openapi::document()).into_response()
 }
 
 async fn api_not_found() -> ConsoleError {
@@ -157,34 +234,11 @@ async fn api_not_found() -> ConsoleError {
     )
 }
 
-/// Without an admin key the page, like the API, is for this machine only.
-fn page_refusal(
-    state: &AppState,
-    peer: SocketAddr,
-    uri: &Uri,
-    headers: &HeaderMap,
-) -> Option<Response> {
-    auth::local_only_refusal(state, peer, uri, headers).map(|e| {
-        let text = [("content-type", "text/plain; charset=utf-8")];
-        page::secure((StatusCode::FORBIDDEN, text, e.to_string()).into_response())
-    })
+/// The page; without an admin key, like the API, for this machine only ([`PageAccess`]).
+async fn index(_: PageAccess) -> Response {
+    page::asset("")
 }
 
-async fn index(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    page_refusal(&state, peer, &uri, &headers).unwrap_or_else(|| page::asset(""))
-}
-
-async fn asset(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    uri: Uri,
-    headers: HeaderMap,
-    Path(file): Path<String>,
-) -> Response {
-    page_refusal(&state, peer, &uri, &headers).unwrap_or_else(|| page::asset(&file))
+async fn asset(_: PageAccess, Path(file): Path<String>) -> Response {
+    page::asset(&file)
 }

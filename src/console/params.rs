@@ -4,14 +4,14 @@
 use std::collections::HashMap;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Query, Request};
+use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use utoipa::IntoParams;
 
 use crate::error::ConsoleError;
 use crate::store::{CallKind, LogQuery, StatusFilter, UsageFilter};
-
-/// Query parameters as given.
-pub type Params = HashMap<String, String>;
 
 /// Default and largest `days` of the usage trend.
 pub const DEFAULT_DAYS: u32 = 7;
@@ -22,13 +22,100 @@ pub const DEFAULT_LIMIT: u32 = 100;
 /// Largest `limit`; more is clamped to this.
 pub const MAX_LIMIT: u32 = 1000;
 
-fn get<'a>(params: &'a Params, name: &str) -> Option<&'a str> {
-    params.get(name).map(|v| v.trim()).filter(|v| !v.is_empty())
+/// Query of `GET /api/console/stats`. Every parameter may be empty, which is the same as absent.
+#[derive(Deserialize, IntoParams, Default)]
+#[into_params(parameter_in = Query)]
+pub struct StatsQuery {
+    /// Only this key's calls.
+    #[param(value_type = Option<i64>)]
+    pub key_id: Option<String>,
+    /// Start of the window (widened to the start of its hour); must be earlier than `to`.
+    #[param(value_type = Option<String>, format = DateTime)]
+    pub from: Option<String>,
+    /// End of the window (widened to the end of its hour); must be later than `from`.
+    #[param(value_type = Option<String>, format = DateTime)]
+    pub to: Option<String>,
+}
+
+/// Query of `GET /api/console/usage-trend`.
+#[derive(Deserialize, IntoParams, Default)]
+#[into_params(parameter_in = Query)]
+pub struct TrendQuery {
+    /// Days shown, ending today: default 7, above 90 clamped to 90.
+    #[param(schema_with = clamped_count)]
+    pub days: Option<String>,
+    /// Only this key's calls.
+    #[param(value_type = Option<i64>)]
+    pub key_id: Option<String>,
+}
+
+/// Query of `GET /api/console/logs` and `/logs/stream`: filters, all combined.
+#[derive(Deserialize, IntoParams, Default)]
+#[into_params(parameter_in = Query)]
+pub struct LogsQuery {
+    /// Most rows: default 100, above 1000 clamped to 1000 (the stream: rows of its first page).
+    #[param(schema_with = clamped_count)]
+    pub limit: Option<String>,
+    /// Text in the endpoint, model, method or status (case-insensitive).
+    pub q: Option<String>,
+    /// HTTP method (case-insensitive).
+    pub method: Option<String>,
+    /// A status code (`200`) or a class (`2xx`, `4xx`, `5xx`).
+    #[param(pattern = r"^([1-5][0-9][0-9]|[1-5][xX][xX])$")]
+    pub status: Option<String>,
+    /// Model, exact.
+    pub model: Option<String>,
+    /// Key id.
+    #[param(value_type = Option<i64>)]
+    pub key_id: Option<String>,
+    /// Calls at or after this instant.
+    #[param(value_type = Option<String>, format = DateTime)]
+    pub since: Option<String>,
+    /// Calls before this instant.
+    #[param(value_type = Option<String>, format = DateTime)]
+    pub until: Option<String>,
+    /// Rows with a smaller id only (the next page; not for the stream).
+    #[param(value_type = Option<i64>)]
+    pub before_id: Option<String>,
+    /// `call` (every call but `count_tokens` ones) or `count_tokens`.
+    #[param(pattern = r"^(call|count_tokens)$")]
+    pub kind: Option<String>,
+    /// Client family (`claude-cli`, `codex`, `openai-python`, …, `other`), exact.
+    pub client: Option<String>,
+    /// Session id, exact.
+    pub session_id: Option<String>,
+}
+
+/// Query of `GET /api/console/export`.
+#[derive(Deserialize, IntoParams, Default)]
+#[into_params(parameter_in = Query)]
+pub struct ExportQuery {
+    /// `json` (default) or `csv`.
+    #[param(pattern = r"^([jJ][sS][oO][nN]|[cC][sS][vV])$")]
+    pub format: Option<String>,
+}
+
+/// A whole number of 1 or more, of any size (larger than the parameter's maximum is clamped).
+fn clamped_count() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::Integer)
+        .minimum(Some(1))
+        .build()
+}
+
+/// A parameter's value; blank (empty or white space) is the same as absent.
+fn get(value: &Option<String>) -> Option<&str> {
+    value.as_deref().filter(|v| !v.trim().is_empty())
 }
 
 /// A positive whole number, clamped to `max`; absent gives `default`.
-fn bounded(params: &Params, name: &str, default: u32, max: u32) -> Result<u32, ConsoleError> {
-    let Some(raw) = get(params, name) else {
+fn bounded(
+    value: &Option<String>,
+    name: &str,
+    default: u32,
+    max: u32,
+) -> Result<u32, ConsoleError> {
+    let Some(raw) = get(value) else {
         return Ok(default);
     };
     // Any whole number of 1 or more is valid, however many digits it has: above `max` it is
@@ -44,19 +131,9 @@ fn bounded(params: &Params, name: &str, default: u32, max: u32) -> Result<u32, C
     }
 }
 
-/// `days` of the usage trend: default 7, above 90 clamped, below 1 or not a number rejected.
-pub fn days(params: &Params) -> Result<u32, ConsoleError> {
-    bounded(params, "days", DEFAULT_DAYS, MAX_DAYS)
-}
-
-/// `limit` of the logs: default 100, above 1000 clamped, below 1 or not a number rejected.
-pub fn limit(params: &Params) -> Result<u32, ConsoleError> {
-    bounded(params, "limit", DEFAULT_LIMIT, MAX_LIMIT)
-}
-
 /// An optional id parameter.
-pub fn id(params: &Params, name: &str) -> Result<Option<i64>, ConsoleError> {
-    get(params, name)
+fn id(value: &Option<String>, name: &str) -> Result<Option<i64>, ConsoleError> {
+    get(value)
         .map(|raw| {
             raw.parse::<i64>().map_err(|_| {
                 ConsoleError::BadRequest(format!("{name} must be a whole number; got \"{raw}\""))
@@ -74,25 +151,49 @@ pub fn instant(name: &str, raw: &str) -> Result<jiff::Timestamp, ConsoleError> {
     })
 }
 
-fn optional_instant(params: &Params, name: &str) -> Result<Option<jiff::Timestamp>, ConsoleError> {
-    get(params, name).map(|raw| instant(name, raw)).transpose()
+fn optional_instant(
+    value: &Option<String>,
+    name: &str,
+) -> Result<Option<jiff::Timestamp>, ConsoleError> {
+    get(value).map(|raw| instant(name, raw)).transpose()
 }
 
-/// `key_id`, `from` and `to` of the statistics.
-pub fn usage_filter(params: &Params) -> Result<UsageFilter, ConsoleError> {
-    let filter = UsageFilter {
-        key_id: id(params, "key_id")?,
-        from: optional_instant(params, "from")?,
-        to: optional_instant(params, "to")?,
-    };
-    if let (Some(from), Some(to)) = (filter.from, filter.to) {
-        if from >= to {
-            return Err(ConsoleError::BadRequest(
-                "from must be earlier than to".to_owned(),
-            ));
+impl StatsQuery {
+    /// `key_id`, `from` and `to` as a filter.
+    pub fn filter(&self) -> Result<UsageFilter, ConsoleError> {
+        let filter = UsageFilter {
+            key_id: id(&self.key_id, "key_id")?,
+            from: optional_instant(&self.from, "from")?,
+            to: optional_instant(&self.to, "to")?,
+        };
+        if let (Some(from), Some(to)) = (filter.from, filter.to) {
+            if from >= to {
+                return Err(ConsoleError::BadRequest(
+                    "from must be earlier than to".to_owned(),
+                ));
+            }
         }
+        Ok(filter)
     }
-    Ok(filter)
+}
+
+impl TrendQuery {
+    /// `days`: default 7, above 90 clamped, below 1 or not a number rejected.
+    pub fn days(&self) -> Result<u32, ConsoleError> {
+        bounded(&self.days, "days", DEFAULT_DAYS, MAX_DAYS)
+    }
+
+    /// `key_id`.
+    pub fn key_id(&self) -> Result<Option<i64>, ConsoleError> {
+        id(&self.key_id, "key_id")
+    }
+}
+
+impl ExportQuery {
+    /// The format asked for, if any.
+    pub fn format(&self) -> Option<&str> {
+        get(&self.format)
+    }
 }
 
 /// `200` or a class such as `4xx`.
@@ -110,22 +211,30 @@ fn status(raw: &str) -> Result<StatusFilter, ConsoleError> {
     )))
 }
 
-/// Every filter of the logs.
-pub fn log_query(params: &Params) -> Result<LogQuery, ConsoleError> {
-    Ok(LogQuery {
-        limit: limit(params)?,
-        q: get(params, "q").map(str::to_owned),
-        method: get(params, "method").map(str::to_owned),
-        status: get(params, "status").map(status).transpose()?,
-        model: get(params, "model").map(str::to_owned),
-        key_id: id(params, "key_id")?,
-        since: optional_instant(params, "since")?,
-        until: optional_instant(params, "until")?,
-        before_id: id(params, "before_id")?,
-        kind: get(params, "kind").map(kind).transpose()?,
-        client: get(params, "client").map(str::to_owned),
-        session_id: get(params, "session_id").map(str::to_owned),
-    })
+impl LogsQuery {
+    /// `limit`: default 100, above 1000 clamped, below 1 or not a number rejected.
+    pub fn limit(&self) -> Result<u32, ConsoleError> {
+        bounded(&self.limit, "limit", DEFAULT_LIMIT, MAX_LIMIT)
+    }
+
+    /// Every filter of the logs.
+    pub fn query(&self) -> Result<LogQuery, ConsoleError> {
+        let text = |v: &Option<String>| get(v).map(|t| t.trim().to_owned());
+        Ok(LogQuery {
+            limit: self.limit()?,
+            q: text(&self.q),
+            method: text(&self.method),
+            status: get(&self.status).map(status).transpose()?,
+            model: text(&self.model),
+            key_id: id(&self.key_id, "key_id")?,
+            since: optional_instant(&self.since, "since")?,
+            until: optional_instant(&self.until, "until")?,
+            before_id: id(&self.before_id, "before_id")?,
+            kind: get(&self.kind).map(kind).transpose()?,
+            client: text(&self.client),
+            session_id: text(&self.session_id),
+        })
+    }
 }
 
 /// `call` (every call but `count_tokens`) or `count_tokens`.
@@ -136,6 +245,31 @@ fn kind(raw: &str) -> Result<CallKind, ConsoleError> {
         _ => Err(ConsoleError::BadRequest(format!(
             "kind must be call (every call but count_tokens) or count_tokens; got \"{raw}\""
         ))),
+    }
+}
+
+/// Query parameters as a typed struct (every field an optional string, parsed by its methods with
+/// messages that say what to send). A repeated parameter counts once, its last value; a query that
+/// is not valid URL encoding is answered in the console envelope.
+pub struct ConsoleQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ConsoleQuery<T> {
+    type Rejection = ConsoleError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ConsoleError> {
+        let Query(pairs) = Query::<HashMap<String, String>>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| {
+                ConsoleError::BadRequest(format!(
+                    "the query string cannot be read ({}); percent-encode its values",
+                    e.body_text()
+                ))
+            })?;
+        let value =
+            serde_json::to_value(pairs).map_err(|e| ConsoleError::Internal(e.to_string()))?;
+        serde_json::from_value(value)
+            .map(Self)
+            .map_err(|e| ConsoleError::BadRequest(format!("bad query parameters: {e}")))
     }
 }
 
@@ -179,46 +313,52 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ConsoleError> 
 mod tests {
     use super::*;
 
-    type Case = (&'static [(&'static str, &'static str)], Option<u32>);
+    type Case = (Option<&'static str>, Option<u32>);
 
-    fn params(pairs: &[(&str, &str)]) -> Params {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
+    fn some(v: Option<&str>) -> Option<String> {
+        v.map(str::to_owned)
     }
 
     #[test]
     fn days_follow_the_guide() {
-        let cases: [Case; 7] = [
-            (&[], Some(7)),
-            (&[("days", "30")], Some(30)),
-            (&[("days", "90")], Some(90)),
-            (&[("days", "500")], Some(90)),
-            (&[("days", "0")], None),
-            (&[("days", "abc")], None),
-            (&[("days", "-3")], None),
+        let cases: [Case; 8] = [
+            (None, Some(7)),
+            (Some(""), Some(7)),
+            (Some("30"), Some(30)),
+            (Some("90"), Some(90)),
+            (Some("500"), Some(90)),
+            (Some("0"), None),
+            (Some("abc"), None),
+            (Some("-3"), None),
         ];
         for (given, want) in cases {
-            assert_eq!(days(&params(given)).ok(), want, "{given:?}");
+            let q = TrendQuery {
+                days: some(given),
+                ..TrendQuery::default()
+            };
+            assert_eq!(q.days().ok(), want, "{given:?}");
         }
     }
 
     #[test]
     fn limits_follow_the_guide() {
         let cases: [Case; 9] = [
-            (&[], Some(100)),
-            (&[("limit", "5000")], Some(1000)),
-            (&[("limit", "1")], Some(1)),
-            (&[("limit", "-1")], None),
-            (&[("limit", "x")], None),
-            (&[("limit", "99999999999999999999999999")], Some(1000)),
-            (&[("limit", "+5")], Some(5)),
-            (&[("limit", "0000")], None),
-            (&[("limit", "+")], None),
+            (None, Some(100)),
+            (Some("5000"), Some(1000)),
+            (Some("1"), Some(1)),
+            (Some("-1"), None),
+            (Some("x"), None),
+            (Some("99999999999999999999999999"), Some(1000)),
+            (Some("+5"), Some(5)),
+            (Some("0000"), None),
+            (Some("+"), None),
         ];
         for (given, want) in cases {
-            assert_eq!(limit(&params(given)).ok(), want, "{given:?}");
+            let q = LogsQuery {
+                limit: some(given),
+                ..LogsQuery::default()
+            };
+            assert_eq!(q.limit().ok(), want, "{given:?}");
         }
     }
 

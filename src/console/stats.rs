@@ -1,14 +1,14 @@
 //! The dashboard's figures, computed from the store's aggregates only (never from raw logs).
 
+use super::ConsoleState;
 use crate::error::ConsoleError;
-use crate::state::AppState;
 use crate::store::{Aggregate, DayTotal, UsageFilter};
 use crate::usage::latency_quantile;
 
 use super::wire::{round2, Latency, ModelStats, Stats, Trend};
 
 /// `/stats`: totals, the budget (global, or the key's with `key_id`) and the per-model table.
-pub async fn stats(state: &AppState, filter: UsageFilter) -> Result<Stats, ConsoleError> {
+pub async fn stats(state: &ConsoleState, filter: UsageFilter) -> Result<Stats, ConsoleError> {
     let budget = match filter.key_id {
         Some(key_id) => key_limit(state, key_id).await?,
         None => state.config.total_tokens,
@@ -17,7 +17,7 @@ pub async fn stats(state: &AppState, filter: UsageFilter) -> Result<Stats, Conso
     Ok(build_stats(models, budget))
 }
 
-async fn key_limit(state: &AppState, key_id: i64) -> Result<Option<u64>, ConsoleError> {
+async fn key_limit(state: &ConsoleState, key_id: i64) -> Result<Option<u64>, ConsoleError> {
     let keys = state.store.list_keys().await?;
     let key = keys.iter().find(|k| k.id == key_id).ok_or_else(|| {
         ConsoleError::NotFound(format!(
@@ -106,7 +106,7 @@ fn day_number(date: jiff::civil::Date) -> i64 {
 
 /// `/usage-trend`: the last `days` local days, oldest first, today last, empty days as 0.
 pub async fn trend(
-    state: &AppState,
+    state: &ConsoleState,
     days: u32,
     key_id: Option<i64>,
 ) -> Result<Trend, ConsoleError> {

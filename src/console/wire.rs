@@ -2,6 +2,7 @@
 //! Only these types (and request bodies) derive serde; the rest of the program never does.
 
 use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::ToSchema;
 
 use crate::store::KeyRow;
 use crate::usage::LoggedCall;
@@ -20,12 +21,23 @@ pub fn round2(value: f64) -> f64 {
 }
 
 /// Success envelope: `{"code":0,"data":…}`.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct Envelope<T: Serialize> {
     /// Always 0.
+    #[schema(minimum = 0, maximum = 0)]
     pub code: u16,
     /// The payload.
     pub data: T,
+}
+
+/// Failure envelope: `{"code":<HTTP status>,"msg":…}`, the message saying what to do.
+#[derive(Serialize, ToSchema)]
+pub struct Failure {
+    /// The HTTP status.
+    #[schema(minimum = 400, maximum = 599)]
+    pub code: u16,
+    /// What went wrong and what to do.
+    pub msg: String,
 }
 
 impl<T: Serialize> Envelope<T> {
@@ -36,16 +48,17 @@ impl<T: Serialize> Envelope<T> {
 }
 
 /// Success envelope with a message and no data: `{"code":0,"msg":…}`.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct Done {
     /// Always 0.
+    #[schema(minimum = 0, maximum = 0)]
     pub code: u16,
     /// What happened.
     pub msg: &'static str,
 }
 
 /// Latency quantiles in milliseconds (`null` without calls).
-#[derive(Serialize, Clone, Copy)]
+#[derive(Serialize, Clone, Copy, ToSchema)]
 pub struct Latency {
     /// Median.
     pub p50: Option<f64>,
@@ -56,7 +69,7 @@ pub struct Latency {
 }
 
 /// One row of the per-model table.
-#[derive(Serialize, Clone)]
+#[derive(Serialize, Clone, ToSchema)]
 pub struct ModelStats {
     /// Model name.
     pub name: String,
@@ -81,7 +94,7 @@ pub struct ModelStats {
 }
 
 /// `GET /api/console/stats`.
-#[derive(Serialize, Clone)]
+#[derive(Serialize, Clone, ToSchema)]
 pub struct Stats {
     /// The budget; `null` when unlimited.
     pub total_tokens: Option<u64>,
@@ -118,7 +131,7 @@ pub struct Stats {
 }
 
 /// `GET /api/console/usage-trend`.
-#[derive(Serialize, Clone)]
+#[derive(Serialize, Clone, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Trend {
     /// `MM-DD` per day, oldest first.
@@ -134,7 +147,7 @@ pub struct Trend {
 }
 
 /// One row of `GET /api/console/logs` and of the live stream.
-#[derive(Serialize, Clone)]
+#[derive(Serialize, Clone, ToSchema)]
 pub struct LogRow {
     /// Row id.
     pub id: i64,
@@ -209,8 +222,25 @@ impl From<&LoggedCall> for LogRow {
     }
 }
 
+/// `GET /api/console/export?format=json`: what the console shows, then every call still kept.
+#[derive(Serialize, ToSchema)]
+pub struct Export {
+    /// When the export was made.
+    pub exported_at: String,
+    /// The statistics over all calls.
+    pub stats: Stats,
+    /// The last 90 days.
+    pub trend: Trend,
+    /// The per-model table.
+    pub models: Vec<ModelStats>,
+    /// The keys with their usage.
+    pub keys: Vec<KeyView>,
+    /// Every call still kept, newest first (streamed page by page; the last field).
+    pub logs: Vec<LogRow>,
+}
+
 /// One key of `GET /api/console/keys` (and of the create call, with the full value).
-#[derive(Serialize, Clone)]
+#[derive(Serialize, Clone, ToSchema)]
 pub struct KeyView {
     /// Row id.
     pub id: i64,
@@ -268,45 +298,71 @@ impl KeyView {
 }
 
 /// `POST /api/console/keys` body.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
     /// Required, 1–64 characters after trimming.
+    #[schema(min_length = 1, max_length = 64, pattern = r"\S")]
     pub name: String,
-    /// Optional.
+    /// Optional, up to 1,000 characters.
     #[serde(default)]
+    #[schema(max_length = 1000)]
     pub description: Option<String>,
 }
 
 /// `PATCH /api/console/keys/{id}` body; an absent field is left alone, `null` clears a limit.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchKey {
-    /// New name.
+    /// New name, 1–64 characters after trimming.
     #[serde(default, deserialize_with = "not_null")]
+    #[schema(value_type = String, min_length = 1, max_length = 64, pattern = r"\S")]
     pub name: Option<String>,
     /// New description.
     #[serde(default, deserialize_with = "not_null")]
+    #[schema(value_type = String, max_length = 1000)]
     pub description: Option<String>,
     /// Enable or disable.
     #[serde(default, deserialize_with = "not_null")]
+    #[schema(value_type = bool)]
     pub enabled: Option<bool>,
-    /// Token limit, or `null` for none.
+    /// Token limit, or `null` for none (at most 2^63 − 1, what the store can hold).
     #[serde(default, deserialize_with = "present_u64")]
+    #[schema(value_type = Option<u64>, minimum = 0)]
     pub token_limit: Option<Option<u64>>,
     /// RPM limit, or `null` for none.
     #[serde(default, deserialize_with = "present_u32")]
+    #[schema(value_type = Option<u64>, minimum = 1, maximum = 4294967295.0)]
     pub rpm_limit: Option<Option<u32>>,
-    /// Allowed model patterns, or `null` for all.
+    /// Allowed model patterns (globs such as `gpt-4o*`), or `null` for all.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Vec<ModelPattern>>)]
     pub allowed_models: Option<Option<Vec<String>>>,
     /// Expiry (RFC 3339), or `null` for none.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub expires_at: Option<Option<String>>,
-    /// Lower `max_tokens` to what is left of a budget instead of refusing.
+    /// Lower a call's `max_tokens` to what is left of the token budget instead of refusing the
+    /// call.
     #[serde(default, deserialize_with = "not_null")]
+    #[schema(value_type = bool)]
     pub fit_max_tokens: Option<bool>,
 }
+
+/// A model name pattern: `*` matches any run of characters.
+pub struct ModelPattern;
+
+impl utoipa::PartialSchema for ModelPattern {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .min_length(Some(1))
+            .pattern(Some(r"\S"))
+            .into()
+    }
+}
+
+impl ToSchema for ModelPattern {}
 
 /// A field that may be absent but, when present, must not be `null`.
 fn not_null<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
@@ -344,7 +400,7 @@ where
 fn present_u64<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<Option<u64>>, D::Error> {
-    present_whole(deserializer, u64::MAX)
+    present_whole(deserializer, i64::MAX as u64)
 }
 
 fn present_u32<'de, D: Deserializer<'de>>(
@@ -380,6 +436,8 @@ mod tests {
         assert_eq!((p.token_limit, p.rpm_limit), (Some(None), Some(None)));
         let p = patch("{}").unwrap();
         assert_eq!((p.token_limit, p.rpm_limit), (None, None));
+        let p = patch(r#"{"token_limit": 9223372036854775807}"#).unwrap();
+        assert_eq!(p.token_limit, Some(Some(i64::MAX as u64)));
         let p = patch(r#"{"rpm_limit": 4294967295}"#).unwrap();
         assert_eq!(p.rpm_limit, Some(Some(u32::MAX)));
         for bad in [
@@ -387,6 +445,7 @@ mod tests {
             r#"{"token_limit": -1}"#,
             r#"{"token_limit": "5"}"#,
             r#"{"token_limit": 1e30}"#,
+            r#"{"token_limit": 9223372036854775808}"#,
             r#"{"rpm_limit": 4294967296}"#,
         ] {
             let e = patch(bad)

@@ -1,32 +1,9 @@
-//! Glob patterns for model names: `*` matches any run of characters, `?` one character.
+//! Glob patterns for model names: `*` matches any run of characters, `?` one character
+//! (the `wildmatch` crate's semantics, which are exactly these).
 
-/// Whether `name` matches `pattern` (case-sensitive, as model ids are).
+/// Whether `name` matches `pattern` (case-sensitive, as model ids are), by `wildmatch`.
 pub fn matches(pattern: &str, name: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let n: Vec<char> = name.chars().collect();
-    let (mut pi, mut ni) = (0, 0);
-    let mut backtrack: Option<(usize, usize)> = None;
-    while ni < n.len() {
-        match p.get(pi) {
-            Some('*') => {
-                backtrack = Some((pi, ni));
-                pi += 1;
-            }
-            Some(&c) if c == '?' || c == n[ni] => {
-                pi += 1;
-                ni += 1;
-            }
-            _ => match backtrack {
-                Some((star, matched)) => {
-                    pi = star + 1;
-                    ni = matched + 1;
-                    backtrack = Some((star, matched + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
+    wildmatch::WildMatch::new(pattern).matches(name)
 }
 
 /// Whether any pattern matches.

@@ -447,3 +447,71 @@ def test_errors_reach_the_sdks_as_their_own_exceptions(gateway, console):
     assert unauthenticated >= 2, metrics
     stats = _api(console.gw, "GET", "/api/console/stats")
     assert stats["api_call_count"] == console.calls, stats
+
+
+def _answer(gw, path):
+    with urllib.request.urlopen(f"{gw}{path}", timeout=DEADLINE_S) as response:
+        return json.load(response)
+
+
+def _first_event(gw, path, make_call):
+    """The first `data:` event of a live stream, which shows calls recorded after it opened:
+    `make_call` makes one once the stream's headers have arrived."""
+    with urllib.request.urlopen(f"{gw}{path}", timeout=DEADLINE_S) as response:
+        make_call()
+        for line in response:
+            if line.startswith(b"data:"):
+                return json.loads(line[5:])
+    raise AssertionError(f"{path} ended without an event")
+
+
+def test_console_answers_agree_with_the_openapi_document(gateway, oa, an, console):
+    """Every GET operation of the console API, answered from a store holding the calls of the
+    tests above, validates against the schema the served document gives for it; every object
+    schema is closed, so a field the document does not name fails."""
+    from jsonschema import Draft202012Validator
+
+    oa.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "agree"}])
+    an.messages.create(
+        model="claude-3-haiku", max_tokens=5, messages=[{"role": "user", "content": "agree"}]
+    )
+    console.newest(2)
+    key_id = _api(gateway, "GET", "/api/console/keys")[0]["id"]
+    doc = _answer(gateway, "/api/console/openapi.json")
+
+    def validate(instance, schema, what):
+        root = dict(schema, components=doc["components"])
+        errors = sorted(Draft202012Validator(root).iter_errors(instance), key=str)
+        assert not errors, f"{what}: {errors[0].message} at {list(errors[0].absolute_path)}"
+
+    for name, schema in doc["components"]["schemas"].items():
+        if "properties" in schema:
+            assert schema.get("additionalProperties") is False, f"{name} is not closed"
+
+    asked = {
+        "/api/console/stats": [f"?key_id={key_id}", "?from=2020-01-01T00:00:00Z", ""],
+        "/api/console/usage-trend": ["?days=3", ""],
+        "/api/console/logs": ["?limit=5", "?status=2xx&kind=call", ""],
+        "/api/console/keys": [""],
+        "/api/console/export": ["?format=json"],
+        "/api/console/openapi.json": [""],
+    }
+    gets = {path for path, ops in doc["paths"].items() if "get" in ops}
+    assert gets == set(asked) | {"/api/console/logs/stream"}, gets
+    for path, queries in asked.items():
+        schema = doc["paths"][path]["get"]["responses"]["200"]["content"]["application/json"][
+            "schema"
+        ]
+        for query in queries:
+            answer = _answer(gateway, path + query)
+            validate(answer, schema, path + query)
+            data = answer.get("data", answer)
+            assert data, f"{path}{query} answered from a store with data"
+    def call():
+        oa.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "live"}])
+
+    row = _first_event(gateway, "/api/console/logs/stream", call)
+    console.newest(1)
+    validate(row, {"$ref": "#/components/schemas/LogRow"}, "a live-log event")
+    stats = _api(gateway, "GET", "/api/console/stats")
+    assert stats["models"] and stats["api_call_count"] == console.calls
