@@ -34,7 +34,9 @@ def version():
     if shutil.which("wrk") is None:
         return None
     out = subprocess.run(["wrk", "--version"], capture_output=True, text=True)
-    return (out.stdout + out.stderr).strip().splitlines()[0] if (out.stdout + out.stderr).strip() else "wrk"
+    text = (out.stdout + out.stderr).strip()
+    # "wrk debian/4.1.0-3+b2 [epoll] Copyright (C) 2012 Will Glozer": the name and version
+    return " ".join(text.split()[:2]) if text else "wrk"
 
 
 def script(work):
