@@ -93,6 +93,11 @@ def evaluate(res):
                       "figure": f"stats {q['stats']['latency_ms']['p99']} ms, usage-trend "
                                 f"{q['usage-trend days=90']['latency_ms']['p99']} ms", "met": worst <= 20})
     lost = res["nothing_lost"]
+    per_run = [r for r in o["runs"] + o.get("saturation", []) if "records" in r]
+    if per_run:
+        bad = sum(not r["records"]["ok"] for r in per_run)
+        t.append({"target": "records = sent in every run of section 1 (checked run by run)",
+                  "figure": f"{len(per_run) - bad} of {len(per_run)} runs OK", "met": bad == 0})
     if not lost:
         return t
     t.append({"target": "0 records lost, in every run",

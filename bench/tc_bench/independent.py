@@ -12,9 +12,9 @@ import urllib.request
 from pathlib import Path
 
 from . import wrk
-from .common import BENCH, http_json, log, median
+from .common import BENCH, log, median
 from .loadgen import loadgen
-from .lost import drained
+from .lost import run_records, store_counts
 from .nginx import start_nginx, start_nginx_mock
 from .procs import cpu_busy_since, cpu_ticks, settle
 from .systems import create_key, gateway_config, key_limits, start_tc
@@ -31,13 +31,6 @@ def mock_answer(mock, key):
                                                          "content-type": "application/json"})
     with urllib.request.urlopen(req, timeout=10) as r:
         return r.read()
-
-
-def store_counts(tc):
-    """Once the recorder has written everything: (calls, successes, recorder written, dropped)."""
-    h = drained(tc)
-    s = http_json(f"{tc.url}/api/console/stats")["data"]
-    return s["api_call_count"], s["success_count"], h["recorder"]["written"], h["recorder"]["dropped"]
 
 
 def independent(ctx, answer):
@@ -133,20 +126,16 @@ def one_run(ctx, gen, name, targets, nmock, rnd):
                # every other process on the machine (other agents' builds, say): what makes a run noisy
                other_processes_cores=round(max(0.0, sum(machine.values()) - ours / wall), 2))
     if tc:
-        after = store_counts(tc)
-        calls, ok, written, dropped = (a - b for a, b in zip(after, before))
-        # loadgen knows what it sent (it waits for every answer); wrk stops with up to one request
-        # in flight per connection, which the gateway records (answered, or 499) but wrk does not
-        # count: so records = answers + in flight, 0 <= in flight <= connections.
-        if sent is not None:
-            good = calls == sent and ok == r["ok"]
-            rule = "records = sent, successes = answered 2xx"
-        else:
-            good = r["answered"] <= calls <= r["answered"] + CONNECTIONS and ok >= r["ok"]
-            rule = f"answers <= records <= answers + {CONNECTIONS} (wrk's in-flight at its stop)"
-        good = good and dropped == 0 and written == calls and forwarded <= calls
-        run["records"] = {"calls": calls, "successes": ok, "written": written, "dropped": dropped,
-                          "rule": rule, "ok": good}
+        rec = run_records(before, store_counts(tc), sent, r["ok"])
+        if sent is None:
+            # wrk stops with up to one request in flight per connection, which the gateway records
+            # (answered, or 499) but wrk does not count: records = answers + in flight.
+            calls = rec["calls"]
+            rec["rule"] = f"answers <= records <= answers + {CONNECTIONS} (wrk's in flight at its stop)"
+            rec["ok"] = (r["answered"] <= calls <= r["answered"] + CONNECTIONS and rec["successes"] >= r["ok"]
+                         and rec["written"] == calls and rec["dropped"] == 0)
+        rec["ok"] = rec["ok"] and forwarded <= rec["calls"]
+        run["records"] = rec
         run["rss_after_kb"] = tc.rss_kb()
     log(f"  {gen:7} {name:14} round {rnd}: {r['achieved_rate']:.0f} req/s, errors {r['errors']}, "
         f"p99 {r['latency_ms'].get('p99')} ms, cpu {run['cpu_us_per_call']} µs/call"

@@ -22,6 +22,23 @@ def drained(tc, timeout=60):
         time.sleep(0.1)
 
 
+def store_counts(tc):
+    """Once the recorder has written everything: (calls, successes, recorder written, dropped)."""
+    h = drained(tc)
+    s = http_json(f"{tc.url}/api/console/stats")["data"]
+    return s["api_call_count"], s["success_count"], h["recorder"]["written"], h["recorder"]["dropped"]
+
+
+def run_records(before, after, sent, ok):
+    """One run's check from store_counts() before and after it, against a generator that knows
+    what it sent (loadgen waits for every answer): records = sent, successes = 2xx answers, every
+    record written, none dropped."""
+    calls, successes, written, dropped = (a - b for a, b in zip(after, before))
+    return {"calls": calls, "successes": successes, "written": written, "dropped": dropped,
+            "rule": "records = sent, successes = answered 2xx",
+            "ok": calls == sent and successes == ok and written == calls and dropped == 0}
+
+
 def nothing_lost(tc, counts, label):
     """Waits for the recorder(s) to write everything, then compares with the load generator.
     `tc` is one token-console or a list of instances sharing one database: then every console

@@ -3,7 +3,7 @@ and closed-loop saturation with the project's load generator, interleaved rate b
 
 from .common import BENCH, MOCK_KEY, SLO_P99_MS, log
 from .loadgen import loadgen
-from .lost import nothing_lost
+from .lost import nothing_lost, run_records, store_counts
 from .nginx import start_nginx
 from .pg import PgScratch
 from .procs import RssSampler, settle
@@ -31,6 +31,7 @@ def overhead(ctx, targets):
         for other in targets.values():
             settle(other["proc"])
         db = t.get("db")
+        before = store_counts(proc) if "counts" in t else None
         cpu0 = proc.cpu()
         db0 = db.cpu_snapshot() if db else None
         with RssSampler(proc) as rss:
@@ -48,12 +49,16 @@ def overhead(ctx, targets):
                "measured": r["measured"], "all": r["all"], "response_bytes": r["response_bytes"],
                "cpu_s": round(cpu, 3), "cpu_us_per_req": round(cpu / sent * 1e6, 1) if sent else None,
                "rss_peak_kb": rss.peak_kb, "sustained": sustained}
+        if before is not None:
+            run["records"] = run_records(before, store_counts(proc), sent, r["all"]["ok"])
         if db:
             run["db_cpu_s"] = round(db_cpu, 3)
             run["db_cpu_us_per_req"] = round(db_cpu / sent * 1e6, 1) if sent else None
         log(f"  {name:14} rate {rate or 'max':>5}: p50 {lat.get('p50')} p99 {lat.get('p99')} ms, "
             f"{r['achieved_rate']:.0f} req/s, errors {r['measured']['errors']}, cpu {run['cpu_us_per_req']} µs/req"
-            + (f" + PostgreSQL {run['db_cpu_us_per_req']} µs/req" if db else ""))
+            + (f" + PostgreSQL {run['db_cpu_us_per_req']} µs/req" if db else "")
+            + (f"; records {run['records']['calls']} of {sent} sent -> {'OK' if run['records']['ok'] else 'MISMATCH'}"
+               if before is not None else ""))
         return run
 
     def series(names, rates):

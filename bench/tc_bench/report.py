@@ -130,6 +130,13 @@ def print_overhead(o):
         p("  (+p50/+p99: added over the floor at the same rate; 'max' rows: closed loop, "
           f"{o['saturation'][0]['connections']} connections, latency from actual send;\n"
           f"   'skipped': a lower rate was not sustained — errors, or p99 over {SLO_P99_MS:.0f} ms)")
+    checks = [r for r in o["runs"] + o["saturation"] if "records" in r]
+    bad = [r for r in checks if not r["records"]["ok"]]
+    if checks:
+        p(f"  records = sent, run by run: {len(checks) - len(bad)} of {len(checks)} token-console runs OK"
+          + ("" if not bad else "; MISMATCH in " + ", ".join(
+              f"{r['target']} at {r['rate'] or 'max'} ({r['records']['calls']} records of {r['all']['sent']} sent, "
+              f"{r['records']['dropped']} dropped)" for r in bad)))
     p("\n  highest error-free rate (closed-loop saturation, 0 errors) and resident memory:")
     rows = []
     for name, s in o["summary"].items():
