@@ -1,5 +1,5 @@
-//! pg-scratch: PostgreSQL helpers for the benchmarks, so that bench/bench.py needs neither psql
-//! nor a Python driver.
+//! pg-scratch: PostgreSQL helpers for the benchmarks, so that the harness (bench/tc_bench) needs
+//! neither psql nor a Python driver.
 //!
 //! - `pg-scratch hold` creates an empty scratch database (`tests/common/scratch.rs`, on the
 //!   server of `TC_TEST_POSTGRES_URL`, default `postgres://postgres@127.0.0.1:5432/postgres`),
