@@ -346,8 +346,7 @@ where
     type Rejection = ConsoleError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ConsoleError> {
-        let gate: Arc<Gatekeeper> = axum::extract::FromRef::from_ref(state);
-        let peer = peer_of(parts, state).await?;
+        let (gate, peer) = gate_and_peer(parts, state).await?;
         check(&gate, peer, &parts.method, &parts.uri, &parts.headers).map(|()| Self)
     }
 }
@@ -364,9 +363,8 @@ where
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
-        let gate: Arc<Gatekeeper> = axum::extract::FromRef::from_ref(state);
-        let refusal = match peer_of(parts, state).await {
-            Ok(peer) => local_only_refusal(&gate, peer, &parts.uri, &parts.headers),
+        let refusal = match gate_and_peer(parts, state).await {
+            Ok((gate, peer)) => local_only_refusal(&gate, peer, &parts.uri, &parts.headers),
             Err(e) => Some(e),
         };
         match refusal {
@@ -380,12 +378,18 @@ where
     }
 }
 
-/// The peer address the listener recorded for the connection.
-async fn peer_of<S: Send + Sync>(parts: &mut Parts, state: &S) -> Result<SocketAddr, ConsoleError> {
-    ConnectInfo::<SocketAddr>::from_request_parts(parts, state)
+/// The gatekeeper, and the peer address the listener recorded for the connection.
+async fn gate_and_peer<S: Send + Sync>(
+    parts: &mut Parts,
+    state: &S,
+) -> Result<(Arc<Gatekeeper>, SocketAddr), ConsoleError>
+where
+    Arc<Gatekeeper>: axum::extract::FromRef<S>,
+{
+    let peer = ConnectInfo::<SocketAddr>::from_request_parts(parts, state)
         .await
-        .map(|info| info.0)
-        .map_err(|_| forbidden("the connection's peer address is unknown".into()))
+        .map_err(|_| forbidden("the connection's peer address is unknown".into()))?;
+    Ok((axum::extract::FromRef::from_ref(state), peer.0))
 }
 
 #[cfg(test)]
