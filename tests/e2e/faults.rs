@@ -6,18 +6,13 @@
 //! other clients are still served, and that nothing leaks: the server's open file descriptors
 //! return to their baseline, its resident memory stays bounded, and no stream is left open at
 //! the provider. (`soak` is the long run behind `scripts/soak`; `cargo test` skips it.)
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
-mod faults_support;
-mod gateway_support;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::*;
-use faults_support::*;
-use gateway_support::*;
+use crate::common::*;
+use crate::faults_support::*;
+use crate::gateway_support::*;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -729,5 +724,5 @@ async fn a_full_disk_delays_records_and_loses_none() {
 /// (`SOAK_MINUTES`, default 30 there, at `SOAK_RATE` per second against the release build).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soak() {
-    faults_support::soak::run().await;
+    crate::faults_support::soak::run().await;
 }

@@ -1,12 +1,12 @@
 //! The console REST API driven in-process (`app()` with `oneshot`), with calls entering through the
 //! recorder's Rust interface — the one the gateway uses — so that timestamps across days, time
 //! zones and volumes can be chosen, and every figure checked against an independent computation.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::common::scratch::{self, ScratchDb};
 use axum::body::Body;
 use axum::extract::connect_info::MockConnectInfo;
 use axum::http::{Request, StatusCode};
@@ -15,9 +15,6 @@ use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use token_console::config::{Cli, Config};
 use token_console::state::AppState;
-#[path = "common/scratch.rs"]
-mod scratch;
-use scratch::ScratchDb;
 use token_console::store::Store;
 use token_console::usage::{CallRecord, Recorder, TokenUsage};
 use tower::ServiceExt;

@@ -1,7 +1,6 @@
 //! Helpers of the gateway end-to-end tests (`tests/gateway_*.rs`): requests in either protocol,
 //! the mock's deterministic usage, protocol error shapes, SSE parsing and "every call recorded
 //! exactly once" checks over `/api/console/logs`.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::{Duration, Instant};
 

@@ -1,14 +1,11 @@
 //! Faults on purpose: the process killed under load, the database locked by another process,
 //! and a load that touches every feature while we look for secrets where they must never be.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 fn chat(model: &str) -> Value {

@@ -3,15 +3,11 @@
 //! the gateway asked for itself) while their exact usage is recorded, estimates when the upstream
 //! reports none, a client hanging up mid-stream, the budget under 50 concurrent calls, totals
 //! across a restart, `/metrics` against the store, and the model list.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
-mod gateway_support;
 
 use std::collections::{BTreeMap, HashSet};
 
-use common::*;
-use gateway_support::*;
+use crate::common::*;
+use crate::gateway_support::*;
 use serde_json::{json, Value};
 
 fn start(mock: &Mock, extra_yaml: &str) -> (tempfile::TempDir, Server) {

@@ -2,18 +2,14 @@
 //! the CPU an estimate costs (one long word, a client that hangs up), the model names kept in
 //! metrics and aggregates, the log rows calls without a key can write, and a budget raced for
 //! with prompts of one token per byte.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
-mod gateway_support;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
-use gateway_support::*;
+use crate::common::*;
+use crate::gateway_support::*;
 use serde_json::{json, Value};
 
 /// Sends a streamed chat call, reads its first bytes and hangs up.

@@ -2,7 +2,6 @@
 //! (open file descriptors, resident memory, threads), raw HTTP/1.1 over a `TcpStream` for clients
 //! that misbehave on purpose, the open-files limit, a fake upstream that answers one canned
 //! response, and a small tmpfs "disk" that can be filled up.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod soak;
 
@@ -156,21 +155,11 @@ pub fn post_head(url: &str, path: &str, key: &str, length: Option<usize>) -> Str
 pub struct RawResponse {
     /// The status code.
     pub status: u16,
-    /// Header names (lowercase) and values.
-    pub headers: Vec<(String, String)>,
     /// The body, de-chunked.
     pub body: Vec<u8>,
 }
 
 impl RawResponse {
-    /// A header's value.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
     /// The body as JSON.
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body)
@@ -210,11 +199,7 @@ pub fn parse_response(bytes: &[u8]) -> RawResponse {
         .iter()
         .any(|(n, v)| n == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
     let body = if chunked { dechunk(raw) } else { raw.to_vec() };
-    RawResponse {
-        status,
-        headers,
-        body,
-    }
+    RawResponse { status, body }
 }
 
 /// Decodes a complete `Transfer-Encoding: chunked` body.

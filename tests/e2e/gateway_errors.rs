@@ -1,13 +1,9 @@
 //! Every error the gateway answers itself (and upstream errors it passes through), on the OpenAI
 //! and the Anthropic routes: the status, the protocol's error shape, and exactly one recorded row
 //! with that status, against the real binary and the mock upstream.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-mod gateway_support;
-
-use common::*;
-use gateway_support::*;
+use crate::common::*;
+use crate::gateway_support::*;
 use serde_json::{json, Value};
 
 const TEXT: &str = "budget test words";

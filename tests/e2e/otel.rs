@@ -1,19 +1,15 @@
 //! OpenTelemetry GenAI export against a test collector (an OTLP/HTTP JSON receiver on port 0 in
 //! this process): one span per call with the GenAI attributes, token-usage metrics that add up to
 //! the store's totals, and, with the collector down, calls answered and recorded as usual.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
-mod gateway_support;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use crate::common::*;
+use crate::gateway_support::*;
 use axum::extract::State;
 use axum::routing::post as route_post;
 use axum::{Json, Router};
-use common::*;
-use gateway_support::*;
 use serde_json::{json, Value};
 
 /// What the collector received: every span, and the newest metrics export.

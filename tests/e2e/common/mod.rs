@@ -2,7 +2,6 @@
 //! each on port 0, with a fresh database: a SQLite file in a temporary directory, or with
 //! `TC_TEST_DATABASE=postgres` a scratch PostgreSQL database per directory (shared by the servers
 //! started on that directory, dropped with the last of them).
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -258,7 +257,7 @@ pub struct Server {
     pub dir: PathBuf,
     http: reqwest::Client,
     /// The scratch PostgreSQL database, kept while a server of this directory lives.
-    database: Option<Arc<ScratchDb>>,
+    _database: Option<Arc<ScratchDb>>,
     /// File name of the service log in `dir`.
     log_name: String,
 }
@@ -319,7 +318,7 @@ impl Server {
             child: Some(child),
             dir: dir.to_owned(),
             http: reqwest::Client::new(),
-            database,
+            _database: database,
             log_name,
         }
     }

@@ -5,16 +5,13 @@
 //! of a killed instance comes back (budgets: PostgreSQL only), RPM limits are shared through Redis
 //! (`TC_TEST_REDIS_URL`, on PostgreSQL runs), both consoles show the same totals, and one instance killed under load
 //! leaves the other serving and the database consistent.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 /// The longest a key change may take to reach the other instance.

@@ -3,13 +3,9 @@
 //! full), `count_tokens` apart from calls and from the RPM limit, streams cut before their final
 //! event flagged, zero usage treated as missing, the Responses WebSocket upgrade refused with 426,
 //! and the client family and session id recorded and filterable.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-mod gateway_support;
-
-use common::*;
-use gateway_support::*;
+use crate::common::*;
+use crate::gateway_support::*;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -6,7 +6,6 @@
 //! task ends up holding), the recorder's queue and the provider's open streams. At the end it
 //! checks that the records equal the calls answered, none was dropped, no transport failed,
 //! descriptors returned to their baseline and memory stayed bounded.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -2,17 +2,13 @@
 //! HTTP/2), connections that never speak, admin lock-out, headers the client should not choose,
 //! proxies in disguise, live-log stream floods, cacheable console answers, provider URLs in
 //! errors, and the overhead header on answers the gateway makes itself.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
-mod gateway_support;
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::*;
-use gateway_support::*;
+use crate::common::*;
+use crate::gateway_support::*;
 use serde_json::{json, Value};
 
 const ADMIN: &str = "admin-key-for-security-tests-0123";
