@@ -90,7 +90,7 @@ async fn claude_code_cache_tokens_are_counted_and_charged_stream_and_not() {
     // The budget was charged the whole 70,032 (the mock's prompt is tiny, so the reservations
     // were far smaller: the overdraft reaches the shared ledger at its next tick). A turn is then
     // refused, in Anthropic's terms.
-    let body = poll("a refusal of the spent key budget", || async {
+    let body = wait_until("a refusal of the spent key budget", || async {
         let (status, raw) = send(
             &server,
             "/v1/messages",

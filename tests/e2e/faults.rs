@@ -68,11 +68,11 @@ async fn nothing_leaks(
     rss_slack_kb: u64,
 ) -> Figures {
     served(server, key).await;
-    poll("no stream left open at the provider", || async {
+    wait_until("no stream left open at the provider", || async {
         (mock.stats().await["open_streams"] == 0).then_some(())
     })
     .await;
-    let after = proc.fds_settle(baseline, FD_SLACK, DEADLINE).await;
+    let after = proc.fds_settle(baseline, FD_SLACK).await;
     eprintln!("before: {baseline}\nafter:  {after}");
     assert!(
         after.rss_kb <= baseline.rss_kb + rss_slack_kb,
@@ -187,7 +187,7 @@ async fn an_error_page_that_is_not_json_is_passed_on_and_its_text_recorded() {
             assert_eq!(row["tokens"], 0, "a failed call spends nothing: {row}");
         }
     }
-    poll("the connections to the fake upstream close", || async {
+    wait_until("the connections to the fake upstream close", || async {
         let now = proc.figures();
         (now.fds <= baseline.fds + FD_SLACK).then_some(())
     })
@@ -403,7 +403,7 @@ async fn a_client_that_never_reads_is_not_buffered_for_and_is_recorded_499() {
         seen.extend_from_slice(&buf[..n]);
     }
     assert!(seen.starts_with(b"HTTP/1.1 200"), "{seen:?}");
-    poll("the provider's stream has started", || async {
+    wait_until("the provider's stream has started", || async {
         (mock.stats().await["open_streams"] == 1).then_some(())
     })
     .await;
@@ -436,7 +436,7 @@ async fn a_client_that_never_reads_is_not_buffered_for_and_is_recorded_499() {
     );
     drop(stream);
 
-    poll("the provider sees the disconnect", || async {
+    wait_until("the provider sees the disconnect", || async {
         (mock.stats().await["disconnects"] == 1).then_some(())
     })
     .await;
@@ -608,7 +608,7 @@ async fn two_thousand_concurrent_streams_complete_and_are_recorded() {
         })
         .await;
         assert_eq!(rows as u64, round * STREAMS as u64);
-        let settled = proc.fds_settle(baseline, FD_SLACK, DEADLINE).await;
+        let settled = proc.fds_settle(baseline, FD_SLACK).await;
         eprintln!("burst {round}: after: {settled}");
         after.push(settled);
     }
@@ -705,7 +705,7 @@ async fn a_full_disk_delays_records_and_loses_none() {
         stats["api_call_count"], made,
         "every record was written: {stats}"
     );
-    poll("healthz ok again", || async {
+    wait_until("healthz ok again", || async {
         let h = health(&server).await;
         (h["status"] == "ok").then_some(())
     })

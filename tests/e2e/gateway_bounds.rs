@@ -30,7 +30,7 @@ async fn newest_id(server: &Server) -> i64 {
 /// Waits for a row newer than `after` (asking only for the newest row: the wait itself must
 /// cost the server little CPU) and returns it: the call just hung up.
 async fn hung_up_row(server: &Server, after: i64) -> Value {
-    poll("the hung-up call's record", || async {
+    wait_until("the hung-up call's record", || async {
         let row = server.logs("limit=1").await.pop()?;
         (row["id"].as_i64().unwrap() > after).then_some(row)
     })

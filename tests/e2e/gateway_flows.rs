@@ -330,7 +330,7 @@ async fn client_hanging_up_mid_stream_cancels_upstream_and_records_499() {
         );
         drop(response);
 
-        let disconnects = poll("the provider sees the disconnect", || async {
+        let disconnects = wait_until("the provider sees the disconnect", || async {
             let stats = mock.stats().await;
             let d = stats["disconnects"].as_u64().unwrap();
             (d > n as u64).then_some(d)

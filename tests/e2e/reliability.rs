@@ -107,10 +107,14 @@ async fn sigkill_under_load_keeps_the_database_intact() {
             load_noting_ends(&server.url, &key, 8, stop.clone(), ok.clone(), ends.clone());
         let start = Instant::now();
         // The load runs for a while (the fault's duration, not a synchronisation), with progress.
-        while start.elapsed() < LOAD_BEFORE_KILL || ok.load(Ordering::Relaxed) < 50 {
-            assert!(start.elapsed() < DEADLINE, "the load made no progress");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        wait_until("the load to run a while and answer 50 calls", || async {
+            if start.elapsed() >= LOAD_BEFORE_KILL && ok.load(Ordering::Relaxed) >= 50 {
+                Ok(())
+            } else {
+                Err(format!("{} answered", ok.load(Ordering::Relaxed)))
+            }
+        })
+        .await;
         let killed_at = Instant::now();
         server.kill();
         stop.store(true, Ordering::Relaxed);
@@ -290,8 +294,7 @@ async fn a_locked_database_delays_records_but_loses_none() {
             200
         );
     }
-    let start = Instant::now();
-    loop {
+    let health = wait_until("/healthz to report degraded", || async {
         let health: Value = reqwest::get(format!("{}/healthz", server.url))
             .await
             .unwrap()
@@ -299,21 +302,19 @@ async fn a_locked_database_delays_records_but_loses_none() {
             .await
             .unwrap();
         if health["status"] == "degraded" {
-            assert!(
-                health["recorder"]["last_error"]
-                    .as_str()
-                    .unwrap()
-                    .contains("locked"),
-                "{health}"
-            );
-            break;
+            Ok(health)
+        } else {
+            Err(health.to_string())
         }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "never reported degraded: {health}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
+    assert!(
+        health["recorder"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("locked"),
+        "{health}"
+    );
     lock.release().await;
     let stats = server.wait_for_calls(21).await;
     assert_eq!(stats["api_call_count"], 21);
@@ -425,8 +426,8 @@ async fn secrets_appear_nowhere_but_the_create_answer() {
         .send()
         .await
         .unwrap();
-    let start = Instant::now();
-    loop {
+    // 12 calls, of which the two with a wrong key (and the admin key) are not recorded.
+    wait_until("10 recorded calls", || async {
         let stats: Value = admin(http.get(format!("{}/api/console/stats", server.url)))
             .send()
             .await
@@ -434,13 +435,13 @@ async fn secrets_appear_nowhere_but_the_create_answer() {
             .json()
             .await
             .unwrap();
-        // 12 calls, of which the two with a wrong key (and the admin key) are not recorded.
         if stats["data"]["api_call_count"].as_u64().unwrap() >= 10 {
-            break;
+            Ok(())
+        } else {
+            Err(stats.to_string())
         }
-        assert!(start.elapsed() < DEADLINE, "{stats}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    })
+    .await;
 
     let mut seen = String::new();
     for path in [
@@ -598,11 +599,10 @@ async fn sigterm_under_load_loses_nothing() {
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicU64::new(0));
     let clients = load(&server.url, &key, 8, stop.clone(), ok.clone());
-    let start = Instant::now();
-    while ok.load(Ordering::Relaxed) < 300 {
-        assert!(start.elapsed() < DEADLINE, "the load made no progress");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_until("300 answered calls under load", || async {
+        ok.load(Ordering::Relaxed) >= 300
+    })
+    .await;
     let status = server.terminate();
     assert!(status.success(), "exit status {status:?}");
     stop.store(true, Ordering::Relaxed);

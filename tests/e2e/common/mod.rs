@@ -151,6 +151,66 @@ impl DatabaseLock {
 /// The longest a test waits for a condition before failing (a guard, not a synchronisation).
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
+/// How long [`wait_until`] lets pass between two looks.
+const POLL_EVERY: Duration = Duration::from_millis(10);
+
+/// What a [`wait_until`] check reports: `true`, `Some(value)` or `Ok(value)` once the awaited
+/// condition holds; `false`, `None` or `Err(what it saw instead)` while it does not.
+pub trait Awaited {
+    /// What the wait returns once the condition holds.
+    type Value;
+    /// The value, or what was seen instead (for the failure message).
+    fn outcome(self) -> Result<Self::Value, String>;
+}
+
+impl Awaited for bool {
+    type Value = ();
+    fn outcome(self) -> Result<(), String> {
+        if self {
+            Ok(())
+        } else {
+            Err("not yet".to_owned())
+        }
+    }
+}
+
+impl<T> Awaited for Option<T> {
+    type Value = T;
+    fn outcome(self) -> Result<T, String> {
+        self.ok_or_else(|| "not yet".to_owned())
+    }
+}
+
+impl<T, E: std::fmt::Display> Awaited for Result<T, E> {
+    type Value = T;
+    fn outcome(self) -> Result<T, String> {
+        self.map_err(|e| e.to_string())
+    }
+}
+
+/// The one way the tests wait: runs `check` until the condition holds and returns its value —
+/// at once when it already holds, else within [`POLL_EVERY`] of it coming true. Fails after
+/// [`DEADLINE`] naming `what` was awaited and what `check` saw last.
+pub async fn wait_until<W, F, Fut>(what: &str, mut check: F) -> W::Value
+where
+    W: Awaited,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = W>,
+{
+    let start = Instant::now();
+    loop {
+        let last = match check().await.outcome() {
+            Ok(value) => return value,
+            Err(last) => last,
+        };
+        assert!(
+            start.elapsed() < DEADLINE,
+            "waited {DEADLINE:?} for {what}; last seen: {last}"
+        );
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+}
+
 /// Path of a binary built next to `token-console` (the workspace shares one target dir).
 pub fn sibling_binary(name: &str) -> PathBuf {
     let main = PathBuf::from(env!("CARGO_BIN_EXE_token-console"));
@@ -437,19 +497,15 @@ impl Server {
 
     /// Waits until the store has at least `n` calls (polling the console; fails after the deadline).
     pub async fn wait_for_calls(&self, n: u64) -> Value {
-        let start = Instant::now();
-        loop {
+        wait_until(&format!("{n} recorded calls"), || async {
             let stats = self.data("/api/console/stats").await;
             if stats["api_call_count"].as_u64().unwrap() >= n {
-                return stats;
+                Ok(stats)
+            } else {
+                Err(format!("/api/console/stats {stats}"))
             }
-            assert!(
-                start.elapsed() < DEADLINE,
-                "only {} of {n} calls recorded: {stats}",
-                stats["api_call_count"]
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        })
+        .await
     }
 
     /// The newest log rows.

@@ -6,12 +6,12 @@
 pub mod soak;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::common::{Server, DEADLINE};
+use crate::common::{wait_until, Server, DEADLINE};
 
 /// A running process observed through `/proc/PID`.
 #[derive(Debug, Clone, Copy)]
@@ -94,22 +94,21 @@ impl Proc {
 
     /// Waits until the open descriptors are back within `slack` of `baseline` (connections the
     /// server closes after the client has gone take a moment, pooled upstream connections until
-    /// their idle timeout) and returns the figures then; fails after `deadline`.
-    pub async fn fds_settle(&self, baseline: Figures, slack: usize, deadline: Duration) -> Figures {
-        let start = Instant::now();
-        loop {
+    /// their idle timeout) and returns the figures then; fails after the deadline.
+    pub async fn fds_settle(&self, baseline: Figures, slack: usize) -> Figures {
+        let what = format!(
+            "open file descriptors back within {slack} of the {} before",
+            baseline.fds
+        );
+        wait_until(&what, || async {
             let now = self.figures();
             if now.fds <= baseline.fds + slack {
-                return now;
+                Ok(now)
+            } else {
+                Err(format!("{} open (a leak?)", now.fds))
             }
-            assert!(
-                start.elapsed() < deadline,
-                "file descriptors leak: {} open, {} before (+{slack} allowed)",
-                now.fds,
-                baseline.fds
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await
     }
 }
 
