@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::common::scratch::{self, ScratchDb};
+use crate::common::{tempdir, TempDir};
 use axum::body::Body;
 use axum::extract::connect_info::MockConnectInfo;
 use axum::http::{Request, StatusCode};
@@ -24,7 +25,7 @@ const ZONE: &str = "Asia/Shanghai";
 struct Console {
     state: AppState,
     app: Router,
-    dir: tempfile::TempDir,
+    dir: TempDir,
     /// With `TC_TEST_DATABASE=postgres`: the scratch database, dropped with the console.
     _database: Option<ScratchDb>,
 }
@@ -35,7 +36,7 @@ impl Console {
     }
 
     async fn start_from(yaml: &str, peer: SocketAddr) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempdir();
         let database = scratch::wanted().then(|| ScratchDb::create().unwrap());
         let url = match &database {
             Some(db) => db.url.clone(),

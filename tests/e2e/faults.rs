@@ -26,7 +26,7 @@ const RSS_SLACK_KB: u64 = 24 * 1024;
 /// How long a misbehaving client misbehaves (the fault itself, not a synchronisation).
 const PAUSE: Duration = Duration::from_millis(300);
 
-fn start(mock: &Mock, extra_yaml: &str) -> (tempfile::TempDir, Server) {
+fn start(mock: &Mock, extra_yaml: &str) -> (TempDir, Server) {
     let dir = tempdir();
     let yaml = format!("{}{extra_yaml}", providers_yaml(&mock.url));
     let server = Server::start(dir.path(), &yaml);

@@ -46,7 +46,7 @@ async fn mock_requests(mock: &Mock) -> u64 {
     mock.stats().await["requests"].as_u64().unwrap()
 }
 
-fn start(mock: &Mock, extra_yaml: &str) -> (tempfile::TempDir, Server) {
+fn start(mock: &Mock, extra_yaml: &str) -> (TempDir, Server) {
     let dir = tempdir();
     let yaml = format!("{}{extra_yaml}", providers_yaml(&mock.url));
     let server = Server::start(dir.path(), &yaml);

@@ -10,7 +10,7 @@ use crate::common::*;
 use crate::gateway_support::*;
 use serde_json::{json, Value};
 
-fn start(mock: &Mock, extra_yaml: &str) -> (tempfile::TempDir, Server) {
+fn start(mock: &Mock, extra_yaml: &str) -> (TempDir, Server) {
     let dir = tempdir();
     let yaml = format!("{}{extra_yaml}", providers_yaml(&mock.url));
     let server = Server::start(dir.path(), &yaml);

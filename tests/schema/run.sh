@@ -8,16 +8,19 @@
 #
 #   tests/schema/run.sh [--max-examples N] [--seed S] …
 #   SCHEMA_EXAMPLES=100 SCHEMA_SEED=7 tests/schema/run.sh
+# SKIP_INSTALL=1 skips installing its packages (scripts/test installs them beforehand).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 venv="$root/.venv"
 
-if [ ! -x "$venv/bin/python" ]; then
-  python3 -m venv "$venv"
+if [ "${SKIP_INSTALL:-0}" != "1" ]; then
+  if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv"
+  fi
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$here/requirements.txt"
 fi
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$here/requirements.txt"
 
 if [ "${SKIP_BUILD:-0}" != "1" ] && [ -z "${TC_BIN:-}" ]; then
   (cd "$root" && cargo build --bin token-console --quiet)

@@ -13,6 +13,8 @@ use serde_json::Value;
 
 pub mod scratch;
 use scratch::ScratchDb;
+pub mod tempdir;
+pub use tempdir::{tempdir, TempDir};
 
 /// Whether the tests run on PostgreSQL (`TC_TEST_DATABASE=postgres`).
 pub fn on_postgres() -> bool {
@@ -532,13 +534,5 @@ pub async fn call(url: &str, path: &str, key: &str, body: &Value) -> reqwest::Re
         .json(body)
         .send()
         .await
-        .unwrap()
-}
-
-/// A temporary directory for one test.
-pub fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("token-console-test")
-        .tempdir()
         .unwrap()
 }
