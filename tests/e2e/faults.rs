@@ -26,13 +26,6 @@ const RSS_SLACK_KB: u64 = 24 * 1024;
 /// How long a misbehaving client misbehaves (the fault itself, not a synchronisation).
 const PAUSE: Duration = Duration::from_millis(300);
 
-fn start(mock: &Mock, extra_yaml: &str) -> (TempDir, Server) {
-    let dir = tempdir();
-    let yaml = format!("{}{extra_yaml}", providers_yaml(&mock.url));
-    let server = Server::start(dir.path(), &yaml);
-    (dir, server)
-}
-
 /// One ordinary call in each protocol, checked: the server serves other clients.
 async fn served(server: &Server, key: &str) {
     for proto in BOTH {
@@ -102,7 +95,7 @@ fn the_row(rows: &[Value], endpoint: &str, model: &str, stream: bool) -> Value {
 #[tokio::test]
 async fn invalid_json_and_invalid_sse_reach_the_client_as_sent_and_are_recorded_as_such() {
     let mock = Mock::start();
-    let (_dir, server) = start(&mock, "");
+    let (_dir, server) = start_behind(&mock, "");
     let proc = Proc::of(&server);
     let (id, key) = server.create_key("garbage").await;
     warm_up(&server, &key).await;
@@ -241,7 +234,7 @@ async fn a_very_large_answer_is_passed_on_and_its_usage_still_read() {
 #[tokio::test]
 async fn a_client_that_sends_its_body_slowly_is_served() {
     let mock = Mock::start();
-    let (_dir, server) = start(&mock, "");
+    let (_dir, server) = start_behind(&mock, "");
     let proc = Proc::of(&server);
     let (id, key) = server.create_key("slow-sender").await;
     warm_up(&server, &key).await;
@@ -307,7 +300,7 @@ async fn a_client_that_sends_its_body_slowly_is_served() {
 async fn a_client_that_hangs_up_mid_body_is_recorded_499() {
     const QUITTERS: usize = 20;
     let mock = Mock::start();
-    let (_dir, server) = start(&mock, "");
+    let (_dir, server) = start_behind(&mock, "");
     let proc = Proc::of(&server);
     let (id, key) = server.create_key("quitter").await;
     warm_up(&server, &key).await;
@@ -384,7 +377,7 @@ async fn a_client_that_never_reads_is_not_buffered_for_and_is_recorded_499() {
     const MODEL: &str = "mock-chunks-100000-gap-0";
     const STREAM_KB: u64 = 26 * 1024;
     let mock = Mock::start();
-    let (_dir, server) = start(&mock, "");
+    let (_dir, server) = start_behind(&mock, "");
     let proc = Proc::of(&server);
     let (id, key) = server.create_key("never-reads").await;
     warm_up(&server, &key).await;

@@ -46,13 +46,6 @@ async fn mock_requests(mock: &Mock) -> u64 {
     mock.stats().await["requests"].as_u64().unwrap()
 }
 
-fn start(mock: &Mock, extra_yaml: &str) -> (TempDir, Server) {
-    let dir = tempdir();
-    let yaml = format!("{}{extra_yaml}", providers_yaml(&mock.url));
-    let server = Server::start(dir.path(), &yaml);
-    (dir, server)
-}
-
 /// The `token_console_unauthenticated_requests_total` counter of `/metrics`.
 async fn unauthenticated_count(server: &Server) -> u64 {
     let text = reqwest::get(format!("{}/metrics", server.url))
@@ -345,7 +338,7 @@ async fn each_refusal_has_its_status_error_shape_and_one_row() {
 #[tokio::test]
 async fn deleted_key_is_401_on_the_next_request() {
     let mock = Mock::start();
-    let (_dir, server) = start(&mock, "");
+    let (_dir, server) = start_behind(&mock, "");
     let (id, key) = server.create_key("soon-gone").await;
     for proto in BOTH {
         expect_ok(&server, proto, proto.auth(&key), "gpt-4o").await;
@@ -374,7 +367,7 @@ async fn deleted_key_is_401_on_the_next_request() {
 #[tokio::test]
 async fn a_disabled_key_is_served_again_once_enabled() {
     let mock = Mock::start();
-    let (_dir, server) = start(&mock, "");
+    let (_dir, server) = start_behind(&mock, "");
     let (id, key) = server.create_key("paused").await;
     patch_key(&server, id, json!({"enabled": false})).await;
     expect_error(&server, Proto::OpenAi, Auth::Bearer(&key), "gpt-4o", 403).await;
@@ -386,7 +379,7 @@ async fn a_disabled_key_is_served_again_once_enabled() {
 #[tokio::test]
 async fn a_key_limited_to_some_models_is_served_for_those() {
     let mock = Mock::start();
-    let (_dir, server) = start(&mock, "");
+    let (_dir, server) = start_behind(&mock, "");
     let (id, key) = server.create_key("gpt-only").await;
     patch_key(&server, id, json!({"allowed_models": ["gpt-*"]})).await;
     expect_ok(&server, Proto::OpenAi, Auth::Bearer(&key), "gpt-4o").await;
@@ -400,7 +393,7 @@ async fn a_key_limited_to_some_models_is_served_for_those() {
 #[tokio::test]
 async fn body_over_max_body_bytes_is_413_with_or_without_a_length() {
     let mock = Mock::start();
-    let (_dir, server) = start(&mock, "max_body_bytes: 1000\n");
+    let (_dir, server) = start_behind(&mock, "max_body_bytes: 1000\n");
     let (id, key) = server.create_key("verbose").await;
     let long = "word ".repeat(400);
     for proto in BOTH {
@@ -477,7 +470,7 @@ async fn global_budget_used_up_is_refused_in_each_protocols_terms() {
     // A budget of exactly one call's reservation (its body's bytes + 4 + 3 + 20): the call uses
     // 13 + 20 = 33, so a second cannot fit in what is left.
     let budget = reservation(&Proto::OpenAi.body("gpt-4o", TEXT, 20, false));
-    let (_dir, server) = start(&mock, &format!("quota:\n  total_tokens: {budget}\n"));
+    let (_dir, server) = start_behind(&mock, &format!("quota:\n  total_tokens: {budget}\n"));
     let (id, key) = server.create_key("spender").await;
     let first = expect_ok(&server, Proto::OpenAi, Auth::Bearer(&key), "gpt-4o").await;
     assert_eq!(
@@ -507,7 +500,7 @@ async fn global_budget_used_up_is_refused_in_each_protocols_terms() {
 #[tokio::test]
 async fn key_token_limit_used_up_is_refused_for_that_key_only() {
     let mock = Mock::start();
-    let (_dir, server) = start(&mock, "");
+    let (_dir, server) = start_behind(&mock, "");
     let (id, key) = server.create_key("limited").await;
     let (_, other) = server.create_key("unlimited").await;
     let limit = reservation(&Proto::OpenAi.body("gpt-4o", TEXT, 20, false));
@@ -544,7 +537,7 @@ async fn key_token_limit_used_up_is_refused_for_that_key_only() {
 #[tokio::test]
 async fn upstream_errors_pass_through_unchanged() {
     let mock = Mock::start();
-    let (_dir, server) = start(&mock, "");
+    let (_dir, server) = start_behind(&mock, "");
     let (id, key) = server.create_key("unlucky").await;
     let cases = [
         (Proto::OpenAi, 500),
@@ -612,7 +605,7 @@ async fn upstream_errors_pass_through_unchanged() {
 #[tokio::test]
 async fn unknown_route_is_404_and_wrong_method_is_405() {
     let mock = Mock::start();
-    let (_dir, server) = start(&mock, "");
+    let (_dir, server) = start_behind(&mock, "");
     let (_, key) = server.create_key("explorer").await;
     let client = reqwest::Client::new();
     let cases = [
@@ -643,7 +636,7 @@ async fn unknown_route_is_404_and_wrong_method_is_405() {
 #[tokio::test]
 async fn upstream_breaking_off_mid_stream_is_502_with_the_tokens_seen() {
     let mock = Mock::start();
-    let (_dir, server) = start(&mock, "");
+    let (_dir, server) = start_behind(&mock, "");
     let (id, key) = server.create_key("unlucky-stream").await;
     for proto in BOTH {
         let body = proto.body("mock-drop-mid-stream", TEXT, 20, true);
@@ -696,7 +689,7 @@ async fn key_used_tokens(server: &Server, id: i64) -> u64 {
 #[tokio::test]
 async fn fit_max_tokens_lowers_a_large_max_tokens_to_what_is_left() {
     let mock = Mock::start();
-    let (_dir, server) = start(&mock, "");
+    let (_dir, server) = start_behind(&mock, "");
     let (id, key) = server.create_key("claude-code").await;
     let (strict_id, strict) = server.create_key("strict").await;
     let limit = 3_000;
@@ -752,7 +745,7 @@ async fn fit_max_tokens_lowers_a_large_max_tokens_to_what_is_left() {
 #[tokio::test]
 async fn a_budgeted_request_without_an_output_limit_is_sent_with_the_reserved_one() {
     let mock = Mock::start();
-    let (_dir, server) = start(&mock, "");
+    let (_dir, server) = start_behind(&mock, "");
     let (id, limited) = server.create_key("limited").await;
     let (_, free) = server.create_key("free").await;
     patch_key(&server, id, json!({"token_limit": 1_000_000})).await;
@@ -795,7 +788,7 @@ async fn a_budgeted_request_without_an_output_limit_is_sent_with_the_reserved_on
 #[tokio::test]
 async fn fit_max_tokens_refuses_a_prompt_that_alone_does_not_fit() {
     let mock = Mock::start();
-    let (_dir, server) = start(&mock, "");
+    let (_dir, server) = start_behind(&mock, "");
     let (id, key) = server.create_key("tight").await;
     patch_key(
         &server,
@@ -818,7 +811,7 @@ async fn fit_max_tokens_refuses_a_prompt_that_alone_does_not_fit() {
 #[tokio::test]
 async fn fit_max_tokens_never_spends_past_the_budget_in_a_race() {
     let mock = Mock::start();
-    let (_dir, server) = start(&mock, "");
+    let (_dir, server) = start_behind(&mock, "");
     let (id, key) = server.create_key("racer").await;
     let limit = 5_000;
     patch_key(
@@ -865,7 +858,7 @@ async fn fit_max_tokens_never_spends_past_the_budget_in_a_race() {
 #[tokio::test]
 async fn fit_max_tokens_round_trips_and_must_be_a_boolean() {
     let mock = Mock::start();
-    let (_dir, server) = start(&mock, "");
+    let (_dir, server) = start_behind(&mock, "");
     let (id, _) = server.create_key("setting").await;
     let listed = |keys: Value| {
         let key = keys

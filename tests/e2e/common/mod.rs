@@ -526,6 +526,15 @@ impl Drop for Server {
     }
 }
 
+/// A server in a fresh directory, both providers at `mock`, `extra_yaml` after them; the
+/// directory (and so the database) lives as long as the returned handle.
+pub fn start_behind(mock: &Mock, extra_yaml: &str) -> (TempDir, Server) {
+    let dir = tempdir();
+    let yaml = format!("{}{extra_yaml}", providers_yaml(&mock.url));
+    let server = Server::start(dir.path(), &yaml);
+    (dir, server)
+}
+
 /// A gateway client call: POST JSON with a bearer key.
 pub async fn call(url: &str, path: &str, key: &str, body: &Value) -> reqwest::Response {
     reqwest::Client::new()
