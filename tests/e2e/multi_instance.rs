@@ -509,41 +509,6 @@ async fn rpm_limits_are_shared_through_redis() {
     assert_eq!(statuses, [200, 200, 200, 429, 429, 429]);
 }
 
-/// Keeps `clients` loops calling `url` until `stop` or a connection error; counts 200 answers.
-fn load(
-    url: &str,
-    key: &str,
-    clients: usize,
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    (0..clients)
-        .map(|_| {
-            let (url, key, stop, ok) = (url.to_owned(), key.to_owned(), stop.clone(), ok.clone());
-            tokio::spawn(async move {
-                let client = reqwest::Client::new();
-                while !stop.load(Ordering::Relaxed) {
-                    let sent = client
-                        .post(format!("{url}/v1/chat/completions"))
-                        .bearer_auth(&key)
-                        .json(&chat("one two three", 5))
-                        .send()
-                        .await;
-                    match sent {
-                        Ok(r) if r.status() == 200 => {
-                            if r.bytes().await.is_ok() {
-                                ok.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                        Ok(_) => {}
-                        Err(_) => break,
-                    }
-                }
-            })
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_instance_killed_under_load_leaves_the_other_serving_and_the_totals_whole() {
     const CLIENTS: usize = 4;
@@ -556,8 +521,24 @@ async fn one_instance_killed_under_load_leaves_the_other_serving_and_the_totals_
 
     let stop = Arc::new(AtomicBool::new(false));
     let (ok_a, ok_b) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let mut clients = load(&a.url, &key, CLIENTS, stop.clone(), ok_a.clone());
-    clients.extend(load(&b.url, &key, CLIENTS, stop.clone(), ok_b.clone()));
+    let mut clients = chat_load(
+        &a.url,
+        &key,
+        "gpt-4o",
+        CLIENTS,
+        stop.clone(),
+        ok_a.clone(),
+        Default::default(),
+    );
+    clients.extend(chat_load(
+        &b.url,
+        &key,
+        "gpt-4o",
+        CLIENTS,
+        stop.clone(),
+        ok_b.clone(),
+        Default::default(),
+    ));
     wait_until("load on both", || async {
         ok_a.load(Ordering::Relaxed) >= 200 && ok_b.load(Ordering::Relaxed) >= 200
     })

@@ -12,67 +12,6 @@ fn chat(model: &str) -> Value {
     json!({"model": model, "max_tokens": 5, "messages": [{"role": "user", "content": "one two three"}]})
 }
 
-/// Keeps `clients` loops calling the gateway until `stop`; counts the 200 answers received.
-fn load(
-    url: &str,
-    key: &str,
-    clients: usize,
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    load_noting_ends(
-        url,
-        key,
-        clients,
-        stop,
-        ok,
-        Arc::new(Mutex::new(Vec::new())),
-    )
-}
-
-/// Like [`load`], and notes when each 200 answer was completely received.
-fn load_noting_ends(
-    url: &str,
-    key: &str,
-    clients: usize,
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    ends: Arc<Mutex<Vec<Instant>>>,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    (0..clients)
-        .map(|_| {
-            let (url, key, stop, ok, ends) = (
-                url.to_owned(),
-                key.to_owned(),
-                stop.clone(),
-                ok.clone(),
-                ends.clone(),
-            );
-            tokio::spawn(async move {
-                let client = reqwest::Client::new();
-                while !stop.load(Ordering::Relaxed) {
-                    let sent = client
-                        .post(format!("{url}/v1/chat/completions"))
-                        .bearer_auth(&key)
-                        .json(&chat("gpt-load"))
-                        .send()
-                        .await;
-                    match sent {
-                        Ok(r) if r.status() == 200 => {
-                            if r.bytes().await.is_ok() {
-                                ok.fetch_add(1, Ordering::Relaxed);
-                                ends.lock().unwrap().push(Instant::now());
-                            }
-                        }
-                        Ok(_) => {}
-                        Err(_) => break,
-                    }
-                }
-            })
-        })
-        .collect()
-}
-
 /// The README's promise: a SIGKILL loses only the records of calls that ended in the last two
 /// seconds before it (the recorder commits what is queued at least every 20 ms; the margin is
 /// for a debug build writing to a database that shares two busy cores).
@@ -103,8 +42,15 @@ async fn sigkill_under_load_keeps_the_database_intact() {
         let stop = Arc::new(AtomicBool::new(false));
         let ok = Arc::new(AtomicU64::new(0));
         let ends = Arc::new(Mutex::new(Vec::new()));
-        let clients =
-            load_noting_ends(&server.url, &key, 8, stop.clone(), ok.clone(), ends.clone());
+        let clients = chat_load(
+            &server.url,
+            &key,
+            "gpt-load",
+            8,
+            stop.clone(),
+            ok.clone(),
+            ends.clone(),
+        );
         let start = Instant::now();
         // The load runs for a while (the fault's duration, not a synchronisation), with progress.
         wait_until("the load to run a while and answer 50 calls", || async {
@@ -598,7 +544,15 @@ async fn sigterm_under_load_loses_nothing() {
     let (_, key) = server.create_key("term").await;
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicU64::new(0));
-    let clients = load(&server.url, &key, 8, stop.clone(), ok.clone());
+    let clients = chat_load(
+        &server.url,
+        &key,
+        "gpt-load",
+        8,
+        stop.clone(),
+        ok.clone(),
+        Default::default(),
+    );
     wait_until("300 answered calls under load", || async {
         ok.load(Ordering::Relaxed) >= 300
     })

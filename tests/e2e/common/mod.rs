@@ -6,6 +6,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -533,6 +534,49 @@ pub fn start_behind(mock: &Mock, extra_yaml: &str) -> (TempDir, Server) {
     let yaml = format!("{}{extra_yaml}", providers_yaml(&mock.url));
     let server = Server::start(dir.path(), &yaml);
     (dir, server)
+}
+
+/// Load on a gateway: `clients` loops, each POSTing a short chat call (`model`, `max_tokens` 5)
+/// to `url` with `key` until `stop`, counting in `ok` the 200 answers completely received and
+/// noting in `ends` when each was. A loop ends early when the gateway stops answering.
+pub fn chat_load(
+    url: &str,
+    key: &str,
+    model: &str,
+    clients: usize,
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    ends: Arc<Mutex<Vec<Instant>>>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let body = serde_json::json!({"model": model, "max_tokens": 5,
+        "messages": [{"role": "user", "content": "one two three"}]});
+    (0..clients)
+        .map(|_| {
+            let (url, key, body) = (url.to_owned(), key.to_owned(), body.clone());
+            let (stop, ok, ends) = (stop.clone(), ok.clone(), ends.clone());
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let sent = client
+                        .post(format!("{url}/v1/chat/completions"))
+                        .bearer_auth(&key)
+                        .json(&body)
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(r) if r.status() == 200 => {
+                            if r.bytes().await.is_ok() {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                                ends.lock().unwrap().push(Instant::now());
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(_) => break,
+                    }
+                }
+            })
+        })
+        .collect()
 }
 
 /// A gateway client call: POST JSON with a bearer key.
