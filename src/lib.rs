@@ -17,4 +17,9 @@ pub mod store;
 pub mod telemetry;
 pub mod usage;
 
+/// Temporary directories of the unit tests (shared with the end-to-end tests).
+#[cfg(test)]
+#[path = "../tests/e2e/common/tempdir.rs"]
+mod tempdir;
+
 pub use server::{app, run};

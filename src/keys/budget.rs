@@ -519,7 +519,7 @@ mod tests {
     use crate::config::DatabaseUrl;
     use crate::store::GLOBAL_SCOPE;
 
-    fn ledger(dir: &tempfile::TempDir) -> Arc<Ledger> {
+    fn ledger(dir: &crate::tempdir::TempDir) -> Arc<Ledger> {
         let url = DatabaseUrl::Sqlite(dir.path().join("b.db"));
         Ledger::new(
             Store::open(&url, jiff::tz::TimeZone::UTC).unwrap(),
@@ -529,7 +529,7 @@ mod tests {
 
     #[tokio::test]
     async fn admits_only_what_fits_with_reservations_in_flight() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::tempdir::tempdir();
         let ledger = ledger(&dir);
         let global = Arc::new(Budget::new(ledger.clone(), GLOBAL_SCOPE, Some(100)));
         let a = Budget::reserve(&global, None, 40).await.unwrap();
@@ -551,7 +551,7 @@ mod tests {
 
     #[tokio::test]
     async fn reserves_both_budgets_or_neither() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::tempdir::tempdir();
         let ledger = ledger(&dir);
         let global = Arc::new(Budget::new(ledger.clone(), GLOBAL_SCOPE, None));
         let key = Arc::new(Budget::new(ledger.clone(), 5, Some(50)));
@@ -568,7 +568,7 @@ mod tests {
 
     #[tokio::test]
     async fn two_instances_share_one_limit_and_return_what_they_do_not_use() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::tempdir::tempdir();
         // Two ledgers on one database: two instances.
         let (a, b) = (ledger(&dir), ledger(&dir));
         let on_a = Arc::new(Budget::new(a.clone(), GLOBAL_SCOPE, Some(100)));
@@ -593,7 +593,7 @@ mod tests {
 
     #[tokio::test]
     async fn using_more_than_reserved_is_charged_to_the_ledger() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::tempdir::tempdir();
         let ledger = ledger(&dir);
         let global = Arc::new(Budget::new(ledger.clone(), GLOBAL_SCOPE, Some(100)));
         Budget::reserve(&global, None, 10).await.unwrap().settle(40);

@@ -543,7 +543,7 @@ impl Store {
 }
 
 #[cfg(test)]
-#[path = "../../tests/common/scratch.rs"]
+#[path = "../../tests/e2e/common/scratch.rs"]
 mod scratch;
 #[cfg(test)]
 mod tests;

@@ -28,7 +28,7 @@ fn record(
 
 /// A fresh database of the backend under test, kept while the handle lives.
 enum TestDb {
-    Sqlite(tempfile::TempDir),
+    Sqlite(crate::tempdir::TempDir),
     Postgres(scratch::ScratchDb),
 }
 
@@ -37,7 +37,7 @@ impl TestDb {
         if scratch::wanted() {
             Self::Postgres(scratch::ScratchDb::create().unwrap())
         } else {
-            Self::Sqlite(tempfile::tempdir().unwrap())
+            Self::Sqlite(crate::tempdir::tempdir())
         }
     }
 

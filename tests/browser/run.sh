@@ -2,6 +2,7 @@
 # Runs the browser end-to-end tests of the console page.
 # Installs what is missing (Debian's chromium and CJK fonts, the npm packages),
 # builds the binaries unless SKIP_BUILD=1, then runs node's test runner.
+# SKIP_INSTALL=1 skips installing its packages (scripts/test installs them beforehand).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -15,7 +16,7 @@ if [ ! -x /usr/bin/chromium ] || ! fc-list 2>/dev/null | grep -qi 'cjk'; then
 fi
 
 cd "$here"
-if [ ! -d node_modules/playwright-core ]; then
+if [ "${SKIP_INSTALL:-0}" != "1" ] && [ ! -d node_modules/playwright-core ]; then
   npm ci --no-audit --no-fund --loglevel=error
 fi
 

@@ -8,18 +8,21 @@
 #
 #   tests/schema/run.sh [--max-examples N] [--seed S] …
 #   SCHEMA_EXAMPLES=100 SCHEMA_SEED=7 tests/schema/run.sh
+# SKIP_INSTALL=1 skips installing its packages (scripts/test installs them beforehand).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 venv="$root/.venv"
 
-# A virtual environment without pip (an interrupted creation) is made again.
-if ! "$venv/bin/python" -m pip --version >/dev/null 2>&1; then
-  rm -rf "$venv"
-  python3 -m venv "$venv"
+if [ "${SKIP_INSTALL:-0}" != "1" ]; then
+  # A virtual environment without pip (an interrupted creation) is made again.
+  if ! "$venv/bin/python" -m pip --version >/dev/null 2>&1; then
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+  fi
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$here/requirements.txt"
 fi
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$here/requirements.txt"
 
 if [ "${SKIP_BUILD:-0}" != "1" ] && [ -z "${TC_BIN:-}" ]; then
   (cd "$root" && cargo build --bin token-console --quiet)

@@ -1,7 +1,7 @@
 //! pg-scratch: PostgreSQL helpers for the benchmarks, so that the harness (bench/tc_bench) needs
 //! neither psql nor a Python driver.
 //!
-//! - `pg-scratch hold` creates an empty scratch database (`tests/common/scratch.rs`, on the
+//! - `pg-scratch hold` creates an empty scratch database (`tests/e2e/common/scratch.rs`, on the
 //!   server of `TC_TEST_POSTGRES_URL`, default `postgres://postgres@127.0.0.1:5432/postgres`),
 //!   prints `scratch database url=<url> name=<name>` and keeps it until SIGTERM, SIGINT or the end
 //!   of its standard input, then drops it (with its connections).
@@ -17,7 +17,7 @@ use tokio::io::AsyncReadExt;
 use tokio_postgres::{NoTls, SimpleQueryMessage};
 
 /// The test suite's scratch databases (not part of the product binary).
-#[path = "../../../../tests/common/scratch.rs"]
+#[path = "../../../../tests/e2e/common/scratch.rs"]
 #[allow(dead_code)]
 mod scratch;
 use scratch::ScratchDb;

@@ -1,12 +1,13 @@
 //! The console REST API driven in-process (`app()` with `oneshot`), with calls entering through the
 //! recorder's Rust interface — the one the gateway uses — so that timestamps across days, time
 //! zones and volumes can be chosen, and every figure checked against an independent computation.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::common::scratch::{self, ScratchDb};
+use crate::common::{tempdir, TempDir};
 use axum::body::Body;
 use axum::extract::connect_info::MockConnectInfo;
 use axum::http::{Request, StatusCode};
@@ -15,9 +16,6 @@ use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use token_console::config::{Cli, Config};
 use token_console::state::AppState;
-#[path = "common/scratch.rs"]
-mod scratch;
-use scratch::ScratchDb;
 use token_console::store::Store;
 use token_console::usage::{CallRecord, Recorder, TokenUsage};
 use tower::ServiceExt;
@@ -27,7 +25,7 @@ const ZONE: &str = "Asia/Shanghai";
 struct Console {
     state: AppState,
     app: Router,
-    dir: tempfile::TempDir,
+    dir: TempDir,
     /// With `TC_TEST_DATABASE=postgres`: the scratch database, dropped with the console.
     _database: Option<ScratchDb>,
 }
@@ -38,7 +36,7 @@ impl Console {
     }
 
     async fn start_from(yaml: &str, peer: SocketAddr) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempdir();
         let database = scratch::wanted().then(|| ScratchDb::create().unwrap());
         let url = match &database {
             Some(db) => db.url.clone(),

@@ -1,13 +1,10 @@
 //! Helpers of the gateway end-to-end tests (`tests/gateway_*.rs`): requests in either protocol,
 //! the mock's deterministic usage, protocol error shapes, SSE parsing and "every call recorded
 //! exactly once" checks over `/api/console/logs`.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::common::{Server, DEADLINE, PROVIDER_KEY};
+use crate::common::{Server, PROVIDER_KEY};
 
 /// The two client protocols of the gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,25 +201,6 @@ pub fn one_row(rows: &[Value], endpoint: &str, status: u16) -> Value {
         "exactly one {status} row for {endpoint} in {rows:#?}"
     );
     matching[0].clone()
-}
-
-/// Polls `check` until it returns `Some`, failing after the deadline.
-pub async fn poll<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "{what}: not seen within {DEADLINE:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// The newest log row, once at least `n` calls are recorded.

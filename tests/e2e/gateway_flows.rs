@@ -3,23 +3,12 @@
 //! the gateway asked for itself) while their exact usage is recorded, estimates when the upstream
 //! reports none, a client hanging up mid-stream, the budget under 50 concurrent calls, totals
 //! across a restart, `/metrics` against the store, and the model list.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
-mod gateway_support;
 
 use std::collections::{BTreeMap, HashSet};
 
-use common::*;
-use gateway_support::*;
+use crate::common::*;
+use crate::gateway_support::*;
 use serde_json::{json, Value};
-
-fn start(mock: &Mock, extra_yaml: &str) -> (tempfile::TempDir, Server) {
-    let dir = tempdir();
-    let yaml = format!("{}{extra_yaml}", providers_yaml(&mock.url));
-    let server = Server::start(dir.path(), &yaml);
-    (dir, server)
-}
 
 /// The reply text of the mock for `n` completion tokens.
 fn mock_text(n: u64) -> String {
@@ -44,7 +33,7 @@ async fn post_text(server: &Server, path: &str, auth: Auth<'_>, body: &Value) ->
 #[tokio::test]
 async fn provider_key_replaces_the_clients_key() {
     let mock = Mock::start();
-    let (_dir, server) = start(&mock, "");
+    let (_dir, server) = start_behind(&mock, "");
     let (_, key) = server.create_key("app").await;
     let calls = [
         ("/v1/chat/completions", Auth::Bearer(&key)),
@@ -84,7 +73,7 @@ async fn provider_key_replaces_the_clients_key() {
 #[tokio::test]
 async fn chat_stream_without_include_usage_hides_the_usage_chunk_but_records_it() {
     let mock = Mock::start();
-    let (_dir, server) = start(&mock, "");
+    let (_dir, server) = start_behind(&mock, "");
     let (id, key) = server.create_key("streamer").await;
     let text = "tell me a story please";
     let body = json!({"model": "gpt-4o", "stream": true, "max_tokens": 7,
@@ -135,7 +124,7 @@ async fn chat_stream_without_include_usage_hides_the_usage_chunk_but_records_it(
 #[tokio::test]
 async fn legacy_completions_stream_hides_the_usage_chunk_too() {
     let mock = Mock::start();
-    let (_dir, server) = start(&mock, "");
+    let (_dir, server) = start_behind(&mock, "");
     let (_, key) = server.create_key("legacy").await;
     let prompt_text = "once upon a time";
     let body = json!({"model": "gpt-3.5-turbo-instruct", "stream": true, "max_tokens": 4,
@@ -161,7 +150,7 @@ async fn legacy_completions_stream_hides_the_usage_chunk_too() {
 #[tokio::test]
 async fn chat_stream_with_include_usage_passes_the_chunk_through() {
     let mock = Mock::start();
-    let (_dir, server) = start(&mock, "");
+    let (_dir, server) = start_behind(&mock, "");
     let (_, key) = server.create_key("curious").await;
     let text = "how many tokens is this";
     let body = json!({"model": "gpt-4o", "stream": true, "stream_options": {"include_usage": true},
@@ -203,7 +192,7 @@ async fn chat_stream_with_include_usage_passes_the_chunk_through() {
 #[tokio::test]
 async fn anthropic_usage_is_recorded_exactly_stream_and_not() {
     let mock = Mock::start();
-    let (_dir, server) = start(&mock, "");
+    let (_dir, server) = start_behind(&mock, "");
     let (_, key) = server.create_key("claude-user").await;
     let text = "explain caching in three words";
     let prompt = mock_prompt(text);
@@ -253,7 +242,7 @@ async fn anthropic_usage_is_recorded_exactly_stream_and_not() {
 #[tokio::test]
 async fn responses_usage_is_recorded_exactly_stream_and_not() {
     let mock = Mock::start();
-    let (_dir, server) = start(&mock, "");
+    let (_dir, server) = start_behind(&mock, "");
     let (_, key) = server.create_key("responder").await;
     let input = "summarise the responses api";
     let prompt = mock_prompt(input);
@@ -285,7 +274,7 @@ async fn responses_usage_is_recorded_exactly_stream_and_not() {
 #[tokio::test]
 async fn upstream_without_usage_is_estimated_with_non_zero_tokens() {
     let mock = Mock::start();
-    let (_dir, server) = start(&mock, "");
+    let (_dir, server) = start_behind(&mock, "");
     let (_, key) = server.create_key("estimator").await;
     let text = "the upstream will not count these words for us";
     let cases = [
@@ -312,7 +301,7 @@ async fn upstream_without_usage_is_estimated_with_non_zero_tokens() {
 #[tokio::test]
 async fn client_hanging_up_mid_stream_cancels_upstream_and_records_499() {
     let mock = Mock::start();
-    let (_dir, server) = start(&mock, "");
+    let (_dir, server) = start_behind(&mock, "");
     let (id, key) = server.create_key("impatient").await;
     for (n, proto) in BOTH.into_iter().enumerate() {
         let body = proto.body(
@@ -334,7 +323,7 @@ async fn client_hanging_up_mid_stream_cancels_upstream_and_records_499() {
         );
         drop(response);
 
-        let disconnects = poll("the provider sees the disconnect", || async {
+        let disconnects = wait_until("the provider sees the disconnect", || async {
             let stats = mock.stats().await;
             let d = stats["disconnects"].as_u64().unwrap();
             (d > n as u64).then_some(d)
@@ -390,7 +379,7 @@ async fn budget_race_forwards_only_what_fits() {
     assert!((K + 1) * used_per_call > budget && budget - K * used_per_call < reserved);
 
     let mock = Mock::start();
-    let (_dir, server) = start(&mock, &format!("quota:\n  total_tokens: {budget}\n"));
+    let (_dir, server) = start_behind(&mock, &format!("quota:\n  total_tokens: {budget}\n"));
     let (_, key) = server.create_key("racer").await;
     let client = reqwest::Client::new();
     let mut tasks = tokio::task::JoinSet::new();
@@ -681,7 +670,7 @@ fn parse_prometheus(text: &str) -> Vec<Sample> {
 #[tokio::test]
 async fn metrics_parse_and_match_the_store() {
     let mock = Mock::start();
-    let (_dir, server) = start(&mock, "");
+    let (_dir, server) = start_behind(&mock, "");
     let (_, key) = server.create_key("observed").await;
     let mut totals = Expected::new();
     round_of_calls(&server, &key, &mut totals, true).await;

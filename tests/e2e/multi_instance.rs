@@ -5,16 +5,13 @@
 //! of a killed instance comes back (budgets: PostgreSQL only), RPM limits are shared through Redis
 //! (`TC_TEST_REDIS_URL`, on PostgreSQL runs), both consoles show the same totals, and one instance killed under load
 //! leaves the other serving and the database consistent.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 /// The longest a key change may take to reach the other instance.
@@ -47,20 +44,19 @@ fn byte_chat() -> (Value, u64, u64) {
 /// [`DEADLINE`].
 async fn until_status(server: &Server, key: &str, check: impl Fn(u16) -> bool) -> Duration {
     let start = Instant::now();
-    loop {
+    wait_until("the awaited status", || async {
         let status = call(&server.url, "/v1/chat/completions", key, &chat("hi", 5))
             .await
             .status()
             .as_u16();
         if check(status) {
-            return start.elapsed();
+            Ok(())
+        } else {
+            Err(format!("status {status}"))
         }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "last status {status} after {DEADLINE:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
+    start.elapsed()
 }
 
 /// Waits until `server` knows `key` (`GET /v1/models` stops answering 401), spending no tokens.
@@ -68,8 +64,7 @@ async fn until_status(server: &Server, key: &str, check: impl Fn(u16) -> bool) -
 /// server has applied those changes too.
 async fn until_known(server: &Server, key: &str) {
     let client = reqwest::Client::new();
-    let start = Instant::now();
-    loop {
+    wait_until("the key to become known", || async {
         let status = client
             .get(format!("{}/v1/models", server.url))
             .bearer_auth(key)
@@ -77,13 +72,10 @@ async fn until_known(server: &Server, key: &str) {
             .await
             .unwrap()
             .status();
-        if status == 200 {
-            return;
-        }
-        assert_eq!(status, 401);
-        assert!(start.elapsed() < DEADLINE, "the key never became known");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        assert!(status == 200 || status == 401, "GET /v1/models: {status}");
+        status == 200
+    })
+    .await;
 }
 
 /// Creates a key through `on` and waits until `other` knows it: then `other` has applied every
@@ -95,20 +87,16 @@ async fn barrier(on: &Server, other: &Server, name: &str) {
 
 /// Waits until `n` chat calls are recorded, then returns both consoles' `/stats`.
 async fn chat_calls_recorded(a: &Server, b: &Server, n: usize) -> (Value, Value) {
-    let start = Instant::now();
-    loop {
+    let rows = wait_until(&format!("{n} chat calls recorded"), || async {
         let rows = a.logs("q=chat/completions&limit=1000").await;
         if rows.len() >= n {
-            assert_eq!(rows.len(), n, "every call is recorded once");
-            break;
+            Ok(rows)
+        } else {
+            Err(format!("{} recorded", rows.len()))
         }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "only {} of {n} calls recorded",
-            rows.len()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
+    assert_eq!(rows.len(), n, "every call is recorded once");
     (
         a.data("/api/console/stats").await,
         b.data("/api/console/stats").await,
@@ -308,7 +296,7 @@ async fn the_budget_slice_of_a_killed_instance_comes_back_to_the_others() {
         })
     };
     let mock_ref = &mock;
-    poll_until("the stalled call reached the provider", || async move {
+    wait_until("the stalled call reached the provider", || async move {
         mock_ref.stats().await["by_path"]["/v1/chat/completions"]
             .as_u64()
             .unwrap_or(0)
@@ -324,20 +312,15 @@ async fn the_budget_slice_of_a_killed_instance_comes_back_to_the_others() {
     stalled.abort();
     let killed = Instant::now();
     // B polls: refused while A's lease counts, answered once it came back.
-    let start = Instant::now();
-    loop {
+    wait_until("the killed instance's lease to come back to B", || async {
         let r = call(&b.url, "/v1/chat/completions", &key, &big).await;
         match r.status().as_u16() {
-            200 => break,
-            429 => {}
+            200 => true,
+            429 => false,
             other => panic!("unexpected {other}: {}", r.text().await.unwrap()),
         }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "the killed instance's lease never came back"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await;
     let took = killed.elapsed();
     eprintln!("A's lease came back to B {took:?} after the SIGKILL");
     assert!(
@@ -345,22 +328,6 @@ async fn the_budget_slice_of_a_killed_instance_comes_back_to_the_others() {
             .contains("gave the budget slices of instances not seen"),
         "the return is logged"
     );
-}
-
-/// Polls `check` until it holds; fails after [`DEADLINE`].
-async fn poll_until<F, Fut>(what: &str, check: F)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !check().await {
-        assert!(
-            start.elapsed() < DEADLINE,
-            "{what}: not seen within {DEADLINE:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Sends `n` concurrent calls alternately to `a` and `b`; returns (answered 200, refused 429).
@@ -542,49 +509,6 @@ async fn rpm_limits_are_shared_through_redis() {
     assert_eq!(statuses, [200, 200, 200, 429, 429, 429]);
 }
 
-/// Keeps `clients` loops calling `url` until `stop` or a connection error; counts 200 answers.
-fn load(
-    url: &str,
-    key: &str,
-    clients: usize,
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    (0..clients)
-        .map(|_| {
-            let (url, key, stop, ok) = (url.to_owned(), key.to_owned(), stop.clone(), ok.clone());
-            tokio::spawn(async move {
-                let client = reqwest::Client::new();
-                while !stop.load(Ordering::Relaxed) {
-                    let sent = client
-                        .post(format!("{url}/v1/chat/completions"))
-                        .bearer_auth(&key)
-                        .json(&chat("one two three", 5))
-                        .send()
-                        .await;
-                    match sent {
-                        Ok(r) if r.status() == 200 => {
-                            if r.bytes().await.is_ok() {
-                                ok.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                        Ok(_) => {}
-                        Err(_) => break,
-                    }
-                }
-            })
-        })
-        .collect()
-}
-
-async fn wait_until(what: &str, check: impl Fn() -> bool) {
-    let start = Instant::now();
-    while !check() {
-        assert!(start.elapsed() < DEADLINE, "{what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_instance_killed_under_load_leaves_the_other_serving_and_the_totals_whole() {
     const CLIENTS: usize = 4;
@@ -597,15 +521,31 @@ async fn one_instance_killed_under_load_leaves_the_other_serving_and_the_totals_
 
     let stop = Arc::new(AtomicBool::new(false));
     let (ok_a, ok_b) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let mut clients = load(&a.url, &key, CLIENTS, stop.clone(), ok_a.clone());
-    clients.extend(load(&b.url, &key, CLIENTS, stop.clone(), ok_b.clone()));
-    wait_until("load on both", || {
+    let mut clients = chat_load(
+        &a.url,
+        &key,
+        "gpt-4o",
+        CLIENTS,
+        stop.clone(),
+        ok_a.clone(),
+        Default::default(),
+    );
+    clients.extend(chat_load(
+        &b.url,
+        &key,
+        "gpt-4o",
+        CLIENTS,
+        stop.clone(),
+        ok_b.clone(),
+        Default::default(),
+    ));
+    wait_until("load on both", || async {
         ok_a.load(Ordering::Relaxed) >= 200 && ok_b.load(Ordering::Relaxed) >= 200
     })
     .await;
     a.kill();
     let b_at_kill = ok_b.load(Ordering::Relaxed);
-    wait_until("B keeps serving after A was killed", || {
+    wait_until("B keeps serving after A was killed", || async {
         ok_b.load(Ordering::Relaxed) >= b_at_kill + 200
     })
     .await;

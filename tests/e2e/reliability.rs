@@ -1,79 +1,15 @@
 //! Faults on purpose: the process killed under load, the database locked by another process,
 //! and a load that touches every feature while we look for secrets where they must never be.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 fn chat(model: &str) -> Value {
     json!({"model": model, "max_tokens": 5, "messages": [{"role": "user", "content": "one two three"}]})
-}
-
-/// Keeps `clients` loops calling the gateway until `stop`; counts the 200 answers received.
-fn load(
-    url: &str,
-    key: &str,
-    clients: usize,
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    load_noting_ends(
-        url,
-        key,
-        clients,
-        stop,
-        ok,
-        Arc::new(Mutex::new(Vec::new())),
-    )
-}
-
-/// Like [`load`], and notes when each 200 answer was completely received.
-fn load_noting_ends(
-    url: &str,
-    key: &str,
-    clients: usize,
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    ends: Arc<Mutex<Vec<Instant>>>,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    (0..clients)
-        .map(|_| {
-            let (url, key, stop, ok, ends) = (
-                url.to_owned(),
-                key.to_owned(),
-                stop.clone(),
-                ok.clone(),
-                ends.clone(),
-            );
-            tokio::spawn(async move {
-                let client = reqwest::Client::new();
-                while !stop.load(Ordering::Relaxed) {
-                    let sent = client
-                        .post(format!("{url}/v1/chat/completions"))
-                        .bearer_auth(&key)
-                        .json(&chat("gpt-load"))
-                        .send()
-                        .await;
-                    match sent {
-                        Ok(r) if r.status() == 200 => {
-                            if r.bytes().await.is_ok() {
-                                ok.fetch_add(1, Ordering::Relaxed);
-                                ends.lock().unwrap().push(Instant::now());
-                            }
-                        }
-                        Ok(_) => {}
-                        Err(_) => break,
-                    }
-                }
-            })
-        })
-        .collect()
 }
 
 /// The README's promise: a SIGKILL loses only the records of calls that ended in the last two
@@ -106,14 +42,25 @@ async fn sigkill_under_load_keeps_the_database_intact() {
         let stop = Arc::new(AtomicBool::new(false));
         let ok = Arc::new(AtomicU64::new(0));
         let ends = Arc::new(Mutex::new(Vec::new()));
-        let clients =
-            load_noting_ends(&server.url, &key, 8, stop.clone(), ok.clone(), ends.clone());
+        let clients = chat_load(
+            &server.url,
+            &key,
+            "gpt-load",
+            8,
+            stop.clone(),
+            ok.clone(),
+            ends.clone(),
+        );
         let start = Instant::now();
         // The load runs for a while (the fault's duration, not a synchronisation), with progress.
-        while start.elapsed() < LOAD_BEFORE_KILL || ok.load(Ordering::Relaxed) < 50 {
-            assert!(start.elapsed() < DEADLINE, "the load made no progress");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        wait_until("the load to run a while and answer 50 calls", || async {
+            if start.elapsed() >= LOAD_BEFORE_KILL && ok.load(Ordering::Relaxed) >= 50 {
+                Ok(())
+            } else {
+                Err(format!("{} answered", ok.load(Ordering::Relaxed)))
+            }
+        })
+        .await;
         let killed_at = Instant::now();
         server.kill();
         stop.store(true, Ordering::Relaxed);
@@ -293,8 +240,7 @@ async fn a_locked_database_delays_records_but_loses_none() {
             200
         );
     }
-    let start = Instant::now();
-    loop {
+    let health = wait_until("/healthz to report degraded", || async {
         let health: Value = reqwest::get(format!("{}/healthz", server.url))
             .await
             .unwrap()
@@ -302,21 +248,19 @@ async fn a_locked_database_delays_records_but_loses_none() {
             .await
             .unwrap();
         if health["status"] == "degraded" {
-            assert!(
-                health["recorder"]["last_error"]
-                    .as_str()
-                    .unwrap()
-                    .contains("locked"),
-                "{health}"
-            );
-            break;
+            Ok(health)
+        } else {
+            Err(health.to_string())
         }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "never reported degraded: {health}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
+    assert!(
+        health["recorder"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("locked"),
+        "{health}"
+    );
     lock.release().await;
     let stats = server.wait_for_calls(21).await;
     assert_eq!(stats["api_call_count"], 21);
@@ -428,8 +372,8 @@ async fn secrets_appear_nowhere_but_the_create_answer() {
         .send()
         .await
         .unwrap();
-    let start = Instant::now();
-    loop {
+    // 12 calls, of which the two with a wrong key (and the admin key) are not recorded.
+    wait_until("10 recorded calls", || async {
         let stats: Value = admin(http.get(format!("{}/api/console/stats", server.url)))
             .send()
             .await
@@ -437,13 +381,13 @@ async fn secrets_appear_nowhere_but_the_create_answer() {
             .json()
             .await
             .unwrap();
-        // 12 calls, of which the two with a wrong key (and the admin key) are not recorded.
         if stats["data"]["api_call_count"].as_u64().unwrap() >= 10 {
-            break;
+            Ok(())
+        } else {
+            Err(stats.to_string())
         }
-        assert!(start.elapsed() < DEADLINE, "{stats}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    })
+    .await;
 
     let mut seen = String::new();
     for path in [
@@ -600,12 +544,19 @@ async fn sigterm_under_load_loses_nothing() {
     let (_, key) = server.create_key("term").await;
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicU64::new(0));
-    let clients = load(&server.url, &key, 8, stop.clone(), ok.clone());
-    let start = Instant::now();
-    while ok.load(Ordering::Relaxed) < 300 {
-        assert!(start.elapsed() < DEADLINE, "the load made no progress");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let clients = chat_load(
+        &server.url,
+        &key,
+        "gpt-load",
+        8,
+        stop.clone(),
+        ok.clone(),
+        Default::default(),
+    );
+    wait_until("300 answered calls under load", || async {
+        ok.load(Ordering::Relaxed) >= 300
+    })
+    .await;
     let status = server.terminate();
     assert!(status.success(), "exit status {status:?}");
     stop.store(true, Ordering::Relaxed);

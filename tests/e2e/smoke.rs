@@ -1,6 +1,5 @@
 //! The smallest end-to-end check: one chat call through the gateway is recorded.
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 #[tokio::test]

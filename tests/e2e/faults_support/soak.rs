@@ -6,7 +6,6 @@
 //! task ends up holding), the recorder's queue and the provider's open streams. At the end it
 //! checks that the records equal the calls answered, none was dropped, no transport failed,
 //! descriptors returned to their baseline and memory stayed bounded.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,8 +14,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::{raise_fd_limit, Figures, Proc};
-use crate::common::{providers_yaml, tempdir, Mock, Server};
-use crate::gateway_support::{poll, settle};
+use crate::common::{providers_yaml, tempdir, wait_until, Mock, Server};
+use crate::gateway_support::settle;
 
 /// One kind of call of the mix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -329,11 +328,11 @@ pub async fn run() {
     settle(&server, recorded_calls).await;
     let stats = server.data("/api/console/stats").await;
     let h = health(&server).await;
-    poll("the provider's streams are all closed", || async {
+    wait_until("the provider's streams are all closed", || async {
         (mock.stats().await["open_streams"] == 0).then_some(())
     })
     .await;
-    let end = proc.fds_settle(baseline, 6, Duration::from_secs(30)).await;
+    let end = proc.fds_settle(baseline, 6).await;
     let peak = samples.iter().map(|s| s.figures.rss_kb).max().unwrap_or(0);
     let first_third: Vec<&Sample> = samples
         .iter()

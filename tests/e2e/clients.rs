@@ -3,22 +3,11 @@
 //! full), `count_tokens` apart from calls and from the RPM limit, streams cut before their final
 //! event flagged, zero usage treated as missing, the Responses WebSocket upgrade refused with 426,
 //! and the client family and session id recorded and filterable.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-mod gateway_support;
-
-use common::*;
-use gateway_support::*;
+use crate::common::*;
+use crate::gateway_support::*;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn start(mock: &Mock, extra_yaml: &str) -> (tempfile::TempDir, Server) {
-    let dir = tempdir();
-    let yaml = format!("{}{extra_yaml}", providers_yaml(&mock.url));
-    let server = Server::start(dir.path(), &yaml);
-    (dir, server)
-}
 
 /// A gateway call with extra headers; returns (status, body text).
 async fn send(
@@ -61,7 +50,7 @@ async fn key_used_tokens(server: &Server, id: i64) -> u64 {
 #[tokio::test]
 async fn claude_code_cache_tokens_are_counted_and_charged_stream_and_not() {
     let mock = Mock::start();
-    let (_dir, server) = start(&mock, "");
+    let (_dir, server) = start_behind(&mock, "");
     let (id, key) = server.create_key("claude-code").await;
     // Two Claude Code turns fit in this budget only if cache tokens are left out.
     patch_key(&server, id, json!({"token_limit": 40_000})).await;
@@ -94,7 +83,7 @@ async fn claude_code_cache_tokens_are_counted_and_charged_stream_and_not() {
     // The budget was charged the whole 70,032 (the mock's prompt is tiny, so the reservations
     // were far smaller: the overdraft reaches the shared ledger at its next tick). A turn is then
     // refused, in Anthropic's terms.
-    let body = poll("a refusal of the spent key budget", || async {
+    let body = wait_until("a refusal of the spent key budget", || async {
         let (status, raw) = send(
             &server,
             "/v1/messages",
@@ -122,7 +111,7 @@ async fn claude_code_cache_tokens_are_counted_and_charged_stream_and_not() {
 #[tokio::test]
 async fn count_tokens_is_not_a_call_and_spends_no_rpm() {
     let mock = Mock::start();
-    let (_dir, server) = start(&mock, "");
+    let (_dir, server) = start_behind(&mock, "");
     let (id, key) = server.create_key("context").await;
     patch_key(&server, id, json!({"rpm_limit": 10})).await;
     let body = json!({"model": "claude-3-haiku",
@@ -177,7 +166,7 @@ async fn count_tokens_is_not_a_call_and_spends_no_rpm() {
 #[tokio::test]
 async fn streams_ending_without_their_final_event_are_flagged_and_estimated() {
     let mock = Mock::start();
-    let (_dir, server) = start(&mock, "");
+    let (_dir, server) = start_behind(&mock, "");
     let (_, key) = server.create_key("cut-off").await;
     let text = "a stream the provider never finishes";
     let cases = [
@@ -240,7 +229,7 @@ async fn streams_ending_without_their_final_event_are_flagged_and_estimated() {
 #[tokio::test]
 async fn zero_usage_with_an_answer_is_estimated() {
     let mock = Mock::start();
-    let (_dir, server) = start(&mock, "");
+    let (_dir, server) = start_behind(&mock, "");
     let (_, key) = server.create_key("zero").await;
     let text = "this answer comes with a usage of nothing at all";
     let cases = [
@@ -295,7 +284,7 @@ async fn read_response(stream: &mut tokio::net::TcpStream) -> (String, String) {
 #[tokio::test]
 async fn responses_websocket_upgrade_is_answered_426_at_once() {
     let mock = Mock::start();
-    let (_dir, server) = start(&mock, "");
+    let (_dir, server) = start_behind(&mock, "");
     let (id, key) = server.create_key("codex").await;
     let address = server.url.trim_start_matches("http://").to_owned();
     let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
@@ -345,7 +334,7 @@ type ClientCall<'a> = (&'a [(&'a str, &'a str)], &'a str, Option<&'a str>);
 #[tokio::test]
 async fn clients_and_sessions_are_recorded_and_filter_the_logs() {
     let mock = Mock::start();
-    let (_dir, server) = start(&mock, "");
+    let (_dir, server) = start_behind(&mock, "");
     let (_, key) = server.create_key("everyone").await;
     let long_session = "s".repeat(500);
     let calls: [ClientCall<'_>; 5] = [

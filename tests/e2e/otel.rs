@@ -1,19 +1,15 @@
 //! OpenTelemetry GenAI export against a test collector (an OTLP/HTTP JSON receiver on port 0 in
 //! this process): one span per call with the GenAI attributes, token-usage metrics that add up to
 //! the store's totals, and, with the collector down, calls answered and recorded as usual.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
-mod gateway_support;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use crate::common::*;
+use crate::gateway_support::*;
 use axum::extract::State;
 use axum::routing::post as route_post;
 use axum::{Json, Router};
-use common::*;
-use gateway_support::*;
 use serde_json::{json, Value};
 
 /// What the collector received: every span, and the newest metrics export.
@@ -195,7 +191,7 @@ async fn a_span_per_call_with_genai_attributes_and_token_metrics_matching_the_st
     let rows = server.logs("limit=100").await;
     assert_eq!(rows.len() as u64, made);
 
-    let spans = poll("one span per call", || {
+    let spans = wait_until("one span per call", || {
         let seen = seen.clone();
         async move {
             let spans = seen.lock().unwrap().spans.clone();
@@ -273,7 +269,7 @@ async fn a_span_per_call_with_genai_attributes_and_token_metrics_matching_the_st
             .any(|r| r["status"] == 502 && u(r, "tokens") > 0),
         "the broken stream counts its tokens: {rows:#?}"
     );
-    let export = poll("token metrics matching the store", || {
+    let export = wait_until("token metrics matching the store", || {
         let seen = seen.clone();
         async move {
             let export = seen.lock().unwrap().metrics.clone()?;
@@ -327,7 +323,7 @@ async fn with_the_collector_down_calls_are_answered_and_recorded() {
     for round in 1..=3 {
         made += make_calls(&server, &key).await;
         // The gateway tried to export (and failed) before the next round of calls.
-        poll("failed export attempts", || {
+        wait_until("failed export attempts", || {
             let attempts = attempts.clone();
             async move { (attempts.load(std::sync::atomic::Ordering::SeqCst) >= round).then_some(()) }
         })
@@ -455,7 +451,7 @@ async fn spans_carry_the_response_model_and_finish_reasons_the_provider_answered
     let made = answers.len() as u64;
     server.wait_for_calls(made).await;
 
-    let spans = poll("one span per call", || {
+    let spans = wait_until("one span per call", || {
         let seen = seen.clone();
         async move {
             let spans = seen.lock().unwrap().spans.clone();

@@ -2,17 +2,16 @@
 //! (open file descriptors, resident memory, threads), raw HTTP/1.1 over a `TcpStream` for clients
 //! that misbehave on purpose, the open-files limit, a fake upstream that answers one canned
 //! response, and a small tmpfs "disk" that can be filled up.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod soak;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::common::{Server, DEADLINE};
+use crate::common::{wait_until, Server, DEADLINE};
 
 /// A running process observed through `/proc/PID`.
 #[derive(Debug, Clone, Copy)]
@@ -95,22 +94,21 @@ impl Proc {
 
     /// Waits until the open descriptors are back within `slack` of `baseline` (connections the
     /// server closes after the client has gone take a moment, pooled upstream connections until
-    /// their idle timeout) and returns the figures then; fails after `deadline`.
-    pub async fn fds_settle(&self, baseline: Figures, slack: usize, deadline: Duration) -> Figures {
-        let start = Instant::now();
-        loop {
+    /// their idle timeout) and returns the figures then; fails after the deadline.
+    pub async fn fds_settle(&self, baseline: Figures, slack: usize) -> Figures {
+        let what = format!(
+            "open file descriptors back within {slack} of the {} before",
+            baseline.fds
+        );
+        wait_until(&what, || async {
             let now = self.figures();
             if now.fds <= baseline.fds + slack {
-                return now;
+                Ok(now)
+            } else {
+                Err(format!("{} open (a leak?)", now.fds))
             }
-            assert!(
-                start.elapsed() < deadline,
-                "file descriptors leak: {} open, {} before (+{slack} allowed)",
-                now.fds,
-                baseline.fds
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await
     }
 }
 
@@ -156,21 +154,11 @@ pub fn post_head(url: &str, path: &str, key: &str, length: Option<usize>) -> Str
 pub struct RawResponse {
     /// The status code.
     pub status: u16,
-    /// Header names (lowercase) and values.
-    pub headers: Vec<(String, String)>,
     /// The body, de-chunked.
     pub body: Vec<u8>,
 }
 
 impl RawResponse {
-    /// A header's value.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
     /// The body as JSON.
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body)
@@ -210,11 +198,7 @@ pub fn parse_response(bytes: &[u8]) -> RawResponse {
         .iter()
         .any(|(n, v)| n == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
     let body = if chunked { dechunk(raw) } else { raw.to_vec() };
-    RawResponse {
-        status,
-        headers,
-        body,
-    }
+    RawResponse { status, body }
 }
 
 /// Decodes a complete `Transfer-Encoding: chunked` body.

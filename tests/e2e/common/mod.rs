@@ -2,11 +2,11 @@
 //! each on port 0, with a fresh database: a SQLite file in a temporary directory, or with
 //! `TC_TEST_DATABASE=postgres` a scratch PostgreSQL database per directory (shared by the servers
 //! started on that directory, dropped with the last of them).
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -14,6 +14,8 @@ use serde_json::Value;
 
 pub mod scratch;
 use scratch::ScratchDb;
+pub mod tempdir;
+pub use tempdir::{tempdir, TempDir};
 
 /// Whether the tests run on PostgreSQL (`TC_TEST_DATABASE=postgres`).
 pub fn on_postgres() -> bool {
@@ -152,6 +154,66 @@ impl DatabaseLock {
 /// The longest a test waits for a condition before failing (a guard, not a synchronisation).
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
+/// How long [`wait_until`] lets pass between two looks.
+const POLL_EVERY: Duration = Duration::from_millis(10);
+
+/// What a [`wait_until`] check reports: `true`, `Some(value)` or `Ok(value)` once the awaited
+/// condition holds; `false`, `None` or `Err(what it saw instead)` while it does not.
+pub trait Awaited {
+    /// What the wait returns once the condition holds.
+    type Value;
+    /// The value, or what was seen instead (for the failure message).
+    fn outcome(self) -> Result<Self::Value, String>;
+}
+
+impl Awaited for bool {
+    type Value = ();
+    fn outcome(self) -> Result<(), String> {
+        if self {
+            Ok(())
+        } else {
+            Err("not yet".to_owned())
+        }
+    }
+}
+
+impl<T> Awaited for Option<T> {
+    type Value = T;
+    fn outcome(self) -> Result<T, String> {
+        self.ok_or_else(|| "not yet".to_owned())
+    }
+}
+
+impl<T, E: std::fmt::Display> Awaited for Result<T, E> {
+    type Value = T;
+    fn outcome(self) -> Result<T, String> {
+        self.map_err(|e| e.to_string())
+    }
+}
+
+/// The one way the tests wait: runs `check` until the condition holds and returns its value —
+/// at once when it already holds, else within [`POLL_EVERY`] of it coming true. Fails after
+/// [`DEADLINE`] naming `what` was awaited and what `check` saw last.
+pub async fn wait_until<W, F, Fut>(what: &str, mut check: F) -> W::Value
+where
+    W: Awaited,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = W>,
+{
+    let start = Instant::now();
+    loop {
+        let last = match check().await.outcome() {
+            Ok(value) => return value,
+            Err(last) => last,
+        };
+        assert!(
+            start.elapsed() < DEADLINE,
+            "waited {DEADLINE:?} for {what}; last seen: {last}"
+        );
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+}
+
 /// Path of a binary built next to `token-console` (the workspace shares one target dir).
 pub fn sibling_binary(name: &str) -> PathBuf {
     let main = PathBuf::from(env!("CARGO_BIN_EXE_token-console"));
@@ -258,7 +320,7 @@ pub struct Server {
     pub dir: PathBuf,
     http: reqwest::Client,
     /// The scratch PostgreSQL database, kept while a server of this directory lives.
-    database: Option<Arc<ScratchDb>>,
+    _database: Option<Arc<ScratchDb>>,
     /// File name of the service log in `dir`.
     log_name: String,
 }
@@ -319,7 +381,7 @@ impl Server {
             child: Some(child),
             dir: dir.to_owned(),
             http: reqwest::Client::new(),
-            database,
+            _database: database,
             log_name,
         }
     }
@@ -438,19 +500,15 @@ impl Server {
 
     /// Waits until the store has at least `n` calls (polling the console; fails after the deadline).
     pub async fn wait_for_calls(&self, n: u64) -> Value {
-        let start = Instant::now();
-        loop {
+        wait_until(&format!("{n} recorded calls"), || async {
             let stats = self.data("/api/console/stats").await;
             if stats["api_call_count"].as_u64().unwrap() >= n {
-                return stats;
+                Ok(stats)
+            } else {
+                Err(format!("/api/console/stats {stats}"))
             }
-            assert!(
-                start.elapsed() < DEADLINE,
-                "only {} of {n} calls recorded: {stats}",
-                stats["api_call_count"]
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        })
+        .await
     }
 
     /// The newest log rows.
@@ -469,6 +527,58 @@ impl Drop for Server {
     }
 }
 
+/// A server in a fresh directory, both providers at `mock`, `extra_yaml` after them; the
+/// directory (and so the database) lives as long as the returned handle.
+pub fn start_behind(mock: &Mock, extra_yaml: &str) -> (TempDir, Server) {
+    let dir = tempdir();
+    let yaml = format!("{}{extra_yaml}", providers_yaml(&mock.url));
+    let server = Server::start(dir.path(), &yaml);
+    (dir, server)
+}
+
+/// Load on a gateway: `clients` loops, each POSTing a short chat call (`model`, `max_tokens` 5)
+/// to `url` with `key` until `stop`, counting in `ok` the 200 answers completely received and
+/// noting in `ends` when each was. A loop ends early when the gateway stops answering.
+pub fn chat_load(
+    url: &str,
+    key: &str,
+    model: &str,
+    clients: usize,
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    ends: Arc<Mutex<Vec<Instant>>>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let body = serde_json::json!({"model": model, "max_tokens": 5,
+        "messages": [{"role": "user", "content": "one two three"}]});
+    (0..clients)
+        .map(|_| {
+            let (url, key, body) = (url.to_owned(), key.to_owned(), body.clone());
+            let (stop, ok, ends) = (stop.clone(), ok.clone(), ends.clone());
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let sent = client
+                        .post(format!("{url}/v1/chat/completions"))
+                        .bearer_auth(&key)
+                        .json(&body)
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(r) if r.status() == 200 => {
+                            if r.bytes().await.is_ok() {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                                ends.lock().unwrap().push(Instant::now());
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(_) => break,
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
 /// A gateway client call: POST JSON with a bearer key.
 pub async fn call(url: &str, path: &str, key: &str, body: &Value) -> reqwest::Response {
     reqwest::Client::new()
@@ -477,13 +587,5 @@ pub async fn call(url: &str, path: &str, key: &str, body: &Value) -> reqwest::Re
         .json(body)
         .send()
         .await
-        .unwrap()
-}
-
-/// A temporary directory for one test.
-pub fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("token-console-test")
-        .tempdir()
         .unwrap()
 }

@@ -6,18 +6,13 @@
 //! other clients are still served, and that nothing leaks: the server's open file descriptors
 //! return to their baseline, its resident memory stays bounded, and no stream is left open at
 //! the provider. (`soak` is the long run behind `scripts/soak`; `cargo test` skips it.)
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
-mod faults_support;
-mod gateway_support;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::*;
-use faults_support::*;
-use gateway_support::*;
+use crate::common::*;
+use crate::faults_support::*;
+use crate::gateway_support::*;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -30,13 +25,6 @@ const FD_SLACK: usize = 8;
 const RSS_SLACK_KB: u64 = 24 * 1024;
 /// How long a misbehaving client misbehaves (the fault itself, not a synchronisation).
 const PAUSE: Duration = Duration::from_millis(300);
-
-fn start(mock: &Mock, extra_yaml: &str) -> (tempfile::TempDir, Server) {
-    let dir = tempdir();
-    let yaml = format!("{}{extra_yaml}", providers_yaml(&mock.url));
-    let server = Server::start(dir.path(), &yaml);
-    (dir, server)
-}
 
 /// One ordinary call in each protocol, checked: the server serves other clients.
 async fn served(server: &Server, key: &str) {
@@ -73,11 +61,11 @@ async fn nothing_leaks(
     rss_slack_kb: u64,
 ) -> Figures {
     served(server, key).await;
-    poll("no stream left open at the provider", || async {
+    wait_until("no stream left open at the provider", || async {
         (mock.stats().await["open_streams"] == 0).then_some(())
     })
     .await;
-    let after = proc.fds_settle(baseline, FD_SLACK, DEADLINE).await;
+    let after = proc.fds_settle(baseline, FD_SLACK).await;
     eprintln!("before: {baseline}\nafter:  {after}");
     assert!(
         after.rss_kb <= baseline.rss_kb + rss_slack_kb,
@@ -107,7 +95,7 @@ fn the_row(rows: &[Value], endpoint: &str, model: &str, stream: bool) -> Value {
 #[tokio::test]
 async fn invalid_json_and_invalid_sse_reach_the_client_as_sent_and_are_recorded_as_such() {
     let mock = Mock::start();
-    let (_dir, server) = start(&mock, "");
+    let (_dir, server) = start_behind(&mock, "");
     let proc = Proc::of(&server);
     let (id, key) = server.create_key("garbage").await;
     warm_up(&server, &key).await;
@@ -192,7 +180,7 @@ async fn an_error_page_that_is_not_json_is_passed_on_and_its_text_recorded() {
             assert_eq!(row["tokens"], 0, "a failed call spends nothing: {row}");
         }
     }
-    poll("the connections to the fake upstream close", || async {
+    wait_until("the connections to the fake upstream close", || async {
         let now = proc.figures();
         (now.fds <= baseline.fds + FD_SLACK).then_some(())
     })
@@ -246,7 +234,7 @@ async fn a_very_large_answer_is_passed_on_and_its_usage_still_read() {
 #[tokio::test]
 async fn a_client_that_sends_its_body_slowly_is_served() {
     let mock = Mock::start();
-    let (_dir, server) = start(&mock, "");
+    let (_dir, server) = start_behind(&mock, "");
     let proc = Proc::of(&server);
     let (id, key) = server.create_key("slow-sender").await;
     warm_up(&server, &key).await;
@@ -312,7 +300,7 @@ async fn a_client_that_sends_its_body_slowly_is_served() {
 async fn a_client_that_hangs_up_mid_body_is_recorded_499() {
     const QUITTERS: usize = 20;
     let mock = Mock::start();
-    let (_dir, server) = start(&mock, "");
+    let (_dir, server) = start_behind(&mock, "");
     let proc = Proc::of(&server);
     let (id, key) = server.create_key("quitter").await;
     warm_up(&server, &key).await;
@@ -389,7 +377,7 @@ async fn a_client_that_never_reads_is_not_buffered_for_and_is_recorded_499() {
     const MODEL: &str = "mock-chunks-100000-gap-0";
     const STREAM_KB: u64 = 26 * 1024;
     let mock = Mock::start();
-    let (_dir, server) = start(&mock, "");
+    let (_dir, server) = start_behind(&mock, "");
     let proc = Proc::of(&server);
     let (id, key) = server.create_key("never-reads").await;
     warm_up(&server, &key).await;
@@ -408,7 +396,7 @@ async fn a_client_that_never_reads_is_not_buffered_for_and_is_recorded_499() {
         seen.extend_from_slice(&buf[..n]);
     }
     assert!(seen.starts_with(b"HTTP/1.1 200"), "{seen:?}");
-    poll("the provider's stream has started", || async {
+    wait_until("the provider's stream has started", || async {
         (mock.stats().await["open_streams"] == 1).then_some(())
     })
     .await;
@@ -441,7 +429,7 @@ async fn a_client_that_never_reads_is_not_buffered_for_and_is_recorded_499() {
     );
     drop(stream);
 
-    poll("the provider sees the disconnect", || async {
+    wait_until("the provider sees the disconnect", || async {
         (mock.stats().await["disconnects"] == 1).then_some(())
     })
     .await;
@@ -613,7 +601,7 @@ async fn two_thousand_concurrent_streams_complete_and_are_recorded() {
         })
         .await;
         assert_eq!(rows as u64, round * STREAMS as u64);
-        let settled = proc.fds_settle(baseline, FD_SLACK, DEADLINE).await;
+        let settled = proc.fds_settle(baseline, FD_SLACK).await;
         eprintln!("burst {round}: after: {settled}");
         after.push(settled);
     }
@@ -710,7 +698,7 @@ async fn a_full_disk_delays_records_and_loses_none() {
         stats["api_call_count"], made,
         "every record was written: {stats}"
     );
-    poll("healthz ok again", || async {
+    wait_until("healthz ok again", || async {
         let h = health(&server).await;
         (h["status"] == "ok").then_some(())
     })
@@ -729,5 +717,5 @@ async fn a_full_disk_delays_records_and_loses_none() {
 /// (`SOAK_MINUTES`, default 30 there, at `SOAK_RATE` per second against the release build).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soak() {
-    faults_support::soak::run().await;
+    crate::faults_support::soak::run().await;
 }

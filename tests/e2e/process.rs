@@ -1,13 +1,10 @@
 //! The real binary as a user runs it: start-up without configuration, bad configuration, a
 //! separate console listener, the console switched off, the log file, and SIGTERM right after a
 //! burst of calls — nothing recorded is lost across the restart.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
 
 use std::process::{Command, Stdio};
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 fn run_expecting_failure(dir: &std::path::Path, args: &[&str]) -> (i32, String) {
