@@ -246,9 +246,9 @@ impl KeyRegistry {
         self.by_hash.read().ok()?.get(&hash).cloned()
     }
 
-    /// Adds a key, or updates the settings and limit of a known one (keeping its counters). The
-    /// tokens it used are read from the shared ledger, so `_used_tokens` is not needed any more.
-    pub fn upsert(&self, row: &KeyRow, _used_tokens: u64) {
+    /// Adds a key, or updates the settings and limit of a known one (keeping its counters; the
+    /// tokens it used are in the budget ledger).
+    pub fn upsert(&self, row: &KeyRow) {
         self.apply_changes(std::slice::from_ref(row));
     }
 

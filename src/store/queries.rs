@@ -337,6 +337,19 @@ pub async fn usage_by_key(db: &mut impl Db) -> Result<HashMap<i64, Aggregate>, S
         .collect()
 }
 
+/// All-time aggregate of one key (zero when it made no call).
+pub async fn usage_of_key(db: &mut impl Db, key_id: i64) -> Result<Aggregate, StoreError> {
+    let sql = format!(
+        "SELECT key_id, {} FROM agg_total WHERE key_id = $1 GROUP BY key_id",
+        agg_sums()
+    );
+    let rows = db.query(&sql, &[key_id.into()]).await?;
+    match rows.first() {
+        Some(row) => read_aggregate(row, 1),
+        None => Ok(Aggregate::default()),
+    }
+}
+
 /// Calls and tokens per local day in `[first_day, last_day]`, days with calls only.
 pub async fn usage_by_day(
     db: &mut impl Db,
