@@ -30,6 +30,8 @@ pub struct AppState {
     pub gateway: Arc<Gateway>,
     /// Prometheus counters.
     pub metrics: Arc<Metrics>,
+    /// What the gateway's meters hand finished calls to (the recorder, metrics, telemetry).
+    pub sinks: Arc<crate::gateway::Sinks>,
     /// The OpenTelemetry exporters, when `otel:` is configured.
     pub telemetry: Option<Arc<crate::telemetry::Telemetry>>,
     /// Failed console sign-ins per client.
@@ -88,7 +90,16 @@ impl AppState {
             Some(otel) => Some(Arc::new(crate::telemetry::Telemetry::start(otel)?)),
             None => None,
         };
+        let gateway = Arc::new(gateway);
+        let metrics = Arc::new(Metrics::default());
+        let sinks = Arc::new(crate::gateway::Sinks {
+            recorder: recorder.clone(),
+            metrics: metrics.clone(),
+            telemetry: telemetry.clone(),
+            gateway: gateway.clone(),
+        });
         Ok(Self {
+            sinks,
             telemetry,
             budget,
             instance,
@@ -96,8 +107,8 @@ impl AppState {
             config: Arc::new(config),
             store,
             recorder,
-            gateway: Arc::new(gateway),
-            metrics: Arc::new(Metrics::default()),
+            gateway,
+            metrics,
             sign_ins: Arc::new(SignInLimiter::default()),
             log_streams: Arc::default(),
             shutdown,
