@@ -286,7 +286,7 @@ impl Meter {
         if self.record.answer.is_empty() {
             self.record.answer = std::mem::take(&mut self.tally.answer);
         }
-        let mut record = self.record.clone();
+        let mut record = std::mem::take(&mut self.record);
         record.status = status;
         record.duration_ms = self.started.elapsed().as_millis() as u64;
         record.ttft_ms = self.first_byte_ms;

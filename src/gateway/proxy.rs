@@ -153,7 +153,7 @@ pub fn client_key(headers: &HeaderMap) -> Option<&str> {
 /// method), so that the call is recorded when the key is valid, and only then.
 pub fn identify(state: &AppState, headers: &HeaderMap, meter: &mut Meter) {
     if let Some(entry) = client_key(headers).and_then(|given| state.keys.find(given)) {
-        meter.set_key(entry.id, entry.settings().name);
+        meter.set_key(entry.id, entry.settings().name.clone());
     }
 }
 

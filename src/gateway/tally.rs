@@ -368,7 +368,7 @@ struct StreamEvent<'a> {
     kind: Text<'a>,
     usage: Option<WireUsage>,
     #[serde(borrow)]
-    choices: Option<Vec<Choice<'a>>>,
+    choices: Option<Choices<'a>>,
     #[serde(borrow)]
     message: Option<Nested<'a>>,
     #[serde(borrow)]
@@ -378,6 +378,54 @@ struct StreamEvent<'a> {
     /// The answering model of an OpenAI chunk.
     #[serde(borrow, default)]
     model: Text<'a>,
+}
+
+/// The `choices` of a stream event, read without allocating for the usual one (or none).
+#[derive(Default)]
+struct Choices<'a> {
+    first: Option<Choice<'a>>,
+    rest: Vec<Choice<'a>>,
+}
+
+impl<'a> Choices<'a> {
+    fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Choice<'a>> {
+        self.first.iter().chain(&self.rest)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Choices<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ChoicesVisitor;
+
+        impl<'de> serde::de::Visitor<'de> for ChoicesVisitor {
+            type Value = Choices<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an array of choices")
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Choices<'de>, A::Error> {
+                let mut choices = Choices::default();
+                while let Some(choice) = seq.next_element::<Choice<'de>>()? {
+                    if choices.first.is_none() {
+                        choices.first = Some(choice);
+                    } else {
+                        choices.rest.push(choice);
+                    }
+                }
+                Ok(choices)
+            }
+        }
+
+        deserializer.deserialize_seq(ChoicesVisitor)
+    }
 }
 
 /// What an event means for the client: pass it on, or hold it back.
@@ -486,9 +534,9 @@ impl StreamTally {
         let mut usage_only_chunk = false;
         if let Some(usage) = &event.usage {
             self.note_usage(usage, true);
-            usage_only_chunk = event.choices.as_ref().is_some_and(Vec::is_empty);
+            usage_only_chunk = event.choices.as_ref().is_some_and(Choices::is_empty);
         }
-        for choice in event.choices.iter().flatten() {
+        for choice in event.choices.iter().flat_map(Choices::iter) {
             self.note_text(choice.text.get());
             self.note_delta(&choice.delta);
             if let Some(reason) = choice.finish_reason.get() {

@@ -99,7 +99,7 @@ pub struct KeySettings {
 pub struct KeyEntry {
     /// Row id.
     pub id: i64,
-    settings: RwLock<KeySettings>,
+    settings: RwLock<Arc<KeySettings>>,
     /// The version of the row the settings come from.
     version: AtomicI64,
     /// The key's token budget (its `token_limit`, shared through the ledger).
@@ -111,15 +111,15 @@ impl KeyEntry {
     fn new(row: &KeyRow, ledger: &Arc<Ledger>) -> Self {
         Self {
             id: row.id,
-            settings: RwLock::new(settings_of(row)),
+            settings: RwLock::new(Arc::new(settings_of(row))),
             version: AtomicI64::new(row.version),
             budget: Arc::new(Budget::new(ledger.clone(), row.id, row.token_limit)),
             rate: Mutex::new(RateWindow::default()),
         }
     }
 
-    /// A copy of the current settings.
-    pub fn settings(&self) -> KeySettings {
+    /// The current settings (shared: a change replaces them, it does not edit them in place).
+    pub fn settings(&self) -> Arc<KeySettings> {
         match self.settings.read() {
             Ok(s) => s.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
@@ -280,7 +280,7 @@ impl KeyRegistry {
                     continue;
                 }
                 if let Ok(mut settings) = entry.settings.write() {
-                    *settings = settings_of(row);
+                    *settings = Arc::new(settings_of(row));
                 }
                 entry.budget.set_limit(row.token_limit);
                 continue;
