@@ -152,7 +152,7 @@ impl<'c, C: GenericClient> PgDb<'c, C> {
     async fn prepared(&self, sql: &str) -> Result<tokio_postgres::Statement, StoreError> {
         Ok(self
             .client
-            .prepare_cached(&sql::render(Dialect::Postgres, sql))
+            .prepare_cached(&sql::rendered(Dialect::Postgres, sql))
             .await?)
     }
 }

@@ -95,6 +95,38 @@ pub fn render(dialect: Dialect, sql: &str) -> String {
     out
 }
 
+/// Most statements a thread's [`rendered`] cache keeps before it starts afresh.
+const RENDERED_KEPT: usize = 256;
+
+/// [`render`], remembered per thread and dialect: the store runs the same few statements for
+/// every batch of calls, and rendering one costs a dozen passes over its text, where finding it
+/// costs one hash.
+pub fn rendered(dialect: Dialect, sql: &str) -> std::sync::Arc<str> {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    thread_local! {
+        static CACHE: RefCell<[HashMap<Box<str>, Arc<str>>; 2]> = RefCell::default();
+    }
+    let which = match dialect {
+        Dialect::Sqlite => 0,
+        Dialect::Postgres => 1,
+    };
+    CACHE.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        let cache = &mut cache[which];
+        if let Some(hit) = cache.get(sql) {
+            return hit.clone();
+        }
+        if cache.len() >= RENDERED_KEPT {
+            cache.clear();
+        }
+        let text: Arc<str> = render(dialect, sql).into();
+        cache.insert(sql.into(), text.clone());
+        text
+    })
+}
+
 /// `$N` (outside quoted text) becomes `?N`.
 fn numbered_for_sqlite(sql: &str) -> String {
     let mut out = String::with_capacity(sql.len());
@@ -362,6 +394,21 @@ mod tests {
         assert_eq!(
             render(Dialect::Postgres, "SELECT {greatest}(a, $2) {for_update}"),
             "SELECT GREATEST(a, $2) FOR UPDATE"
+        );
+    }
+
+    #[test]
+    fn a_rendered_statement_is_remembered_per_dialect() {
+        let sql = "SELECT {greatest}(a, $2) {for_update}";
+        let first = rendered(Dialect::Sqlite, sql);
+        assert_eq!(&*first, render(Dialect::Sqlite, sql));
+        assert!(std::sync::Arc::ptr_eq(
+            &first,
+            &rendered(Dialect::Sqlite, sql)
+        ));
+        assert_eq!(
+            &*rendered(Dialect::Postgres, sql),
+            render(Dialect::Postgres, sql)
         );
     }
 
