@@ -78,11 +78,13 @@ impl Db for SqliteDb<'_> {
     }
 
     async fn insert(&mut self, bulk: &Bulk<'_>) -> Result<(), StoreError> {
-        let placeholders = (1..=bulk.types.len())
-            .map(|i| format!("?{i}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let sql = format!("{} VALUES ({placeholders}) {}", bulk.insert, bulk.tail);
+        let sql = sql::memo("sqlite insert", &bulk.insert, || {
+            let placeholders = (1..=bulk.types.len())
+                .map(|i| format!("?{i}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!("{} VALUES ({placeholders}) {}", bulk.insert, bulk.tail)
+        });
         let mut stmt = self
             .conn
             .prepare_cached(&sql::rendered(Dialect::Sqlite, &sql))?;
