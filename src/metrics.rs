@@ -1,10 +1,12 @@
 //! Prometheus metrics (`GET /metrics`): requests, tokens by kind, latency, time-to-first-token and
 //! gateway-overhead histograms, labelled by model, key name and status class. Counters live for
 //! the process (they restart at zero, as Prometheus counters do); the store keeps the history.
+//! Counting a call adds to atomic counters: no lock is held but the label-set index's, shared.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::RwLock;
 
 use crate::usage::{latency_bucket, CallRecord, RecorderStats, LATENCY_BOUNDS_MS, LATENCY_BUCKETS};
 
@@ -17,25 +19,42 @@ pub const OTHER_MODELS: &str = "(other)";
 /// Buckets of the overhead histogram, in milliseconds.
 const OVERHEAD_BOUNDS_MS: [f64; 10] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 100.0];
 
-#[derive(Default, Clone)]
-struct Histogram {
-    buckets: [u64; LATENCY_BUCKETS],
-    sum_ms: u64,
-    count: u64,
+/// The status classes, in label order.
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+fn counters<const N: usize>() -> [AtomicU64; N] {
+    std::array::from_fn(|_| AtomicU64::new(0))
 }
 
-impl Histogram {
-    fn observe(&mut self, ms: u64) {
-        self.buckets[latency_bucket(ms)] += 1;
-        self.sum_ms += ms;
-        self.count += 1;
+struct Histogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS],
+    sum_ms: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self {
+            buckets: counters(),
+            sum_ms: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
     }
 }
 
-#[derive(Default, Clone)]
+impl Histogram {
+    fn observe(&self, ms: u64) {
+        self.buckets[latency_bucket(ms)].fetch_add(1, Relaxed);
+        self.sum_ms.fetch_add(ms, Relaxed);
+        self.count.fetch_add(1, Relaxed);
+    }
+}
+
+/// The counters of one label set, added to without a lock.
+#[derive(Default)]
 struct Series {
-    requests: u64,
-    tokens: [u64; 6],
+    requests: AtomicU64,
+    tokens: [AtomicU64; 6],
     duration: Histogram,
     ttft: Histogram,
 }
@@ -49,79 +68,149 @@ const TOKEN_KINDS: [&str; 6] = [
     "total",
 ];
 
+/// The series of one (model, key) pair, by status class.
+type ByStatus = [Option<Box<Series>>; 5];
+
+/// The label sets seen: model → key name → status class. Read (shared) by every call to find
+/// its counters; written only when a call brings a label set not seen before.
 #[derive(Default)]
-struct Inner {
-    series: BTreeMap<(String, String, &'static str), Series>,
-    overhead: [u64; OVERHEAD_BOUNDS_MS.len() + 1],
-    overhead_sum_ms: f64,
-    overhead_count: u64,
-    /// Calls without a valid key, by status class: counted, never recorded.
-    unauthenticated: BTreeMap<&'static str, u64>,
+struct Index {
+    models: HashMap<Box<str>, HashMap<Box<str>, ByStatus>>,
+    /// Label sets in `models`.
+    sets: usize,
 }
 
-/// The process's metrics.
-#[derive(Default)]
+impl Index {
+    fn get(&self, model: &str, key: &str, class: usize) -> Option<&Series> {
+        self.models.get(model)?.get(key)?[class].as_deref()
+    }
+
+    fn insert(&mut self, model: &str, key: &str, class: usize) -> &Series {
+        let slot = &mut self
+            .models
+            .entry(model.into())
+            .or_default()
+            .entry(key.into())
+            .or_default()[class];
+        if slot.is_none() {
+            self.sets += 1;
+        }
+        slot.get_or_insert_with(Box::default)
+    }
+}
+
+/// The process's metrics: atomic counters, summed by nobody (each label set has one set of
+/// counters); the label-set index is the only lock, taken shared on the request path.
 pub struct Metrics {
-    inner: Mutex<Inner>,
+    index: RwLock<Index>,
+    overhead: [AtomicU64; OVERHEAD_BOUNDS_MS.len() + 1],
+    overhead_sum_ns: AtomicU64,
+    overhead_count: AtomicU64,
+    /// Calls without a valid key, by status class: counted, never recorded.
+    unauthenticated: [AtomicU64; 5],
 }
 
-fn status_class(status: u16) -> &'static str {
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            index: RwLock::default(),
+            overhead: counters(),
+            overhead_sum_ns: AtomicU64::new(0),
+            overhead_count: AtomicU64::new(0),
+            unauthenticated: counters(),
+        }
+    }
+}
+
+/// The index of a status's class in [`STATUS_CLASSES`].
+fn status_class(status: u16) -> usize {
     match status / 100 {
-        1 => "1xx",
-        2 => "2xx",
-        3 => "3xx",
-        4 => "4xx",
-        _ => "5xx",
+        1 => 0,
+        2 => 1,
+        3 => 2,
+        4 => 3,
+        _ => 4,
+    }
+}
+
+impl Series {
+    fn add(&self, call: &CallRecord) {
+        self.requests.fetch_add(1, Relaxed);
+        for (slot, value) in self.tokens.iter().zip(call.tokens.counts()) {
+            slot.fetch_add(value, Relaxed);
+        }
+        self.duration.observe(call.duration_ms);
+        if let Some(ttft) = call.ttft_ms {
+            self.ttft.observe(ttft);
+        }
     }
 }
 
 impl Metrics {
     /// Counts one finished call and the time the gateway itself spent on it.
     pub fn observe(&self, call: &CallRecord, overhead_ms: f64) {
-        let Ok(mut inner) = self.inner.lock() else {
-            return;
+        let key = call.key_name.as_deref().unwrap_or_default();
+        let class = status_class(call.status);
+        let seen = match self.index.read() {
+            Ok(index) => match index.get(&call.model, key, class) {
+                Some(series) => {
+                    series.add(call);
+                    true
+                }
+                None => false,
+            },
+            Err(_) => return,
         };
-        let key = call.key_name.clone().unwrap_or_default();
-        let mut labels = (call.model.clone(), key, status_class(call.status));
-        if inner.series.len() >= MAX_SERIES && !inner.series.contains_key(&labels) {
-            labels.0 = OTHER_MODELS.to_owned();
-        }
-        let series = inner.series.entry(labels).or_default();
-        series.requests += 1;
-        let t = &call.tokens;
-        for (slot, value) in series.tokens.iter_mut().zip(t.counts()) {
-            *slot += value;
-        }
-        series.duration.observe(call.duration_ms);
-        if let Some(ttft) = call.ttft_ms {
-            series.ttft.observe(ttft);
+        if !seen {
+            let Ok(mut index) = self.index.write() else {
+                return;
+            };
+            let model = if index.get(&call.model, key, class).is_none() && index.sets >= MAX_SERIES
+            {
+                OTHER_MODELS
+            } else {
+                call.model.as_str()
+            };
+            index.insert(model, key, class).add(call);
         }
         if overhead_ms > 0.0 {
             let bucket = OVERHEAD_BOUNDS_MS
                 .iter()
                 .position(|&b| overhead_ms <= b)
                 .unwrap_or(OVERHEAD_BOUNDS_MS.len());
-            inner.overhead[bucket] += 1;
-            inner.overhead_sum_ms += overhead_ms;
-            inner.overhead_count += 1;
+            self.overhead[bucket].fetch_add(1, Relaxed);
+            self.overhead_sum_ns
+                .fetch_add((overhead_ms * 1e6) as u64, Relaxed);
+            self.overhead_count.fetch_add(1, Relaxed);
         }
     }
 
     /// Counts a call made without a valid key (it is not recorded: see ARCHITECTURE.md).
     pub fn observe_unauthenticated(&self, status: u16) {
-        if let Ok(mut inner) = self.inner.lock() {
-            *inner
-                .unauthenticated
-                .entry(status_class(status))
-                .or_default() += 1;
-        }
+        self.unauthenticated[status_class(status)].fetch_add(1, Relaxed);
+    }
+
+    /// Label sets counted so far.
+    pub fn label_sets(&self) -> usize {
+        self.index.read().map_or(0, |index| index.sets)
     }
 
     /// The text exposition format.
     pub fn render(&self, recorder: RecorderStats) -> String {
-        let Ok(inner) = self.inner.lock() else {
+        let Ok(index) = self.index.read() else {
             return String::new();
         };
+        let mut series: Vec<(String, &Series)> = Vec::with_capacity(index.sets);
+        for (model, keys) in &index.models {
+            for (key, classes) in keys {
+                for (class, s) in STATUS_CLASSES.iter().zip(classes) {
+                    if let Some(s) = s {
+                        series.push((labels(model, key, class), s));
+                    }
+                }
+            }
+        }
+        series.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut out = String::with_capacity(4096);
         header(
             &mut out,
@@ -129,12 +218,11 @@ impl Metrics {
             "counter",
             "Gateway calls.",
         );
-        for ((model, key, status), s) in &inner.series {
+        for (labels, s) in &series {
             let _ = writeln!(
                 out,
-                "token_console_requests_total{{{}}} {}",
-                labels(model, key, status),
-                s.requests
+                "token_console_requests_total{{{labels}}} {}",
+                s.requests.load(Relaxed)
             );
         }
         header(
@@ -143,12 +231,12 @@ impl Metrics {
             "counter",
             "Tokens of gateway calls by kind.",
         );
-        for ((model, key, status), s) in &inner.series {
-            for (kind, value) in TOKEN_KINDS.iter().zip(s.tokens) {
+        for (labels, s) in &series {
+            for (kind, value) in TOKEN_KINDS.iter().zip(&s.tokens) {
                 let _ = writeln!(
                     out,
-                    "token_console_tokens_total{{{},kind=\"{kind}\"}} {value}",
-                    labels(model, key, status)
+                    "token_console_tokens_total{{{labels},kind=\"{kind}\"}} {}",
+                    value.load(Relaxed)
                 );
             }
         }
@@ -165,10 +253,11 @@ impl Metrics {
             ),
         ] {
             header(&mut out, name, "histogram", help);
-            for ((model, key, status), s) in &inner.series {
-                histogram(&mut out, name, &labels(model, key, status), pick(s));
+            for (labels, s) in &series {
+                histogram(&mut out, name, labels, pick(s));
             }
         }
+        drop(index);
         header(
             &mut out,
             "token_console_gateway_overhead_seconds",
@@ -177,35 +266,35 @@ impl Metrics {
         );
         let mut cumulative = 0;
         for (i, bound) in OVERHEAD_BOUNDS_MS.iter().enumerate() {
-            cumulative += inner.overhead[i];
+            cumulative += self.overhead[i].load(Relaxed);
             let _ = writeln!(
                 out,
                 "token_console_gateway_overhead_seconds_bucket{{le=\"{}\"}} {cumulative}",
                 bound / 1000.0
             );
         }
+        let count = self.overhead_count.load(Relaxed);
         let _ = writeln!(
             out,
-            "token_console_gateway_overhead_seconds_bucket{{le=\"+Inf\"}} {}",
-            inner.overhead_count
+            "token_console_gateway_overhead_seconds_bucket{{le=\"+Inf\"}} {count}"
         );
         let _ = writeln!(
             out,
             "token_console_gateway_overhead_seconds_sum {}",
-            inner.overhead_sum_ms / 1000.0
+            self.overhead_sum_ns.load(Relaxed) as f64 / 1e9
         );
-        let _ = writeln!(
-            out,
-            "token_console_gateway_overhead_seconds_count {}",
-            inner.overhead_count
-        );
+        let _ = writeln!(out, "token_console_gateway_overhead_seconds_count {count}");
         header(
             &mut out,
             "token_console_unauthenticated_requests_total",
             "counter",
             "Gateway calls without a valid key (answered, not recorded).",
         );
-        for (status, count) in &inner.unauthenticated {
+        for (status, count) in STATUS_CLASSES.iter().zip(&self.unauthenticated) {
+            let count = count.load(Relaxed);
+            if count == 0 {
+                continue;
+            }
             let _ = writeln!(
                 out,
                 "token_console_unauthenticated_requests_total{{status=\"{status}\"}} {count}"
@@ -284,22 +373,37 @@ fn labels(model: &str, key: &str, status: &str) -> String {
 fn histogram(out: &mut String, name: &str, labels: &str, h: &Histogram) {
     let mut cumulative = 0;
     for (i, bound) in LATENCY_BOUNDS_MS.iter().enumerate() {
-        cumulative += h.buckets[i];
+        cumulative += h.buckets[i].load(Relaxed);
         let _ = writeln!(
             out,
             "{name}_bucket{{{labels},le=\"{}\"}} {cumulative}",
             *bound as f64 / 1000.0
         );
     }
-    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
-    let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum_ms as f64 / 1000.0);
-    let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.count);
+    let count = h.count.load(Relaxed);
+    let sum = h.sum_ms.load(Relaxed) as f64 / 1000.0;
+    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+    let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+    let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::usage::TokenUsage;
+
+    fn stats() -> RecorderStats {
+        RecorderStats {
+            queued: 0,
+            capacity: 8,
+            refused: 0,
+            written: 1,
+            dropped: 0,
+            batches: 1,
+            degraded: false,
+            waits: 0,
+        }
+    }
 
     #[test]
     fn renders_counters_with_escaped_labels() {
@@ -323,16 +427,7 @@ mod tests {
             answer: Default::default(),
         };
         metrics.observe(&call, 0.3);
-        let text = metrics.render(RecorderStats {
-            queued: 0,
-            capacity: 8,
-            refused: 0,
-            written: 1,
-            dropped: 0,
-            batches: 1,
-            degraded: false,
-            waits: 0,
-        });
+        let text = metrics.render(stats());
         assert!(
             text.contains(r#"token_console_requests_total{model="m\"1",key="k",status="2xx"} 1"#),
             "{text}"
@@ -361,10 +456,15 @@ mod tests {
             metrics.observe(&call, 0.0);
         }
         metrics.observe_unauthenticated(401);
-        let inner = metrics.inner.lock().unwrap();
-        assert_eq!(inner.series.len(), MAX_SERIES + 1);
-        let other = &inner.series[&(OTHER_MODELS.to_owned(), "k".to_owned(), "2xx")];
-        assert_eq!(other.requests, 100);
-        assert_eq!(inner.unauthenticated["4xx"], 1);
+        assert_eq!(metrics.label_sets(), MAX_SERIES + 1);
+        let text = metrics.render(stats());
+        assert!(
+            text.contains(
+                r#"token_console_requests_total{model="(other)",key="k",status="2xx"} 100"#
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("model-599"));
+        assert!(text.contains(r#"token_console_unauthenticated_requests_total{status="4xx"} 1"#));
     }
 }

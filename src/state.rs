@@ -31,6 +31,8 @@ pub struct AppState {
     pub gateway: Arc<Gateway>,
     /// Prometheus counters.
     pub metrics: Arc<Metrics>,
+    /// What the gateway's meters hand finished calls to (the recorder, metrics, telemetry).
+    pub sinks: Arc<crate::gateway::Sinks>,
     /// The OpenTelemetry exporters, when `otel:` is configured.
     pub telemetry: Option<Arc<crate::telemetry::Telemetry>>,
     /// What the console uses (it shares the store, keys and recorder above).
@@ -101,7 +103,16 @@ impl AppState {
             log_streams: Arc::default(),
             shutdown,
         };
+        let gateway = Arc::new(gateway);
+        let metrics = Arc::new(Metrics::default());
+        let sinks = Arc::new(crate::gateway::Sinks {
+            recorder: recorder.clone(),
+            metrics: metrics.clone(),
+            telemetry: telemetry.clone(),
+            gateway: gateway.clone(),
+        });
         Ok(Self {
+            sinks,
             telemetry,
             budget,
             instance,
@@ -109,8 +120,8 @@ impl AppState {
             config,
             store,
             recorder,
-            gateway: Arc::new(gateway),
-            metrics: Arc::new(Metrics::default()),
+            gateway,
+            metrics,
             console,
         })
     }

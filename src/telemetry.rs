@@ -22,8 +22,7 @@ use opentelemetry_sdk::Resource;
 
 use crate::config::{OtelConfig, ProviderConfig, ProviderKind};
 use crate::error::StartError;
-use crate::gateway::Endpoint;
-use crate::state::AppState;
+use crate::gateway::{Endpoint, Gateway};
 use crate::usage::CallRecord;
 
 /// The instrumentation scope and `service.name` of everything exported.
@@ -138,6 +137,15 @@ impl Telemetry {
     }
 
     /// Queues the span of one finished call and adds it to the histograms.
+    /// Exports one finished call; called where the meter completes the call's record.
+    pub fn export(&self, gateway: &Gateway, endpoint: Endpoint, record: &CallRecord) {
+        self.call(
+            endpoint,
+            record,
+            gateway.provider_config(endpoint, &record.model),
+        );
+    }
+
     fn call(&self, endpoint: Endpoint, record: &CallRecord, provider: Option<&ProviderConfig>) {
         let operation = operation_name(endpoint);
         let common = common_attributes(operation, record, provider);
@@ -181,15 +189,6 @@ impl Telemetry {
                 self.token_usage.record(count, &tagged);
             }
         }
-    }
-}
-
-/// Exports one finished call when `otel:` is configured; called where the meter completes the
-/// call's record.
-pub fn export(state: &AppState, endpoint: Endpoint, record: &CallRecord) {
-    if let Some(telemetry) = &state.telemetry {
-        let provider = state.gateway.provider_config(endpoint, &record.model);
-        telemetry.call(endpoint, record, provider);
     }
 }
 

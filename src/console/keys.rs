@@ -77,7 +77,7 @@ pub async fn create(state: &ConsoleState, body: CreateKey) -> Result<KeyView, Co
             state.config.console.max_keys,
         )
         .await?;
-    state.keys.upsert(&row, 0);
+    state.keys.upsert(&row);
     // Debug quotes the name and escapes control characters: a name cannot forge log lines.
     tracing::info!(key_id = row.id, name = ?row.name, "key created");
     let mut view = KeyView::new(&row, 0, 0);
@@ -135,10 +135,9 @@ pub async fn update(
         .update_key(id, patch)
         .await?
         .ok_or_else(|| not_found(id))?;
-    let usage = state.store.usage_by_key().await?;
-    let (tokens, calls) = usage_of(&usage, row.id);
-    state.keys.upsert(&row, tokens);
-    Ok(KeyView::new(&row, tokens, calls))
+    state.keys.upsert(&row);
+    let usage = state.store.usage_of_key(row.id).await?;
+    Ok(KeyView::new(&row, usage.tokens.total, usage.calls))
 }
 
 /// Deletes a key: it stops working at once; its history stays in every statistic.

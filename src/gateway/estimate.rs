@@ -10,7 +10,8 @@ use std::sync::OnceLock;
 
 use tiktoken_rs::CoreBPE;
 
-use super::usage::each_text;
+use super::request::RequestView;
+use super::tally::each_text;
 use crate::usage::TokenUsage;
 
 /// Tokens OpenAI adds per message and per request around the text (its documented overhead).
@@ -154,77 +155,21 @@ pub fn usage(request: &serde_json::Value, answer_text: &str, has_completion: boo
 /// fixed bound each instead of their bytes: an image [`IMAGE_TOKENS`], a document or file, a
 /// reference to earlier context or a provider-side tool [`FILE_TOKENS`]; tools add the hidden
 /// prompt [`TOOLS_TOKENS`]; and each message the provider's framing.
-pub fn prompt_upper_bound(body_len: usize, request: &serde_json::Value) -> u64 {
-    let mut media = Media::default();
-    scan_parts(request, &mut media);
-    let context = ["previous_response_id", "conversation"]
-        .iter()
-        .filter(|k| request.get(**k).is_some_and(|v| !v.is_null()))
-        .count() as u64;
-    let tools = request
-        .get("tools")
-        .and_then(serde_json::Value::as_array)
-        .map_or(0, |tools| {
-            let provider_side = tools
-                .iter()
-                .filter(|t| {
-                    t.get("type")
-                        .and_then(serde_json::Value::as_str)
-                        .is_some_and(|kind| kind != "function" && kind != "custom")
-                })
-                .count() as u64;
-            if tools.is_empty() {
-                0
-            } else {
-                TOOLS_TOKENS.saturating_add(provider_side.saturating_mul(FILE_TOKENS))
-            }
-        });
-    (body_len as u64)
-        .saturating_sub(media.inline_bytes)
-        .saturating_add(media.bound)
-        .saturating_add(context.saturating_mul(FILE_TOKENS))
-        .saturating_add(tools)
-        .saturating_add(PER_MESSAGE.saturating_mul(message_count(request)))
-        .saturating_add(PER_REQUEST)
-}
-
-/// The image and file parts of a request.
-#[derive(Default)]
-struct Media {
-    /// Bytes of the parts' strings (inline data, URLs), left out of the byte bound.
-    inline_bytes: u64,
-    /// The parts' fixed bounds.
-    bound: u64,
-}
-
-fn scan_parts(value: &serde_json::Value, media: &mut Media) {
-    match value {
-        serde_json::Value::Object(map) => {
-            let bound = match map.get("type").and_then(serde_json::Value::as_str) {
-                Some("image_url" | "input_image" | "image") => Some(IMAGE_TOKENS),
-                Some("file" | "input_file" | "document") => Some(FILE_TOKENS),
-                _ => None,
-            };
-            if let Some(bound) = bound {
-                media.bound = media.bound.saturating_add(bound);
-                media.inline_bytes = media.inline_bytes.saturating_add(string_bytes(value));
-                return;
-            }
-            map.values().for_each(|child| scan_parts(child, media));
+pub fn prompt_upper_bound(body_len: usize, request: &RequestView) -> u64 {
+    let tools = request.tools().map_or(0, |(count, provider_side)| {
+        if count == 0 {
+            0
+        } else {
+            TOOLS_TOKENS.saturating_add(provider_side.saturating_mul(FILE_TOKENS))
         }
-        serde_json::Value::Array(items) => items.iter().for_each(|v| scan_parts(v, media)),
-        _ => {}
-    }
-}
-
-/// Bytes of every string in a JSON value (each at most its length in the request body).
-fn string_bytes(value: &serde_json::Value) -> u64 {
-    match value {
-        serde_json::Value::String(s) => s.len() as u64,
-        serde_json::Value::Array(items) => items.iter().map(string_bytes).sum(),
-        serde_json::Value::Object(map) => map.values().map(string_bytes).sum(),
-        _ => 0,
-    }
+    });
+    (body_len as u64)
+        .saturating_sub(request.media.inline_bytes)
+        .saturating_add(request.media.bound)
+        .saturating_add(request.context_refs().saturating_mul(FILE_TOKENS))
+        .saturating_add(tools)
+        .saturating_add(PER_MESSAGE.saturating_mul(request.message_count()))
+        .saturating_add(PER_REQUEST)
 }
 
 #[cfg(test)]
@@ -238,7 +183,8 @@ mod tests {
         let request = serde_json::json!({"messages": [{"role": "user", "content": "hello world"}]});
         assert_eq!(prompt_tokens(&request), 2 + 4 + 3);
         let body = serde_json::to_vec(&request).unwrap();
-        assert!(prompt_upper_bound(body.len(), &request) >= prompt_tokens(&request));
+        let view = RequestView::parse(&body).unwrap();
+        assert!(prompt_upper_bound(body.len(), &view) >= prompt_tokens(&request));
         let u = usage(&request, "hi there", true);
         assert_eq!((u.prompt, u.completion, u.total), (9, 2, 11));
     }
@@ -266,7 +212,7 @@ mod tests {
             {"type": "input_file", "file_id": "file-1"},
         ]}], "tools": [{"type": "function", "function": {"name": "f"}}, {"type": "web_search"}]});
         let body = serde_json::to_vec(&request).unwrap();
-        let bound = prompt_upper_bound(body.len(), &request);
+        let bound = prompt_upper_bound(body.len(), &RequestView::parse(&body).unwrap());
         assert!(
             bound >= 1000 + IMAGE_TOKENS + 2 * FILE_TOKENS + TOOLS_TOKENS,
             "{bound}"
@@ -275,7 +221,8 @@ mod tests {
             bound < 100_000 + IMAGE_TOKENS + 2 * FILE_TOKENS + TOOLS_TOKENS,
             "{bound}"
         );
-        let chained = serde_json::json!({"input": "hi", "previous_response_id": "resp_1"});
-        assert!(prompt_upper_bound(40, &chained) >= FILE_TOKENS);
+        let chained = br#"{"input": "hi", "previous_response_id": "resp_1"}"#;
+        let view = RequestView::parse(chained).unwrap();
+        assert!(prompt_upper_bound(chained.len(), &view) >= FILE_TOKENS);
     }
 }

@@ -2,7 +2,7 @@
 //! gateway runs on data it does not control. They must never panic, whatever the input.
 
 use super::sse::{parse_event, EventSplitter};
-use super::usage::{from_body, StreamTally};
+use super::tally::{from_body, StreamTally};
 
 /// An upstream SSE stream, cut into chunks at the bytes' own values, through the event splitter
 /// and the usage tally (with and without hiding the usage chunk).
@@ -12,7 +12,8 @@ pub fn stream_usage(data: &[u8]) {
         let mut tally = StreamTally::new(hide);
         let cut = usize::from(data.first().copied().unwrap_or(1)).max(1);
         for chunk in data.chunks(cut) {
-            for event in splitter.push(chunk) {
+            splitter.push(bytes::Bytes::copy_from_slice(chunk));
+            while let Some(event) = splitter.next_event() {
                 let (_, payload) = parse_event(&event);
                 tally.observe(&payload);
             }

@@ -5,12 +5,16 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
+
 use super::endpoint::Endpoint;
 use super::estimate;
-use super::usage::StreamTally;
+use super::tally::{BodyRead, StreamTally};
 use crate::keys::Reservation;
+use crate::metrics::Metrics;
 use crate::state::AppState;
-use crate::usage::{CallRecord, Slot, TokenUsage};
+use crate::telemetry::Telemetry;
+use crate::usage::{CallRecord, Recorder, Slot, TokenUsage};
 
 /// Status recorded when the client went away before the answer was complete.
 pub const CLIENT_CLOSED: u16 = 499;
@@ -26,14 +30,28 @@ const SESSION_HEADERS: [&str; 5] = [
 /// Longest error text kept in a record.
 const MAX_ERROR_CHARS: usize = 300;
 
+/// Where finished calls go: the handles a meter needs, shared by every call (a meter holds one
+/// `Arc` of them, not the whole [`AppState`]).
+pub struct Sinks {
+    /// Takes each call's record.
+    pub recorder: Arc<Recorder>,
+    /// Counts each call.
+    pub metrics: Arc<Metrics>,
+    /// Exports each call, when `otel:` is configured.
+    pub telemetry: Option<Arc<Telemetry>>,
+    /// The providers (telemetry names the provider of a call).
+    pub gateway: Arc<super::Gateway>,
+}
+
 /// Gathers one call's facts; records them exactly once (on [`Meter::finish`] or on drop).
 pub struct Meter {
-    state: AppState,
+    sinks: Arc<Sinks>,
     record: CallRecord,
     started: Instant,
     endpoint: Endpoint,
     reservation: Option<Reservation>,
-    request: Option<Arc<serde_json::Value>>,
+    /// The client's request body, read again only for a tokenizer estimate.
+    request: Option<Bytes>,
     /// Usage and text of a streamed answer.
     pub tally: StreamTally,
     /// Time until the first byte of the answer body.
@@ -59,17 +77,17 @@ impl Meter {
         request: &axum::extract::Request,
     ) -> impl std::future::Future<Output = Result<Self, axum::response::Response>> + Send + 'static
     {
-        let state = state.clone();
+        let sinks = state.sinks.clone();
         let method = request.method().as_str().to_owned();
         let path = request.uri().path().to_owned();
         let (client, session_id) = client_of(request.headers());
         async move {
-            let slot = state.recorder.slot().await.map_err(|full| {
+            let slot = sinks.recorder.slot().await.map_err(|full| {
                 tracing::warn!("refused a call: {}", full.message);
                 super::GatewayError::Unavailable(full.message)
                     .into_protocol_response(endpoint.protocol())
             })?;
-            let mut meter = Self::with_slot(&state, slot, endpoint, &method, &path);
+            let mut meter = Self::with_slot(sinks, slot, endpoint, &method, &path);
             meter.record.client = client;
             meter.record.session_id = session_id;
             Ok(meter)
@@ -77,14 +95,14 @@ impl Meter {
     }
 
     fn with_slot(
-        state: &AppState,
+        sinks: Arc<Sinks>,
         slot: Slot,
         endpoint: Endpoint,
         method: &str,
         path: &str,
     ) -> Self {
         Self {
-            state: state.clone(),
+            sinks,
             record: CallRecord {
                 ts: jiff::Timestamp::now(),
                 method: method.to_owned(),
@@ -118,8 +136,9 @@ impl Meter {
     /// The model name of calls not routed to a configured provider (recorded under this name).
     pub const UNROUTED: &'static str = "(unrouted)";
 
-    /// The model asked for and whether the answer is streamed.
-    pub fn set_request(&mut self, model: &str, stream: bool, request: Arc<serde_json::Value>) {
+    /// The model asked for, whether the answer is streamed, and the request's body (kept for an
+    /// estimate; empty when the call is refused before it is forwarded).
+    pub fn set_request(&mut self, model: &str, stream: bool, request: Bytes) {
         self.record.model = model.to_owned();
         self.record.stream = stream;
         self.request = Some(request);
@@ -142,21 +161,37 @@ impl Meter {
         self.upstream_status = Some(status);
     }
 
-    /// Ends the call with `status`; `body` is a whole (non-stream) answer, if there was one.
+    /// Ends the call with `status`; `body` is a whole (non-stream) answer, if there was one,
+    /// read once for its usage, model, finish reasons, validity and error message.
     pub fn finish(&mut self, status: u16, body: Option<&[u8]>, error: Option<String>) {
         let success = (200..300).contains(&status);
-        let (from_body, answer) = body.map(super::usage::read_body).unwrap_or_default();
-        if !answer.is_empty() {
-            self.record.answer = answer;
-        }
+        let read = body.map(super::tally::read_body);
+        let (from_body, error) = match (body, read) {
+            (Some(body), Some(read)) => {
+                let BodyRead {
+                    usage,
+                    answer,
+                    json,
+                    error_message,
+                } = read;
+                if !answer.is_empty() {
+                    self.record.answer = answer;
+                }
+                let error = error.or_else(|| {
+                    if status >= 400 {
+                        upstream_error_text(body, error_message, json)
+                    } else {
+                        (success && !json)
+                            .then(|| "the provider's answer is not valid JSON".to_owned())
+                    }
+                });
+                (usage, error)
+            }
+            _ => (None, error),
+        };
         let reported = from_body
             .or_else(|| self.tally.reported())
             .filter(|usage| !success || !is_zero(usage));
-        let error = error.or_else(|| {
-            (status >= 400)
-                .then(|| body.and_then(upstream_error_text))
-                .flatten()
-        });
         match reported {
             Some(tokens) => self.complete(status, Some(tokens), false, error),
             None if success => {
@@ -251,13 +286,13 @@ impl Meter {
         if self.record.answer.is_empty() {
             self.record.answer = std::mem::take(&mut self.tally.answer);
         }
-        let mut record = self.record.clone();
+        let mut record = std::mem::take(&mut self.record);
         record.status = status;
         record.duration_ms = self.started.elapsed().as_millis() as u64;
         record.ttft_ms = self.first_byte_ms;
         record.error = error.map(|e| truncate(&e));
         Some(Completion {
-            state: self.state.clone(),
+            sinks: self.sinks.clone(),
             record,
             reservation: self.reservation.take(),
             slot: self.slot.take(),
@@ -271,7 +306,7 @@ impl Meter {
 /// A finished call waiting for its tokens: settles the reservation, counts the metrics and
 /// hands the record to the recorder.
 struct Completion {
-    state: AppState,
+    sinks: Arc<Sinks>,
     record: CallRecord,
     reservation: Option<Reservation>,
     endpoint: Endpoint,
@@ -286,7 +321,7 @@ impl Completion {
         if self.record.key_id.is_none() {
             // Made without a valid key: anyone can send those, so they are counted, not
             // recorded (they would push real calls out of the log and the aggregates).
-            self.state
+            self.sinks
                 .metrics
                 .observe_unauthenticated(self.record.status);
             return;
@@ -301,10 +336,12 @@ impl Completion {
         }
         self.record.tokens = tokens;
         self.record.estimated = estimated && tokens.total > 0;
-        self.state.metrics.observe(&self.record, self.overhead_ms);
-        crate::telemetry::export(&self.state, self.endpoint, &self.record);
+        self.sinks.metrics.observe(&self.record, self.overhead_ms);
+        if let Some(telemetry) = &self.sinks.telemetry {
+            telemetry.export(&self.sinks.gateway, self.endpoint, &self.record);
+        }
         match self.slot.take() {
-            Some(slot) => self.state.recorder.record_in(slot, self.record),
+            Some(slot) => self.sinks.recorder.record_in(slot, self.record),
             None => tracing::error!("a call was completed twice; its second record is ignored"),
         }
     }
@@ -318,7 +355,8 @@ enum Answer {
 
 /// The inputs of a tokenizer estimate, moved to a blocking thread.
 struct EstimateJob {
-    request: Arc<serde_json::Value>,
+    /// The request's body, read as a tree here, off the async workers.
+    request: Bytes,
     answer: Answer,
     has_completion: bool,
     /// The provisional figures a stream gave (Anthropic's `message_start` has exact input and
@@ -333,12 +371,14 @@ impl EstimateJob {
             Answer::Body(bytes) => {
                 let mut text = String::new();
                 if let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) {
-                    super::usage::texts(&value, &mut text);
+                    super::tally::texts(&value, &mut text);
                 }
                 std::borrow::Cow::Owned(text)
             }
         };
-        let counted = estimate::usage(&self.request, &text, self.has_completion);
+        let request = serde_json::from_slice::<serde_json::Value>(&self.request)
+            .unwrap_or(serde_json::Value::Null);
+        let counted = estimate::usage(&request, &text, self.has_completion);
         match self.provisional {
             Some(p) if p.prompt > 0 => {
                 let completion = p.completion.max(counted.completion);
@@ -392,70 +432,66 @@ fn truncate(text: &str) -> String {
     cut
 }
 
-/// What a provider's error answer says: the `message` of an OpenAI or Anthropic error body, or,
-/// for a body that is not one (an HTML page from a proxy in front of the provider, plain text),
-/// its text with the white space collapsed, so the record still says what went wrong.
-fn upstream_error_text(body: &[u8]) -> Option<String> {
-    if let Some(message) = error_message(body) {
-        return Some(message);
+/// What a provider's error answer says: the `message` of an OpenAI or Anthropic error body
+/// (`message`, read with the rest of the answer), or, for a body that is not one (an HTML page
+/// from a proxy in front of the provider, plain text), its text with the white space collapsed,
+/// so the record still says what went wrong. `json`: whether the body is JSON.
+fn upstream_error_text(body: &[u8], message: Option<String>, json: bool) -> Option<String> {
+    if message.is_some() {
+        return message;
     }
     let text = String::from_utf8_lossy(body);
     let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
     if text.is_empty() {
         return None;
     }
-    if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() {
+    if json {
         Some(format!("the provider answered: {text}"))
     } else {
         Some(format!("the provider's error answer is not JSON: {text}"))
     }
 }
 
-/// The `message` of an OpenAI or Anthropic error body.
-fn error_message(body: &[u8]) -> Option<String> {
-    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let error = value.get("error")?;
-    error
-        .get("message")
-        .and_then(serde_json::Value::as_str)
-        .map(str::to_owned)
-        .or_else(|| error.as_str().map(str::to_owned))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn error_text(body: &[u8]) -> Option<String> {
+        let read = super::super::tally::read_body(body);
+        upstream_error_text(body, read.error_message, read.json)
+    }
+
     #[test]
     fn reads_error_messages_of_both_protocols() {
         assert_eq!(
-            error_message(br#"{"error":{"message":"boom","type":"x"}}"#),
+            error_text(br#"{"error":{"message":"boom","type":"x"}}"#),
             Some("boom".into())
         );
         assert_eq!(
-            error_message(br#"{"type":"error","error":{"type":"api_error","message":"down"}}"#),
+            error_text(br#"{"type":"error","error":{"type":"api_error","message":"down"}}"#),
             Some("down".into())
         );
-        assert_eq!(error_message(b"garbage"), None);
+        assert_eq!(error_text(br#"{"error":"plain"}"#), Some("plain".into()));
     }
 
     #[test]
     fn quotes_error_answers_that_are_not_json() {
         assert_eq!(
-            upstream_error_text(b"<html>\n<h1>502  Bad Gateway</h1>\n</html>\n"),
+            error_text(b"<html>\n<h1>502  Bad Gateway</h1>\n</html>\n"),
             Some(
                 "the provider's error answer is not JSON: <html> <h1>502 Bad Gateway</h1> </html>"
                     .into()
             )
         );
+        assert_eq!(error_text(b" \n "), None);
         assert_eq!(
-            upstream_error_text(br#"{"error":{"message":"boom"}}"#),
-            Some("boom".into())
-        );
-        assert_eq!(upstream_error_text(b" \n "), None);
-        assert_eq!(
-            upstream_error_text(br#"{"detail": "x"}"#),
+            error_text(br#"{"detail": "x"}"#),
             Some(r#"the provider answered: {"detail": "x"}"#.into())
+        );
+        // JSON whose fields have unexpected types is still JSON.
+        assert_eq!(
+            error_text(br#"{"usage": "none", "choices": 3}"#),
+            Some(r#"the provider answered: {"usage": "none", "choices": 3}"#.into())
         );
     }
 

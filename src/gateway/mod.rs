@@ -12,8 +12,9 @@ mod meter;
 mod models;
 mod providers;
 mod proxy;
+mod request;
 mod sse;
-mod usage;
+mod tally;
 
 use std::sync::Arc;
 
@@ -24,6 +25,7 @@ use axum::Router;
 
 pub use endpoint::Endpoint;
 pub use error::{GatewayError, Protocol};
+pub use meter::Sinks;
 pub use proxy::OVERHEAD_HEADER;
 
 use crate::config::Config;

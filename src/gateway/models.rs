@@ -142,7 +142,7 @@ pub async fn list(State(state): State<AppState>, request: Request) -> Response {
         Ok(key) => key,
         Err(e) => return proxy::refuse(meter, Endpoint::Models, e),
     };
-    let allowed = key.settings().allowed_models;
+    let allowed = key.settings().allowed_models.clone();
     let ids: Vec<ModelId> = state
         .gateway
         .model_ids()

@@ -1,6 +1,7 @@
 //! One proxied call, start to end: check the key and its limits, forward the request to the
 //! provider, and pass the answer back unchanged while the meter reads its usage.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,8 +16,9 @@ use super::error::GatewayError;
 use super::estimate;
 use super::meter::Meter;
 use super::providers::Provider;
+use super::request::{ParseError, RequestView, MAX_TOKENS_FIELDS};
 use super::sse::{parse_event, EventSplitter};
-use super::usage::{StreamTally, Verdict};
+use super::tally::{StreamTally, Verdict};
 use crate::keys::{Budget, KeyEntry, Refusal};
 use crate::state::AppState;
 
@@ -82,7 +84,7 @@ pub async fn handle(state: AppState, endpoint: Endpoint, request: Request) -> Re
         Ok(prepared) => prepared,
         Err(e) => return refuse(meter, endpoint, e),
     };
-    forward(&state, endpoint, prepared, meter).await
+    forward(endpoint, prepared, meter).await
 }
 
 /// Records a call the gateway refused and answers it in the client's protocol, with the
@@ -129,7 +131,6 @@ struct Prepared {
     provider: Arc<Provider>,
     headers: HeaderMap,
     body: Bytes,
-    stream: bool,
 }
 
 /// The key sent as `Authorization: Bearer …` or `x-api-key`.
@@ -152,7 +153,7 @@ pub fn client_key(headers: &HeaderMap) -> Option<&str> {
 /// method), so that the call is recorded when the key is valid, and only then.
 pub fn identify(state: &AppState, headers: &HeaderMap, meter: &mut Meter) {
     if let Some(entry) = client_key(headers).and_then(|given| state.keys.find(given)) {
-        meter.set_key(entry.id, entry.settings().name);
+        meter.set_key(entry.id, entry.settings().name.clone());
     }
 }
 
@@ -253,47 +254,26 @@ fn client_went_away(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-fn parse_request(bytes: &[u8]) -> Result<serde_json::Map<String, serde_json::Value>, GatewayError> {
-    // `str::parse` runs serde_json's own compiled parser of `Value` (a whole request body is
-    // read once, and in an unoptimised build a generic instance of ours costs ~10x more).
-    let parsed = match std::str::from_utf8(bytes) {
-        Ok(text) => text.parse::<serde_json::Value>(),
-        Err(_) => serde_json::from_slice::<serde_json::Value>(bytes),
-    };
-    match parsed {
-        Ok(serde_json::Value::Object(map)) => Ok(map),
-        Ok(_) => Err(GatewayError::BadRequest("the request body must be a JSON object".into())),
-        Err(e) => Err(GatewayError::BadRequest(format!(
+fn parse_request(bytes: &[u8]) -> Result<RequestView<'_>, GatewayError> {
+    RequestView::parse(bytes).map_err(|e| match e {
+        ParseError::NotObject => {
+            GatewayError::BadRequest("the request body must be a JSON object".into())
+        }
+        ParseError::Syntax(e) => GatewayError::BadRequest(format!(
             "the request body is not valid JSON ({e}); send a JSON object such as {{\"model\":\"…\",\"messages\":[…]}}"
-        ))),
-    }
-}
-
-fn requested_max_tokens(request: &serde_json::Value) -> Option<u64> {
-    ["max_tokens", "max_completion_tokens", "max_output_tokens"]
-        .iter()
-        .find_map(|k| request.get(*k).and_then(serde_json::Value::as_u64))
-}
-
-/// Answers a request asks for at once (`n`, or `best_of` of legacy completions), each of which
-/// may use its whole `max_tokens`; capped so that a silly value cannot overflow the bound.
-fn requested_choices(request: &serde_json::Value) -> u64 {
-    ["n", "best_of"]
-        .iter()
-        .filter_map(|k| request.get(*k).and_then(serde_json::Value::as_u64))
-        .max()
-        .unwrap_or(1)
-        .clamp(1, 1024)
+        )),
+    })
 }
 
 /// The most tokens a call can spend: a true upper bound of its prompt (see
 /// [`estimate::prompt_upper_bound`]) plus every answer it asks for at its `max_tokens` (or
 /// [`DEFAULT_MAX_TOKENS`] when it sets none).
-fn spend_bound(endpoint: Endpoint, body_len: usize, request: &serde_json::Value) -> u64 {
+fn spend_bound(endpoint: Endpoint, body_len: usize, request: &RequestView) -> u64 {
     let completion = if endpoint.has_completion() {
-        requested_max_tokens(request)
+        request
+            .max_tokens()
             .unwrap_or(DEFAULT_MAX_TOKENS)
-            .saturating_mul(requested_choices(request))
+            .saturating_mul(request.choices())
     } else {
         0
     };
@@ -309,7 +289,7 @@ async fn reserve(
     key: &KeyEntry,
     endpoint: Endpoint,
     body_len: usize,
-    request: &serde_json::Value,
+    request: &RequestView<'_>,
 ) -> Result<Option<(crate::keys::Reservation, Option<u64>)>, GatewayError> {
     if !endpoint.spends_tokens() {
         return Ok(None);
@@ -329,7 +309,7 @@ async fn reserve(
         Err(Refusal::Global | Refusal::Key) if fit => {
             // The prompt must fit whole; the answers get what is left, at least a token each.
             let prompt = estimate::prompt_upper_bound(body_len, request);
-            let choices = requested_choices(request);
+            let choices = request.choices();
             let least = prompt.saturating_add(choices);
             Budget::reserve_up_to(&state.budget, key_budget, least, amount)
                 .await
@@ -342,7 +322,7 @@ async fn reserve(
         // A request that names no output limit may run to the model's own: it is given the
         // limit it was reserved for, so that the reservation stays a true upper bound.
         other => other.map(|r| {
-            let unlimited = endpoint.has_completion() && requested_max_tokens(request).is_none();
+            let unlimited = endpoint.has_completion() && request.max_tokens().is_none();
             (r, unlimited.then_some(DEFAULT_MAX_TOKENS))
         }),
     };
@@ -362,26 +342,6 @@ async fn reserve(
     }
 }
 
-/// Adds `stream_options.include_usage` when the client did not ask; returns whether it was added.
-fn ask_for_stream_usage(object: &mut serde_json::Map<String, serde_json::Value>) -> bool {
-    let asked = object
-        .get("stream_options")
-        .and_then(|o| o.get("include_usage"))
-        .and_then(serde_json::Value::as_bool)
-        .unwrap_or(false);
-    if asked {
-        return false;
-    }
-    let options = object
-        .entry("stream_options")
-        .or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()));
-    if let serde_json::Value::Object(options) = options {
-        options.insert("include_usage".into(), serde_json::Value::Bool(true));
-        return true;
-    }
-    false
-}
-
 async fn prepare(
     state: &AppState,
     endpoint: Endpoint,
@@ -390,32 +350,29 @@ async fn prepare(
 ) -> Result<Prepared, GatewayError> {
     let key = authenticate(state, request.headers(), meter).await?;
     let (headers, bytes) = read_body(state, request).await?;
-    let mut object = parse_request(&bytes)?;
-    let model = match object.get("model") {
-        Some(serde_json::Value::String(m)) if !m.trim().is_empty() => m.clone(),
+    let view = parse_request(&bytes)?;
+    let model = match view.model.as_deref() {
+        Some(m) if !m.trim().is_empty() => m,
         _ => {
             return Err(GatewayError::BadRequest(
                 "the request needs a \"model\" (a string naming the model)".into(),
             ))
         }
     };
-    let stream = object
-        .get("stream")
-        .and_then(serde_json::Value::as_bool)
-        .unwrap_or(false);
+    let stream = view.stream;
     if model.len() > MAX_MODEL_BYTES {
-        meter.set_request(Meter::UNROUTED, stream, Arc::new(serde_json::Value::Null));
-        let cut = estimate::prefix(&model, 64);
+        meter.set_request(Meter::UNROUTED, stream, Bytes::new());
+        let cut = estimate::prefix(model, 64);
         return Err(GatewayError::BadRequest(format!(
             "the model name is {} bytes long, more than the gateway's limit of {MAX_MODEL_BYTES}; name a configured model (it began \"{cut}…\")",
             model.len()
         )));
     }
-    let provider = state.gateway.route(endpoint, &model);
+    let provider = state.gateway.route(endpoint, model);
     // Calls and metrics are grouped by the model only once it routes to a configured provider,
     // so that names a client invents cannot grow the aggregates (see ARCHITECTURE.md).
     let label = if provider.is_some() {
-        model.as_str()
+        model
     } else {
         Meter::UNROUTED
     };
@@ -423,27 +380,19 @@ async fn prepare(
     if settings
         .allowed_models
         .as_ref()
-        .is_some_and(|allowed| !super::glob::any(allowed, &model))
+        .is_some_and(|allowed| !super::glob::any(allowed, model))
     {
-        meter.set_request(label, stream, Arc::new(serde_json::Value::Null));
+        meter.set_request(label, stream, Bytes::new());
         return Err(GatewayError::Forbidden(format!(
             "the API key \"{}\" may not use the model \"{model}\"; allow it for the key in the token console",
             settings.name
         )));
     }
-    let had_stream_options = object.contains_key("stream_options");
-    let hide_usage_chunk =
-        stream && endpoint.wants_stream_usage_option() && ask_for_stream_usage(&mut object);
-    let value = serde_json::Value::Object(object);
-    let body = match hide_usage_chunk {
-        false => bytes,
-        // Spliced into the client's bytes when it is a new member: re-serialising a large body
-        // would cost a pass over all of it.
-        true if !had_stream_options => splice_stream_usage(&bytes),
-        true => Bytes::from(value.to_string()),
-    };
-    let request_value = Arc::new(value);
-    meter.set_request(label, stream, request_value.clone());
+    let with_usage = (stream && endpoint.wants_stream_usage_option())
+        .then(|| ask_for_stream_usage(&bytes, &view))
+        .flatten();
+    let hide_usage_chunk = with_usage.is_some();
+    meter.set_request(label, stream, bytes.clone());
     meter.tally = StreamTally::new(hide_usage_chunk);
     let provider = provider.ok_or_else(|| {
         GatewayError::NotFound(format!(
@@ -466,12 +415,10 @@ async fn prepare(
             retry_after,
         ));
     }
-    let mut body = body;
-    if let Some((reservation, lowered)) =
-        reserve(state, &key, endpoint, body.len(), &request_value).await?
-    {
+    let mut body = with_usage.unwrap_or_else(|| bytes.clone());
+    if let Some((reservation, lowered)) = reserve(state, &key, endpoint, body.len(), &view).await? {
         if let Some(max_tokens) = lowered {
-            body = lower_max_tokens(&body, endpoint, &request_value, max_tokens);
+            body = lower_max_tokens(&body, endpoint, &view, max_tokens);
         }
         meter.hold(reservation);
     }
@@ -479,8 +426,97 @@ async fn prepare(
         provider,
         headers,
         body,
-        stream,
     })
+}
+
+/// The body with `stream_options.include_usage` set to `true`, when the client did not ask for
+/// the usage chunk and the gateway can ask for it (`stream_options` absent, `null` or an
+/// object); `None` otherwise. Spliced into the client's bytes: re-serialising a large body would
+/// cost a pass over all of it. A member name written with escapes, which the splice does not
+/// find, has the body re-serialised.
+fn ask_for_stream_usage(body: &Bytes, view: &RequestView) -> Option<Bytes> {
+    if view.include_usage {
+        return None;
+    }
+    if !view.has_stream_options {
+        return Some(splice_member(body, USAGE_OPTION));
+    }
+    let spans = member_values(body, &["stream_options"]).filter(|s| !s.is_empty());
+    let Some(spans) = spans else {
+        return view
+            .stream_options_object
+            .then(|| reserialised(body, set_include_usage))
+            .flatten();
+    };
+    let mut edits = Vec::with_capacity(spans.len());
+    for (start, end) in spans {
+        let value = &body[start..end];
+        if value == b"null" {
+            edits.push((start, end, Cow::Borrowed(&br#"{"include_usage":true}"#[..])));
+            continue;
+        }
+        if !value.starts_with(b"{") {
+            return None;
+        }
+        match member_values(value, &["include_usage"]) {
+            Some(inner) if !inner.is_empty() => edits.extend(
+                inner
+                    .into_iter()
+                    .map(|(s, e)| (start + s, start + e, Cow::Borrowed(&b"true"[..]))),
+            ),
+            Some(_) => {
+                let spliced = splice_member(value, br#""include_usage":true"#);
+                edits.push((start, end, Cow::Owned(spliced.to_vec())));
+            }
+            None => return reserialised(body, set_include_usage),
+        }
+    }
+    Some(apply_edits(body, &edits))
+}
+
+/// The member asking for the usage chunk, as the gateway adds it.
+const USAGE_OPTION: &[u8] = br#""stream_options":{"include_usage":true}"#;
+
+/// Sets `stream_options.include_usage` in a request read as a tree; whether it could.
+fn set_include_usage(object: &mut serde_json::Map<String, serde_json::Value>) -> bool {
+    let options = object
+        .entry("stream_options")
+        .or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()));
+    if options.is_null() {
+        *options = serde_json::Value::Object(serde_json::Map::new());
+    }
+    match options {
+        serde_json::Value::Object(options) => {
+            options.insert("include_usage".into(), serde_json::Value::Bool(true));
+            true
+        }
+        _ => false,
+    }
+}
+
+/// The body read as a tree, changed by `change` and written again (for the rare body a splice
+/// cannot read); `None` when it is not a JSON object or `change` declines.
+fn reserialised(
+    body: &[u8],
+    change: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>) -> bool,
+) -> Option<Bytes> {
+    let mut value = serde_json::from_slice::<serde_json::Value>(body).ok()?;
+    let object = value.as_object_mut()?;
+    change(object).then(|| Bytes::from(value.to_string()))
+}
+
+/// `body` with each span `start..end` replaced by its bytes (spans in order, not overlapping).
+fn apply_edits(body: &[u8], edits: &[(usize, usize, Cow<'_, [u8]>)]) -> Bytes {
+    let added: usize = edits.iter().map(|(_, _, with)| with.len()).sum();
+    let mut out = Vec::with_capacity(body.len() + added);
+    let mut at = 0;
+    for (start, end, with) in edits {
+        out.extend_from_slice(&body[at..*start]);
+        out.extend_from_slice(with);
+        at = *end;
+    }
+    out.extend_from_slice(&body[at..]);
+    Bytes::from(out)
 }
 
 fn upstream_headers(client: &HeaderMap, provider: &Provider) -> HeaderMap {
@@ -520,12 +556,7 @@ fn send_error(provider: &Provider, e: &reqwest::Error, timeout: Duration) -> Gat
     }
 }
 
-async fn forward(
-    state: &AppState,
-    endpoint: Endpoint,
-    prepared: Prepared,
-    mut meter: Meter,
-) -> Response {
+async fn forward(endpoint: Endpoint, prepared: Prepared, mut meter: Meter) -> Response {
     let provider = prepared.provider.clone();
     let timeout = Duration::from_millis(provider.config.first_byte_timeout_ms);
     let request = provider
@@ -570,7 +601,6 @@ async fn forward(
     if let Ok(value) = HeaderValue::from_str(&format!("{:.3}", meter.overhead_ms)) {
         builder = builder.header(HeaderName::from_static(OVERHEAD_HEADER), value);
     }
-    let _ = (state, prepared.stream);
     let declared_length = if is_sse {
         None
     } else {
@@ -684,7 +714,8 @@ impl<S> Relay<S> {
         self.received += chunk.len() as u64;
         match &mut self.sse {
             Some(splitter) => {
-                for event in splitter.push(&chunk) {
+                splitter.push(chunk);
+                while let Some(event) = splitter.next_event() {
                     let (_, data) = parse_event(&event);
                     if self.meter.tally.observe(&data) == Verdict::Forward {
                         self.pending.push_back(event);
@@ -755,8 +786,8 @@ impl<S> Relay<S> {
             let error = (!problems.is_empty()).then(|| problems.join("; "));
             self.meter.finish(status, None, error);
         } else if let Some(tail) = self.tail.take() {
-            let usage = super::usage::from_fragment(&tail)
-                .or_else(|| super::usage::from_fragment(&self.whole));
+            let usage = super::tally::from_fragment(&tail)
+                .or_else(|| super::tally::from_fragment(&self.whole));
             let error = match usage {
                 Some(usage) => {
                     self.meter.tally.report_final(&usage);
@@ -770,70 +801,50 @@ impl<S> Relay<S> {
             self.meter.finish(status, None, error);
         } else {
             let body = std::mem::take(&mut self.whole);
-            let error = ((200..300).contains(&status)
-                && serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err())
-            .then(|| "the provider's answer is not valid JSON".to_owned());
-            self.meter.finish(status, Some(&body), error);
+            self.meter.finish(status, Some(&body), None);
         }
     }
 }
-
-/// The body with `"stream_options":{"include_usage":true}` added as the first member of its
-/// object (which has no `stream_options` member).
-fn splice_stream_usage(body: &[u8]) -> Bytes {
-    splice_member(body, br#""stream_options":{"include_usage":true}"#)
-}
-
-/// The names a request may give its answer's token limit.
-const MAX_TOKENS_FIELDS: [&str; 3] = ["max_tokens", "max_completion_tokens", "max_output_tokens"];
 
 /// The body with the value of each top-level token-limit member ([`MAX_TOKENS_FIELDS`]) replaced
 /// by `max_tokens`, or with the protocol's member added when it has none. The number is spliced
 /// into the client's bytes (re-serialising a large body would cost a pass over all of it); a
 /// body the splice cannot read (a member name written with escapes) is re-serialised.
 fn lower_max_tokens(
-    body: &[u8],
+    body: &Bytes,
     endpoint: Endpoint,
-    request: &serde_json::Value,
+    request: &RequestView,
     max_tokens: u64,
 ) -> Bytes {
     let number = max_tokens.to_string();
-    let spans = member_values(body, &MAX_TOKENS_FIELDS);
-    let has_field = MAX_TOKENS_FIELDS.iter().any(|f| request.get(*f).is_some());
-    match spans {
+    match member_values(body, &MAX_TOKENS_FIELDS) {
         Some(spans) if !spans.is_empty() => {
-            let mut spliced = Vec::with_capacity(body.len() + number.len());
-            let mut at = 0;
-            for (start, end) in spans {
-                spliced.extend_from_slice(&body[at..start]);
-                spliced.extend_from_slice(number.as_bytes());
-                at = end;
-            }
-            spliced.extend_from_slice(&body[at..]);
-            Bytes::from(spliced)
+            let edits: Vec<_> = spans
+                .into_iter()
+                .map(|(start, end)| (start, end, Cow::Borrowed(number.as_bytes())))
+                .collect();
+            apply_edits(body, &edits)
         }
-        Some(_) if !has_field => {
+        Some(_) if !request.has_max_tokens_field() => {
             let name = limit_field(endpoint);
             let member = format!("\"{name}\":{number}");
             splice_member(body, member.as_bytes())
         }
-        _ => {
-            let mut value = request.clone();
-            if let serde_json::Value::Object(object) = &mut value {
-                let name = MAX_TOKENS_FIELDS
-                    .iter()
-                    .find(|f| object.contains_key(**f))
-                    .copied()
-                    .unwrap_or(limit_field(endpoint));
-                for field in MAX_TOKENS_FIELDS {
-                    if object.contains_key(field) {
-                        object.insert(field.into(), max_tokens.into());
-                    }
+        _ => reserialised(body, |object| {
+            let name = MAX_TOKENS_FIELDS
+                .iter()
+                .find(|f| object.contains_key(**f))
+                .copied()
+                .unwrap_or(limit_field(endpoint));
+            for field in MAX_TOKENS_FIELDS {
+                if object.contains_key(field) {
+                    object.insert(field.into(), max_tokens.into());
                 }
-                object.entry(name).or_insert_with(|| max_tokens.into());
             }
-            Bytes::from(value.to_string())
-        }
+            object.entry(name).or_insert_with(|| max_tokens.into());
+            true
+        })
+        .unwrap_or_else(|| body.clone()),
     }
 }
 
@@ -961,82 +972,111 @@ fn value_end(body: &[u8], start: usize) -> Option<usize> {
 
 /// Runs every read the gateway makes of a client's request body (for the fuzzer).
 pub(crate) fn inspect(bytes: &[u8]) {
-    let Ok(mut object) = parse_request(bytes) else {
+    let Ok(view) = parse_request(bytes) else {
         return;
     };
-    if !object.contains_key("stream_options") {
-        let spliced = splice_stream_usage(bytes);
-        let reread = parse_request(&spliced).ok();
-        let options = reread.as_ref().and_then(|o| o.get("stream_options"));
-        debug_assert!(options.is_some(), "the splice keeps the body JSON");
+    let body = Bytes::copy_from_slice(bytes);
+    if let Some(spliced) = ask_for_stream_usage(&body, &view) {
+        let reread = RequestView::parse(&spliced).ok();
+        debug_assert!(
+            reread.is_some_and(|r| r.include_usage),
+            "asking for the usage chunk keeps the body JSON and asks"
+        );
     }
-    let _ = ask_for_stream_usage(&mut object);
-    let value = serde_json::Value::Object(object);
-    let lowered = lower_max_tokens(bytes, Endpoint::Messages, &value, 1);
-    let reread = parse_request(&lowered).ok();
+    let lowered = lower_max_tokens(&body, Endpoint::Messages, &view, 1);
+    let reread = RequestView::parse(&lowered).ok();
     debug_assert!(
-        reread.is_some_and(|o| o.get("max_tokens").is_some()
-            || o.get("max_completion_tokens").is_some()
-            || o.get("max_output_tokens").is_some()),
+        reread.is_some_and(|r| r.has_max_tokens_field()),
         "lowering max_tokens keeps the body JSON"
     );
-    let _ = requested_max_tokens(&value);
-    let _ = spend_bound(Endpoint::ChatCompletions, bytes.len(), &value);
-    let _ = estimate::prompt_tokens(&value);
+    let _ = spend_bound(Endpoint::ChatCompletions, bytes.len(), &view);
+    // The tokenizer estimate reads the body as a tree, only when a call needs one.
+    if let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) {
+        let _ = estimate::prompt_tokens(&value);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn asked(body: &[u8]) -> Option<String> {
+        let body = Bytes::copy_from_slice(body);
+        let view = RequestView::parse(&body).unwrap();
+        ask_for_stream_usage(&body, &view).map(|b| String::from_utf8(b.to_vec()).unwrap())
+    }
+
     #[test]
     fn splices_the_usage_option_into_the_clients_bytes() {
-        let spliced = splice_stream_usage(br#" {"model": "m", "stream": true}"#);
         assert_eq!(
-            &spliced[..],
-            br#" {"stream_options":{"include_usage":true},"model": "m", "stream": true}"#
+            asked(br#" {"model": "m", "stream": true}"#).as_deref(),
+            Some(r#" {"stream_options":{"include_usage":true},"model": "m", "stream": true}"#)
         );
         assert_eq!(
-            &splice_stream_usage(b"{ }")[..],
-            br#"{"stream_options":{"include_usage":true} }"#
+            asked(b"{ }").as_deref(),
+            Some(r#"{"stream_options":{"include_usage":true} }"#)
         );
+        // Present but not asking: the option is set inside the client's own object.
+        assert_eq!(
+            asked(br#"{"model":"m","stream_options":{"include_usage": false,"x":1}}"#).as_deref(),
+            Some(r#"{"model":"m","stream_options":{"include_usage": true,"x":1}}"#)
+        );
+        assert_eq!(
+            asked(br#"{"model":"m","stream_options":{ "x":1}}"#).as_deref(),
+            Some(r#"{"model":"m","stream_options":{"include_usage":true, "x":1}}"#)
+        );
+        assert_eq!(
+            asked(br#"{"model":"m","stream_options":null}"#).as_deref(),
+            Some(r#"{"model":"m","stream_options":{"include_usage":true}}"#)
+        );
+        // Asked for by the client, or not an object: left alone (and the chunk not hidden).
+        assert_eq!(asked(br#"{"stream_options":{"include_usage":true}}"#), None);
+        assert_eq!(asked(br#"{"stream_options":"x"}"#), None);
+        // A name written with escapes is not found by the splice: the body is re-serialised.
+        let escaped = asked(br#"{"model":"m","stream\u005foptions":{"include_usage":false}}"#);
+        let reread: serde_json::Value = serde_json::from_str(&escaped.unwrap()).unwrap();
+        assert_eq!(reread["stream_options"]["include_usage"], true);
+    }
+
+    fn lowered(body: &[u8], endpoint: Endpoint, max_tokens: u64) -> Bytes {
+        let body = Bytes::copy_from_slice(body);
+        let view = RequestView::parse(&body).unwrap();
+        lower_max_tokens(&body, endpoint, &view, max_tokens)
     }
 
     #[test]
     fn lowers_only_the_top_level_max_tokens_in_the_clients_bytes() {
         let body = br#"{"model":"m", "messages":[{"content":"\"max_tokens\": 9","max_tokens":7}],
             "max_tokens" : 32000 ,"n":1}"#;
-        let value: serde_json::Value = serde_json::from_slice(body).unwrap();
-        let lowered = lower_max_tokens(body, Endpoint::ChatCompletions, &value, 4242);
         let expected =
             br#"{"model":"m", "messages":[{"content":"\"max_tokens\": 9","max_tokens":7}],
             "max_tokens" : 4242 ,"n":1}"#;
-        assert_eq!(&lowered[..], &expected[..]);
+        assert_eq!(
+            &lowered(body, Endpoint::ChatCompletions, 4242)[..],
+            &expected[..]
+        );
         let body = br#"{"model":"m","max_output_tokens":null}"#;
-        let value: serde_json::Value = serde_json::from_slice(body).unwrap();
-        let lowered = lower_max_tokens(body, Endpoint::Responses, &value, 5);
-        assert_eq!(&lowered[..], br#"{"model":"m","max_output_tokens":5}"#);
+        assert_eq!(
+            &lowered(body, Endpoint::Responses, 5)[..],
+            br#"{"model":"m","max_output_tokens":5}"#
+        );
     }
 
     #[test]
     fn adds_the_protocols_max_tokens_when_the_request_has_none() {
         let body = br#"{"model":"m","input":"hi"}"#;
-        let value: serde_json::Value = serde_json::from_slice(body).unwrap();
-        let lowered = lower_max_tokens(body, Endpoint::Responses, &value, 5);
         assert_eq!(
-            &lowered[..],
+            &lowered(body, Endpoint::Responses, 5)[..],
             br#"{"max_output_tokens":5,"model":"m","input":"hi"}"#
         );
-        let lowered = lower_max_tokens(body, Endpoint::Messages, &value, 5);
         assert_eq!(
-            &lowered[..],
+            &lowered(body, Endpoint::Messages, 5)[..],
             br#"{"max_tokens":5,"model":"m","input":"hi"}"#
         );
         // A name written with escapes is not found by the splice: the body is re-serialised.
         let body = br#"{"model":"m","max\u005ftokens":900}"#;
-        let value: serde_json::Value = serde_json::from_slice(body).unwrap();
-        let lowered = lower_max_tokens(body, Endpoint::Messages, &value, 5);
-        let reread: serde_json::Value = serde_json::from_slice(&lowered).unwrap();
+        let reread: serde_json::Value =
+            serde_json::from_slice(&lowered(body, Endpoint::Messages, 5)).unwrap();
         assert_eq!(reread["max_tokens"], 5);
     }
 }

@@ -99,7 +99,7 @@ pub struct KeySettings {
 pub struct KeyEntry {
     /// Row id.
     pub id: i64,
-    settings: RwLock<KeySettings>,
+    settings: RwLock<Arc<KeySettings>>,
     /// The version of the row the settings come from.
     version: AtomicI64,
     /// The key's token budget (its `token_limit`, shared through the ledger).
@@ -111,15 +111,15 @@ impl KeyEntry {
     fn new(row: &KeyRow, ledger: &Arc<Ledger>) -> Self {
         Self {
             id: row.id,
-            settings: RwLock::new(settings_of(row)),
+            settings: RwLock::new(Arc::new(settings_of(row))),
             version: AtomicI64::new(row.version),
             budget: Arc::new(Budget::new(ledger.clone(), row.id, row.token_limit)),
             rate: Mutex::new(RateWindow::default()),
         }
     }
 
-    /// A copy of the current settings.
-    pub fn settings(&self) -> KeySettings {
+    /// The current settings (shared: a change replaces them, it does not edit them in place).
+    pub fn settings(&self) -> Arc<KeySettings> {
         match self.settings.read() {
             Ok(s) => s.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
@@ -246,9 +246,9 @@ impl KeyRegistry {
         self.by_hash.read().ok()?.get(&hash).cloned()
     }
 
-    /// Adds a key, or updates the settings and limit of a known one (keeping its counters). The
-    /// tokens it used are read from the shared ledger, so `_used_tokens` is not needed any more.
-    pub fn upsert(&self, row: &KeyRow, _used_tokens: u64) {
+    /// Adds a key, or updates the settings and limit of a known one (keeping its counters; the
+    /// tokens it used are in the budget ledger).
+    pub fn upsert(&self, row: &KeyRow) {
         self.apply_changes(std::slice::from_ref(row));
     }
 
@@ -280,7 +280,7 @@ impl KeyRegistry {
                     continue;
                 }
                 if let Ok(mut settings) = entry.settings.write() {
-                    *settings = settings_of(row);
+                    *settings = Arc::new(settings_of(row));
                 }
                 entry.budget.set_limit(row.token_limit);
                 continue;

@@ -465,6 +465,11 @@ impl Store {
         run!(read, self, usage_by_key())
     }
 
+    /// All-time aggregate of one key.
+    pub async fn usage_of_key(&self, key_id: i64) -> Result<Aggregate, StoreError> {
+        run!(read, self, usage_of_key(key_id))
+    }
+
     /// Calls and tokens per local day in `[first_day, last_day]` (YYYYMMDD), days with calls only.
     pub async fn usage_by_day(
         &self,

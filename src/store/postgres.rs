@@ -152,7 +152,7 @@ impl<'c, C: GenericClient> PgDb<'c, C> {
     async fn prepared(&self, sql: &str) -> Result<tokio_postgres::Statement, StoreError> {
         Ok(self
             .client
-            .prepare_cached(&sql::render(Dialect::Postgres, sql))
+            .prepare_cached(&sql::rendered(Dialect::Postgres, sql))
             .await?)
     }
 }
@@ -184,17 +184,19 @@ impl<C: GenericClient> Db for PgDb<'_, C> {
         if bulk.rows.is_empty() {
             return Ok(());
         }
-        let arrays = bulk
-            .types
-            .iter()
-            .enumerate()
-            .map(|(i, ty)| format!("${}::{}", i + 1, array_type(*ty)))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let sql = format!(
-            "{} SELECT * FROM UNNEST({arrays}) {}",
-            bulk.insert, bulk.tail
-        );
+        let sql = sql::memo("postgres insert", &bulk.insert, || {
+            let arrays = bulk
+                .types
+                .iter()
+                .enumerate()
+                .map(|(i, ty)| format!("${}::{}", i + 1, array_type(*ty)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!(
+                "{} SELECT * FROM UNNEST({arrays}) {}",
+                bulk.insert, bulk.tail
+            )
+        });
         let columns: Vec<_> = bulk
             .types
             .iter()

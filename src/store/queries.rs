@@ -337,6 +337,19 @@ pub async fn usage_by_key(db: &mut impl Db) -> Result<HashMap<i64, Aggregate>, S
         .collect()
 }
 
+/// All-time aggregate of one key (zero when it made no call).
+pub async fn usage_of_key(db: &mut impl Db, key_id: i64) -> Result<Aggregate, StoreError> {
+    let sql = format!(
+        "SELECT key_id, {} FROM agg_total WHERE key_id = $1 GROUP BY key_id",
+        agg_sums()
+    );
+    let rows = db.query(&sql, &[key_id.into()]).await?;
+    match rows.first() {
+        Some(row) => read_aggregate(row, 1),
+        None => Ok(Aggregate::default()),
+    }
+}
+
 /// Calls and tokens per local day in `[first_day, last_day]`, days with calls only.
 pub async fn usage_by_day(
     db: &mut impl Db,
@@ -545,21 +558,31 @@ pub async fn upsert_aggregates(
         return Ok(());
     }
     groups.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
-    let keys: Vec<&str> = int_dims.iter().copied().chain(["model"]).collect();
-    let updates = AGG_COLUMNS
-        .iter()
-        .map(|c| format!("{c} = {table}.{c} + excluded.{c}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    // A table's statement depends on its name only: each aggregate table has fixed dimensions.
+    let keys = || -> String {
+        let keys: Vec<&str> = int_dims.iter().copied().chain(["model"]).collect();
+        keys.join(", ")
+    };
+    let insert = super::sql::memo("aggregate insert", table, || {
+        format!(
+            "INSERT INTO {table} ({}, {})",
+            keys(),
+            AGG_COLUMNS.join(", ")
+        )
+    });
+    let tail = super::sql::memo("aggregate upsert", table, || {
+        let updates = AGG_COLUMNS
+            .iter()
+            .map(|c| format!("{c} = {table}.{c} + excluded.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!("ON CONFLICT ({}) DO UPDATE SET {updates}", keys())
+    });
     let mut types = vec![Ty::BigInt; int_dims.len()];
     types.push(Ty::Text);
     types.extend([Ty::BigInt; AGG_COLUMNS.len()]);
     let bulk = Bulk {
-        insert: format!(
-            "INSERT INTO {table} ({}, {})",
-            keys.join(", "),
-            AGG_COLUMNS.join(", ")
-        ),
+        insert,
         types,
         rows: groups
             .into_iter()
@@ -570,7 +593,7 @@ pub async fn upsert_aggregates(
                 row
             })
             .collect(),
-        tail: format!("ON CONFLICT ({}) DO UPDATE SET {updates}", keys.join(", ")),
+        tail,
     };
     db.insert(&bulk).await
 }
@@ -647,14 +670,16 @@ pub async fn write_batch(
     }
     let ids = db.call_ids(records.len()).await?;
     let calls = Bulk {
-        insert: format!("INSERT INTO calls ({})", column_names(&CALL_COLUMNS)),
+        insert: super::sql::memo("calls insert", "", || {
+            format!("INSERT INTO calls ({})", column_names(&CALL_COLUMNS))
+        }),
         types: CALL_COLUMNS.iter().map(|(_, ty)| *ty).collect(),
         rows: ids
             .iter()
             .zip(records)
             .map(|(id, call)| call_values(*id, call))
             .collect(),
-        tail: String::new(),
+        tail: "".into(),
     };
     db.insert(&calls).await?;
     let g = group(records, tz);

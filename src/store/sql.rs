@@ -95,6 +95,64 @@ pub fn render(dialect: Dialect, sql: &str) -> String {
     out
 }
 
+/// A statement text built by `build`, remembered per thread under (`kind`, `key`): the recorder
+/// builds the same few statements (per table, per column list) for every batch of calls, and
+/// building one costs dozens of small `format!`s. `key` must determine the text.
+pub fn memo(kind: &'static str, key: &str, build: impl FnOnce() -> String) -> std::sync::Arc<str> {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    type Memo = HashMap<&'static str, HashMap<Box<str>, Arc<str>>>;
+    thread_local! {
+        static MEMO: RefCell<Memo> = RefCell::default();
+    }
+    MEMO.with(|memo| {
+        let mut memo = memo.borrow_mut();
+        let texts = memo.entry(kind).or_default();
+        if let Some(hit) = texts.get(key) {
+            return hit.clone();
+        }
+        if texts.len() >= RENDERED_KEPT {
+            texts.clear();
+        }
+        let text: Arc<str> = build().into();
+        texts.insert(key.into(), text.clone());
+        text
+    })
+}
+
+/// Most statements a thread's [`rendered`] cache keeps before it starts afresh.
+const RENDERED_KEPT: usize = 256;
+
+/// [`render`], remembered per thread and dialect: the store runs the same few statements for
+/// every batch of calls, and rendering one costs a dozen passes over its text, where finding it
+/// costs one hash.
+pub fn rendered(dialect: Dialect, sql: &str) -> std::sync::Arc<str> {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    thread_local! {
+        static CACHE: RefCell<[HashMap<Box<str>, Arc<str>>; 2]> = RefCell::default();
+    }
+    let which = match dialect {
+        Dialect::Sqlite => 0,
+        Dialect::Postgres => 1,
+    };
+    CACHE.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        let cache = &mut cache[which];
+        if let Some(hit) = cache.get(sql) {
+            return hit.clone();
+        }
+        if cache.len() >= RENDERED_KEPT {
+            cache.clear();
+        }
+        let text: Arc<str> = render(dialect, sql).into();
+        cache.insert(sql.into(), text.clone());
+        text
+    })
+}
+
 /// `$N` (outside quoted text) becomes `?N`.
 fn numbered_for_sqlite(sql: &str) -> String {
     let mut out = String::with_capacity(sql.len());
@@ -187,14 +245,14 @@ pub enum Ty {
 /// (`INSERT INTO t (a, b)`), `types` their types, `tail` what follows the rows (an
 /// `ON CONFLICT …` clause, or nothing).
 pub struct Bulk<'a> {
-    /// `INSERT INTO table (columns…)`.
-    pub insert: String,
+    /// `INSERT INTO table (columns…)`; it determines the column types and the tail.
+    pub insert: std::sync::Arc<str>,
     /// One type per column.
     pub types: Vec<Ty>,
     /// The rows, each with one value per column.
     pub rows: Vec<Vec<Param<'a>>>,
     /// `ON CONFLICT …`, or empty.
-    pub tail: String,
+    pub tail: std::sync::Arc<str>,
 }
 
 /// One value read from a row.
@@ -362,6 +420,21 @@ mod tests {
         assert_eq!(
             render(Dialect::Postgres, "SELECT {greatest}(a, $2) {for_update}"),
             "SELECT GREATEST(a, $2) FOR UPDATE"
+        );
+    }
+
+    #[test]
+    fn a_rendered_statement_is_remembered_per_dialect() {
+        let sql = "SELECT {greatest}(a, $2) {for_update}";
+        let first = rendered(Dialect::Sqlite, sql);
+        assert_eq!(&*first, render(Dialect::Sqlite, sql));
+        assert!(std::sync::Arc::ptr_eq(
+            &first,
+            &rendered(Dialect::Sqlite, sql)
+        ));
+        assert_eq!(
+            &*rendered(Dialect::Postgres, sql),
+            render(Dialect::Postgres, sql)
         );
     }
 

@@ -58,14 +58,14 @@ impl Db for SqliteDb<'_> {
     async fn execute(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64, StoreError> {
         let mut stmt = self
             .conn
-            .prepare_cached(&sql::render(Dialect::Sqlite, sql))?;
+            .prepare_cached(&sql::rendered(Dialect::Sqlite, sql))?;
         Ok(stmt.execute(params_from_iter(params))? as u64)
     }
 
     async fn query(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>, StoreError> {
         let mut stmt = self
             .conn
-            .prepare_cached(&sql::render(Dialect::Sqlite, sql))?;
+            .prepare_cached(&sql::rendered(Dialect::Sqlite, sql))?;
         let columns = stmt.column_count();
         let rows = stmt.query_map(params_from_iter(params), |row| read_row(row, columns))?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -78,14 +78,16 @@ impl Db for SqliteDb<'_> {
     }
 
     async fn insert(&mut self, bulk: &Bulk<'_>) -> Result<(), StoreError> {
-        let placeholders = (1..=bulk.types.len())
-            .map(|i| format!("?{i}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let sql = format!("{} VALUES ({placeholders}) {}", bulk.insert, bulk.tail);
+        let sql = sql::memo("sqlite insert", &bulk.insert, || {
+            let placeholders = (1..=bulk.types.len())
+                .map(|i| format!("?{i}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!("{} VALUES ({placeholders}) {}", bulk.insert, bulk.tail)
+        });
         let mut stmt = self
             .conn
-            .prepare_cached(&sql::render(Dialect::Sqlite, &sql))?;
+            .prepare_cached(&sql::rendered(Dialect::Sqlite, &sql))?;
         for row in &bulk.rows {
             stmt.execute(params_from_iter(row))?;
         }

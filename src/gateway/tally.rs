@@ -1,5 +1,10 @@
-//! Token usage read from upstream answers, stream and non-stream, in every protocol: small pure
-//! functions over the wire shapes, fed one SSE event at a time (nothing buffers a whole stream).
+//! The tally of an upstream answer: token usage, response model and finish reasons read from
+//! answers, stream and non-stream, in every protocol — small pure functions over the wire shapes,
+//! fed one SSE event at a time (nothing buffers a whole stream). Strings are borrowed from the
+//! event or body being read; only what is kept (a model name once, finish reasons, answer text
+//! for an estimate) is copied.
+
+use std::borrow::Cow;
 
 use serde::Deserialize;
 
@@ -117,112 +122,226 @@ impl WireUsage {
 }
 
 /// A string field of the answer that tolerates any other JSON value in its place (read as
-/// absent), so an odd field never costs the usage of the event or body it sits in.
+/// absent), so an odd field never costs the usage of the event or body it sits in. Borrowed
+/// from the bytes being read unless it has escapes.
 #[derive(Default)]
-struct Text(Option<String>);
+struct Text<'a>(Option<Cow<'a, str>>);
 
-impl<'de> Deserialize<'de> for Text {
+impl Text<'_> {
+    fn get(&self) -> Option<&str> {
+        self.0.as_deref()
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+        deserializer.deserialize_any(TextVisitor)
+    }
+}
 
-        struct AnyValue;
+/// Reads any JSON value as a [`Text`]: a string is kept, anything else skipped.
+struct TextVisitor;
 
-        impl<'de> Visitor<'de> for AnyValue {
-            type Value = Text;
+impl<'de> serde::de::Visitor<'de> for TextVisitor {
+    type Value = Text<'de>;
 
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("any JSON value")
-            }
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
 
-            fn visit_str<E>(self, v: &str) -> Result<Text, E> {
-                Ok(Text(Some(v.to_owned())))
-            }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Text<'de>, E> {
+        Ok(Text(Some(Cow::Borrowed(v))))
+    }
 
-            fn visit_string<E>(self, v: String) -> Result<Text, E> {
-                Ok(Text(Some(v)))
-            }
+    fn visit_str<E>(self, v: &str) -> Result<Text<'de>, E> {
+        Ok(Text(Some(Cow::Owned(v.to_owned()))))
+    }
 
-            fn visit_bool<E>(self, _: bool) -> Result<Text, E> {
-                Ok(Text(None))
-            }
+    fn visit_string<E>(self, v: String) -> Result<Text<'de>, E> {
+        Ok(Text(Some(Cow::Owned(v))))
+    }
 
-            fn visit_i64<E>(self, _: i64) -> Result<Text, E> {
-                Ok(Text(None))
-            }
+    fn visit_bool<E>(self, _: bool) -> Result<Text<'de>, E> {
+        Ok(Text(None))
+    }
 
-            fn visit_u64<E>(self, _: u64) -> Result<Text, E> {
-                Ok(Text(None))
-            }
+    fn visit_i64<E>(self, _: i64) -> Result<Text<'de>, E> {
+        Ok(Text(None))
+    }
 
-            fn visit_f64<E>(self, _: f64) -> Result<Text, E> {
-                Ok(Text(None))
-            }
+    fn visit_u64<E>(self, _: u64) -> Result<Text<'de>, E> {
+        Ok(Text(None))
+    }
 
-            fn visit_unit<E>(self) -> Result<Text, E> {
-                Ok(Text(None))
-            }
+    fn visit_f64<E>(self, _: f64) -> Result<Text<'de>, E> {
+        Ok(Text(None))
+    }
 
-            fn visit_none<E>(self) -> Result<Text, E> {
-                Ok(Text(None))
-            }
+    fn visit_unit<E>(self) -> Result<Text<'de>, E> {
+        Ok(Text(None))
+    }
 
-            fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Text, D::Error> {
-                d.deserialize_any(self)
-            }
+    fn visit_none<E>(self) -> Result<Text<'de>, E> {
+        Ok(Text(None))
+    }
 
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Text, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(Text(None))
-            }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Text<'de>, D::Error> {
+        d.deserialize_any(self)
+    }
 
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Text, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(Text(None))
-            }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Text<'de>, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(Text(None))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Text<'de>, A::Error> {
+        while map
+            .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+            .is_some()
+        {}
+        Ok(Text(None))
+    }
+}
+
+/// The `delta` of a stream event: a string (the Responses API's text deltas) or an object
+/// (OpenAI's chat deltas, Anthropic's content and message deltas); anything else reads as
+/// [`Delta::None`].
+#[derive(Default)]
+enum Delta<'a> {
+    #[default]
+    None,
+    Text(Cow<'a, str>),
+    Block {
+        text: Text<'a>,
+        thinking: Text<'a>,
+        partial_json: Text<'a>,
+        content: Text<'a>,
+        /// Anthropic's `message_delta.delta.stop_reason`.
+        stop_reason: Text<'a>,
+    },
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Delta<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(DeltaVisitor)
+    }
+}
+
+/// The members of a delta object the tally reads.
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "snake_case")]
+enum DeltaField {
+    Text,
+    Thinking,
+    PartialJson,
+    Content,
+    StopReason,
+    #[serde(other)]
+    Other,
+}
+
+struct DeltaVisitor;
+
+impl<'de> serde::de::Visitor<'de> for DeltaVisitor {
+    type Value = Delta<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a delta")
+    }
+
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Delta<'de>, E> {
+        Ok(Delta::Text(Cow::Borrowed(v)))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Delta<'de>, E> {
+        Ok(Delta::Text(Cow::Owned(v.to_owned())))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Delta<'de>, A::Error> {
+        let (mut text, mut thinking, mut partial_json, mut content, mut stop_reason) =
+            Default::default();
+        while let Some(field) = map.next_key::<DeltaField>()? {
+            let slot = match field {
+                DeltaField::Text => &mut text,
+                DeltaField::Thinking => &mut thinking,
+                DeltaField::PartialJson => &mut partial_json,
+                DeltaField::Content => &mut content,
+                DeltaField::StopReason => &mut stop_reason,
+                DeltaField::Other => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    continue;
+                }
+            };
+            *slot = map.next_value::<Text<'de>>()?;
         }
+        Ok(Delta::Block {
+            text,
+            thinking,
+            partial_json,
+            content,
+            stop_reason,
+        })
+    }
 
-        deserializer.deserialize_any(AnyValue)
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Delta<'de>, A::Error> {
+        TextVisitor.visit_seq(seq).map(|_| Delta::None)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Delta<'de>, E> {
+        Ok(Delta::None)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Delta<'de>, E> {
+        Ok(Delta::None)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Delta<'de>, E> {
+        Ok(Delta::None)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Delta<'de>, E> {
+        Ok(Delta::None)
+    }
+
+    fn visit_unit<E>(self) -> Result<Delta<'de>, E> {
+        Ok(Delta::None)
+    }
+
+    fn visit_none<E>(self) -> Result<Delta<'de>, E> {
+        Ok(Delta::None)
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Delta<'de>, D::Error> {
+        d.deserialize_any(self)
     }
 }
 
 #[derive(Deserialize)]
-#[serde(untagged)]
-enum Delta {
-    Text(String),
-    Block {
-        text: Option<String>,
-        thinking: Option<String>,
-        partial_json: Option<String>,
-        content: Option<String>,
-        /// Anthropic's `message_delta.delta.stop_reason`.
-        #[serde(default)]
-        stop_reason: Text,
-    },
+struct Choice<'a> {
+    #[serde(borrow, default)]
+    delta: Delta<'a>,
+    #[serde(borrow, default)]
+    text: Text<'a>,
+    #[serde(borrow, default)]
+    finish_reason: Text<'a>,
 }
 
 #[derive(Deserialize)]
-struct Choice {
-    delta: Option<Delta>,
-    text: Option<String>,
-    #[serde(default)]
-    finish_reason: Text,
-}
-
-#[derive(Deserialize)]
-struct Incomplete {
-    #[serde(default)]
-    reason: Text,
+struct Incomplete<'a> {
+    #[serde(borrow, default)]
+    reason: Text<'a>,
 }
 
 /// Anthropic's `message` (in `message_start`) or the Responses API's `response` object.
 #[derive(Deserialize)]
-struct Nested {
+struct Nested<'a> {
     usage: Option<WireUsage>,
-    #[serde(default)]
-    model: Text,
-    #[serde(default)]
-    status: Text,
-    incomplete_details: Option<Incomplete>,
+    #[serde(borrow, default)]
+    model: Text<'a>,
+    #[serde(borrow, default)]
+    status: Text<'a>,
+    #[serde(borrow)]
+    incomplete_details: Option<Incomplete<'a>>,
 }
 
 /// Statuses of a Responses API answer that say why it ended (not `queued` or `in_progress`).
@@ -235,7 +354,7 @@ fn note_response_end(
     status: Option<&str>,
     incomplete: Option<&Incomplete>,
 ) {
-    if let Some(reason) = incomplete.and_then(|i| i.reason.0.as_deref()) {
+    if let Some(reason) = incomplete.and_then(|i| i.reason.get()) {
         answer.note_finish_reason(reason);
     } else if let Some(status) = status.filter(|s| FINAL_STATUSES.contains(s)) {
         answer.note_finish_reason(status);
@@ -244,17 +363,69 @@ fn note_response_end(
 
 /// The fields of a stream event the gateway reads; everything else is ignored.
 #[derive(Deserialize)]
-struct StreamEvent {
-    #[serde(rename = "type")]
-    kind: Option<String>,
+struct StreamEvent<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Text<'a>,
     usage: Option<WireUsage>,
-    choices: Option<Vec<Choice>>,
-    message: Option<Nested>,
-    response: Option<Nested>,
-    delta: Option<Delta>,
+    #[serde(borrow)]
+    choices: Option<Choices<'a>>,
+    #[serde(borrow)]
+    message: Option<Nested<'a>>,
+    #[serde(borrow)]
+    response: Option<Nested<'a>>,
+    #[serde(borrow, default)]
+    delta: Delta<'a>,
     /// The answering model of an OpenAI chunk.
-    #[serde(default)]
-    model: Text,
+    #[serde(borrow, default)]
+    model: Text<'a>,
+}
+
+/// The `choices` of a stream event, read without allocating for the usual one (or none).
+#[derive(Default)]
+struct Choices<'a> {
+    first: Option<Choice<'a>>,
+    rest: Vec<Choice<'a>>,
+}
+
+impl<'a> Choices<'a> {
+    fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Choice<'a>> {
+        self.first.iter().chain(&self.rest)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Choices<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ChoicesVisitor;
+
+        impl<'de> serde::de::Visitor<'de> for ChoicesVisitor {
+            type Value = Choices<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an array of choices")
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Choices<'de>, A::Error> {
+                let mut choices = Choices::default();
+                while let Some(choice) = seq.next_element::<Choice<'de>>()? {
+                    if choices.first.is_none() {
+                        choices.first = Some(choice);
+                    } else {
+                        choices.rest.push(choice);
+                    }
+                }
+                Ok(choices)
+            }
+        }
+
+        deserializer.deserialize_seq(ChoicesVisitor)
+    }
 }
 
 /// What an event means for the client: pass it on, or hold it back.
@@ -328,20 +499,20 @@ impl StreamTally {
             return Verdict::Forward;
         };
         let response_end = matches!(
-            event.kind.as_deref(),
+            event.kind.get(),
             Some("response.completed" | "response.failed" | "response.incomplete")
         );
-        if response_end || event.kind.as_deref() == Some("message_stop") {
+        if response_end || event.kind.get() == Some("message_stop") {
             self.ended = true;
         }
-        if let Some(model) = &event.model.0 {
+        if let Some(model) = event.model.get() {
             self.answer.note_model(model);
         }
         if let Some(message) = &event.message {
             if let Some(usage) = &message.usage {
                 self.note_usage(usage, false);
             }
-            if let Some(model) = &message.model.0 {
+            if let Some(model) = message.model.get() {
                 self.answer.note_model(model);
             }
         }
@@ -349,13 +520,13 @@ impl StreamTally {
             if let Some(usage) = &response.usage {
                 self.note_usage(usage, true);
             }
-            if let Some(model) = &response.model.0 {
+            if let Some(model) = response.model.get() {
                 self.answer.note_model(model);
             }
             if response_end {
                 note_response_end(
                     &mut self.answer,
-                    response.status.0.as_deref(),
+                    response.status.get(),
                     response.incomplete_details.as_ref(),
                 );
             }
@@ -363,16 +534,16 @@ impl StreamTally {
         let mut usage_only_chunk = false;
         if let Some(usage) = &event.usage {
             self.note_usage(usage, true);
-            usage_only_chunk = event.choices.as_ref().is_some_and(Vec::is_empty);
+            usage_only_chunk = event.choices.as_ref().is_some_and(Choices::is_empty);
         }
-        for choice in event.choices.iter().flatten() {
-            self.note_text(choice.text.as_deref());
-            self.note_delta(choice.delta.as_ref());
-            if let Some(reason) = &choice.finish_reason.0 {
+        for choice in event.choices.iter().flat_map(Choices::iter) {
+            self.note_text(choice.text.get());
+            self.note_delta(&choice.delta);
+            if let Some(reason) = choice.finish_reason.get() {
                 self.answer.note_finish_reason(reason);
             }
         }
-        self.note_delta(event.delta.as_ref());
+        self.note_delta(&event.delta);
         if usage_only_chunk && self.hide_usage_chunk {
             Verdict::Hide
         } else {
@@ -380,24 +551,24 @@ impl StreamTally {
         }
     }
 
-    fn note_delta(&mut self, delta: Option<&Delta>) {
+    fn note_delta(&mut self, delta: &Delta) {
         match delta {
-            Some(Delta::Text(text)) => self.note_text(Some(text)),
-            Some(Delta::Block {
+            Delta::Text(text) => self.note_text(Some(text)),
+            Delta::Block {
                 text,
                 thinking,
                 partial_json,
                 content,
                 stop_reason,
-            }) => {
+            } => {
                 for part in [text, thinking, partial_json, content] {
-                    self.note_text(part.as_deref());
+                    self.note_text(part.get());
                 }
-                if let Some(reason) = &stop_reason.0 {
+                if let Some(reason) = stop_reason.get() {
                     self.answer.note_finish_reason(reason);
                 }
             }
-            None => {}
+            Delta::None => {}
         }
     }
 
@@ -427,56 +598,191 @@ impl StreamTally {
 
 /// The fields of a non-stream answer the gateway reads, in any protocol.
 #[derive(Deserialize)]
-struct WholeAnswer {
+struct WholeAnswer<'a> {
     usage: Option<WireUsage>,
-    #[serde(default)]
-    model: Text,
+    #[serde(borrow, default)]
+    model: Text<'a>,
     /// Chat and text completions.
-    choices: Option<Vec<WholeChoice>>,
+    #[serde(borrow)]
+    choices: Option<Vec<WholeChoice<'a>>>,
     /// Anthropic.
-    #[serde(default)]
-    stop_reason: Text,
+    #[serde(borrow, default)]
+    stop_reason: Text<'a>,
     /// Responses.
-    #[serde(default)]
-    status: Text,
-    incomplete_details: Option<Incomplete>,
+    #[serde(borrow, default)]
+    status: Text<'a>,
+    #[serde(borrow)]
+    incomplete_details: Option<Incomplete<'a>>,
+    /// An error answer's `error`: `{"message": …}` (OpenAI, Anthropic) or a string.
+    #[serde(borrow, default)]
+    error: ErrorField<'a>,
 }
 
 #[derive(Deserialize)]
-struct WholeChoice {
-    #[serde(default)]
-    finish_reason: Text,
+struct WholeChoice<'a> {
+    #[serde(borrow, default)]
+    finish_reason: Text<'a>,
+}
+
+/// The `error` of an answer: its `message` when it is an object, itself when a string.
+#[derive(Default)]
+struct ErrorField<'a>(Option<Cow<'a, str>>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for ErrorField<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ErrorVisitor;
+
+        #[derive(Deserialize)]
+        #[serde(field_identifier, rename_all = "snake_case")]
+        enum Field {
+            Message,
+            #[serde(other)]
+            Other,
+        }
+
+        impl<'de> serde::de::Visitor<'de> for ErrorVisitor {
+            type Value = ErrorField<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an error")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<ErrorField<'de>, A::Error> {
+                let mut message = Text::default();
+                while let Some(field) = map.next_key::<Field>()? {
+                    match field {
+                        Field::Message => message = map.next_value()?,
+                        Field::Other => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(ErrorField(message.0))
+            }
+        }
+
+        // Any other value is read as a Text (a string is the message itself).
+        struct Either;
+
+        impl<'de> serde::de::Visitor<'de> for Either {
+            type Value = ErrorField<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an error")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<ErrorField<'de>, A::Error> {
+                ErrorVisitor.visit_map(map)
+            }
+
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<ErrorField<'de>, E> {
+                Ok(ErrorField(Some(Cow::Borrowed(v))))
+            }
+
+            fn visit_str<E>(self, v: &str) -> Result<ErrorField<'de>, E> {
+                Ok(ErrorField(Some(Cow::Owned(v.to_owned()))))
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                seq: A,
+            ) -> Result<ErrorField<'de>, A::Error> {
+                TextVisitor.visit_seq(seq).map(|_| ErrorField(None))
+            }
+
+            fn visit_bool<E>(self, _: bool) -> Result<ErrorField<'de>, E> {
+                Ok(ErrorField(None))
+            }
+
+            fn visit_i64<E>(self, _: i64) -> Result<ErrorField<'de>, E> {
+                Ok(ErrorField(None))
+            }
+
+            fn visit_u64<E>(self, _: u64) -> Result<ErrorField<'de>, E> {
+                Ok(ErrorField(None))
+            }
+
+            fn visit_f64<E>(self, _: f64) -> Result<ErrorField<'de>, E> {
+                Ok(ErrorField(None))
+            }
+
+            fn visit_unit<E>(self) -> Result<ErrorField<'de>, E> {
+                Ok(ErrorField(None))
+            }
+
+            fn visit_none<E>(self) -> Result<ErrorField<'de>, E> {
+                Ok(ErrorField(None))
+            }
+
+            fn visit_some<D: serde::Deserializer<'de>>(
+                self,
+                d: D,
+            ) -> Result<ErrorField<'de>, D::Error> {
+                d.deserialize_any(self)
+            }
+        }
+
+        deserializer.deserialize_any(Either)
+    }
+}
+
+/// What one read of a non-stream answer body finds.
+#[derive(Default)]
+pub struct BodyRead {
+    /// The usage, if the answer reports one.
+    pub usage: Option<TokenUsage>,
+    /// The answering model and finish reasons.
+    pub answer: AnswerMeta,
+    /// Whether the body is JSON at all.
+    pub json: bool,
+    /// The `message` of an error answer (`error.message`, or `error` when it is a string).
+    pub error_message: Option<String>,
 }
 
 /// The usage of a non-stream answer body, if it reports one.
 pub fn from_body(body: &[u8]) -> Option<TokenUsage> {
-    read_body(body).0
+    read_body(body).usage
 }
 
-/// The usage (if reported) and the model and finish reasons of a non-stream answer body, read
-/// in one parse.
-pub fn read_body(body: &[u8]) -> (Option<TokenUsage>, AnswerMeta) {
-    let mut answer = AnswerMeta::default();
-    let Ok(whole) = serde_json::from_slice::<WholeAnswer>(body) else {
-        return (None, answer);
+/// Everything the gateway reads of a non-stream answer body, in one typed pass that borrows
+/// from it. Only a body that does not read as an answer (not JSON, or a field of an unexpected
+/// type, such as a string `usage`) is read a second time, to tell whether it is JSON at all.
+pub fn read_body(body: &[u8]) -> BodyRead {
+    let mut read = BodyRead::default();
+    let whole = match serde_json::from_slice::<WholeAnswer>(body) {
+        Ok(whole) => whole,
+        Err(_) => {
+            read.json = serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok();
+            return read;
+        }
     };
-    if let Some(model) = &whole.model.0 {
+    read.json = true;
+    let answer = &mut read.answer;
+    if let Some(model) = whole.model.get() {
         answer.note_model(model);
     }
     for choice in whole.choices.iter().flatten() {
-        if let Some(reason) = &choice.finish_reason.0 {
+        if let Some(reason) = choice.finish_reason.get() {
             answer.note_finish_reason(reason);
         }
     }
-    if let Some(reason) = &whole.stop_reason.0 {
+    if let Some(reason) = whole.stop_reason.get() {
         answer.note_finish_reason(reason);
     }
     note_response_end(
-        &mut answer,
-        whole.status.0.as_deref(),
+        answer,
+        whole.status.get(),
         whole.incomplete_details.as_ref(),
     );
-    (whole.usage.and_then(WireUsage::to_tokens), answer)
+    read.usage = whole.usage.and_then(WireUsage::to_tokens);
+    read.error_message = whole.error.0.map(Cow::into_owned);
+    read
 }
 
 /// The usage reported in a fragment of a JSON answer too large to keep whole (its first or last
@@ -871,7 +1177,7 @@ mod tests {
             ("not json", None, &[]),
         ];
         for (body, model, reasons) in cases {
-            let (_, answer) = read_body(body.as_bytes());
+            let answer = read_body(body.as_bytes()).answer;
             assert_eq!(meta(&answer), (model, reasons.to_vec()), "{body}");
         }
     }
@@ -883,14 +1189,14 @@ mod tests {
             "m".repeat(255),
             vec![r#"{"finish_reason":"stop"}"#; 20].join(",")
         );
-        let (_, answer) = read_body(long.as_bytes());
+        let answer = read_body(long.as_bytes()).answer;
         assert_eq!(answer.model.as_deref(), Some("m".repeat(255).as_str()));
         assert_eq!(
             answer.finish_reasons.len(),
             crate::usage::MAX_FINISH_REASONS
         );
         let odd = format!(r#"{{"stop_reason":"a\u0000b{}"}}"#, "r".repeat(100));
-        let (_, answer) = read_body(odd.as_bytes());
+        let answer = read_body(odd.as_bytes()).answer;
         assert_eq!(answer.finish_reasons, [format!("ab{}", "r".repeat(62))]);
     }
 
