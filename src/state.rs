@@ -1,11 +1,15 @@
-//! The shared state every handler receives through axum's `State`.
+//! The server's state: what `/healthz` and `/metrics` read, and the gateway's and the console's
+//! parts ([`GatewayState`], [`ConsoleState`]), each handed to its handlers by `FromRef`. This
+//! module imports `gateway` and `console`; neither imports it.
 
 use std::sync::Arc;
+
+use axum::extract::FromRef;
 
 use crate::config::Config;
 use crate::console::auth::Gatekeeper;
 use crate::console::ConsoleState;
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, GatewayState, Sinks};
 use crate::keys::sync::{Instance, STALE_AFTER_MS};
 use crate::keys::{Budget, KeyRegistry, Ledger, RateLimiter};
 use crate::metrics::Metrics;
@@ -23,23 +27,25 @@ pub struct AppState {
     pub recorder: Arc<Recorder>,
     /// Live keys, checked by the gateway on every request.
     pub keys: Arc<KeyRegistry>,
-    /// The global token budget (`quota.total_tokens`), shared with other instances.
-    pub budget: Arc<Budget>,
     /// This instance among those on the database, and the task keeping it in step with them.
     pub instance: Arc<Instance>,
-    /// Upstream providers and their HTTP client.
-    pub gateway: Arc<Gateway>,
     /// Prometheus counters.
     pub metrics: Arc<Metrics>,
-    /// What the gateway's meters hand finished calls to (the recorder, metrics, telemetry).
-    pub sinks: Arc<crate::gateway::Sinks>,
     /// The OpenTelemetry exporters, when `otel:` is configured.
     pub telemetry: Option<Arc<crate::telemetry::Telemetry>>,
+    /// What the gateway uses (it shares the keys, recorder, metrics and telemetry above).
+    pub gateway: GatewayState,
     /// What the console uses (it shares the store, keys and recorder above).
     pub console: ConsoleState,
 }
 
-impl axum::extract::FromRef<AppState> for Arc<Gatekeeper> {
+impl FromRef<AppState> for GatewayState {
+    fn from_ref(state: &AppState) -> Self {
+        state.gateway.clone()
+    }
+}
+
+impl FromRef<AppState> for Arc<Gatekeeper> {
     fn from_ref(state: &AppState) -> Self {
         state.console.gate.clone()
     }
@@ -103,18 +109,20 @@ impl AppState {
             log_streams: Arc::default(),
             shutdown,
         };
-        let gateway = Arc::new(gateway);
         let metrics = Arc::new(Metrics::default());
-        let sinks = Arc::new(crate::gateway::Sinks {
-            recorder: recorder.clone(),
-            metrics: metrics.clone(),
-            telemetry: telemetry.clone(),
-            gateway: gateway.clone(),
-        });
-        Ok(Self {
-            sinks,
-            telemetry,
+        let gateway = GatewayState {
+            config: config.clone(),
+            keys: keys.clone(),
             budget,
+            sinks: Arc::new(Sinks {
+                recorder: recorder.clone(),
+                metrics: metrics.clone(),
+                telemetry: telemetry.clone(),
+                gateway: Arc::new(gateway),
+            }),
+        };
+        Ok(Self {
+            telemetry,
             instance,
             keys,
             config,

@@ -10,9 +10,9 @@ use bytes::Bytes;
 use super::endpoint::Endpoint;
 use super::estimate;
 use super::tally::{BodyRead, StreamTally};
+use super::GatewayState;
 use crate::keys::Reservation;
 use crate::metrics::Metrics;
-use crate::state::AppState;
 use crate::telemetry::Telemetry;
 use crate::usage::{CallRecord, Recorder, Slot, TokenUsage};
 
@@ -31,7 +31,7 @@ const SESSION_HEADERS: [&str; 5] = [
 const MAX_ERROR_CHARS: usize = 300;
 
 /// Where finished calls go: the handles a meter needs, shared by every call (a meter holds one
-/// `Arc` of them, not the whole [`AppState`]).
+/// `Arc` of them, not the whole [`GatewayState`]).
 pub struct Sinks {
     /// Takes each call's record.
     pub recorder: Arc<Recorder>,
@@ -72,7 +72,7 @@ impl Meter {
     /// What the call is (method, path, client, session) is read from `request` before waiting, so
     /// the future holds no borrow of it.
     pub fn start(
-        state: &AppState,
+        state: &GatewayState,
         endpoint: Endpoint,
         request: &axum::extract::Request,
     ) -> impl std::future::Future<Output = Result<Self, axum::response::Response>> + Send + 'static

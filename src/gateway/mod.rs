@@ -28,10 +28,27 @@ pub use error::{GatewayError, Protocol};
 pub use meter::Sinks;
 pub use proxy::OVERHEAD_HEADER;
 
+use axum::extract::FromRef;
+
 use crate::config::Config;
 use crate::error::StartError;
-use crate::state::AppState;
+use crate::keys::{Budget, KeyRegistry};
 use providers::Provider;
+
+/// What the gateway's handlers use: the configuration, the keys they check, the global budget
+/// they reserve from, and where finished calls go. The server's state hands it out by
+/// [`FromRef`]; the gateway never sees the rest.
+#[derive(Clone)]
+pub struct GatewayState {
+    /// The validated configuration.
+    pub config: Arc<Config>,
+    /// Live keys, checked on every request.
+    pub keys: Arc<KeyRegistry>,
+    /// The global token budget (`quota.total_tokens`).
+    pub budget: Arc<Budget>,
+    /// The providers, the recorder, the metrics and the telemetry.
+    pub sinks: Arc<Sinks>,
+}
 
 /// The configured providers, in routing order.
 pub struct Gateway {
@@ -76,8 +93,12 @@ impl Gateway {
     }
 }
 
-/// The gateway's routes (`/v1/*`).
-pub fn router() -> Router<AppState> {
+/// The gateway's routes (`/v1/*`), for a server whose state hands out a [`GatewayState`].
+pub fn router<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    GatewayState: FromRef<S>,
+{
     Router::new()
         .route("/v1/chat/completions", proxied(Endpoint::ChatCompletions))
         .route("/v1/completions", proxied(Endpoint::Completions))
@@ -95,7 +116,7 @@ pub fn router() -> Router<AppState> {
 /// 405 (recorded when made with a valid key) for a known `/v1` route called with the wrong
 /// method (used as the router's method-not-allowed fallback, so every `/v1` call with a valid key
 /// is recorded).
-pub async fn wrong_method(State(state): State<AppState>, request: Request) -> Response {
+pub async fn wrong_method(State(state): State<GatewayState>, request: Request) -> Response {
     refuse_unserved(&state, request, |method, path| {
         GatewayError::MethodNotAllowed(format!(
             "{method} is not allowed on {path}; see the API reference for the method"
@@ -107,7 +128,7 @@ pub async fn wrong_method(State(state): State<AppState>, request: Request) -> Re
 /// Refuses a `/v1` call no route serves, in the protocol its path suggests, recording it when it
 /// carries a valid key; `error` is made from the call's method and path.
 async fn refuse_unserved(
-    state: &AppState,
+    state: &GatewayState,
     request: Request,
     error: impl FnOnce(&axum::http::Method, &str) -> GatewayError,
 ) -> Response {
@@ -128,7 +149,7 @@ async fn refuse_unserved(
 /// `GET /v1/responses`: a client opening the Responses API as a WebSocket (Codex does, with
 /// `Upgrade: websocket` and `OpenAI-Beta: responses_websockets=…`) gets 426 at once, so it falls
 /// back to HTTP streaming, which the gateway meters; any other GET is the usual recorded 405.
-async fn responses_websocket(State(state): State<AppState>, request: Request) -> Response {
+async fn responses_websocket(State(state): State<GatewayState>, request: Request) -> Response {
     let upgrade = request
         .headers()
         .get(axum::http::header::UPGRADE)
@@ -152,9 +173,13 @@ async fn responses_websocket(State(state): State<AppState>, request: Request) ->
 }
 
 /// A `POST` route proxied as `endpoint`.
-fn proxied(endpoint: Endpoint) -> MethodRouter<AppState> {
+fn proxied<S>(endpoint: Endpoint) -> MethodRouter<S>
+where
+    S: Clone + Send + Sync + 'static,
+    GatewayState: FromRef<S>,
+{
     post(
-        move |State(state): State<AppState>, request: Request| async move {
+        move |State(state): State<GatewayState>, request: Request| async move {
             proxy::handle(state, endpoint, request).await
         },
     )
@@ -162,7 +187,7 @@ fn proxied(endpoint: Endpoint) -> MethodRouter<AppState> {
 
 /// Any other `/v1/*` call: 404 in the protocol the path suggests, recorded like every call made
 /// with a valid key.
-async fn unknown_route(State(state): State<AppState>, request: Request) -> Response {
+async fn unknown_route(State(state): State<GatewayState>, request: Request) -> Response {
     refuse_unserved(&state, request, |method, path| {
         GatewayError::NotFound(format!(
             "{method} {path} is not a route of this gateway; use /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses, /v1/messages, /v1/messages/count_tokens or /v1/models"

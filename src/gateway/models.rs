@@ -13,8 +13,8 @@ use serde::Deserialize;
 use super::endpoint::Endpoint;
 use super::meter::Meter;
 use super::providers::Provider;
+use super::GatewayState;
 use super::{glob, proxy};
-use crate::state::AppState;
 
 const CACHE_FOR: Duration = Duration::from_secs(60);
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -133,7 +133,7 @@ fn anthropic_shape(ids: &[ModelId]) -> serde_json::Value {
 }
 
 /// Lists the models the caller's key may use.
-pub async fn list(State(state): State<AppState>, request: Request) -> Response {
+pub async fn list(State(state): State<GatewayState>, request: Request) -> Response {
     let mut meter = match Meter::start(&state, Endpoint::Models, &request).await {
         Ok(meter) => meter,
         Err(unavailable) => return unavailable,
@@ -144,6 +144,7 @@ pub async fn list(State(state): State<AppState>, request: Request) -> Response {
     };
     let allowed = key.settings().allowed_models.clone();
     let ids: Vec<ModelId> = state
+        .sinks
         .gateway
         .model_ids()
         .await

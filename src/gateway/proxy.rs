@@ -19,8 +19,8 @@ use super::providers::Provider;
 use super::request::{ParseError, RequestView, MAX_TOKENS_FIELDS};
 use super::sse::{parse_event, EventSplitter};
 use super::tally::{StreamTally, Verdict};
+use super::GatewayState;
 use crate::keys::{Budget, KeyEntry, Refusal};
-use crate::state::AppState;
 
 /// Completion tokens reserved for a request that sets no `max_tokens`.
 const DEFAULT_MAX_TOKENS: u64 = 4096;
@@ -75,7 +75,7 @@ const DROPPED_RESPONSE_HEADERS: [&str; 8] = [
 ];
 
 /// Handles one call of a token-spending route.
-pub async fn handle(state: AppState, endpoint: Endpoint, request: Request) -> Response {
+pub async fn handle(state: GatewayState, endpoint: Endpoint, request: Request) -> Response {
     let mut meter = match Meter::start(&state, endpoint, &request).await {
         Ok(meter) => meter,
         Err(unavailable) => return unavailable,
@@ -151,7 +151,7 @@ pub fn client_key(headers: &HeaderMap) -> Option<&str> {
 
 /// Notes the key of a call the gateway refuses before checking it (an unknown route, a wrong
 /// method), so that the call is recorded when the key is valid, and only then.
-pub fn identify(state: &AppState, headers: &HeaderMap, meter: &mut Meter) {
+pub fn identify(state: &GatewayState, headers: &HeaderMap, meter: &mut Meter) {
     if let Some(entry) = client_key(headers).and_then(|given| state.keys.find(given)) {
         meter.set_key(entry.id, entry.settings().name.clone());
     }
@@ -160,7 +160,7 @@ pub fn identify(state: &AppState, headers: &HeaderMap, meter: &mut Meter) {
 /// Finds the live key of a request (asking the store about a key this instance does not know)
 /// and checks that it may be used now.
 pub async fn authenticate(
-    state: &AppState,
+    state: &GatewayState,
     headers: &HeaderMap,
     meter: &mut Meter,
 ) -> Result<Arc<KeyEntry>, GatewayError> {
@@ -195,7 +195,10 @@ pub async fn authenticate(
     Ok(entry)
 }
 
-async fn read_body(state: &AppState, request: Request) -> Result<(HeaderMap, Bytes), GatewayError> {
+async fn read_body(
+    state: &GatewayState,
+    request: Request,
+) -> Result<(HeaderMap, Bytes), GatewayError> {
     let limit = state.config.max_body_bytes;
     let too_large = || {
         GatewayError::TooLarge(format!(
@@ -285,7 +288,7 @@ fn spend_bound(endpoint: Endpoint, body_len: usize, request: &RequestView) -> u6
 /// lowered one, or [`DEFAULT_MAX_TOKENS`] for a request that names none (without it the model
 /// could write past the reservation).
 async fn reserve(
-    state: &AppState,
+    state: &GatewayState,
     key: &KeyEntry,
     endpoint: Endpoint,
     body_len: usize,
@@ -343,7 +346,7 @@ async fn reserve(
 }
 
 async fn prepare(
-    state: &AppState,
+    state: &GatewayState,
     endpoint: Endpoint,
     request: Request,
     meter: &mut Meter,
@@ -368,7 +371,7 @@ async fn prepare(
             model.len()
         )));
     }
-    let provider = state.gateway.route(endpoint, model);
+    let provider = state.sinks.gateway.route(endpoint, model);
     // Calls and metrics are grouped by the model only once it routes to a configured provider,
     // so that names a client invents cannot grow the aggregates (see ARCHITECTURE.md).
     let label = if provider.is_some() {
