@@ -164,6 +164,21 @@ struct Walk<'m> {
     keep_str: bool,
 }
 
+impl Walk<'_> {
+    /// The node of a string of `len` bytes, its value kept (made by `value`) only if asked.
+    fn string<'de>(&self, len: usize, value: impl FnOnce() -> Cow<'de, str>) -> Node<'de> {
+        Node {
+            scalar: if self.keep_str {
+                Scalar::Str(value())
+            } else {
+                Scalar::Other
+            },
+            strings: len as u64,
+            ..Node::default()
+        }
+    }
+}
+
 impl<'de> DeserializeSeed<'de> for Walk<'_> {
     type Value = Node<'de>;
 
@@ -250,29 +265,11 @@ impl<'de> Visitor<'de> for Walk<'_> {
     }
 
     fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Node<'de>, E> {
-        let scalar = if self.keep_str {
-            Scalar::Str(Cow::Borrowed(v))
-        } else {
-            Scalar::Other
-        };
-        Ok(Node {
-            scalar,
-            strings: v.len() as u64,
-            ..Node::default()
-        })
+        Ok(self.string(v.len(), || Cow::Borrowed(v)))
     }
 
     fn visit_str<E>(self, v: &str) -> Result<Node<'de>, E> {
-        let scalar = if self.keep_str {
-            Scalar::Str(Cow::Owned(v.to_owned()))
-        } else {
-            Scalar::Other
-        };
-        Ok(Node {
-            scalar,
-            strings: v.len() as u64,
-            ..Node::default()
-        })
+        Ok(self.string(v.len(), || Cow::Owned(v.to_owned())))
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node<'de>, A::Error> {
