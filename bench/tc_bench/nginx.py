@@ -10,7 +10,9 @@ from .common import MOCK_KEY, free_port, wait_port
 from .procs import Proc
 
 
-NGINX_CONF = """\
+# What every nginx of the bench starts with: the process settings, then the http block opened with
+# access logging off and every temporary file inside the run's directory.
+HEAD = """\
 {user}worker_processes {workers};
 worker_rlimit_nofile 65536;
 daemon off;
@@ -25,6 +27,9 @@ http {{
     fastcgi_temp_path {dir}/nginx-fastcgi;
     uwsgi_temp_path {dir}/nginx-uwsgi;
     scgi_temp_path {dir}/nginx-scgi;
+"""
+
+NGINX_CONF = HEAD + """\
     keepalive_requests 1000000;
     upstream mock {{
         server 127.0.0.1:{mock_port};
@@ -46,17 +51,7 @@ http {{
 # An upstream that costs next to nothing: nginx answering every chat completion with the same
 # bytes (the mock upstream's answer to bench/request.json), and counting the requests it served
 # (`stub_status`), so that a run can tell how many calls reached the upstream.
-NGINX_MOCK_CONF = """\
-{user}worker_processes 1;
-worker_rlimit_nofile 65536;
-daemon off;
-master_process on;
-pid {dir}/{name}.pid;
-error_log {dir}/{name}-error.log warn;
-events {{ worker_connections 16384; }}
-http {{
-    access_log off;
-    client_body_temp_path {dir}/nginx-body;
+NGINX_MOCK_CONF = HEAD + """\
     client_body_buffer_size 64k;
     keepalive_requests 1000000;
     server {{
@@ -99,7 +94,7 @@ def start_nginx_mock(ctx, answer, name="nginx-mock", cpus=None):
     port = free_port()
     conf = Path(ctx.work) / f"{name}.conf"
     conf.write_text(NGINX_MOCK_CONF.format(user="user root;\n" if os.geteuid() == 0 else "", name=name,
-                                           dir=ctx.work, port=port, answer=text))
+                                           workers=1, dir=ctx.work, port=port, answer=text))
     p = Proc(name, ["nginx", "-c", conf, "-p", ctx.work], cpus=cpus, logdir=ctx.work)
     wait_port(port)
     p.url = f"http://127.0.0.1:{port}"
@@ -117,21 +112,7 @@ def nginx_requests(url):
     return int(m.group(1))
 
 
-NGINX_SCALE_CONF = """\
-{user}worker_processes {workers};
-worker_rlimit_nofile 65536;
-daemon off;
-master_process on;
-pid {dir}/nginx-scale.pid;
-error_log {dir}/nginx-scale-error.log warn;
-events {{ worker_connections 16384; }}
-http {{
-    access_log off;
-    client_body_temp_path {dir}/nginx-body;
-    proxy_temp_path {dir}/nginx-proxy;
-    fastcgi_temp_path {dir}/nginx-fastcgi;
-    uwsgi_temp_path {dir}/nginx-uwsgi;
-    scgi_temp_path {dir}/nginx-scgi;
+NGINX_SCALE_CONF = HEAD + """\
     keepalive_requests 1000000;
     upstream one {{
         server {a};

@@ -139,7 +139,8 @@ def pg_scale(ctx, mock):
         ports = free_port(), free_port()
         conf = Path(ctx.work) / "nginx-scale.conf"
         conf.write_text(NGINX_SCALE_CONF.format(
-            user="user root;\n" if os.geteuid() == 0 else "", workers=ctx.scale_workers if ctx.pin else "auto",
+            user="user root;\n" if os.geteuid() == 0 else "", name="nginx-scale",
+            workers=ctx.scale_workers if ctx.pin else "auto",
             dir=ctx.work, a=a.url.split("://", 1)[1], b=b.url.split("://", 1)[1],
             port_one=ports[0], port_two=ports[1]))
         nginx = Proc("nginx-scale", ["nginx", "-c", conf, "-p", ctx.work], cpus=cpu_front, logdir=ctx.work)
