@@ -232,12 +232,7 @@ async fn zero_usage_with_an_answer_is_estimated() {
     let (_dir, server) = start_behind(&mock, "");
     let (_, key) = server.create_key("zero").await;
     let text = "this answer comes with a usage of nothing at all";
-    let cases = [
-        (Proto::OpenAi, false),
-        (Proto::OpenAi, true),
-        (Proto::Anthropic, false),
-        (Proto::Anthropic, true),
-    ];
+    let cases = BOTH_AND_STREAMED;
     for (n, (proto, stream)) in cases.into_iter().enumerate() {
         let body = proto.body("mock-zero-usage", text, 8, stream);
         let r = post(&server.url, proto.path(), proto.auth(&key), &body).await;

@@ -277,12 +277,7 @@ async fn upstream_without_usage_is_estimated_with_non_zero_tokens() {
     let (_dir, server) = start_behind(&mock, "");
     let (_, key) = server.create_key("estimator").await;
     let text = "the upstream will not count these words for us";
-    let cases = [
-        (Proto::OpenAi, false),
-        (Proto::OpenAi, true),
-        (Proto::Anthropic, false),
-        (Proto::Anthropic, true),
-    ];
+    let cases = BOTH_AND_STREAMED;
     for (n, (proto, stream)) in cases.into_iter().enumerate() {
         let body = proto.body("mock-no-usage", text, 8, stream);
         let (status, _) = post_text(&server, proto.path(), proto.auth(&key), &body).await;

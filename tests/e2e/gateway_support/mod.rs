@@ -18,6 +18,14 @@ pub enum Proto {
 /// Both protocols, for tests that check a behaviour on each.
 pub const BOTH: [Proto; 2] = [Proto::OpenAi, Proto::Anthropic];
 
+/// Both protocols, each answered whole and streamed: `(protocol, stream)`.
+pub const BOTH_AND_STREAMED: [(Proto, bool); 4] = [
+    (Proto::OpenAi, false),
+    (Proto::OpenAi, true),
+    (Proto::Anthropic, false),
+    (Proto::Anthropic, true),
+];
+
 /// How a request carries its key.
 #[derive(Debug, Clone, Copy)]
 pub enum Auth<'a> {
