@@ -12,6 +12,13 @@ fn chat(model: &str) -> Value {
     json!({"model": model, "max_tokens": 5, "messages": [{"role": "user", "content": "one two three"}]})
 }
 
+/// The status of one chat completion made with `key`.
+async fn chat_status(server: &Server, key: &str) -> reqwest::StatusCode {
+    call(&server.url, "/v1/chat/completions", key, &chat("gpt-a"))
+        .await
+        .status()
+}
+
 /// The README's promise: a SIGKILL loses only the records of calls that ended in the last two
 /// seconds before it (the recorder commits what is queued at least every 20 ms; the margin is
 /// for a debug build writing to a database that shares two busy cores).
@@ -124,12 +131,7 @@ async fn a_store_outage_bounds_the_records_held_and_refuses_calls_clearly() {
     );
     let server = Server::start(dir.path(), &yaml);
     let (_, key) = server.create_key("outage").await;
-    assert_eq!(
-        call(&server.url, "/v1/chat/completions", &key, &chat("gpt-a"))
-            .await
-            .status(),
-        200
-    );
+    assert_eq!(chat_status(&server, &key).await, 200);
     server.wait_for_calls(1).await;
 
     let lock = DatabaseLock::take(dir.path()).await;
@@ -206,9 +208,7 @@ async fn a_store_outage_bounds_the_records_held_and_refuses_calls_clearly() {
         "every answered call is recorded"
     );
     assert_eq!(
-        call(&server.url, "/v1/chat/completions", &key, &chat("gpt-a"))
-            .await
-            .status(),
+        chat_status(&server, &key).await,
         200,
         "calls are served again once the store is back"
     );
@@ -223,22 +223,12 @@ async fn a_locked_database_delays_records_but_loses_none() {
     let dir = tempdir();
     let server = Server::start(dir.path(), &providers_yaml(&mock.url));
     let (_, key) = server.create_key("locked").await;
-    assert_eq!(
-        call(&server.url, "/v1/chat/completions", &key, &chat("gpt-a"))
-            .await
-            .status(),
-        200
-    );
+    assert_eq!(chat_status(&server, &key).await, 200);
     server.wait_for_calls(1).await;
 
     let lock = DatabaseLock::take(dir.path()).await;
     for _ in 0..20 {
-        assert_eq!(
-            call(&server.url, "/v1/chat/completions", &key, &chat("gpt-a"))
-                .await
-                .status(),
-            200
-        );
+        assert_eq!(chat_status(&server, &key).await, 200);
     }
     let health = wait_until("/healthz to report degraded", || async {
         let health: Value = reqwest::get(format!("{}/healthz", server.url))
