@@ -98,6 +98,11 @@ pub struct Cli {
     /// Admin key for the console (environment only: flags show in `ps`).
     #[arg(skip)]
     pub admin_key: Option<String>,
+    /// For tests only: start the clock at this RFC 3339 instant instead of the wall clock's
+    /// (it runs on from there). It moves the instant calls are recorded at and the budget
+    /// periods they are charged to; never set it in production.
+    #[arg(long, env = "CONSOLE_TEST_NOW", hide = true)]
+    pub test_now: Option<String>,
 }
 
 impl Cli {
@@ -193,6 +198,7 @@ struct RawConsole {
 #[serde(deny_unknown_fields)]
 struct RawQuota {
     total_tokens: Option<u64>,
+    limit_period: Option<EnvString>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -338,6 +344,10 @@ pub struct Config {
     pub console: ConsoleConfig,
     /// Global token budget; `None` is unlimited.
     pub total_tokens: Option<u64>,
+    /// How often the global budget resets (`quota.limit_period`); `None`: never.
+    pub limit_period: Option<crate::clock::Period>,
+    /// For tests only (`CONSOLE_TEST_NOW`): the instant the clock starts at.
+    pub test_now: Option<jiff::Timestamp>,
     /// Upstream providers, in routing order.
     pub providers: Vec<ProviderConfig>,
     /// OpenTelemetry export of every call; `None` (the default) exports nothing.
@@ -521,10 +531,34 @@ impl Config {
                 allowed_hosts,
             },
             total_tokens: cli.total_tokens.or(quota.total_tokens),
+            limit_period: quota
+                .limit_period
+                .map(|p| parse_period("quota.limit_period", &p.0))
+                .transpose()?,
+            test_now: cli.test_now.as_deref().map(parse_test_now).transpose()?,
             providers,
             otel: raw.otel.map(validate_otel).transpose()?,
         })
     }
+}
+
+/// A budget period's name: `day`, `week` or `month`.
+fn parse_period(field: &str, name: &str) -> Result<crate::clock::Period, ConfigError> {
+    crate::clock::Period::parse(name.trim()).ok_or_else(|| {
+        ConfigError::Invalid(format!(
+            "{field} \"{name}\" is not a period; use {}",
+            crate::clock::Period::NAMES
+        ))
+    })
+}
+
+/// `CONSOLE_TEST_NOW`: an RFC 3339 instant.
+fn parse_test_now(raw: &str) -> Result<jiff::Timestamp, ConfigError> {
+    raw.trim().parse().map_err(|_| {
+        ConfigError::Invalid(format!(
+            "CONSOLE_TEST_NOW \"{raw}\" is not an RFC 3339 instant such as 2026-01-31T23:59:00+08:00"
+        ))
+    })
 }
 
 fn parse_file(path: &Path) -> Result<RawConfig, ConfigError> {

@@ -6,12 +6,13 @@ use std::sync::Arc;
 
 use axum::extract::FromRef;
 
+use crate::clock::{Clock, Period};
 use crate::config::Config;
 use crate::console::auth::Gatekeeper;
 use crate::console::ConsoleState;
 use crate::gateway::{Gateway, GatewayState, Sinks};
 use crate::keys::sync::{Instance, STALE_AFTER_MS};
-use crate::keys::{Budget, KeyRegistry, Ledger, RateLimiter};
+use crate::keys::{ledger_row, Budget, KeyRegistry, Ledger, LocalRows, RateLimiter};
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::usage::Recorder;
@@ -81,12 +82,20 @@ impl AppState {
             "joined the database"
         );
         let gateway = Gateway::new(&config)?;
-        let ledger = ledger_for(&store, &id).await?;
+        let clock = match config.test_now {
+            Some(start) => {
+                tracing::warn!(%start, "the clock starts at CONSOLE_TEST_NOW, not the wall clock's time: a setting for tests only");
+                Clock::starting_at(start)
+            }
+            None => Clock::system(),
+        };
+        let ledger = ledger_for(&store, &id, &clock, &config.timezone).await?;
         let keys = Arc::new(KeyRegistry::load(&rows, ledger.clone(), rates));
         let budget = Arc::new(Budget::new(
             ledger.clone(),
             crate::store::GLOBAL_SCOPE,
             config.total_tokens,
+            config.limit_period,
         ));
         let instance = Arc::new(Instance::start(
             id,
@@ -108,6 +117,7 @@ impl AppState {
             gate: Arc::new(Gatekeeper::new(config.clone())),
             log_streams: Arc::default(),
             shutdown,
+            clock: clock.clone(),
         };
         let metrics = Arc::new(Metrics::default());
         let gateway = GatewayState {
@@ -119,6 +129,7 @@ impl AppState {
                 metrics: metrics.clone(),
                 telemetry: telemetry.clone(),
                 gateway: Arc::new(gateway),
+                clock,
             }),
         };
         Ok(Self {
@@ -136,19 +147,47 @@ impl AppState {
 }
 
 /// The budget ledger: in memory on SQLite (one instance: no request waits for the database for
-/// a lease), built from the recorded usage; the store's on PostgreSQL, shared by the instances.
-async fn ledger_for(store: &Store, id: &str) -> Result<Arc<Ledger>, crate::error::StartError> {
+/// a lease), built from the recorded usage — all time, and in the current day, week and month —
+/// the store's on PostgreSQL, shared by the instances.
+async fn ledger_for(
+    store: &Store,
+    id: &str,
+    clock: &Clock,
+    tz: &jiff::tz::TimeZone,
+) -> Result<Arc<Ledger>, crate::error::StartError> {
     if store.kind() != "sqlite" {
-        return Ok(Ledger::new(store.clone(), id.to_owned()));
+        return Ok(Ledger::new(
+            store.clone(),
+            id.to_owned(),
+            clock.clone(),
+            tz.clone(),
+        ));
     }
-    let mut used: std::collections::HashMap<i64, u64> = std::collections::HashMap::new();
+    let unit = crate::store::UNIT_TOKENS;
+    let now = clock.now();
+    let mut rows = LocalRows::default();
     let mut all = 0u64;
     for (key_id, aggregate) in store.usage_by_key().await? {
         all = all.saturating_add(aggregate.tokens.total);
         if key_id != crate::store::GLOBAL_SCOPE {
-            used.insert(key_id, aggregate.tokens.total);
+            let row = ledger_row(key_id, unit, None, now, tz);
+            rows.seed(row, aggregate.tokens.total);
         }
     }
-    used.insert(crate::store::GLOBAL_SCOPE, all);
-    Ok(Ledger::local(store.clone(), used))
+    rows.seed(
+        ledger_row(crate::store::GLOBAL_SCOPE, unit, None, now, tz),
+        all,
+    );
+    for period in [Period::Day, Period::Week, Period::Month] {
+        let first_day = period.window(now, tz).first_day;
+        for (scope, tokens) in store.usage_since_day(first_day).await? {
+            rows.seed(ledger_row(scope, unit, Some(period), now, tz), tokens);
+        }
+    }
+    Ok(Ledger::local(
+        store.clone(),
+        clock.clone(),
+        tz.clone(),
+        rows,
+    ))
 }

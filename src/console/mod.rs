@@ -52,6 +52,8 @@ pub struct ConsoleState {
     pub log_streams: Arc<logs::StreamLimits>,
     /// Fires when the process starts shutting down (ends live streams).
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// The clock budget periods are measured by.
+    pub clock: crate::clock::Clock,
 }
 
 impl FromRef<ConsoleState> for Arc<Gatekeeper> {

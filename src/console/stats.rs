@@ -1,30 +1,45 @@
 //! The dashboard's figures, computed from the store's aggregates only (never from raw logs).
 
+use super::keys::PeriodUsage;
+use super::wire::PeriodUse;
 use super::ConsoleState;
+use crate::clock::Period;
 use crate::error::ConsoleError;
-use crate::store::{Aggregate, DayTotal, UsageFilter};
+use crate::store::{Aggregate, DayTotal, UsageFilter, GLOBAL_SCOPE};
 use crate::usage::latency_quantile;
 
 use super::wire::{round2, Latency, ModelStats, Stats, Trend};
 
 /// `/stats`: totals, the budget (global, or the key's with `key_id`) and the per-model table.
 pub async fn stats(state: &ConsoleState, filter: UsageFilter) -> Result<Stats, ConsoleError> {
-    let budget = match filter.key_id {
+    let (budget, period) = match filter.key_id {
         Some(key_id) => key_limit(state, key_id).await?,
-        None => state.config.total_tokens,
+        None => (state.config.total_tokens, state.config.limit_period),
+    };
+    let current = match period {
+        Some(period) => {
+            let scope = filter.key_id.unwrap_or(GLOBAL_SCOPE);
+            let usage = PeriodUsage::read(state, period).await?;
+            Some((period, usage.of(scope)))
+        }
+        None => None,
     };
     let models = state.store.usage_by_model(filter).await?;
-    Ok(build_stats(models, budget))
+    Ok(build_stats(models, budget, current))
 }
 
-async fn key_limit(state: &ConsoleState, key_id: i64) -> Result<Option<u64>, ConsoleError> {
+/// A key's token limit and how often it resets.
+async fn key_limit(
+    state: &ConsoleState,
+    key_id: i64,
+) -> Result<(Option<u64>, Option<Period>), ConsoleError> {
     let keys = state.store.list_keys().await?;
     let key = keys.iter().find(|k| k.id == key_id).ok_or_else(|| {
         ConsoleError::NotFound(format!(
             "no key with id {key_id}; list keys with GET /api/console/keys"
         ))
     })?;
-    Ok(key.token_limit)
+    Ok((key.token_limit, key.limit_period))
 }
 
 fn latency(agg: &Aggregate) -> Latency {
@@ -62,8 +77,14 @@ fn model_stats(name: String, agg: &Aggregate) -> ModelStats {
     }
 }
 
-/// Builds the statistics from per-model aggregates and the budget (`None`: unlimited).
-pub fn build_stats(models: Vec<(String, Aggregate)>, budget: Option<u64>) -> Stats {
+/// Builds the statistics from per-model aggregates and the budget (`None`: unlimited) with its
+/// current period and what was used in it (`None`: it never resets, and what is left is measured
+/// against the calls `models` covers).
+pub fn build_stats(
+    models: Vec<(String, Aggregate)>,
+    budget: Option<u64>,
+    period: Option<(Period, PeriodUse)>,
+) -> Stats {
     let mut total = Aggregate::default();
     for (_, agg) in &models {
         total.add(agg);
@@ -74,17 +95,23 @@ pub fn build_stats(models: Vec<(String, Aggregate)>, budget: Option<u64>) -> Sta
         .collect();
     rows.sort_by(|a, b| b.call_count.cmp(&a.call_count).then(a.name.cmp(&b.name)));
     let used = total.tokens.total;
+    let charged = period.map_or(used, |(_, p)| p.used);
     Stats {
         total_tokens: budget,
         used_tokens: used,
-        remaining_tokens: budget.map(|b| b.saturating_sub(used)),
+        remaining_tokens: budget.map(|b| b.saturating_sub(charged)),
         usage_percent: budget.map(|b| {
             if b == 0 {
                 100.0
             } else {
-                round2(used as f64 * 100.0 / b as f64)
+                round2(charged as f64 * 100.0 / b as f64)
             }
         }),
+        limit_period: period.map(|(p, _)| p.name().to_owned()),
+        period_used: charged,
+        period_resets_at: period
+            .and_then(|(_, p)| p.resets_at)
+            .map(super::wire::rfc3339),
         api_call_count: total.calls,
         count_tokens_calls: total.count_tokens,
         success_count: total.successes,
@@ -180,7 +207,7 @@ mod tests {
             ("a".to_owned(), agg(3, 2, 300, 1000)),
             ("b".to_owned(), agg(1, 1, 100, 7)),
         ];
-        let s = build_stats(models.clone(), Some(1000));
+        let s = build_stats(models.clone(), Some(1000), None);
         assert_eq!(s.total_tokens, Some(1000));
         assert_eq!(s.used_tokens, 400);
         assert_eq!(s.remaining_tokens, Some(600));
@@ -190,11 +217,37 @@ mod tests {
         assert_eq!(s.models[0].avg_time, 333.33);
         assert_eq!(s.models[0].success_rate, 66.67);
         assert_eq!(s.avg_time, 251.75);
-        let unlimited = build_stats(models, None);
+        let monthly = build_stats(
+            models.clone(),
+            Some(1000),
+            Some((
+                Period::Month,
+                PeriodUse {
+                    used: 250,
+                    resets_at: Some("2026-04-01T00:00:00Z".parse().unwrap()),
+                },
+            )),
+        );
+        assert_eq!(monthly.used_tokens, 400, "all the calls the filter covers");
+        assert_eq!(
+            (
+                monthly.period_used,
+                monthly.remaining_tokens,
+                monthly.usage_percent
+            ),
+            (250, Some(750), Some(25.0)),
+            "what is left is of this month"
+        );
+        assert_eq!(monthly.limit_period.as_deref(), Some("month"));
+        assert_eq!(
+            monthly.period_resets_at.as_deref(),
+            Some("2026-04-01T00:00:00Z")
+        );
+        let unlimited = build_stats(models, None, None);
         assert_eq!(unlimited.total_tokens, None);
         assert_eq!(unlimited.remaining_tokens, None);
         assert_eq!(unlimited.usage_percent, None);
-        let empty = build_stats(Vec::new(), None);
+        let empty = build_stats(Vec::new(), None, None);
         assert_eq!(empty.api_call_count, 0);
         assert_eq!(empty.latency_ms.p50, None);
     }

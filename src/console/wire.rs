@@ -104,6 +104,14 @@ pub struct Stats {
     pub remaining_tokens: Option<u64>,
     /// Used share of the budget, %; `null` when unlimited.
     pub usage_percent: Option<f64>,
+    /// How often the budget resets (`day`, `week`, `month`); `null`: never. With a period,
+    /// `remaining_tokens` and `usage_percent` are of the current period.
+    pub limit_period: Option<String>,
+    /// Tokens used by recorded calls in the budget's current period (all time when it never
+    /// resets).
+    pub period_used: u64,
+    /// When the current period ends and the budget starts again from nothing; `null`: never.
+    pub period_resets_at: Option<String>,
     /// Calls (`count_tokens` calls not included).
     pub api_call_count: u64,
     /// `count_tokens` calls, counted apart from the calls.
@@ -270,11 +278,31 @@ pub struct KeyView {
     pub used_tokens: u64,
     /// Recorded calls.
     pub call_count: u64,
+    /// How often the token limit resets (`day`, `week`, `month`, in the configured time zone);
+    /// `null`: never.
+    pub limit_period: Option<String>,
+    /// Tokens used by recorded calls in the current period (all time when it never resets).
+    pub period_used: u64,
+    /// What is left of the token limit in the current period; `null` without a limit.
+    pub period_left: Option<u64>,
+    /// When the current period ends and the limit starts again from nothing; `null`: never.
+    pub period_resets_at: Option<String>,
+}
+
+/// A budget's current period as the console shows it: the tokens recorded in it and when it
+/// ends (`None`: the budget never resets, and `used` is all time).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PeriodUse {
+    /// Tokens recorded in the period.
+    pub used: u64,
+    /// When it ends.
+    pub resets_at: Option<jiff::Timestamp>,
 }
 
 impl KeyView {
-    /// The view of a stored key with its recorded usage; `value` is the display form.
-    pub fn new(row: &KeyRow, used_tokens: u64, call_count: u64) -> Self {
+    /// The view of a stored key with its recorded usage (all time, and in the current period of
+    /// its limit); `value` is the display form.
+    pub fn new(row: &KeyRow, used_tokens: u64, call_count: u64, period: PeriodUse) -> Self {
         Self {
             id: row.id,
             name: row.name.clone(),
@@ -293,6 +321,10 @@ impl KeyView {
             fit_max_tokens: row.fit_max_tokens,
             used_tokens,
             call_count,
+            limit_period: row.limit_period.map(|p| p.name().to_owned()),
+            period_used: period.used,
+            period_left: row.token_limit.map(|l| l.saturating_sub(period.used)),
+            period_resets_at: period.resets_at.map(rfc3339),
         }
     }
 }
@@ -308,6 +340,32 @@ pub struct CreateKey {
     #[serde(default)]
     #[schema(max_length = 1000)]
     pub description: Option<String>,
+    /// How often the key's token limit resets: `day`, `week` or `month` in the configured time
+    /// zone; absent or `null`: never.
+    #[serde(default)]
+    pub limit_period: Option<LimitPeriod>,
+}
+
+/// How often a budget resets, at midnight in the configured time zone.
+#[derive(Deserialize, Clone, Copy, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitPeriod {
+    /// Every day.
+    Day,
+    /// Every Monday.
+    Week,
+    /// On the first of every month.
+    Month,
+}
+
+impl From<LimitPeriod> for crate::clock::Period {
+    fn from(period: LimitPeriod) -> Self {
+        match period {
+            LimitPeriod::Day => Self::Day,
+            LimitPeriod::Week => Self::Week,
+            LimitPeriod::Month => Self::Month,
+        }
+    }
 }
 
 /// `PATCH /api/console/keys/{id}` body; an absent field is left alone, `null` clears a limit.
@@ -347,6 +405,10 @@ pub struct PatchKey {
     #[serde(default, deserialize_with = "not_null")]
     #[schema(value_type = bool)]
     pub fit_max_tokens: Option<bool>,
+    /// How often the token limit resets (`day`, `week`, `month`), or `null` for never.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<LimitPeriod>)]
+    pub limit_period: Option<Option<LimitPeriod>>,
 }
 
 /// A model name pattern: `*` matches any run of characters.

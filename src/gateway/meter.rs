@@ -41,6 +41,8 @@ pub struct Sinks {
     pub telemetry: Option<Arc<Telemetry>>,
     /// The providers (telemetry names the provider of a call).
     pub gateway: Arc<super::Gateway>,
+    /// The instant each call is recorded at (and charged to a budget period at).
+    pub clock: crate::clock::Clock,
 }
 
 /// Gathers one call's facts; records them exactly once (on [`Meter::finish`] or on drop).
@@ -101,10 +103,11 @@ impl Meter {
         method: &str,
         path: &str,
     ) -> Self {
+        let ts = sinks.clock.now();
         Self {
             sinks,
             record: CallRecord {
-                ts: jiff::Timestamp::now(),
+                ts,
                 method: method.to_owned(),
                 endpoint: path.to_owned(),
                 ..CallRecord::default()
@@ -142,6 +145,12 @@ impl Meter {
         self.record.model = model.to_owned();
         self.record.stream = stream;
         self.request = Some(request);
+    }
+
+    /// The instant the call is recorded at: its budget reservation is charged to the period
+    /// this falls in.
+    pub fn recorded_at(&self) -> jiff::Timestamp {
+        self.record.ts
     }
 
     /// Holds the budget reservation until the call is settled.

@@ -293,6 +293,7 @@ async fn reserve(
     endpoint: Endpoint,
     body_len: usize,
     request: &RequestView<'_>,
+    at: jiff::Timestamp,
 ) -> Result<Option<(crate::keys::Reservation, Option<u64>)>, GatewayError> {
     if !endpoint.spends_tokens() {
         return Ok(None);
@@ -301,20 +302,28 @@ async fn reserve(
     if state.budget.limit().is_none() && key_budget.is_none() {
         return Ok(None);
     }
-    let exhausted = |who: &str| {
+    let exhausted = |who: &str, budget: &Budget| {
+        let when = match budget.period() {
+            Some(period) => format!(
+                "it resets at {} (every {})",
+                period.window(at, &state.config.timezone).end,
+                period.name()
+            ),
+            None => "or wait for it to be reset".to_owned(),
+        };
         GatewayError::QuotaExhausted(format!(
-            "{who} token budget is used up (or the tokens this request may use do not fit in what is left); raise the limit in the token console or wait for it to be reset"
+            "{who} token budget is used up (or the tokens this request may use do not fit in what is left); raise the limit in the token console, {when}"
         ))
     };
     let amount = spend_bound(endpoint, body_len, request);
     let fit = key.settings().fit_max_tokens && endpoint.has_completion();
-    let reserved = match Budget::reserve(&state.budget, key_budget, amount).await {
+    let reserved = match Budget::reserve(&state.budget, key_budget, amount, at).await {
         Err(Refusal::Global | Refusal::Key) if fit => {
             // The prompt must fit whole; the answers get what is left, at least a token each.
             let prompt = estimate::prompt_upper_bound(body_len, request);
             let choices = request.choices();
             let least = prompt.saturating_add(choices);
-            Budget::reserve_up_to(&state.budget, key_budget, least, amount)
+            Budget::reserve_up_to(&state.budget, key_budget, least, amount, at)
                 .await
                 .map(|r| {
                     let output = r.amount().saturating_sub(prompt) / choices;
@@ -331,11 +340,11 @@ async fn reserve(
     };
     match reserved {
         Ok(reserved) => Ok(Some(reserved)),
-        Err(Refusal::Global) => Err(exhausted("the gateway's")),
-        Err(Refusal::Key) => Err(exhausted(&format!(
-            "the API key \"{}\"'s",
-            key.settings().name
-        ))),
+        Err(Refusal::Global) => Err(exhausted("the gateway's", &state.budget)),
+        Err(Refusal::Key) => Err(exhausted(
+            &format!("the API key \"{}\"'s", key.settings().name),
+            &key.budget,
+        )),
         Err(Refusal::Unavailable(reason)) => {
             tracing::error!("cannot confirm the token budget: {reason}");
             Err(GatewayError::QuotaExhausted(
@@ -419,7 +428,16 @@ async fn prepare(
         ));
     }
     let mut body = with_usage.unwrap_or_else(|| bytes.clone());
-    if let Some((reservation, lowered)) = reserve(state, &key, endpoint, body.len(), &view).await? {
+    if let Some((reservation, lowered)) = reserve(
+        state,
+        &key,
+        endpoint,
+        body.len(),
+        &view,
+        meter.recorded_at(),
+    )
+    .await?
+    {
         if let Some(max_tokens) = lowered {
             body = lower_max_tokens(&body, endpoint, &view, max_tokens);
         }

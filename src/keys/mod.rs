@@ -17,7 +17,7 @@ use rand::rngs::OsRng;
 use rand::TryRngCore;
 use sha2::{Digest, Sha256};
 
-pub use budget::{Budget, Ledger, Refusal, Reservation, IDLE_RETURN_AFTER};
+pub use budget::{ledger_row, Budget, Ledger, LocalRows, Refusal, Reservation, IDLE_RETURN_AFTER};
 pub use rate::RateLimiter;
 
 use crate::store::KeyRow;
@@ -113,7 +113,12 @@ impl KeyEntry {
             id: row.id,
             settings: RwLock::new(Arc::new(settings_of(row))),
             version: AtomicI64::new(row.version),
-            budget: Arc::new(Budget::new(ledger.clone(), row.id, row.token_limit)),
+            budget: Arc::new(Budget::new(
+                ledger.clone(),
+                row.id,
+                row.token_limit,
+                row.limit_period,
+            )),
             rate: Mutex::new(RateWindow::default()),
         }
     }
@@ -282,7 +287,7 @@ impl KeyRegistry {
                 if let Ok(mut settings) = entry.settings.write() {
                     *settings = Arc::new(settings_of(row));
                 }
-                entry.budget.set_limit(row.token_limit);
+                entry.budget.set_limit(row.token_limit, row.limit_period);
                 continue;
             }
             let entry = Arc::new(KeyEntry::new(row, &self.ledger));

@@ -24,6 +24,16 @@ pub const STALE_AFTER_MS: i64 = 15_000;
 /// Least time between two warnings about a failing store.
 const WARN_INTERVAL: Duration = Duration::from_secs(10);
 
+/// Ledger rows of periods that started this long ago are forgotten: a month's row is charged
+/// until a little after the month ends (calls admitted in it that end later), and no period is
+/// longer than 31 days.
+const KEEP_PERIODS_FOR: jiff::SignedDuration = jiff::SignedDuration::from_hours(24 * 63);
+
+/// The instant (UTC milliseconds) before which periods started are forgotten.
+fn prune_before(ledger: &Ledger) -> i64 {
+    (ledger.clock().now() - KEEP_PERIODS_FOR).as_millisecond()
+}
+
 /// This instance on the shared database, and the task that keeps it in step.
 pub struct Instance {
     /// Random identity of this process among the instances.
@@ -114,6 +124,9 @@ impl Parts {
                 last_heartbeat = Instant::now();
                 if let Err(e) = self.store.heartbeat(self.id.clone()).await {
                     failure = Some(format!("cannot note this instance as alive: {e}"));
+                }
+                if let Err(e) = self.store.prune_budgets(prune_before(&self.ledger)).await {
+                    failure = Some(format!("cannot forget past budget periods: {e}"));
                 }
                 match self.store.reap_instances(STALE_AFTER_MS).await {
                     Ok(0) => {}

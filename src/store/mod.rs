@@ -24,6 +24,43 @@ use crate::usage::{CallRecord, LoggedCall, TokenUsage, LATENCY_BUCKETS};
 /// The scope of the global budget in the budget ledger; key budgets use the key's id.
 pub const GLOBAL_SCOPE: i64 = 0;
 
+/// The unit of a token budget's ledger rows.
+pub const UNIT_TOKENS: i64 = 0;
+
+/// One row of the budget ledger: a budget (`scope`: [`GLOBAL_SCOPE`] or a key id), the unit it
+/// counts, and the period its figures belong to — a budget that resets has a row per period, so a
+/// call is charged to the period it was admitted in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LedgerRow {
+    /// The global budget or a key id.
+    pub scope: i64,
+    /// What it counts ([`UNIT_TOKENS`]).
+    pub unit: i64,
+    /// 0 for a budget that never resets, else [`crate::clock::Period::code`].
+    pub period: i64,
+    /// The period's first instant in UTC milliseconds (0 for a budget that never resets).
+    pub start_ms: i64,
+    /// The period's first local day (YYYYMMDD, as `agg_day` buckets days), 0 for a budget that
+    /// never resets: the row is built from the usage recorded from then until `last_day`.
+    pub first_day: i64,
+    /// The period's last local day (YYYYMMDD), 0 for a budget that never resets.
+    pub last_day: i64,
+}
+
+impl LedgerRow {
+    /// The row of a token budget that never resets.
+    pub fn tokens(scope: i64) -> Self {
+        Self {
+            scope,
+            unit: UNIT_TOKENS,
+            period: 0,
+            start_ms: 0,
+            first_day: 0,
+            last_day: 0,
+        }
+    }
+}
+
 /// `key_id` of the rollup rows of `agg_day`: each day's totals over every key and model, kept
 /// beside the per key × model rows so that a 90-day trend reads 90 rows, not 90 × keys × models.
 /// Every other reader of `agg_day` filters on one real key id.
@@ -104,6 +141,8 @@ pub struct KeyRow {
     /// Whether a call whose `max_tokens` does not fit in what is left of a budget is sent with
     /// its `max_tokens` lowered to what is left instead of being refused.
     pub fit_max_tokens: bool,
+    /// How often the key's limit starts again from nothing; `None`: never.
+    pub limit_period: Option<crate::clock::Period>,
     /// Deleted keys are kept so their history keeps its name.
     pub deleted: bool,
     /// Grows with every change made through any instance's console (see
@@ -124,6 +163,8 @@ pub struct NewKey {
     pub display: String,
     /// Creation time.
     pub created_at: jiff::Timestamp,
+    /// How often its limit resets.
+    pub limit_period: Option<crate::clock::Period>,
 }
 
 /// Changes to a key; `None` leaves a field as it is, `Some(None)` clears an optional limit.
@@ -145,6 +186,8 @@ pub struct KeyPatch {
     pub expires_at: Option<Option<jiff::Timestamp>>,
     /// Lower `max_tokens` to what is left of a budget instead of refusing.
     pub fit_max_tokens: Option<bool>,
+    /// How often the limit resets.
+    pub limit_period: Option<Option<crate::clock::Period>>,
 }
 
 /// Summed figures of many calls, as the aggregate tables keep them.
@@ -485,32 +528,44 @@ impl Store {
         run!(read, self, logs(&query))
     }
 
-    /// Leases tokens of a budget (`scope` 0 is the global budget, else a key id) to this
-    /// instance: `want` tokens, or fewer but at least `need`, out of what `limit` leaves after
-    /// every token used or leased so far; nothing when fewer than `need` are left. The ledger row
-    /// is created on first use from the recorded usage.
+    /// Tokens per key id recorded on local days from `first_day` (YYYYMMDD) on, with the
+    /// calls of every key under [`GLOBAL_SCOPE`].
+    pub async fn usage_since_day(&self, first_day: i64) -> Result<HashMap<i64, u64>, StoreError> {
+        run!(read, self, usage_since_day(first_day))
+    }
+
+    /// Leases tokens of a budget's ledger row to this instance: `want` tokens, or fewer but at
+    /// least `need`, out of what `limit` leaves after every token used or leased so far in the
+    /// row's period; nothing when fewer than `need` are left. The ledger row is created on first
+    /// use from the usage recorded in its period.
     /// The grant is noted as held by `instance` (`budget_leases`), so that it returns to the
     /// ledger if the instance dies ([`Store::reap_instances`]).
     pub async fn lease(
         &self,
         instance: String,
-        scope: i64,
+        row: LedgerRow,
         limit: u64,
         need: u64,
         want: u64,
     ) -> Result<Lease, StoreError> {
-        run!(write, self, lease(&instance, scope, limit, need, want))
+        run!(write, self, lease(&instance, row, limit, need, want))
     }
 
-    /// Applies changes of `instance` to budget ledgers, one `(scope, taken, held)` per budget:
+    /// Applies changes of `instance` to budget ledgers, one `(row, taken, held)` per ledger row:
     /// `taken` is added to the ledger row (negative: unused leases given back; positive: calls
     /// that used more than they reserved), `held` (never positive) to what the instance holds.
     pub async fn adjust_budgets(
         &self,
         instance: String,
-        deltas: Vec<(i64, i64, i64)>,
+        deltas: Vec<(LedgerRow, i64, i64)>,
     ) -> Result<(), StoreError> {
         run!(write, self, adjust_budgets(&instance, &deltas))
+    }
+
+    /// Forgets the ledger rows of periods that started before `before` (UTC milliseconds): a
+    /// budget that resets keeps a row per period, and past periods are never charged again.
+    pub async fn prune_budgets(&self, before: i64) -> Result<(), StoreError> {
+        run!(write, self, prune_budgets(before))
     }
 
     /// Forgets the instances not seen for `stale_ms` and gives the budget slices they held back

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 
 use super::sql::{Bulk, Db, Lock, Param, Row, Ty, AGG_COLUMNS};
 use super::{
-    Aggregate, CallKind, DayTotal, KeyPatch, KeyRow, Lease, LogQuery, NewKey, StatusFilter,
-    StoreError, UsageFilter, ALL_KEYS, GLOBAL_SCOPE,
+    Aggregate, CallKind, DayTotal, KeyPatch, KeyRow, Lease, LedgerRow, LogQuery, NewKey,
+    StatusFilter, StoreError, UsageFilter, ALL_KEYS, GLOBAL_SCOPE,
 };
 use crate::usage::{CallRecord, LoggedCall, TokenUsage, COUNT_TOKENS_PATH, LATENCY_BUCKETS};
 
@@ -68,7 +68,7 @@ impl<'a> Conditions<'a> {
 
 const KEY_SELECT: &str = "SELECT id, name, description, key_hash, display, created_at, last_used,
     enabled, token_limit, rpm_limit, allowed_models, expires_at, deleted_at, version,
-    fit_max_tokens FROM api_keys";
+    fit_max_tokens, limit_period FROM api_keys";
 
 fn read_key(row: &Row) -> Result<KeyRow, StoreError> {
     let mut hash = [0u8; 32];
@@ -96,6 +96,9 @@ fn read_key(row: &Row) -> Result<KeyRow, StoreError> {
         deleted: row.opt_int(12)?.is_some(),
         version: row.int(13)?,
         fit_max_tokens: row.bool(14)?,
+        limit_period: row
+            .opt_text(15)?
+            .and_then(|name| crate::clock::Period::parse(&name)),
     })
 }
 
@@ -135,8 +138,9 @@ pub async fn insert_key(
     }
     let inserted = db
         .query_one(
-            "INSERT INTO api_keys (name, description, key_hash, display, created_at, version)
-             VALUES ($1, $2, $3, $4, $5, (SELECT COALESCE(MAX(version), 0) + 1 FROM api_keys))
+            "INSERT INTO api_keys (name, description, key_hash, display, created_at, limit_period,
+             version)
+             VALUES ($1, $2, $3, $4, $5, $6, (SELECT COALESCE(MAX(version), 0) + 1 FROM api_keys))
              RETURNING id",
             &[
                 key.name.as_str().into(),
@@ -144,6 +148,7 @@ pub async fn insert_key(
                 key.hash.as_slice().into(),
                 key.display.as_str().into(),
                 ms(key.created_at).into(),
+                key.limit_period.map(crate::clock::Period::name).into(),
             ],
         )
         .await;
@@ -181,6 +186,7 @@ fn apply_patch(key: &mut KeyRow, patch: &KeyPatch) {
     set(&mut key.allowed_models, patch.allowed_models);
     set(&mut key.expires_at, patch.expires_at);
     set(&mut key.fit_max_tokens, patch.fit_max_tokens);
+    set(&mut key.limit_period, patch.limit_period);
 }
 
 /// Applies a patch to a live key; `None` when there is no such live key.
@@ -194,6 +200,7 @@ pub async fn update_key(
         return Ok(None);
     };
     let was_limited = key.token_limit.is_some();
+    let old_period = key.limit_period;
     apply_patch(&mut key, patch);
     let allowed = key
         .allowed_models
@@ -203,7 +210,7 @@ pub async fn update_key(
         .execute(
             "UPDATE api_keys SET name = $2, description = $3, enabled = $4, token_limit = $5,
              rpm_limit = $6, allowed_models = $7, expires_at = $8, fit_max_tokens = $9,
-             version = (SELECT MAX(version) + 1 FROM api_keys) WHERE id = $1",
+             limit_period = $10, version = (SELECT MAX(version) + 1 FROM api_keys) WHERE id = $1",
             &[
                 id.into(),
                 key.name.as_str().into(),
@@ -214,6 +221,7 @@ pub async fn update_key(
                 allowed.into(),
                 key.expires_at.map(ms).into(),
                 key.fit_max_tokens.into(),
+                key.limit_period.map(crate::clock::Period::name).into(),
             ],
         )
         .await;
@@ -223,6 +231,15 @@ pub async fn update_key(
         // usage again.
         db.execute("DELETE FROM budgets WHERE scope = $1", &[id.into()])
             .await?;
+    } else if old_period != key.limit_period {
+        // Rows of the other periods are no longer charged: should the period come back, its row
+        // starts from the recorded usage again.
+        let period = key.limit_period.map_or(0, crate::clock::Period::code);
+        db.execute(
+            "DELETE FROM budgets WHERE scope = $1 AND period <> $2",
+            &[id.into(), period.into()],
+        )
+        .await?;
     }
     select_key(db, id)
         .await?
@@ -348,6 +365,30 @@ pub async fn usage_of_key(db: &mut impl Db, key_id: i64) -> Result<Aggregate, St
         Some(row) => read_aggregate(row, 1),
         None => Ok(Aggregate::default()),
     }
+}
+
+/// Tokens per key id on local days from `first_day` on; every key's under [`GLOBAL_SCOPE`].
+pub async fn usage_since_day(
+    db: &mut impl Db,
+    first_day: i64,
+) -> Result<HashMap<i64, u64>, StoreError> {
+    let rows = db
+        .query(
+            "SELECT key_id, CAST(SUM(total_tokens) AS BIGINT) FROM agg_day
+             WHERE day >= $1 GROUP BY key_id",
+            &[first_day.into()],
+        )
+        .await?;
+    let mut used = HashMap::new();
+    for row in rows {
+        let key_id = match row.int(0)? {
+            ALL_KEYS => GLOBAL_SCOPE,
+            GLOBAL_SCOPE => continue,
+            id => id,
+        };
+        used.insert(key_id, row.count(1)?);
+    }
+    Ok(used)
 }
 
 /// Calls and tokens per local day in `[first_day, last_day]`, days with calls only.
@@ -720,69 +761,140 @@ pub async fn write_batch(
 
 // --- Budget ledgers and instances -----------------------------------------------------------
 
+/// `WHERE` of one ledger row, its columns as `$1`…`$4`.
+const LEDGER_ROW: &str = "scope = $1 AND unit = $2 AND period = $3 AND period_start = $4";
+
+fn row_params(row: &LedgerRow) -> Vec<Param<'static>> {
+    vec![
+        row.scope.into(),
+        row.unit.into(),
+        row.period.into(),
+        row.start_ms.into(),
+    ]
+}
+
+/// The usage recorded under a ledger row's budget in its period: all time from `agg_total` for
+/// a budget that never resets, else from the period's first local day on in `agg_day`.
+async fn recorded_use(db: &mut impl Db, row: &LedgerRow) -> Result<u64, StoreError> {
+    let found = if row.period == 0 {
+        db.query_one(
+            "SELECT CAST(COALESCE(SUM(total_tokens), 0) AS BIGINT) FROM agg_total
+             WHERE CAST($1 AS BIGINT) = CAST($2 AS BIGINT) OR key_id = $1",
+            &[row.scope.into(), GLOBAL_SCOPE.into()],
+        )
+        .await?
+    } else {
+        let key_id = if row.scope == GLOBAL_SCOPE {
+            ALL_KEYS
+        } else {
+            row.scope
+        };
+        db.query_one(
+            "SELECT CAST(COALESCE(SUM(total_tokens), 0) AS BIGINT) FROM agg_day
+             WHERE key_id = $1 AND day BETWEEN $2 AND $3",
+            &[key_id.into(), row.first_day.into(), row.last_day.into()],
+        )
+        .await?
+    };
+    found.count(0)
+}
+
 /// Leases tokens of a budget to `instance` (see [`super::Store::lease`]).
 pub async fn lease(
     db: &mut impl Db,
     instance: &str,
-    scope: i64,
+    row: LedgerRow,
     limit: u64,
     need: u64,
     want: u64,
 ) -> Result<Lease, StoreError> {
-    let select = "SELECT taken FROM budgets WHERE scope = $1 {for_update}";
-    let taken = match db.query_opt(select, &[scope.into()]).await? {
-        Some(row) => row.count(0)?,
+    let select = format!("SELECT taken FROM budgets WHERE {LEDGER_ROW} {{for_update}}");
+    let taken = match db.query_opt(&select, &row_params(&row)).await? {
+        Some(found) => found.count(0)?,
         None => {
+            let used = recorded_use(db, &row).await?;
+            let mut params = row_params(&row);
+            params.push(used.into());
             db.execute(
-                "INSERT INTO budgets (scope, taken)
-                 SELECT CAST($1 AS BIGINT), CAST(COALESCE(SUM(total_tokens), 0) AS BIGINT)
-                 FROM agg_total WHERE CAST($1 AS BIGINT) = CAST($2 AS BIGINT) OR key_id = $1
-                 ON CONFLICT (scope) DO NOTHING",
-                &[scope.into(), GLOBAL_SCOPE.into()],
+                "INSERT INTO budgets (scope, unit, period, period_start, taken)
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                &params,
             )
             .await?;
-            db.query_one(select, &[scope.into()]).await?.count(0)?
+            db.query_one(&select, &row_params(&row)).await?.count(0)?
         }
     };
     let lease = super::grant(limit, taken, need, want);
     if lease.granted > 0 {
+        let mut params = row_params(&row);
+        params.push(lease.granted.into());
         db.execute(
-            "UPDATE budgets SET taken = taken + $2 WHERE scope = $1",
-            &[scope.into(), lease.granted.into()],
+            &format!("UPDATE budgets SET taken = taken + $5 WHERE {LEDGER_ROW}"),
+            &params,
         )
         .await?;
+        let mut params = vec![instance.into()];
+        params.extend(row_params(&row));
+        params.push(lease.granted.into());
         db.execute(
-            "INSERT INTO budget_leases (instance, scope, held) VALUES ($1, $2, $3)
-             ON CONFLICT (instance, scope) DO UPDATE SET held = budget_leases.held + excluded.held",
-            &[instance.into(), scope.into(), lease.granted.into()],
+            "INSERT INTO budget_leases (instance, scope, unit, period, period_start, held)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (instance, scope, unit, period, period_start)
+             DO UPDATE SET held = budget_leases.held + excluded.held",
+            &params,
         )
         .await?;
     }
     Ok(lease)
 }
 
-/// Applies `(scope, taken, held)` changes of `instance` (see [`super::Store::adjust_budgets`]),
-/// in the order of their scopes.
+/// Applies `(row, taken, held)` changes of `instance` (see [`super::Store::adjust_budgets`]),
+/// in the order of their rows.
 pub async fn adjust_budgets(
     db: &mut impl Db,
     instance: &str,
-    deltas: &[(i64, i64, i64)],
+    deltas: &[(LedgerRow, i64, i64)],
 ) -> Result<(), StoreError> {
     let mut sorted = deltas.to_vec();
     sorted.sort_unstable();
-    for &(scope, taken, _) in sorted.iter().filter(|d| d.1 != 0) {
+    for (row, taken, _) in sorted.iter().filter(|d| d.1 != 0) {
+        let mut params = row_params(row);
+        params.push((*taken).into());
         db.execute(
-            "UPDATE budgets SET taken = {greatest}(0, taken + $2) WHERE scope = $1",
-            &[scope.into(), taken.into()],
+            &format!("UPDATE budgets SET taken = {{greatest}}(0, taken + $5) WHERE {LEDGER_ROW}"),
+            &params,
         )
         .await?;
     }
     // Held tokens only ever grow through `lease`: the changes here give back or use them.
-    for &(scope, _, held) in sorted.iter().filter(|d| d.2 != 0) {
+    for (row, _, held) in sorted.iter().filter(|d| d.2 != 0) {
+        let mut params = row_params(row);
+        params.push((*held).into());
+        params.push(instance.into());
         db.execute(
-            "UPDATE budget_leases SET held = {greatest}(0, held + $3)
-             WHERE instance = $1 AND scope = $2",
-            &[instance.into(), scope.into(), held.into()],
+            &format!(
+                "UPDATE budget_leases SET held = {{greatest}}(0, held + $5)
+                 WHERE instance = $6 AND {LEDGER_ROW}"
+            ),
+            &params,
+        )
+        .await?;
+    }
+    db.execute(
+        "DELETE FROM budget_leases WHERE instance = $1 AND held = 0",
+        &[instance.into()],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Forgets ledger rows of periods that started before `before` (see
+/// [`super::Store::prune_budgets`]).
+pub async fn prune_budgets(db: &mut impl Db, before: i64) -> Result<(), StoreError> {
+    for table in ["budgets", "budget_leases"] {
+        db.execute(
+            &format!("DELETE FROM {table} WHERE period <> 0 AND period_start < $1"),
+            &[before.into()],
         )
         .await?;
     }
@@ -804,18 +916,25 @@ pub async fn reap_instances(db: &mut impl Db, stale_ms: i64) -> Result<u64, Stor
     forget_stale(db, stale_ms).await?;
     let dead = db
         .query(
-            "SELECT scope, CAST(SUM(held) AS BIGINT) FROM budget_leases
-             WHERE instance NOT IN (SELECT id FROM instances) GROUP BY scope ORDER BY scope",
+            "SELECT scope, unit, period, period_start, CAST(SUM(held) AS BIGINT)
+             FROM budget_leases WHERE instance NOT IN (SELECT id FROM instances)
+             GROUP BY scope, unit, period, period_start ORDER BY scope, unit, period, period_start",
             &[],
         )
         .await?;
     let mut returned = 0u64;
-    for row in dead {
-        let held = row.count(1)?;
+    for found in dead {
+        let held = found.count(4)?;
+        let mut params: Vec<Param> = (0..4)
+            .map(|i| found.int(i).map(Into::into))
+            .collect::<Result<_, _>>()?;
+        params.push(held.into());
         let changed = db
             .execute(
-                "UPDATE budgets SET taken = {greatest}(0, taken - $2) WHERE scope = $1",
-                &[row.int(0)?.into(), held.into()],
+                &format!(
+                    "UPDATE budgets SET taken = {{greatest}}(0, taken - $5) WHERE {LEDGER_ROW}"
+                ),
+                &params,
             )
             .await?;
         if changed > 0 {
