@@ -134,3 +134,28 @@ test('the server\'s message is shown when creating a key fails; limits are shown
     await context.close();
   }
 });
+
+test('a key whose limit resets shows what its current period used, what is left and when it resets', async (t) => {
+  const key = await stack.createKey('monthly key');
+  const patched = await stack.api('PATCH', `/keys/${key.id}`, { token_limit: 50000, limit_period: 'month' });
+  assert.equal(patched.status, 200, JSON.stringify(patched.body));
+  const view = patched.body.data;
+  assert.equal(view.period_left, 50000 - view.period_used);
+  for (const [lang, expected] of [
+    ['en', `Resets monthly: ${view.period_used} used this period · 50,000 left · resets `],
+    ['zh', `每月重置：本期已用 ${view.period_used} · 剩余 50,000 · `],
+  ]) {
+    const { page, context, problems } = await openPage(browser, stack, { lang, hash: 'keys' });
+    try {
+      const line = rowOf(page, 'monthly key').locator('[data-col="usage"] [data-period="month"]');
+      await line.waitFor();
+      const text = await line.textContent();
+      assert.ok(text.startsWith(expected), `${lang}: ${text}`);
+      const resets = await page.evaluate((at) => new Date(at).getTime(), view.period_resets_at);
+      assert.ok(resets > Date.now(), `${lang}: the period ends in the future (${view.period_resets_at})`);
+      assertNoProblems(t, problems, assert);
+    } finally {
+      await context.close();
+    }
+  }
+});

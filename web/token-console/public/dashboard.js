@@ -5,7 +5,7 @@
 import { api } from './api.js';
 import { t } from './i18n.js';
 import { TrendChart } from './chart.js';
-import { h, clear, fmtInt, fmtMs, fmtPercent, errorText, renderState, throttle } from './util.js';
+import { h, clear, fmtInt, fmtMs, fmtPercent, fmtDateTime, errorText, renderState, throttle } from './util.js';
 
 const DAYS_KEY = 'tc.trendDays';
 
@@ -138,7 +138,9 @@ export class Dashboard {
     card('card-remaining', remUnlimited ? t('card.unlimited') : fmtInt(s.remaining_tokens),
       s.usage_percent === null || s.usage_percent === undefined
         ? t('card.remainingSubUnlimited')
-        : t('card.remainingSub', { percent: fmtPercent(s.usage_percent) }));
+        : s.limit_period
+          ? t('card.remainingSubPeriod', { percent: fmtPercent(s.usage_percent), resets: fmtDateTime(s.period_resets_at) })
+          : t('card.remainingSub', { percent: fmtPercent(s.usage_percent) }));
     card('card-calls', fmtInt(s.api_call_count),
       t('card.callsSub', { ok: fmtInt(s.success_count), err: fmtInt(s.error_count) }));
     for (const [id, raw] of [['card-total', s.total_tokens], ['card-used', s.used_tokens], ['card-remaining', s.remaining_tokens], ['card-calls', s.api_call_count]]) {
@@ -174,7 +176,9 @@ export class Dashboard {
     bar.classList.toggle('is-warn', clamped >= 75 && clamped < 90);
     bar.classList.toggle('is-danger', clamped >= 90);
     bar.setAttribute('aria-valuenow', String(clamped));
-    const label = t('usage.limited', { used: fmtInt(s.used_tokens), total: fmtInt(s.total_tokens), percent: fmtPercent(pct) });
+    const label = s.limit_period
+      ? t('usage.limitedPeriod', { used: fmtInt(s.period_used), total: fmtInt(s.total_tokens), percent: fmtPercent(pct), resets: fmtDateTime(s.period_resets_at) })
+      : t('usage.limited', { used: fmtInt(s.used_tokens), total: fmtInt(s.total_tokens), percent: fmtPercent(pct) });
     bar.setAttribute('aria-valuetext', label);
     text.textContent = label;
   }

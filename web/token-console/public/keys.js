@@ -201,6 +201,12 @@ export class Keys {
           hasLimit(k) ? h('div', { class: 'sub' }, t('keys.limits', {
             tokens: k.token_limit === null || k.token_limit === undefined ? t('card.unlimited') : fmtInt(k.token_limit),
             rpm: k.rpm_limit === null || k.rpm_limit === undefined ? t('card.unlimited') : fmtInt(k.rpm_limit),
+          })) : null,
+          k.limit_period ? h('div', { class: 'sub', dataset: { period: k.limit_period } }, t('keys.period', {
+            period: t(`period.${k.limit_period}`),
+            used: fmtInt(k.period_used),
+            left: k.period_left === null || k.period_left === undefined ? t('card.unlimited') : fmtInt(k.period_left),
+            resets: fmtDateTime(k.period_resets_at),
           })) : null),
         cell('enabled', labels.enabled, null, switchLabel),
         cell('actions', labels.actions, 'actions-col', h('div', { class: 'row-actions' }, copyBtn, delBtn)),
