@@ -99,8 +99,13 @@ impl AppState {
             Some(otel) => Some(Arc::new(crate::telemetry::Telemetry::start(otel)?)),
             None => None,
         };
+        let prices = Arc::new(
+            crate::pricing::PriceBook::new(&config.pricing.overrides)
+                .map_err(crate::error::StartError::Io)?,
+        );
         let config = Arc::new(config);
         let console = ConsoleState {
+            prices: prices.clone(),
             config: config.clone(),
             store: store.clone(),
             keys: keys.clone(),
@@ -119,6 +124,7 @@ impl AppState {
                 metrics: metrics.clone(),
                 telemetry: telemetry.clone(),
                 gateway: Arc::new(gateway),
+                prices,
             }),
         };
         Ok(Self {

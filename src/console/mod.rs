@@ -52,6 +52,8 @@ pub struct ConsoleState {
     pub log_streams: Arc<logs::StreamLimits>,
     /// Fires when the process starts shutting down (ends live streams).
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// The prices stored costs are recomputed with (`POST /api/console/reprice`).
+    pub prices: Arc<crate::pricing::PriceBook>,
 }
 
 impl FromRef<ConsoleState> for Arc<Gatekeeper> {

@@ -170,7 +170,7 @@ mod tests {
             },
             duration_ms: duration,
             latency,
-            count_tokens: 0,
+            ..Aggregate::default()
         }
     }
 

@@ -41,6 +41,8 @@ pub struct Sinks {
     pub telemetry: Option<Arc<Telemetry>>,
     /// The providers (telemetry names the provider of a call).
     pub gateway: Arc<super::Gateway>,
+    /// What each call costs.
+    pub prices: Arc<crate::pricing::PriceBook>,
 }
 
 /// Gathers one call's facts; records them exactly once (on [`Meter::finish`] or on drop).
@@ -336,6 +338,12 @@ impl Completion {
         }
         self.record.tokens = tokens;
         self.record.estimated = estimated && tokens.total > 0;
+        (self.record.cost_nanos, self.record.cost_status) = self.sinks.prices.cost_of(
+            &self.record.model,
+            self.record.ts,
+            &tokens,
+            self.record.estimated,
+        );
         self.sinks.metrics.observe(&self.record, self.overhead_ms);
         if let Some(telemetry) = &self.sinks.telemetry {
             telemetry.export(&self.sinks.gateway, self.endpoint, &self.record);

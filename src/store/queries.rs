@@ -279,6 +279,8 @@ pub fn read_aggregate(row: &Row, start: usize) -> Result<Aggregate, StoreError> 
         duration_ms: get(9)?,
         latency,
         count_tokens: get(10 + LATENCY_BUCKETS)?,
+        cost_nanos: get(11 + LATENCY_BUCKETS)?,
+        unpriced_calls: get(12 + LATENCY_BUCKETS)?,
     })
 }
 
@@ -289,7 +291,7 @@ fn aggregate_values(agg: &Aggregate) -> impl Iterator<Item = Param<'static>> {
         .chain(agg.tokens.counts())
         .chain([agg.duration_ms])
         .chain(agg.latency)
-        .chain([agg.count_tokens])
+        .chain([agg.count_tokens, agg.cost_nanos, agg.unpriced_calls])
         .map(Param::from)
 }
 
@@ -381,7 +383,7 @@ pub async fn usage_by_day(
 
 // --- Call records ---------------------------------------------------------------------------
 
-const CALL_COLUMNS: [(&str, Ty); 21] = [
+const CALL_COLUMNS: [(&str, Ty); 23] = [
     ("id", Ty::BigInt),
     ("ts", Ty::BigInt),
     ("method", Ty::Text),
@@ -403,6 +405,8 @@ const CALL_COLUMNS: [(&str, Ty); 21] = [
     ("error", Ty::Text),
     ("client", Ty::Text),
     ("session_id", Ty::Text),
+    ("cost_nanos", Ty::BigInt),
+    ("cost_status", Ty::Text),
 ];
 
 fn column_names<T>(columns: &[(&str, T)]) -> String {
@@ -439,6 +443,8 @@ fn read_call(row: &Row) -> Result<LoggedCall, StoreError> {
             error: row.opt_text(18)?,
             client: row.text(19)?,
             session_id: row.opt_text(20)?,
+            cost_nanos: row.opt_int(21)?.map(|v| v.max(0) as u64),
+            cost_status: crate::pricing::CostStatus::parse(&row.text(22)?),
             answer: Default::default(),
         },
     })
@@ -540,6 +546,8 @@ fn call_values<'a>(id: i64, call: &'a CallRecord) -> Vec<Param<'a>> {
         call.error.as_deref().into(),
         call.client.as_str().into(),
         call.session_id.as_deref().into(),
+        call.cost_nanos.into(),
+        call.cost_status.as_str().into(),
     ]);
     row
 }
