@@ -1,11 +1,9 @@
 //! Key management: create (the full key shown once), list, change and delete.
 
-use std::collections::HashMap;
-
 use super::ConsoleState;
 use crate::error::ConsoleError;
 use crate::keys;
-use crate::store::{Aggregate, KeyPatch, NewKey};
+use crate::store::{KeyPatch, NewKey};
 
 use super::params;
 use super::wire::{CreateKey, KeyView, PatchKey};
@@ -39,12 +37,6 @@ fn valid_description(raw: Option<String>) -> Result<String, ConsoleError> {
     Ok(description)
 }
 
-fn usage_of(usage: &HashMap<i64, Aggregate>, id: i64) -> (u64, u64) {
-    usage
-        .get(&id)
-        .map_or((0, 0), |agg| (agg.tokens.total, agg.calls))
-}
-
 /// The live keys with their recorded usage, oldest first.
 pub async fn list(state: &ConsoleState) -> Result<Vec<KeyView>, ConsoleError> {
     let rows = state.store.list_keys().await?;
@@ -52,10 +44,7 @@ pub async fn list(state: &ConsoleState) -> Result<Vec<KeyView>, ConsoleError> {
     Ok(rows
         .iter()
         .filter(|row| !row.deleted)
-        .map(|row| {
-            let (tokens, calls) = usage_of(&usage, row.id);
-            KeyView::new(row, tokens, calls)
-        })
+        .map(|row| KeyView::new(row, usage.get(&row.id)))
         .collect())
 }
 
@@ -80,7 +69,7 @@ pub async fn create(state: &ConsoleState, body: CreateKey) -> Result<KeyView, Co
     state.keys.upsert(&row);
     // Debug quotes the name and escapes control characters: a name cannot forge log lines.
     tracing::info!(key_id = row.id, name = ?row.name, "key created");
-    let mut view = KeyView::new(&row, 0, 0);
+    let mut view = KeyView::new(&row, None);
     view.value = generated.full;
     Ok(view)
 }
@@ -137,7 +126,7 @@ pub async fn update(
         .ok_or_else(|| not_found(id))?;
     state.keys.upsert(&row);
     let usage = state.store.usage_of_key(row.id).await?;
-    Ok(KeyView::new(&row, usage.tokens.total, usage.calls))
+    Ok(KeyView::new(&row, Some(&usage)))
 }
 
 /// Deletes a key: it stops working at once; its history stays in every statistic.

@@ -64,8 +64,14 @@ pub struct Meter {
     upstream_status: Option<u16>,
     /// The place its record will take in the recorder's queue.
     slot: Option<Slot>,
+    /// Told the call's cost once it is known (for the answer's `x-token-console-cost`).
+    cost_to: Option<CostSender>,
     finished: bool,
 }
+
+/// The cost of a finished call and how it was found.
+pub type Cost = (Option<u64>, crate::pricing::CostStatus);
+type CostSender = tokio::sync::oneshot::Sender<Cost>;
 
 impl Meter {
     /// Starts metering a call that just arrived, once the recorder has room for its record;
@@ -120,6 +126,7 @@ impl Meter {
             overhead_ms: 0.0,
             upstream_status: None,
             slot: Some(slot),
+            cost_to: None,
             finished: false,
         }
     }
@@ -156,6 +163,13 @@ impl Meter {
         if self.first_byte_ms.is_none() {
             self.first_byte_ms = Some(self.started.elapsed().as_millis() as u64);
         }
+    }
+
+    /// The call's cost, once it is recorded (never, for a call made without a valid key).
+    pub fn cost(&mut self) -> tokio::sync::oneshot::Receiver<Cost> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.cost_to = Some(tx);
+        rx
     }
 
     /// Notes the status the provider answered with.
@@ -298,6 +312,7 @@ impl Meter {
             record,
             reservation: self.reservation.take(),
             slot: self.slot.take(),
+            cost_to: self.cost_to.take(),
             endpoint: self.endpoint,
             spends_tokens: self.endpoint.spends_tokens(),
             overhead_ms: self.overhead_ms,
@@ -314,6 +329,7 @@ struct Completion {
     endpoint: Endpoint,
     /// The call's room in the record queue (dropped unused by a call that is not recorded).
     slot: Option<Slot>,
+    cost_to: Option<CostSender>,
     spends_tokens: bool,
     overhead_ms: f64,
 }
@@ -344,6 +360,10 @@ impl Completion {
             &tokens,
             self.record.estimated,
         );
+        if let Some(tx) = self.cost_to.take() {
+            // The answer may be gone already (the client left): nobody to tell.
+            let _ = tx.send((self.record.cost_nanos, self.record.cost_status));
+        }
         self.sinks.metrics.observe(&self.record, self.overhead_ms);
         if let Some(telemetry) = &self.sinks.telemetry {
             telemetry.export(&self.sinks.gateway, self.endpoint, &self.record);

@@ -236,6 +236,8 @@ pub struct DayTotal {
     pub calls: u64,
     /// Total tokens that day.
     pub tokens: u64,
+    /// Cost of the priced calls that day, nano-dollars.
+    pub cost_nanos: u64,
 }
 
 /// A status filter of the logs: one code or a class such as `4xx`.

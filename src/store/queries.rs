@@ -361,7 +361,8 @@ pub async fn usage_by_day(
 ) -> Result<Vec<DayTotal>, StoreError> {
     let rows = db
         .query(
-            "SELECT day, CAST(SUM(calls) AS BIGINT), CAST(SUM(total_tokens) AS BIGINT)
+            "SELECT day, CAST(SUM(calls) AS BIGINT), CAST(SUM(total_tokens) AS BIGINT),
+             CAST(SUM(cost_nanos) AS BIGINT)
              FROM agg_day WHERE key_id = $1 AND day BETWEEN $2 AND $3 GROUP BY day ORDER BY day",
             &[
                 key_id.unwrap_or(ALL_KEYS).into(),
@@ -376,6 +377,7 @@ pub async fn usage_by_day(
                 day: row.int(0)?,
                 calls: row.count(1)?,
                 tokens: row.count(2)?,
+                cost_nanos: row.count(3)?,
             })
         })
         .collect()

@@ -11,6 +11,7 @@ mod gateway_support;
 
 mod clients;
 mod console_api;
+mod cost;
 mod faults;
 mod gateway_bounds;
 mod gateway_errors;
