@@ -12,6 +12,7 @@ pub mod error;
 pub mod gateway;
 pub mod keys;
 pub mod metrics;
+pub mod pricing;
 pub mod server;
 pub mod state;
 pub mod store;

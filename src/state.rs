@@ -108,8 +108,13 @@ impl AppState {
             Some(otel) => Some(Arc::new(crate::telemetry::Telemetry::start(otel)?)),
             None => None,
         };
+        let prices = Arc::new(
+            crate::pricing::PriceBook::new(&config.pricing.overrides)
+                .map_err(crate::error::StartError::Io)?,
+        );
         let config = Arc::new(config);
         let console = ConsoleState {
+            prices: prices.clone(),
             config: config.clone(),
             store: store.clone(),
             keys: keys.clone(),
@@ -130,6 +135,7 @@ impl AppState {
                 telemetry: telemetry.clone(),
                 gateway: Arc::new(gateway),
                 clock,
+                prices,
             }),
         };
         Ok(Self {

@@ -6,7 +6,7 @@ use super::ConsoleState;
 use crate::clock::Period;
 use crate::error::ConsoleError;
 use crate::keys;
-use crate::store::{Aggregate, KeyPatch, KeyRow, NewKey};
+use crate::store::{KeyPatch, KeyRow, NewKey};
 
 use super::params;
 use super::wire::{CreateKey, KeyView, PatchKey, PeriodUse};
@@ -38,12 +38,6 @@ fn valid_description(raw: Option<String>) -> Result<String, ConsoleError> {
         )));
     }
     Ok(description)
-}
-
-fn usage_of(usage: &HashMap<i64, Aggregate>, id: i64) -> (u64, u64) {
-    usage
-        .get(&id)
-        .map_or((0, 0), |agg| (agg.tokens.total, agg.calls))
 }
 
 /// Tokens recorded per budget scope (key id, or the global budget) in the current `period`.
@@ -114,8 +108,9 @@ pub async fn list(state: &ConsoleState) -> Result<Vec<KeyView>, ConsoleError> {
         .iter()
         .filter(|row| !row.deleted)
         .map(|row| {
-            let (tokens, calls) = usage_of(&usage, row.id);
-            KeyView::new(row, tokens, calls, period_use(&periods, row, tokens))
+            let usage = usage.get(&row.id);
+            let tokens = usage.map_or(0, |u| u.tokens.total);
+            KeyView::new(row, usage, period_use(&periods, row, tokens))
         })
         .collect())
 }
@@ -143,7 +138,7 @@ pub async fn create(state: &ConsoleState, body: CreateKey) -> Result<KeyView, Co
     // Debug quotes the name and escapes control characters: a name cannot forge log lines.
     tracing::info!(key_id = row.id, name = ?row.name, "key created");
     let periods = periods_of(state, std::slice::from_ref(&row)).await?;
-    let mut view = KeyView::new(&row, 0, 0, period_use(&periods, &row, 0));
+    let mut view = KeyView::new(&row, None, period_use(&periods, &row, 0));
     view.value = generated.full;
     Ok(view)
 }
@@ -203,7 +198,7 @@ pub async fn update(
     let usage = state.store.usage_of_key(row.id).await?;
     let periods = periods_of(state, std::slice::from_ref(&row)).await?;
     let period = period_use(&periods, &row, usage.tokens.total);
-    Ok(KeyView::new(&row, usage.tokens.total, usage.calls, period))
+    Ok(KeyView::new(&row, Some(&usage), period))
 }
 
 /// Deletes a key: it stops working at once; its history stays in every statistic.

@@ -54,6 +54,8 @@ pub struct ConsoleState {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// The clock budget periods are measured by.
     pub clock: crate::clock::Clock,
+    /// The prices stored costs are recomputed with (`POST /api/console/reprice`).
+    pub prices: Arc<crate::pricing::PriceBook>,
 }
 
 impl FromRef<ConsoleState> for Arc<Gatekeeper> {

@@ -8,7 +8,8 @@ use crate::error::ConsoleError;
 use crate::store::{Aggregate, DayTotal, UsageFilter, GLOBAL_SCOPE};
 use crate::usage::latency_quantile;
 
-use super::wire::{round2, Latency, ModelStats, Stats, Trend};
+use super::wire::{aggregate_cost, round2, DisplayCurrency, Latency, ModelStats, Stats, Trend};
+use crate::pricing::usd;
 
 /// `/stats`: totals, the budget (global, or the key's with `key_id`) and the per-model table.
 pub async fn stats(state: &ConsoleState, filter: UsageFilter) -> Result<Stats, ConsoleError> {
@@ -25,7 +26,18 @@ pub async fn stats(state: &ConsoleState, filter: UsageFilter) -> Result<Stats, C
         None => None,
     };
     let models = state.store.usage_by_model(filter).await?;
-    Ok(build_stats(models, budget, current))
+    let mut stats = build_stats(models, budget, current);
+    stats.display_currency =
+        state
+            .config
+            .pricing
+            .display
+            .as_ref()
+            .map(|(code, rate)| DisplayCurrency {
+                code: code.clone(),
+                rate: *rate,
+            });
+    Ok(stats)
 }
 
 /// A key's token limit and how often it resets.
@@ -74,6 +86,9 @@ fn model_stats(name: String, agg: &Aggregate) -> ModelStats {
         prompt_tokens: agg.tokens.prompt,
         completion_tokens: agg.tokens.completion,
         latency_ms: latency(agg),
+        cost: aggregate_cost(agg).map(usd),
+        cost_nanos: aggregate_cost(agg),
+        unpriced_calls: agg.unpriced_calls,
     }
 }
 
@@ -124,6 +139,10 @@ pub fn build_stats(
         avg_time: average(&total),
         latency_ms: latency(&total),
         models: rows,
+        total_cost: usd(total.cost_nanos),
+        total_cost_nanos: total.cost_nanos,
+        unpriced_calls: total.unpriced_calls,
+        display_currency: None,
     }
 }
 
@@ -163,6 +182,7 @@ pub fn build_trend(dates: &[jiff::civil::Date], rows: &[DayTotal], timezone: &st
         labels: Vec::with_capacity(dates.len()),
         token_data: Vec::with_capacity(dates.len()),
         call_data: Vec::with_capacity(dates.len()),
+        cost_data: Vec::with_capacity(dates.len()),
         dates: Vec::with_capacity(dates.len()),
         timezone: timezone.to_owned(),
     };
@@ -173,6 +193,7 @@ pub fn build_trend(dates: &[jiff::civil::Date], rows: &[DayTotal], timezone: &st
         trend.dates.push(date.strftime("%Y-%m-%d").to_string());
         trend.token_data.push(row.map_or(0, |r| r.tokens));
         trend.call_data.push(row.map_or(0, |r| r.calls));
+        trend.cost_data.push(row.map_or(0.0, |r| usd(r.cost_nanos)));
     }
     trend
 }
@@ -197,7 +218,7 @@ mod tests {
             },
             duration_ms: duration,
             latency,
-            count_tokens: 0,
+            ..Aggregate::default()
         }
     }
 
@@ -260,6 +281,7 @@ mod tests {
             day: 20260228,
             calls: 2,
             tokens: 50,
+            cost_nanos: 0,
         }];
         let t = build_trend(&dates, &rows, "UTC");
         assert_eq!(t.labels, ["02-27", "02-28", "03-01"]);

@@ -4,7 +4,8 @@
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::ToSchema;
 
-use crate::store::KeyRow;
+use crate::pricing::{usd, CostStatus};
+use crate::store::{Aggregate, KeyRow};
 use crate::usage::LoggedCall;
 
 /// The guide's "never used" timestamp.
@@ -91,6 +92,26 @@ pub struct ModelStats {
     pub completion_tokens: u64,
     /// Latency quantiles.
     pub latency_ms: Latency,
+    /// Cost of its priced calls in USD; `null` when none of its calls could be priced.
+    pub cost: Option<f64>,
+    /// The same in nano-dollars (10⁻⁹ USD), exact.
+    pub cost_nanos: Option<u64>,
+    /// Its calls that spent tokens without a known price (not in `cost`).
+    pub unpriced_calls: u64,
+}
+
+/// The cost of an aggregate for the wire: `null` when it holds unpriced calls and nothing priced.
+pub fn aggregate_cost(agg: &Aggregate) -> Option<u64> {
+    (agg.unpriced_calls == 0 || agg.cost_nanos > 0).then_some(agg.cost_nanos)
+}
+
+/// The page's second currency: `pricing.display_currency` and its units per USD.
+#[derive(Serialize, Clone, ToSchema)]
+pub struct DisplayCurrency {
+    /// ISO 4217 code, e.g. `CNY`.
+    pub code: String,
+    /// Units of it per USD.
+    pub rate: f64,
 }
 
 /// `GET /api/console/stats`.
@@ -136,6 +157,15 @@ pub struct Stats {
     pub latency_ms: Latency,
     /// Per model, most calls first.
     pub models: Vec<ModelStats>,
+    /// Cost of the priced calls in USD.
+    pub total_cost: f64,
+    /// The same in nano-dollars (10⁻⁹ USD), exact.
+    pub total_cost_nanos: u64,
+    /// Calls that spent tokens on a model without a known price (their cost is not in
+    /// `total_cost`).
+    pub unpriced_calls: u64,
+    /// The second currency the page shows costs in, when configured.
+    pub display_currency: Option<DisplayCurrency>,
 }
 
 /// `GET /api/console/usage-trend`.
@@ -148,6 +178,8 @@ pub struct Trend {
     pub token_data: Vec<u64>,
     /// Calls per day.
     pub call_data: Vec<u64>,
+    /// Cost of the priced calls per day, USD.
+    pub cost_data: Vec<f64>,
     /// `YYYY-MM-DD` per day.
     pub dates: Vec<String>,
     /// The time zone the days are cut in.
@@ -199,6 +231,14 @@ pub struct LogRow {
     pub client: String,
     /// Session id the client sent, if any.
     pub session_id: Option<String>,
+    /// Cost in USD; `null` when no price is known for the model (`cost_status` `unpriced`).
+    pub cost: Option<f64>,
+    /// The same in nano-dollars (10⁻⁹ USD), exact.
+    pub cost_nanos: Option<u64>,
+    /// `priced` (from the tokens the provider reported), `estimated` (from the gateway's token
+    /// estimate) or `unpriced`.
+    #[schema(value_type = String, pattern = "^(priced|estimated|unpriced)$")]
+    pub cost_status: &'static str,
 }
 
 impl From<&LoggedCall> for LogRow {
@@ -226,6 +266,9 @@ impl From<&LoggedCall> for LogRow {
             error: c.error.clone(),
             client: c.client.clone(),
             session_id: c.session_id.clone(),
+            cost: c.cost_nanos.map(usd),
+            cost_nanos: c.cost_nanos,
+            cost_status: cost_status(c.cost_status),
         }
     }
 }
@@ -278,6 +321,12 @@ pub struct KeyView {
     pub used_tokens: u64,
     /// Recorded calls.
     pub call_count: u64,
+    /// Spent by its priced calls, USD.
+    pub cost: f64,
+    /// The same in nano-dollars (10⁻⁹ USD), exact.
+    pub cost_nanos: u64,
+    /// Its calls that spent tokens without a known price (not in `cost`).
+    pub unpriced_calls: u64,
     /// How often the token limit resets (`day`, `week`, `month`, in the configured time zone);
     /// `null`: never.
     pub limit_period: Option<String>,
@@ -299,10 +348,15 @@ pub struct PeriodUse {
     pub resets_at: Option<jiff::Timestamp>,
 }
 
+fn cost_status(status: CostStatus) -> &'static str {
+    status.as_str()
+}
+
 impl KeyView {
-    /// The view of a stored key with its recorded usage (all time, and in the current period of
-    /// its limit); `value` is the display form.
-    pub fn new(row: &KeyRow, used_tokens: u64, call_count: u64, period: PeriodUse) -> Self {
+    /// The view of a stored key with its recorded usage (none: no call yet) and what it used in
+    /// the current period of its limit; `value` is the display form.
+    pub fn new(row: &KeyRow, usage: Option<&Aggregate>, period: PeriodUse) -> Self {
+        let usage = usage.copied().unwrap_or_default();
         Self {
             id: row.id,
             name: row.name.clone(),
@@ -319,8 +373,11 @@ impl KeyView {
             allowed_models: row.allowed_models.clone(),
             expires_at: row.expires_at.map(rfc3339),
             fit_max_tokens: row.fit_max_tokens,
-            used_tokens,
-            call_count,
+            used_tokens: usage.tokens.total,
+            call_count: usage.calls,
+            cost: usd(usage.cost_nanos),
+            cost_nanos: usage.cost_nanos,
+            unpriced_calls: usage.unpriced_calls,
             limit_period: row.limit_period.map(|p| p.name().to_owned()),
             period_used: period.used,
             period_left: row.token_limit.map(|l| l.saturating_sub(period.used)),

@@ -43,6 +43,8 @@ pub struct Sinks {
     pub gateway: Arc<super::Gateway>,
     /// The instant each call is recorded at (and charged to a budget period at).
     pub clock: crate::clock::Clock,
+    /// What each call costs.
+    pub prices: Arc<crate::pricing::PriceBook>,
 }
 
 /// Gathers one call's facts; records them exactly once (on [`Meter::finish`] or on drop).
@@ -64,8 +66,14 @@ pub struct Meter {
     upstream_status: Option<u16>,
     /// The place its record will take in the recorder's queue.
     slot: Option<Slot>,
+    /// Told the call's cost once it is known (for the answer's `x-token-console-cost`).
+    cost_to: Option<CostSender>,
     finished: bool,
 }
+
+/// The cost of a finished call and how it was found.
+pub type Cost = (Option<u64>, crate::pricing::CostStatus);
+type CostSender = tokio::sync::oneshot::Sender<Cost>;
 
 impl Meter {
     /// Starts metering a call that just arrived, once the recorder has room for its record;
@@ -121,6 +129,7 @@ impl Meter {
             overhead_ms: 0.0,
             upstream_status: None,
             slot: Some(slot),
+            cost_to: None,
             finished: false,
         }
     }
@@ -163,6 +172,13 @@ impl Meter {
         if self.first_byte_ms.is_none() {
             self.first_byte_ms = Some(self.started.elapsed().as_millis() as u64);
         }
+    }
+
+    /// The call's cost, once it is recorded (never, for a call made without a valid key).
+    pub fn cost(&mut self) -> tokio::sync::oneshot::Receiver<Cost> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.cost_to = Some(tx);
+        rx
     }
 
     /// Notes the status the provider answered with.
@@ -305,6 +321,7 @@ impl Meter {
             record,
             reservation: self.reservation.take(),
             slot: self.slot.take(),
+            cost_to: self.cost_to.take(),
             endpoint: self.endpoint,
             spends_tokens: self.endpoint.spends_tokens(),
             overhead_ms: self.overhead_ms,
@@ -321,6 +338,7 @@ struct Completion {
     endpoint: Endpoint,
     /// The call's room in the record queue (dropped unused by a call that is not recorded).
     slot: Option<Slot>,
+    cost_to: Option<CostSender>,
     spends_tokens: bool,
     overhead_ms: f64,
 }
@@ -345,6 +363,16 @@ impl Completion {
         }
         self.record.tokens = tokens;
         self.record.estimated = estimated && tokens.total > 0;
+        (self.record.cost_nanos, self.record.cost_status) = self.sinks.prices.cost_of(
+            &self.record.model,
+            self.record.ts,
+            &tokens,
+            self.record.estimated,
+        );
+        if let Some(tx) = self.cost_to.take() {
+            // The answer may be gone already (the client left): nobody to tell.
+            let _ = tx.send((self.record.cost_nanos, self.record.cost_status));
+        }
         self.sinks.metrics.observe(&self.record, self.overhead_ms);
         if let Some(telemetry) = &self.sinks.telemetry {
             telemetry.export(&self.sinks.gateway, self.endpoint, &self.record);

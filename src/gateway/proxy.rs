@@ -36,6 +36,9 @@ pub const CLIENT_GONE_MID_BODY: &str =
 pub const MAX_MODEL_BYTES: usize = 256;
 /// Header telling the client how long the gateway itself took, in milliseconds.
 pub const OVERHEAD_HEADER: &str = "x-token-console-overhead-ms";
+/// Header of a non-stream answer telling the client what the call cost: USD with nine decimals
+/// (`0.000412500`), or `unpriced` when no price is known for the model.
+pub const COST_HEADER: &str = "x-token-console-cost";
 
 /// The only client request headers forwarded upstream (an allow-list: anything else, such as
 /// `OpenAI-Organization`, `OpenAI-Project`, `Cookie`, `api-key`, `X-Forwarded-*`, `Forwarded` or
@@ -628,17 +631,59 @@ async fn forward(endpoint: Endpoint, prepared: Prepared, mut meter: Meter) -> Re
         upstream.content_length()
     };
     let idle = Duration::from_millis(provider.config.stream_idle_timeout_ms);
-    let body = Body::from_stream(relay(
+    let cost = (!is_sse).then(|| meter.cost());
+    let relayed = relay(
         upstream.bytes_stream(),
         meter,
         status,
         is_sse,
         declared_length,
         idle,
-    ));
+    );
+    let body = match cost {
+        Some(cost) => {
+            let (body, header) = whole_with_cost(Box::pin(relayed), cost).await;
+            if let Some(value) = header {
+                builder = builder.header(HeaderName::from_static(COST_HEADER), value);
+            }
+            body
+        }
+        None => Body::from_stream(relayed),
+    };
     builder
         .body(body)
         .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
+}
+
+/// A non-stream answer read whole before it is passed on, so that its headers can carry what
+/// the call cost (the call is recorded, and priced, when its answer is complete). An answer
+/// larger than [`MAX_WHOLE_BODY`] is passed on as it arrives instead, without the cost; one
+/// that breaks off is passed on as far as it came, then broken off as before.
+async fn whole_with_cost<S>(
+    mut relayed: S,
+    cost: tokio::sync::oneshot::Receiver<super::meter::Cost>,
+) -> (Body, Option<HeaderValue>)
+where
+    S: Stream<Item = Result<Bytes, std::io::Error>> + Send + Unpin + 'static,
+{
+    let mut chunks: Vec<Result<Bytes, std::io::Error>> = Vec::new();
+    let mut size = 0usize;
+    while let Some(item) = relayed.next().await {
+        let failed = item.is_err();
+        size += item.as_ref().map_or(0, Bytes::len);
+        chunks.push(item);
+        if failed {
+            return (Body::from_stream(stream::iter(chunks)), None);
+        }
+        if size > MAX_WHOLE_BODY {
+            return (Body::from_stream(stream::iter(chunks).chain(relayed)), None);
+        }
+    }
+    let header = cost.await.ok().and_then(|(nanos, _)| {
+        let text = nanos.map_or_else(|| "unpriced".to_owned(), crate::pricing::usd_text);
+        HeaderValue::from_str(&text).ok()
+    });
+    (Body::from_stream(stream::iter(chunks)), header)
 }
 
 struct Relay<S> {

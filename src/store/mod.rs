@@ -207,6 +207,10 @@ pub struct Aggregate {
     pub latency: [u64; LATENCY_BUCKETS],
     /// `count_tokens` calls, counted apart: they are not in any other field.
     pub count_tokens: u64,
+    /// Summed cost of the priced calls, in nano-dollars.
+    pub cost_nanos: u64,
+    /// Calls that spent tokens on a model without a price (not in `cost_nanos`).
+    pub unpriced_calls: u64,
 }
 
 impl Aggregate {
@@ -229,6 +233,8 @@ impl Aggregate {
             duration_ms: call.duration_ms,
             latency,
             count_tokens: 0,
+            cost_nanos: call.cost_nanos.unwrap_or(0),
+            unpriced_calls: u64::from(call.cost_nanos.is_none()),
         }
     }
 
@@ -245,6 +251,8 @@ impl Aggregate {
         self.tokens.total += other.tokens.total;
         self.duration_ms += other.duration_ms;
         self.count_tokens += other.count_tokens;
+        self.cost_nanos += other.cost_nanos;
+        self.unpriced_calls += other.unpriced_calls;
         for (a, b) in self.latency.iter_mut().zip(other.latency.iter()) {
             *a += b;
         }
@@ -271,6 +279,8 @@ pub struct DayTotal {
     pub calls: u64,
     /// Total tokens that day.
     pub tokens: u64,
+    /// Cost of the priced calls that day, nano-dollars.
+    pub cost_nanos: u64,
 }
 
 /// A status filter of the logs: one code or a class such as `4xx`.

@@ -296,6 +296,8 @@ pub fn read_aggregate(row: &Row, start: usize) -> Result<Aggregate, StoreError> 
         duration_ms: get(9)?,
         latency,
         count_tokens: get(10 + LATENCY_BUCKETS)?,
+        cost_nanos: get(11 + LATENCY_BUCKETS)?,
+        unpriced_calls: get(12 + LATENCY_BUCKETS)?,
     })
 }
 
@@ -306,7 +308,7 @@ fn aggregate_values(agg: &Aggregate) -> impl Iterator<Item = Param<'static>> {
         .chain(agg.tokens.counts())
         .chain([agg.duration_ms])
         .chain(agg.latency)
-        .chain([agg.count_tokens])
+        .chain([agg.count_tokens, agg.cost_nanos, agg.unpriced_calls])
         .map(Param::from)
 }
 
@@ -400,7 +402,8 @@ pub async fn usage_by_day(
 ) -> Result<Vec<DayTotal>, StoreError> {
     let rows = db
         .query(
-            "SELECT day, CAST(SUM(calls) AS BIGINT), CAST(SUM(total_tokens) AS BIGINT)
+            "SELECT day, CAST(SUM(calls) AS BIGINT), CAST(SUM(total_tokens) AS BIGINT),
+             CAST(SUM(cost_nanos) AS BIGINT)
              FROM agg_day WHERE key_id = $1 AND day BETWEEN $2 AND $3 GROUP BY day ORDER BY day",
             &[
                 key_id.unwrap_or(ALL_KEYS).into(),
@@ -415,6 +418,7 @@ pub async fn usage_by_day(
                 day: row.int(0)?,
                 calls: row.count(1)?,
                 tokens: row.count(2)?,
+                cost_nanos: row.count(3)?,
             })
         })
         .collect()
@@ -422,7 +426,7 @@ pub async fn usage_by_day(
 
 // --- Call records ---------------------------------------------------------------------------
 
-const CALL_COLUMNS: [(&str, Ty); 21] = [
+const CALL_COLUMNS: [(&str, Ty); 23] = [
     ("id", Ty::BigInt),
     ("ts", Ty::BigInt),
     ("method", Ty::Text),
@@ -444,6 +448,8 @@ const CALL_COLUMNS: [(&str, Ty); 21] = [
     ("error", Ty::Text),
     ("client", Ty::Text),
     ("session_id", Ty::Text),
+    ("cost_nanos", Ty::BigInt),
+    ("cost_status", Ty::Text),
 ];
 
 fn column_names<T>(columns: &[(&str, T)]) -> String {
@@ -480,6 +486,8 @@ fn read_call(row: &Row) -> Result<LoggedCall, StoreError> {
             error: row.opt_text(18)?,
             client: row.text(19)?,
             session_id: row.opt_text(20)?,
+            cost_nanos: row.opt_int(21)?.map(|v| v.max(0) as u64),
+            cost_status: crate::pricing::CostStatus::parse(&row.text(22)?),
             answer: Default::default(),
         },
     })
@@ -581,6 +589,8 @@ fn call_values<'a>(id: i64, call: &'a CallRecord) -> Vec<Param<'a>> {
         call.error.as_deref().into(),
         call.client.as_str().into(),
         call.session_id.as_deref().into(),
+        call.cost_nanos.into(),
+        call.cost_status.as_str().into(),
     ]);
     row
 }

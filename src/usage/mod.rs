@@ -122,6 +122,10 @@ pub struct CallRecord {
     pub client: String,
     /// The session id the client sent (`X-Claude-Code-Session-Id`, `session_id`, …), if any.
     pub session_id: Option<String>,
+    /// What the call cost in nano-dollars; `None` when its model has no price.
+    pub cost_nanos: Option<u64>,
+    /// How the cost was found.
+    pub cost_status: crate::pricing::CostStatus,
     /// What the provider's answer said about itself (model, finish reasons); not stored, only
     /// exported (see `telemetry`), so a record read back from the store has it empty.
     pub answer: AnswerMeta,

@@ -165,6 +165,8 @@ fn call(
         error: (status >= 400).then(|| format!("failed with {status}")),
         client: String::new(),
         session_id: None,
+        cost_nanos: Some(prompt * 3 + completion * 5),
+        cost_status: token_console::pricing::CostStatus::Priced,
         answer: Default::default(),
     }
 }

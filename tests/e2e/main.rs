@@ -12,6 +12,7 @@ mod gateway_support;
 mod budget_periods;
 mod clients;
 mod console_api;
+mod cost;
 mod faults;
 mod gateway_bounds;
 mod gateway_errors;
