@@ -221,6 +221,7 @@ struct RawConsole {
 #[serde(deny_unknown_fields)]
 struct RawQuota {
     total_tokens: Option<u64>,
+    total_cost: Option<f64>,
     limit_period: Option<EnvString>,
 }
 
@@ -367,7 +368,9 @@ pub struct Config {
     pub console: ConsoleConfig,
     /// Global token budget; `None` is unlimited.
     pub total_tokens: Option<u64>,
-    /// How often the global budget resets (`quota.limit_period`); `None`: never.
+    /// Global money budget in nano-dollars (`quota.total_cost`, USD); `None` is unlimited.
+    pub total_cost_nanos: Option<u64>,
+    /// How often the global budgets reset (`quota.limit_period`); `None`: never.
     pub limit_period: Option<crate::clock::Period>,
     /// For tests only (`CONSOLE_TEST_NOW`): the instant the clock starts at.
     pub test_now: Option<jiff::Timestamp>,
@@ -566,6 +569,10 @@ impl Config {
                 allowed_hosts,
             },
             total_tokens: cli.total_tokens.or(quota.total_tokens),
+            total_cost_nanos: quota
+                .total_cost
+                .map(|usd| usd_to_nanos("quota.total_cost", usd))
+                .transpose()?,
             limit_period: quota
                 .limit_period
                 .map(|p| parse_period("quota.limit_period", &p.0))
@@ -586,6 +593,17 @@ fn parse_period(field: &str, name: &str) -> Result<crate::clock::Period, ConfigE
             crate::clock::Period::NAMES
         ))
     })
+}
+
+/// A money amount in USD as whole nano-dollars (rounded to the nearest), refused when negative or not
+/// finite.
+pub fn usd_to_nanos(field: &str, usd: f64) -> Result<u64, ConfigError> {
+    if !usd.is_finite() || usd < 0.0 || usd > (i64::MAX / 1_000_000_000) as f64 {
+        return Err(ConfigError::Invalid(format!(
+            "{field} {usd} is not an amount of USD; give a number of dollars such as 25 or 0.5"
+        )));
+    }
+    Ok((usd * 1e9).round() as u64)
 }
 
 /// `CONSOLE_TEST_NOW`: an RFC 3339 instant.

@@ -97,11 +97,18 @@ impl AppState {
             config.total_tokens,
             config.limit_period,
         ));
+        let cost_budget = Arc::new(Budget::of_unit(
+            ledger.clone(),
+            crate::store::GLOBAL_SCOPE,
+            crate::store::UNIT_NANO_USD,
+            config.total_cost_nanos,
+            config.limit_period,
+        ));
         let instance = Arc::new(Instance::start(
             id,
             store.clone(),
             keys.clone(),
-            budget.clone(),
+            [budget.clone(), cost_budget.clone()],
             ledger,
         ));
         let telemetry = match &config.otel {
@@ -129,6 +136,7 @@ impl AppState {
             config: config.clone(),
             keys: keys.clone(),
             budget,
+            cost_budget,
             sinks: Arc::new(Sinks {
                 recorder: recorder.clone(),
                 metrics: metrics.clone(),
@@ -169,25 +177,26 @@ async fn ledger_for(
             tz.clone(),
         ));
     }
-    let unit = crate::store::UNIT_TOKENS;
+    use crate::store::{GLOBAL_SCOPE, UNIT_NANO_USD, UNIT_TOKENS};
     let now = clock.now();
     let mut rows = LocalRows::default();
-    let mut all = 0u64;
+    let mut seed = |scope, period, (tokens, nanos): (u64, u64)| {
+        rows.seed(ledger_row(scope, UNIT_TOKENS, period, now, tz), tokens);
+        rows.seed(ledger_row(scope, UNIT_NANO_USD, period, now, tz), nanos);
+    };
+    let mut all = (0u64, 0u64);
     for (key_id, aggregate) in store.usage_by_key().await? {
-        all = all.saturating_add(aggregate.tokens.total);
-        if key_id != crate::store::GLOBAL_SCOPE {
-            let row = ledger_row(key_id, unit, None, now, tz);
-            rows.seed(row, aggregate.tokens.total);
+        let used = (aggregate.tokens.total, aggregate.cost_nanos);
+        all = (all.0.saturating_add(used.0), all.1.saturating_add(used.1));
+        if key_id != GLOBAL_SCOPE {
+            seed(key_id, None, used);
         }
     }
-    rows.seed(
-        ledger_row(crate::store::GLOBAL_SCOPE, unit, None, now, tz),
-        all,
-    );
+    seed(GLOBAL_SCOPE, None, all);
     for period in [Period::Day, Period::Week, Period::Month] {
         let first_day = period.window(now, tz).first_day;
-        for (scope, tokens) in store.usage_since_day(first_day).await? {
-            rows.seed(ledger_row(scope, unit, Some(period), now, tz), tokens);
+        for (scope, used) in store.usage_since_day(first_day).await? {
+            seed(scope, Some(period), used);
         }
     }
     Ok(Ledger::local(

@@ -6,7 +6,7 @@ use super::ConsoleState;
 use crate::clock::Period;
 use crate::error::ConsoleError;
 use crate::keys;
-use crate::store::{KeyPatch, KeyRow, NewKey};
+use crate::store::{Aggregate, KeyPatch, KeyRow, NewKey};
 
 use super::params;
 use super::wire::{CreateKey, KeyView, PatchKey, PeriodUse};
@@ -44,7 +44,7 @@ fn valid_description(raw: Option<String>) -> Result<String, ConsoleError> {
 pub struct PeriodUsage {
     period: Period,
     resets_at: jiff::Timestamp,
-    used: HashMap<i64, u64>,
+    used: HashMap<i64, (u64, u64)>,
 }
 
 impl PeriodUsage {
@@ -60,8 +60,10 @@ impl PeriodUsage {
 
     /// What budget `scope` used in the period.
     pub fn of(&self, scope: i64) -> PeriodUse {
+        let (used, cost_nanos) = self.used.get(&scope).copied().unwrap_or((0, 0));
         PeriodUse {
-            used: self.used.get(&scope).copied().unwrap_or(0),
+            used,
+            cost_nanos,
             resets_at: Some(self.resets_at),
         }
     }
@@ -84,15 +86,16 @@ async fn periods_of(
     Ok(periods)
 }
 
-/// What a key used in the current period of its limit (all time, `tokens`, when it never
-/// resets).
-fn period_use(periods: &[PeriodUsage], row: &KeyRow, tokens: u64) -> PeriodUse {
+/// What a key used in the current period of its limits (all time, `usage`, when they never
+/// reset).
+fn period_use(periods: &[PeriodUsage], row: &KeyRow, usage: Option<&Aggregate>) -> PeriodUse {
     periods
         .iter()
         .find(|p| Some(p.period) == row.limit_period)
         .map_or(
             PeriodUse {
-                used: tokens,
+                used: usage.map_or(0, |u| u.tokens.total),
+                cost_nanos: usage.map_or(0, |u| u.cost_nanos),
                 resets_at: None,
             },
             |p| p.of(row.id),
@@ -109,8 +112,7 @@ pub async fn list(state: &ConsoleState) -> Result<Vec<KeyView>, ConsoleError> {
         .filter(|row| !row.deleted)
         .map(|row| {
             let usage = usage.get(&row.id);
-            let tokens = usage.map_or(0, |u| u.tokens.total);
-            KeyView::new(row, usage, period_use(&periods, row, tokens))
+            KeyView::new(row, usage, period_use(&periods, row, usage))
         })
         .collect())
 }
@@ -138,7 +140,7 @@ pub async fn create(state: &ConsoleState, body: CreateKey) -> Result<KeyView, Co
     // Debug quotes the name and escapes control characters: a name cannot forge log lines.
     tracing::info!(key_id = row.id, name = ?row.name, "key created");
     let periods = periods_of(state, std::slice::from_ref(&row)).await?;
-    let mut view = KeyView::new(&row, None, period_use(&periods, &row, 0));
+    let mut view = KeyView::new(&row, None, period_use(&periods, &row, None));
     view.value = generated.full;
     Ok(view)
 }
@@ -173,6 +175,19 @@ fn to_patch(body: PatchKey) -> Result<KeyPatch, ConsoleError> {
         expires_at,
         fit_max_tokens: body.fit_max_tokens,
         limit_period: body.limit_period.map(|p| p.map(Period::from)),
+        cost_limit_nanos: body
+            .cost_limit
+            .map(|limit| limit.map(cost_limit_nanos).transpose())
+            .transpose()?,
+    })
+}
+
+/// A money limit in USD as nano-dollars.
+fn cost_limit_nanos(usd: f64) -> Result<u64, ConsoleError> {
+    crate::config::usd_to_nanos("cost_limit", usd).map_err(|_| {
+        ConsoleError::BadRequest(format!(
+            "cost_limit {usd} is not an amount of USD; give a number of dollars of at least 0 such as 25 or 0.5, or null for no limit"
+        ))
     })
 }
 
@@ -197,7 +212,7 @@ pub async fn update(
     state.keys.upsert(&row);
     let usage = state.store.usage_of_key(row.id).await?;
     let periods = periods_of(state, std::slice::from_ref(&row)).await?;
-    let period = period_use(&periods, &row, usage.tokens.total);
+    let period = period_use(&periods, &row, Some(&usage));
     Ok(KeyView::new(&row, Some(&usage), period))
 }
 

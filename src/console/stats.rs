@@ -13,9 +13,13 @@ use crate::pricing::usd;
 
 /// `/stats`: totals, the budget (global, or the key's with `key_id`) and the per-model table.
 pub async fn stats(state: &ConsoleState, filter: UsageFilter) -> Result<Stats, ConsoleError> {
-    let (budget, period) = match filter.key_id {
+    let (budget, cost_limit, period) = match filter.key_id {
         Some(key_id) => key_limit(state, key_id).await?,
-        None => (state.config.total_tokens, state.config.limit_period),
+        None => (
+            state.config.total_tokens,
+            state.config.total_cost_nanos,
+            state.config.limit_period,
+        ),
     };
     let current = match period {
         Some(period) => {
@@ -27,6 +31,7 @@ pub async fn stats(state: &ConsoleState, filter: UsageFilter) -> Result<Stats, C
     };
     let models = state.store.usage_by_model(filter).await?;
     let mut stats = build_stats(models, budget, current);
+    stats.cost_limit = cost_limit.map(usd);
     stats.display_currency =
         state
             .config
@@ -40,18 +45,18 @@ pub async fn stats(state: &ConsoleState, filter: UsageFilter) -> Result<Stats, C
     Ok(stats)
 }
 
-/// A key's token limit and how often it resets.
+/// A key's token and money limits and how often they reset.
 async fn key_limit(
     state: &ConsoleState,
     key_id: i64,
-) -> Result<(Option<u64>, Option<Period>), ConsoleError> {
+) -> Result<(Option<u64>, Option<u64>, Option<Period>), ConsoleError> {
     let keys = state.store.list_keys().await?;
     let key = keys.iter().find(|k| k.id == key_id).ok_or_else(|| {
         ConsoleError::NotFound(format!(
             "no key with id {key_id}; list keys with GET /api/console/keys"
         ))
     })?;
-    Ok((key.token_limit, key.limit_period))
+    Ok((key.token_limit, key.cost_limit_nanos, key.limit_period))
 }
 
 fn latency(agg: &Aggregate) -> Latency {
@@ -143,6 +148,8 @@ pub fn build_stats(
         total_cost_nanos: total.cost_nanos,
         unpriced_calls: total.unpriced_calls,
         display_currency: None,
+        cost_limit: None,
+        period_cost: usd(period.map_or(total.cost_nanos, |(_, p)| p.cost_nanos)),
     }
 }
 
@@ -245,6 +252,7 @@ mod tests {
                 Period::Month,
                 PeriodUse {
                     used: 250,
+                    cost_nanos: 0,
                     resets_at: Some("2026-04-01T00:00:00Z".parse().unwrap()),
                 },
             )),

@@ -133,6 +133,12 @@ pub struct Stats {
     pub period_used: u64,
     /// When the current period ends and the budget starts again from nothing; `null`: never.
     pub period_resets_at: Option<String>,
+    /// The global money budget (`quota.total_cost`), USD; `null` when unlimited (or with
+    /// `key_id`: the key's `cost_limit`).
+    pub cost_limit: Option<f64>,
+    /// Spent by priced calls in the budget's current period, USD (all time when it never
+    /// resets).
+    pub period_cost: f64,
     /// Calls (`count_tokens` calls not included).
     pub api_call_count: u64,
     /// `count_tokens` calls, counted apart from the calls.
@@ -327,13 +333,21 @@ pub struct KeyView {
     pub cost_nanos: u64,
     /// Its calls that spent tokens without a known price (not in `cost`).
     pub unpriced_calls: u64,
-    /// How often the token limit resets (`day`, `week`, `month`, in the configured time zone);
-    /// `null`: never.
+    /// Money limit, USD; `null`: unlimited.
+    pub cost_limit: Option<f64>,
+    /// The same in nano-dollars (10⁻⁹ USD), exact.
+    pub cost_limit_nanos: Option<u64>,
+    /// How often the token and money limits reset (`day`, `week`, `month`, in the configured
+    /// time zone); `null`: never.
     pub limit_period: Option<String>,
     /// Tokens used by recorded calls in the current period (all time when it never resets).
     pub period_used: u64,
     /// What is left of the token limit in the current period; `null` without a limit.
     pub period_left: Option<u64>,
+    /// Spent by priced calls in the current period, USD (all time when it never resets).
+    pub period_cost: f64,
+    /// What is left of the money limit in the current period, USD; `null` without a limit.
+    pub period_cost_left: Option<f64>,
     /// When the current period ends and the limit starts again from nothing; `null`: never.
     pub period_resets_at: Option<String>,
 }
@@ -344,6 +358,8 @@ pub struct KeyView {
 pub struct PeriodUse {
     /// Tokens recorded in the period.
     pub used: u64,
+    /// Nano-dollars of the priced calls recorded in the period.
+    pub cost_nanos: u64,
     /// When it ends.
     pub resets_at: Option<jiff::Timestamp>,
 }
@@ -381,6 +397,12 @@ impl KeyView {
             limit_period: row.limit_period.map(|p| p.name().to_owned()),
             period_used: period.used,
             period_left: row.token_limit.map(|l| l.saturating_sub(period.used)),
+            period_cost: usd(period.cost_nanos),
+            period_cost_left: row
+                .cost_limit_nanos
+                .map(|l| usd(l.saturating_sub(period.cost_nanos))),
+            cost_limit: row.cost_limit_nanos.map(usd),
+            cost_limit_nanos: row.cost_limit_nanos,
             period_resets_at: period.resets_at.map(rfc3339),
         }
     }
@@ -462,7 +484,12 @@ pub struct PatchKey {
     #[serde(default, deserialize_with = "not_null")]
     #[schema(value_type = bool)]
     pub fit_max_tokens: Option<bool>,
-    /// How often the token limit resets (`day`, `week`, `month`), or `null` for never.
+    /// Money limit in USD (priced calls' cost; a call to a model without a known price is
+    /// refused while the key has one), or `null` for none.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<f64>, minimum = 0)]
+    pub cost_limit: Option<Option<f64>>,
+    /// How often the token and money limits reset (`day`, `week`, `month`), or `null` for never.
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<LimitPeriod>)]
     pub limit_period: Option<Option<LimitPeriod>>,

@@ -54,6 +54,8 @@ pub struct Meter {
     started: Instant,
     endpoint: Endpoint,
     reservation: Option<Reservation>,
+    /// The money budget's reservation (nano-dollars), settled with the call's cost.
+    money: Option<Reservation>,
     /// The client's request body, read again only for a tokenizer estimate.
     request: Option<Bytes>,
     /// Usage and text of a streamed answer.
@@ -123,6 +125,7 @@ impl Meter {
             started: Instant::now(),
             endpoint,
             reservation: None,
+            money: None,
             request: None,
             tally: StreamTally::default(),
             first_byte_ms: None,
@@ -162,9 +165,10 @@ impl Meter {
         self.record.ts
     }
 
-    /// Holds the budget reservation until the call is settled.
-    pub fn hold(&mut self, reservation: Reservation) {
-        self.reservation = Some(reservation);
+    /// Holds the budget reservations (tokens, money) until the call is settled.
+    pub fn hold(&mut self, tokens: Option<Reservation>, money: Option<Reservation>) {
+        self.reservation = tokens;
+        self.money = money;
     }
 
     /// Notes the arrival of the answer's first body bytes.
@@ -320,6 +324,7 @@ impl Meter {
             sinks: self.sinks.clone(),
             record,
             reservation: self.reservation.take(),
+            money: self.money.take(),
             slot: self.slot.take(),
             cost_to: self.cost_to.take(),
             endpoint: self.endpoint,
@@ -335,6 +340,7 @@ struct Completion {
     sinks: Arc<Sinks>,
     record: CallRecord,
     reservation: Option<Reservation>,
+    money: Option<Reservation>,
     endpoint: Endpoint,
     /// The call's room in the record queue (dropped unused by a call that is not recorded).
     slot: Option<Slot>,
@@ -369,6 +375,11 @@ impl Completion {
             &tokens,
             self.record.estimated,
         );
+        if let Some(money) = self.money.take() {
+            // Reserved only for a priced model: a cost is known (what was reserved otherwise).
+            let cost = self.record.cost_nanos.unwrap_or(money.amount());
+            money.settle(cost);
+        }
         if let Some(tx) = self.cost_to.take() {
             // The answer may be gone already (the client left): nobody to tell.
             let _ = tx.send((self.record.cost_nanos, self.record.cost_status));

@@ -286,10 +286,17 @@ fn spend_bound(endpoint: Endpoint, body_len: usize, request: &RequestView) -> u6
     estimate::prompt_upper_bound(body_len, request).saturating_add(completion)
 }
 
-/// Reserves what the call may spend; with the key's `fit_max_tokens`, a call that does not fit
-/// reserves what is left instead. The answer's second part is the `max_tokens` to send: the
-/// lowered one, or [`DEFAULT_MAX_TOKENS`] for a request that names none (without it the model
+/// What a call holds of the budgets until it ends, and the `max_tokens` to send upstream (a
+/// lowered one, or [`DEFAULT_MAX_TOKENS`] for a request that names none: without it the model
 /// could write past the reservation).
+#[derive(Default)]
+struct Held {
+    tokens: Option<crate::keys::Reservation>,
+    money: Option<crate::keys::Reservation>,
+    max_tokens: Option<u64>,
+}
+
+/// Reserves what the call may spend in tokens and, under a money budget, in nano-dollars.
 async fn reserve(
     state: &GatewayState,
     key: &KeyEntry,
@@ -297,27 +304,88 @@ async fn reserve(
     body_len: usize,
     request: &RequestView<'_>,
     at: jiff::Timestamp,
-) -> Result<Option<(crate::keys::Reservation, Option<u64>)>, GatewayError> {
+) -> Result<Held, GatewayError> {
     if !endpoint.spends_tokens() {
-        return Ok(None);
+        return Ok(Held::default());
     }
+    let mut held = Held::default();
+    if let Some((reservation, lowered)) =
+        reserve_tokens(state, key, endpoint, body_len, request, at).await?
+    {
+        held.tokens = Some(reservation);
+        held.max_tokens = lowered;
+    }
+    let money = reserve_money(state, key, endpoint, body_len, request, at, held.max_tokens).await?;
+    if money.is_some() && held.max_tokens.is_none() {
+        held.max_tokens = (endpoint.has_completion() && request.max_tokens().is_none())
+            .then_some(DEFAULT_MAX_TOKENS);
+    }
+    held.money = money;
+    Ok(held)
+}
+
+/// The refusal of a spent budget (`what`: "token" or "money"), saying when it resets.
+fn exhausted(
+    state: &GatewayState,
+    who: &str,
+    what: &str,
+    budget: &Budget,
+    at: jiff::Timestamp,
+) -> GatewayError {
+    let when = match budget.period() {
+        Some(period) => format!(
+            "it resets at {} (every {})",
+            period.window(at, &state.config.timezone).end,
+            period.name()
+        ),
+        None => "or wait for it to be reset".to_owned(),
+    };
+    GatewayError::QuotaExhausted(format!(
+        "{who} {what} budget is used up (or what this request may use does not fit in what is left); raise the limit in the token console, {when}"
+    ))
+}
+
+/// Maps a refusal of the global or the key's budget of `what` to the client's error.
+fn refused(
+    state: &GatewayState,
+    key: &KeyEntry,
+    what: &str,
+    (global, key_budget): (&Budget, &Budget),
+    refusal: Refusal,
+    at: jiff::Timestamp,
+) -> GatewayError {
+    match refusal {
+        Refusal::Global => exhausted(state, "the gateway's", what, global, at),
+        Refusal::Key => exhausted(
+            state,
+            &format!("the API key \"{}\"'s", key.settings().name),
+            what,
+            key_budget,
+            at,
+        ),
+        Refusal::Unavailable(reason) => {
+            tracing::error!("cannot confirm the {what} budget: {reason}");
+            GatewayError::QuotaExhausted(format!(
+                "the {what} budget cannot be confirmed right now (the gateway's database does not answer); retry shortly"
+            ))
+        }
+    }
+}
+
+/// Reserves the tokens the call may spend; with the key's `fit_max_tokens`, a call that does
+/// not fit reserves what is left instead. The answer's second part is the `max_tokens` to send.
+async fn reserve_tokens(
+    state: &GatewayState,
+    key: &KeyEntry,
+    endpoint: Endpoint,
+    body_len: usize,
+    request: &RequestView<'_>,
+    at: jiff::Timestamp,
+) -> Result<Option<(crate::keys::Reservation, Option<u64>)>, GatewayError> {
     let key_budget = key.budget.limit().is_some().then_some(&key.budget);
     if state.budget.limit().is_none() && key_budget.is_none() {
         return Ok(None);
     }
-    let exhausted = |who: &str, budget: &Budget| {
-        let when = match budget.period() {
-            Some(period) => format!(
-                "it resets at {} (every {})",
-                period.window(at, &state.config.timezone).end,
-                period.name()
-            ),
-            None => "or wait for it to be reset".to_owned(),
-        };
-        GatewayError::QuotaExhausted(format!(
-            "{who} token budget is used up (or the tokens this request may use do not fit in what is left); raise the limit in the token console, {when}"
-        ))
-    };
     let amount = spend_bound(endpoint, body_len, request);
     let fit = key.settings().fit_max_tokens && endpoint.has_completion();
     let reserved = match Budget::reserve(&state.budget, key_budget, amount, at).await {
@@ -341,20 +409,72 @@ async fn reserve(
             (r, unlimited.then_some(DEFAULT_MAX_TOKENS))
         }),
     };
-    match reserved {
-        Ok(reserved) => Ok(Some(reserved)),
-        Err(Refusal::Global) => Err(exhausted("the gateway's", &state.budget)),
-        Err(Refusal::Key) => Err(exhausted(
-            &format!("the API key \"{}\"'s", key.settings().name),
-            &key.budget,
-        )),
-        Err(Refusal::Unavailable(reason)) => {
-            tracing::error!("cannot confirm the token budget: {reason}");
-            Err(GatewayError::QuotaExhausted(
-                "the token budget cannot be confirmed right now (the gateway's database does not answer); retry shortly".into(),
-            ))
-        }
+    reserved.map(Some).map_err(|refusal| {
+        refused(
+            state,
+            key,
+            "token",
+            (&state.budget, &key.budget),
+            refusal,
+            at,
+        )
+    })
+}
+
+/// Reserves, under a money budget (the global `quota.total_cost` or the key's `cost_limit`),
+/// what the call can cost at most: its token bound at the model's highest prices, with the
+/// output bound lowered to `max_tokens` when the token budget lowered it. A model without a
+/// known price is refused: its cost could not be bounded, nor charged.
+async fn reserve_money(
+    state: &GatewayState,
+    key: &KeyEntry,
+    endpoint: Endpoint,
+    body_len: usize,
+    request: &RequestView<'_>,
+    at: jiff::Timestamp,
+    max_tokens: Option<u64>,
+) -> Result<Option<crate::keys::Reservation>, GatewayError> {
+    let key_budget = key
+        .cost_budget
+        .limit()
+        .is_some()
+        .then_some(&key.cost_budget);
+    if state.cost_budget.limit().is_none() && key_budget.is_none() {
+        return Ok(None);
     }
+    let model = request.model.as_deref().unwrap_or_default();
+    let input = estimate::prompt_upper_bound(body_len, request);
+    let output = if endpoint.has_completion() {
+        max_tokens
+            .or(request.max_tokens())
+            .unwrap_or(DEFAULT_MAX_TOKENS)
+            .saturating_mul(request.choices())
+    } else {
+        0
+    };
+    let Some(nanos) = state.sinks.prices.max_cost_nanos(model, at, input, output) else {
+        let whose = if key_budget.is_some() {
+            format!("the API key \"{}\" has", key.settings().name)
+        } else {
+            "the gateway has".to_owned()
+        };
+        return Err(GatewayError::Forbidden(format!(
+            "the model \"{model}\" has no known price, and {whose} a money budget, which cannot admit a call whose cost it cannot bound; add its price under pricing.models in config.yaml, or remove the money limit"
+        )));
+    };
+    Budget::reserve(&state.cost_budget, key_budget, nanos, at)
+        .await
+        .map(Some)
+        .map_err(|refusal| {
+            refused(
+                state,
+                key,
+                "money",
+                (&state.cost_budget, &key.cost_budget),
+                refusal,
+                at,
+            )
+        })
 }
 
 async fn prepare(
@@ -431,7 +551,7 @@ async fn prepare(
         ));
     }
     let mut body = with_usage.unwrap_or_else(|| bytes.clone());
-    if let Some((reservation, lowered)) = reserve(
+    let held = reserve(
         state,
         &key,
         endpoint,
@@ -439,13 +559,11 @@ async fn prepare(
         &view,
         meter.recorded_at(),
     )
-    .await?
-    {
-        if let Some(max_tokens) = lowered {
-            body = lower_max_tokens(&body, endpoint, &view, max_tokens);
-        }
-        meter.hold(reservation);
+    .await?;
+    if let Some(max_tokens) = held.max_tokens {
+        body = lower_max_tokens(&body, endpoint, &view, max_tokens);
     }
+    meter.hold(held.tokens, held.money);
     Ok(Prepared {
         provider,
         headers,

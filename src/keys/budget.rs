@@ -174,9 +174,9 @@ impl Ledger {
         &self.clock
     }
 
-    /// The row of budget `scope` (tokens) with `period` that `at` is charged to.
-    pub fn row(&self, scope: i64, period: Option<Period>, at: Timestamp) -> LedgerRow {
-        ledger_row(scope, UNIT_TOKENS, period, at, &self.timezone)
+    /// The row of budget `scope` counting `unit` with `period` that `at` is charged to.
+    pub fn row(&self, scope: i64, unit: i64, period: Option<Period>, at: Timestamp) -> LedgerRow {
+        ledger_row(scope, unit, period, at, &self.timezone)
     }
 
     fn local_rows(&self) -> Option<MutexGuard<'_, LocalRows>> {
@@ -204,12 +204,18 @@ impl Ledger {
     /// `charged` (the row the call's slice is charged to), so that a limit or period set later
     /// starts from them (in-memory ledger only; the store's ledger rebuilds a row from the
     /// recorded usage).
-    fn note_use(&self, scope: i64, at: Timestamp, tokens: u64, charged: Option<LedgerRow>) {
+    fn note_use(
+        &self,
+        (scope, unit): (i64, i64),
+        at: Timestamp,
+        tokens: u64,
+        charged: Option<LedgerRow>,
+    ) {
         let Some(mut rows) = self.local_rows() else {
             return;
         };
         for period in PERIODS {
-            let row = self.row(scope, period, at);
+            let row = self.row(scope, unit, period, at);
             if Some(row) == charged {
                 continue;
             }
@@ -389,11 +395,13 @@ impl State {
     }
 }
 
-/// A token budget: a limit (or none), how often it resets, and the slices of it this instance
-/// holds.
+/// A budget of tokens or of money: a limit (or none), how often it resets, and the slices of it
+/// this instance holds.
 #[derive(Debug)]
 pub struct Budget {
     scope: i64,
+    /// What it counts: [`UNIT_TOKENS`] or [`crate::store::UNIT_NANO_USD`].
+    unit: i64,
     ledger: Arc<Ledger>,
     state: Mutex<State>,
     refill: tokio::sync::Mutex<()>,
@@ -414,7 +422,7 @@ struct Part {
 }
 
 impl Budget {
-    /// The budget `scope` of the ledger (0: global, else a key id) with `limit` (`None`:
+    /// The token budget `scope` of the ledger (0: global, else a key id) with `limit` (`None`:
     /// unlimited), starting again from nothing every `period` (`None`: never).
     pub fn new(
         ledger: Arc<Ledger>,
@@ -422,8 +430,20 @@ impl Budget {
         limit: Option<u64>,
         period: Option<Period>,
     ) -> Self {
+        Self::of_unit(ledger, scope, UNIT_TOKENS, limit, period)
+    }
+
+    /// The budget `scope` counting `unit` (see [`Budget::new`]).
+    pub fn of_unit(
+        ledger: Arc<Ledger>,
+        scope: i64,
+        unit: i64,
+        limit: Option<u64>,
+        period: Option<Period>,
+    ) -> Self {
         Self {
             scope,
+            unit,
             ledger,
             state: Mutex::new(State {
                 limit,
@@ -576,7 +596,7 @@ impl Budget {
         let mut key_returns = Vec::new();
         let reserved = (|| {
             let mut g = global.lock();
-            let g_row = global.ledger.row(global.scope, g.period, at);
+            let g_row = global.ledger.row(global.scope, global.unit, g.period, at);
             g.enter(g_row, &mut returns);
             let mut amount = most;
             if g.limit.is_some() {
@@ -588,7 +608,7 @@ impl Budget {
             let key_part = match key {
                 Some(key) => {
                     let mut k = key.lock();
-                    let k_row = key.ledger.row(key.scope, k.period, at);
+                    let k_row = key.ledger.row(key.scope, key.unit, k.period, at);
                     k.enter(k_row, &mut key_returns);
                     if k.limit.is_some() {
                         amount = amount.min(k.slice(k_row).free());
@@ -643,7 +663,7 @@ impl Budget {
         let (row, period, plan) = {
             let mut state = self.lock();
             let period = state.period;
-            let row = self.ledger.row(self.scope, period, at);
+            let row = self.ledger.row(self.scope, self.unit, period, at);
             state.enter(row, &mut returns);
             (row, period, to_lease(&mut state, row, least, most))
         };
@@ -722,11 +742,13 @@ impl Budget {
                     to_i64(overdraft) - to_i64(returned),
                     -to_i64(from_slice) - to_i64(returned),
                 );
-                self.ledger.note_use(self.scope, at, actual, Some(part.row));
+                self.ledger
+                    .note_use((self.scope, self.unit), at, actual, Some(part.row));
             }
             None => {
                 self.ledger.give_back(part.row, returned);
-                self.ledger.note_use(self.scope, at, actual, None);
+                self.ledger
+                    .note_use((self.scope, self.unit), at, actual, None);
             }
         }
     }

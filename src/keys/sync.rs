@@ -47,7 +47,8 @@ struct Parts {
     id: String,
     store: Store,
     keys: Arc<KeyRegistry>,
-    global: Arc<Budget>,
+    /// The global budgets: tokens and money.
+    global: [Arc<Budget>; 2],
     ledger: Arc<Ledger>,
 }
 
@@ -64,12 +65,13 @@ impl Instance {
         format!("{}-{suffix}", std::process::id())
     }
 
-    /// Starts keeping `keys`, the `global` budget and their `ledger` in step with `store`.
+    /// Starts keeping `keys`, the `global` budgets (tokens, money) and their `ledger` in step
+    /// with `store`.
     pub fn start(
         id: String,
         store: Store,
         keys: Arc<KeyRegistry>,
-        global: Arc<Budget>,
+        global: [Arc<Budget>; 2],
         ledger: Arc<Ledger>,
     ) -> Self {
         let (stop, stopped) = watch::channel(false);
@@ -170,7 +172,7 @@ impl Parts {
 
     fn budgets(&self) -> Vec<Arc<Budget>> {
         let mut budgets = self.keys.key_budgets();
-        budgets.push(self.global.clone());
+        budgets.extend(self.global.iter().cloned());
         budgets
     }
 }

@@ -26,6 +26,8 @@ pub const GLOBAL_SCOPE: i64 = 0;
 
 /// The unit of a token budget's ledger rows.
 pub const UNIT_TOKENS: i64 = 0;
+/// The unit of a money budget's ledger rows: nano-dollars (10⁻⁹ USD) of priced calls.
+pub const UNIT_NANO_USD: i64 = 1;
 
 /// One row of the budget ledger: a budget (`scope`: [`GLOBAL_SCOPE`] or a key id), the unit it
 /// counts, and the period its figures belong to — a budget that resets has a row per period, so a
@@ -34,7 +36,7 @@ pub const UNIT_TOKENS: i64 = 0;
 pub struct LedgerRow {
     /// The global budget or a key id.
     pub scope: i64,
-    /// What it counts ([`UNIT_TOKENS`]).
+    /// What it counts ([`UNIT_TOKENS`] or [`UNIT_NANO_USD`]).
     pub unit: i64,
     /// 0 for a budget that never resets, else [`crate::clock::Period::code`].
     pub period: i64,
@@ -132,6 +134,8 @@ pub struct KeyRow {
     pub enabled: bool,
     /// Token budget of the key; `None` is unlimited.
     pub token_limit: Option<u64>,
+    /// Money budget of the key in nano-dollars; `None` is unlimited.
+    pub cost_limit_nanos: Option<u64>,
     /// Requests per minute; `None` is unlimited.
     pub rpm_limit: Option<u32>,
     /// Glob patterns of the models it may use; `None` is all.
@@ -178,6 +182,8 @@ pub struct KeyPatch {
     pub enabled: Option<bool>,
     /// Token limit.
     pub token_limit: Option<Option<u64>>,
+    /// Money limit in nano-dollars.
+    pub cost_limit_nanos: Option<Option<u64>>,
     /// Requests-per-minute limit.
     pub rpm_limit: Option<Option<u32>>,
     /// Allowed model patterns.
@@ -538,9 +544,12 @@ impl Store {
         run!(read, self, logs(&query))
     }
 
-    /// Tokens per key id recorded on local days from `first_day` (YYYYMMDD) on, with the
-    /// calls of every key under [`GLOBAL_SCOPE`].
-    pub async fn usage_since_day(&self, first_day: i64) -> Result<HashMap<i64, u64>, StoreError> {
+    /// Tokens and nano-dollars per key id recorded on local days from `first_day` (YYYYMMDD)
+    /// on, with the calls of every key under [`GLOBAL_SCOPE`].
+    pub async fn usage_since_day(
+        &self,
+        first_day: i64,
+    ) -> Result<HashMap<i64, (u64, u64)>, StoreError> {
         run!(read, self, usage_since_day(first_day))
     }
 

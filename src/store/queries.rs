@@ -68,7 +68,7 @@ impl<'a> Conditions<'a> {
 
 const KEY_SELECT: &str = "SELECT id, name, description, key_hash, display, created_at, last_used,
     enabled, token_limit, rpm_limit, allowed_models, expires_at, deleted_at, version,
-    fit_max_tokens, limit_period FROM api_keys";
+    fit_max_tokens, limit_period, cost_limit_nanos FROM api_keys";
 
 fn read_key(row: &Row) -> Result<KeyRow, StoreError> {
     let mut hash = [0u8; 32];
@@ -99,6 +99,7 @@ fn read_key(row: &Row) -> Result<KeyRow, StoreError> {
         limit_period: row
             .opt_text(15)?
             .and_then(|name| crate::clock::Period::parse(&name)),
+        cost_limit_nanos: row.opt_int(16)?.map(|v| v.max(0) as u64),
     })
 }
 
@@ -187,6 +188,7 @@ fn apply_patch(key: &mut KeyRow, patch: &KeyPatch) {
     set(&mut key.expires_at, patch.expires_at);
     set(&mut key.fit_max_tokens, patch.fit_max_tokens);
     set(&mut key.limit_period, patch.limit_period);
+    set(&mut key.cost_limit_nanos, patch.cost_limit_nanos);
 }
 
 /// Applies a patch to a live key; `None` when there is no such live key.
@@ -200,6 +202,7 @@ pub async fn update_key(
         return Ok(None);
     };
     let was_limited = key.token_limit.is_some();
+    let was_cost_limited = key.cost_limit_nanos.is_some();
     let old_period = key.limit_period;
     apply_patch(&mut key, patch);
     let allowed = key
@@ -210,7 +213,8 @@ pub async fn update_key(
         .execute(
             "UPDATE api_keys SET name = $2, description = $3, enabled = $4, token_limit = $5,
              rpm_limit = $6, allowed_models = $7, expires_at = $8, fit_max_tokens = $9,
-             limit_period = $10, version = (SELECT MAX(version) + 1 FROM api_keys) WHERE id = $1",
+             limit_period = $10, cost_limit_nanos = $11,
+             version = (SELECT MAX(version) + 1 FROM api_keys) WHERE id = $1",
             &[
                 id.into(),
                 key.name.as_str().into(),
@@ -222,16 +226,29 @@ pub async fn update_key(
                 key.expires_at.map(ms).into(),
                 key.fit_max_tokens.into(),
                 key.limit_period.map(crate::clock::Period::name).into(),
+                key.cost_limit_nanos.into(),
             ],
         )
         .await;
     name_taken(updated, &key.name)?;
-    if was_limited && key.token_limit.is_none() {
-        // Unlimited keys are not charged to the ledger: a later limit starts from the recorded
-        // usage again.
-        db.execute("DELETE FROM budgets WHERE scope = $1", &[id.into()])
+    // Unlimited budgets are not charged to the ledger: a later limit starts from the recorded
+    // usage again.
+    for (cleared, unit) in [
+        (was_limited && key.token_limit.is_none(), super::UNIT_TOKENS),
+        (
+            was_cost_limited && key.cost_limit_nanos.is_none(),
+            super::UNIT_NANO_USD,
+        ),
+    ] {
+        if cleared {
+            db.execute(
+                "DELETE FROM budgets WHERE scope = $1 AND unit = $2",
+                &[id.into(), unit.into()],
+            )
             .await?;
-    } else if old_period != key.limit_period {
+        }
+    }
+    if old_period != key.limit_period {
         // Rows of the other periods are no longer charged: should the period come back, its row
         // starts from the recorded usage again.
         let period = key.limit_period.map_or(0, crate::clock::Period::code);
@@ -369,15 +386,16 @@ pub async fn usage_of_key(db: &mut impl Db, key_id: i64) -> Result<Aggregate, St
     }
 }
 
-/// Tokens per key id on local days from `first_day` on; every key's under [`GLOBAL_SCOPE`].
+/// Tokens and nano-dollars per key id on local days from `first_day` on; every key's under
+/// [`GLOBAL_SCOPE`].
 pub async fn usage_since_day(
     db: &mut impl Db,
     first_day: i64,
-) -> Result<HashMap<i64, u64>, StoreError> {
+) -> Result<HashMap<i64, (u64, u64)>, StoreError> {
     let rows = db
         .query(
-            "SELECT key_id, CAST(SUM(total_tokens) AS BIGINT) FROM agg_day
-             WHERE day >= $1 GROUP BY key_id",
+            "SELECT key_id, CAST(SUM(total_tokens) AS BIGINT), CAST(SUM(cost_nanos) AS BIGINT)
+             FROM agg_day WHERE day >= $1 GROUP BY key_id",
             &[first_day.into()],
         )
         .await?;
@@ -388,7 +406,7 @@ pub async fn usage_since_day(
             GLOBAL_SCOPE => continue,
             id => id,
         };
-        used.insert(key_id, row.count(1)?);
+        used.insert(key_id, (row.count(1)?, row.count(2)?));
     }
     Ok(used)
 }
@@ -786,10 +804,17 @@ fn row_params(row: &LedgerRow) -> Vec<Param<'static>> {
 /// The usage recorded under a ledger row's budget in its period: all time from `agg_total` for
 /// a budget that never resets, else from the period's first local day on in `agg_day`.
 async fn recorded_use(db: &mut impl Db, row: &LedgerRow) -> Result<u64, StoreError> {
+    let column = if row.unit == super::UNIT_NANO_USD {
+        "cost_nanos"
+    } else {
+        "total_tokens"
+    };
     let found = if row.period == 0 {
         db.query_one(
-            "SELECT CAST(COALESCE(SUM(total_tokens), 0) AS BIGINT) FROM agg_total
-             WHERE CAST($1 AS BIGINT) = CAST($2 AS BIGINT) OR key_id = $1",
+            &format!(
+                "SELECT CAST(COALESCE(SUM({column}), 0) AS BIGINT) FROM agg_total
+                 WHERE CAST($1 AS BIGINT) = CAST($2 AS BIGINT) OR key_id = $1"
+            ),
             &[row.scope.into(), GLOBAL_SCOPE.into()],
         )
         .await?
@@ -800,8 +825,10 @@ async fn recorded_use(db: &mut impl Db, row: &LedgerRow) -> Result<u64, StoreErr
             row.scope
         };
         db.query_one(
-            "SELECT CAST(COALESCE(SUM(total_tokens), 0) AS BIGINT) FROM agg_day
-             WHERE key_id = $1 AND day BETWEEN $2 AND $3",
+            &format!(
+                "SELECT CAST(COALESCE(SUM({column}), 0) AS BIGINT) FROM agg_day
+                 WHERE key_id = $1 AND day BETWEEN $2 AND $3"
+            ),
             &[key_id.into(), row.first_day.into(), row.last_day.into()],
         )
         .await?

@@ -17,6 +17,7 @@ mod faults;
 mod gateway_bounds;
 mod gateway_errors;
 mod gateway_flows;
+mod money_budgets;
 mod multi_instance;
 mod otel;
 mod process;

@@ -1,10 +1,13 @@
--- token-console schema: budgets that start again from nothing every day, week or month.
+-- token-console schema: budgets that start again from nothing every day, week or month, and
+-- money budgets.
 
--- How often the key's limit resets: 'day', 'week', 'month', or NULL (never).
+-- How often the key's limits reset: 'day', 'week', 'month', or NULL (never).
 ALTER TABLE api_keys ADD COLUMN limit_period TEXT;
+-- The key's money budget in nano-dollars (10⁻⁹ USD) of priced calls; NULL: unlimited.
+ALTER TABLE api_keys ADD COLUMN cost_limit_nanos {int};
 
 -- The budget ledger gets a row per budget, unit and period, so that a call is charged to the
--- period it was admitted in. `unit` 0 counts tokens; `period` 0 never resets (its
+-- period it was admitted in. `unit` 0 counts tokens, 1 nano-dollars; `period` 0 never resets (its
 -- `period_start` is 0), else 1 day, 2 week, 3 month, from `period_start` (UTC milliseconds).
 -- The rows and leases kept so far are token budgets that never reset.
 CREATE TABLE budget_rows (
