@@ -21,6 +21,9 @@ pub async fn stats(state: &ConsoleState, filter: UsageFilter) -> Result<Stats, C
             state.config.limit_period,
         ),
     };
+    // The calls first, then the period's use: a record committed in between shows in the
+    // period's figures, never the other way round.
+    let models = state.store.usage_by_model(filter).await?;
     let current = match period {
         Some(period) => {
             let scope = filter.key_id.unwrap_or(GLOBAL_SCOPE);
@@ -29,7 +32,6 @@ pub async fn stats(state: &ConsoleState, filter: UsageFilter) -> Result<Stats, C
         }
         None => None,
     };
-    let models = state.store.usage_by_model(filter).await?;
     let mut stats = build_stats(models, budget, current);
     stats.cost_limit = cost_limit.map(usd);
     stats.display_currency =

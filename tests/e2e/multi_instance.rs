@@ -496,6 +496,57 @@ async fn a_keys_monthly_limit_holds_across_instances() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_keys_money_limit_holds_across_instances() {
+    if !on_postgres() {
+        eprintln!("SKIPPED: budgets are shared by several instances on PostgreSQL only (on SQLite, one instance keeps its ledger in memory)");
+        return;
+    }
+    let mock = Mock::start();
+    let dir = tempdir();
+    // 1,000 nano-dollars an input token, 2,000 an output token.
+    let prices =
+        "pricing:\n  models:\n    - match: \"mock-byte-tokens\"\n      input: 1\n      output: 2\n";
+    let (a, b) = pair(
+        dir.path(),
+        &format!("{prices}{}", providers_yaml(&mock.url)),
+    );
+    let (id, key) = a.create_key("spender").await;
+    let (body, reserved, used_per_call) = byte_chat();
+    // The most a call can cost: its prompt bound at the input price, max_tokens (20) at the
+    // output price; what it costs: its input at the input price, 20 output tokens.
+    let most = (reserved - 20) * 1_000 + 20 * 2_000;
+    let cost = (used_per_call - 20) * 1_000 + 20 * 2_000;
+    let limit = 3 * most;
+    let patch: Value = serde_json::from_str(&format!(
+        "{{\"cost_limit\": {}.{:09}}}",
+        limit / 1_000_000_000,
+        limit % 1_000_000_000
+    ))
+    .unwrap();
+    let (status, answer) = b.patch(&format!("/api/console/keys/{id}"), &patch).await;
+    assert_eq!(status, 200, "{answer}");
+    barrier(&b, &a, "sentinel").await;
+    let (ok, refused) = race(&a, &b, &key, 50, &body).await;
+    eprintln!("{ok} answered, {refused} refused under a money limit fitting 3");
+    assert!((1..=3).contains(&ok), "{ok} calls answered");
+    assert_eq!(
+        mock.stats().await["by_path"]["/v1/chat/completions"].as_u64(),
+        Some(ok)
+    );
+    chat_calls_recorded(&a, &b, 50).await;
+    let keys = b.data("/api/console/keys").await;
+    let view = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == id)
+        .unwrap()
+        .clone();
+    assert_eq!(view["cost_nanos"], ok * cost, "{view}");
+    assert!(ok * cost <= limit);
+}
+
 #[tokio::test]
 async fn fit_max_tokens_set_through_one_instance_is_honoured_by_the_other() {
     let mock = Mock::start();
