@@ -104,6 +104,22 @@ pub struct Cli {
     /// periods they are charged to; never set it in production.
     #[arg(long, env = "CONSOLE_TEST_NOW", hide = true)]
     pub test_now: Option<String>,
+    /// What to do instead of serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// A one-off job run instead of the server.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
+pub enum Command {
+    /// Recompute the stored cost of recorded calls (raw rows and aggregates) from their stored
+    /// tokens with the current prices: the `pricing:` overrides and the bundled table. The
+    /// gateway may keep running meanwhile.
+    Reprice {
+        /// Only calls at or after this date (midnight UTC) or RFC 3339 instant, e.g. 2026-12-01.
+        #[arg(long)]
+        from: Option<String>,
+    },
 }
 
 impl Cli {
@@ -724,7 +740,7 @@ fn validate_override(
         .from
         .as_ref()
         .map(|from| {
-            parse_instant(&from.value).ok_or_else(|| {
+            crate::pricing::parse_instant(&from.value).ok_or_else(|| {
                 ConfigError::Invalid(format!(
                     "{} \"{}\" is neither a date (2026-12-01, midnight UTC) nor an RFC 3339 instant (2026-12-01T08:00:00+08:00)",
                     at_line(&key("from"), from),
@@ -747,15 +763,6 @@ fn validate_override(
         },
         place,
     ))
-}
-
-/// A date (midnight UTC) or an RFC 3339 instant.
-fn parse_instant(text: &str) -> Option<jiff::Timestamp> {
-    let text = text.trim();
-    text.parse::<jiff::Timestamp>().ok().or_else(|| {
-        let date = text.parse::<jiff::civil::Date>().ok()?;
-        Some(date.to_zoned(jiff::tz::TimeZone::UTC).ok()?.timestamp())
-    })
 }
 
 /// Default `otel.export_interval_ms`: spans and metrics leave in batches every 5 s.

@@ -122,6 +122,7 @@ impl AppState {
         let config = Arc::new(config);
         let console = ConsoleState {
             prices: prices.clone(),
+            repricing: Arc::default(),
             config: config.clone(),
             store: store.clone(),
             keys: keys.clone(),

@@ -27,6 +27,7 @@ use utoipa::OpenApi;
         super::patch_key,
         super::delete_key,
         super::export,
+        super::reprice,
         super::openapi,
     )
 )]

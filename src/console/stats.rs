@@ -155,6 +155,45 @@ pub fn build_stats(
     }
 }
 
+/// `POST /reprice`: reprices the calls at or after `from` (all when absent), one run at a time.
+pub async fn reprice(
+    state: &ConsoleState,
+    body: super::wire::RepriceBody,
+) -> Result<super::wire::RepriceDone, ConsoleError> {
+    let from = match body.from.as_deref() {
+        Some(text) => Some(crate::pricing::parse_instant(text).ok_or_else(|| {
+            ConsoleError::BadRequest(format!(
+                "from \"{text}\" is neither a date (2026-12-01) nor an RFC 3339 instant (2026-12-01T08:00:00+08:00)"
+            ))
+        })?),
+        None => None,
+    };
+    let Ok(_running) = state.repricing.try_lock() else {
+        return Err(ConsoleError::Conflict(
+            "a repricing is already running; try again when it has finished".into(),
+        ));
+    };
+    let done = crate::reprice::run(&state.store, state.prices.clone(), from, |p| {
+        tracing::info!(
+            hours_done = p.hours_done,
+            hours_total = p.hours_total,
+            calls_changed = p.changed.calls_changed,
+            "repricing"
+        );
+    })
+    .await?;
+    let c = done.changed;
+    Ok(super::wire::RepriceDone {
+        hours: done.hours_done,
+        calls_changed: c.calls_changed,
+        exact_aggregates: c.exact_rows,
+        approximate_aggregates: c.approximate_rows,
+        cost_delta: c.cost_delta as f64 / 1e9,
+        cost_delta_nanos: c.cost_delta,
+        summary: crate::reprice::summary(&done),
+    })
+}
+
 fn day_number(date: jiff::civil::Date) -> i64 {
     i64::from(date.year()) * 10_000 + i64::from(date.month()) * 100 + i64::from(date.day())
 }

@@ -447,6 +447,35 @@ impl From<LimitPeriod> for crate::clock::Period {
     }
 }
 
+/// `POST /api/console/reprice` body.
+#[derive(Deserialize, Default, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RepriceBody {
+    /// Only calls at or after this date (midnight UTC) or RFC 3339 instant; absent: every call.
+    #[serde(default)]
+    pub from: Option<String>,
+}
+
+/// What `POST /api/console/reprice` changed.
+#[derive(Serialize, Clone, ToSchema)]
+pub struct RepriceDone {
+    /// Hours of recorded calls repriced.
+    pub hours: u64,
+    /// Stored calls whose cost changed.
+    pub calls_changed: u64,
+    /// Hourly aggregates summed exactly from their stored calls.
+    pub exact_aggregates: u64,
+    /// Hourly aggregates priced from their summed tokens (their calls were trimmed by
+    /// `max_logs`): exact for flat prices up to half a nano-dollar per call.
+    pub approximate_aggregates: u64,
+    /// Change of the total cost, USD.
+    pub cost_delta: f64,
+    /// The same in nano-dollars.
+    pub cost_delta_nanos: i64,
+    /// One line saying all this.
+    pub summary: String,
+}
+
 /// `PATCH /api/console/keys/{id}` body; an absent field is left alone, `null` clears a limit.
 #[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]

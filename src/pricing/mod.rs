@@ -268,6 +268,18 @@ impl PriceBook {
     }
 }
 
+/// A date (midnight UTC) or an RFC 3339 instant, as `from` values are written, to the
+/// millisecond (calls are stored to the millisecond: a price then applies to the same calls
+/// when they are recorded and when they are repriced).
+pub fn parse_instant(text: &str) -> Option<jiff::Timestamp> {
+    let text = text.trim();
+    let ts = text.parse::<jiff::Timestamp>().ok().or_else(|| {
+        let date = text.parse::<jiff::civil::Date>().ok()?;
+        Some(date.to_zoned(jiff::tz::TimeZone::UTC).ok()?.timestamp())
+    })?;
+    jiff::Timestamp::from_millisecond(ts.as_millisecond()).ok()
+}
+
 /// Nano-dollars as a USD number for the wire (exact to the nano-dollar up to 2⁵³ nanos).
 pub fn usd(nanos: u64) -> f64 {
     nanos as f64 / NANOS_PER_USD as f64
@@ -423,7 +435,8 @@ mod tests {
         let at = ts("2026-06-01T00:00:00Z");
         let mtok = |model: &str| book.prices(model, at).cloned();
         // Published list prices (USD per million tokens): input, output, cache read, cache write.
-        let cases: [(&str, f64, f64, Option<f64>, Option<f64>); 4] = [
+        type Published<'a> = (&'a str, f64, f64, Option<f64>, Option<f64>);
+        let cases: [Published; 4] = [
             ("gpt-4o", 2.5, 10.0, Some(1.25), None),
             ("gpt-4o-mini", 0.15, 0.6, Some(0.075), None),
             ("claude-3-5-haiku-20241022", 0.8, 4.0, Some(0.08), Some(1.0)),

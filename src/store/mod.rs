@@ -265,6 +265,27 @@ impl Aggregate {
     }
 }
 
+/// What a call costs: `(model, when, tokens, estimated)` → its cost in nano-dollars (`None`:
+/// no price) and status. Repricing hands the price book to the store as one of these.
+pub type Pricer = Arc<
+    dyn Fn(&str, jiff::Timestamp, &TokenUsage, bool) -> (Option<u64>, crate::pricing::CostStatus)
+        + Send
+        + Sync,
+>;
+
+/// What repricing a span of hours changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Repriced {
+    /// Raw call rows whose cost changed.
+    pub calls_changed: u64,
+    /// `agg_hour` rows summed exactly from their raw calls.
+    pub exact_rows: u64,
+    /// `agg_hour` rows priced from their summed tokens (their raw calls were trimmed).
+    pub approximate_rows: u64,
+    /// Change of the total cost, nano-dollars.
+    pub cost_delta: i64,
+}
+
 /// Which calls a statistic covers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct UsageFilter {
@@ -613,6 +634,24 @@ impl Store {
             .map_err(|e| StoreError::Task(format!("the OS random source failed: {e}")))?;
         let candidate: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         run!(write, self, deployment_id(&candidate))
+    }
+
+    /// The first and last hour (UTC hours since the epoch) holding calls at or after
+    /// `from_hour`.
+    pub async fn hour_span(&self, from_hour: i64) -> Result<Option<(i64, i64)>, StoreError> {
+        run!(read, self, hour_span(from_hour))
+    }
+
+    /// Recomputes the stored cost of the calls of hours `[first, end)` and of their aggregates
+    /// with `pricer`, in one transaction (see [`queries::reprice_hours`]).
+    pub async fn reprice_hours(
+        &self,
+        first: i64,
+        end: i64,
+        pricer: Pricer,
+    ) -> Result<Repriced, StoreError> {
+        let tz = self.timezone.clone();
+        run!(write, self, reprice_hours(first, end, &tz, &pricer))
     }
 
     /// Removes this instance on shutdown.

@@ -1038,3 +1038,201 @@ pub async fn deployment_id(db: &mut impl Db, candidate: &str) -> Result<String, 
         .await?
         .text(0)
 }
+
+// --- Repricing -----------------------------------------------------------------------------
+
+/// The first and last hour (UTC hours since the epoch) of `agg_hour` rows at or after
+/// `from_hour`; `None` when there are none.
+pub async fn hour_span(db: &mut impl Db, from_hour: i64) -> Result<Option<(i64, i64)>, StoreError> {
+    let row = db
+        .query_one(
+            "SELECT MIN(hour), MAX(hour) FROM agg_hour WHERE hour >= $1",
+            &[from_hour.into()],
+        )
+        .await?;
+    Ok(row.opt_int(0)?.zip(row.opt_int(1)?))
+}
+
+/// One `agg_hour` row as repricing reads it.
+struct HourRow {
+    dims: Dims,
+    calls: u64,
+    tokens: TokenUsage,
+    cost_nanos: u64,
+    unpriced_calls: u64,
+}
+
+/// The raw calls of one `agg_hour` row, repriced: how many, their cost, how many unpriced.
+#[derive(Default)]
+struct RawSums {
+    calls: u64,
+    cost_nanos: u64,
+    unpriced_calls: u64,
+}
+
+/// Recomputes the cost of the calls in hours `[first, end)` with `pricer`: the raw rows still
+/// kept, then the aggregates. An `agg_hour` row whose raw calls are all still kept gets their
+/// exact sum; one whose raw calls were trimmed (`max_logs`) is priced from its summed tokens at
+/// its hour's start (exact for flat prices, up to half a nano-dollar of rounding per call;
+/// long-context tiers and prices changing within the hour are not seen). `agg_day` and
+/// `agg_total` get the same changes. Changes are added (`+ delta`), so calls recorded meanwhile
+/// keep their own cost. Runs in the caller's transaction.
+pub async fn reprice_hours(
+    db: &mut impl Db,
+    first: i64,
+    end: i64,
+    tz: &jiff::tz::TimeZone,
+    pricer: &super::Pricer,
+) -> Result<super::Repriced, StoreError> {
+    let hours = read_hour_rows(db, first, end).await?;
+    let (raw, calls_changed) = reprice_calls(db, first, end, pricer).await?;
+    let mut changes: HashMap<(&'static str, Vec<i64>, String), (i64, i64)> = HashMap::new();
+    let mut done = super::Repriced {
+        calls_changed,
+        ..super::Repriced::default()
+    };
+    for row in hours {
+        let (hour, key_id, model) = row.dims.clone();
+        let (cost, unpriced) = match raw.get(&row.dims) {
+            Some(sums) if sums.calls == row.calls => {
+                done.exact_rows += 1;
+                (sums.cost_nanos, sums.unpriced_calls)
+            }
+            _ => {
+                done.approximate_rows += 1;
+                let start = from_ms(hour * MS_PER_HOUR);
+                match pricer(&model, start, &row.tokens, false) {
+                    (Some(nanos), _) => (nanos, 0),
+                    (None, _) => (0, row.calls),
+                }
+            }
+        };
+        let delta = (
+            to_i64(cost) - to_i64(row.cost_nanos),
+            to_i64(unpriced) - to_i64(row.unpriced_calls),
+        );
+        if delta == (0, 0) {
+            continue;
+        }
+        done.cost_delta += delta.0;
+        let day = local_day(from_ms(hour * MS_PER_HOUR), tz);
+        for target in [
+            ("agg_hour", vec![hour, key_id], model.clone()),
+            ("agg_day", vec![day, key_id], model.clone()),
+            ("agg_day", vec![day, ALL_KEYS], String::new()),
+            ("agg_total", vec![key_id], model),
+        ] {
+            let sum = changes.entry(target).or_default();
+            sum.0 += delta.0;
+            sum.1 += delta.1;
+        }
+    }
+    let mut changes: Vec<_> = changes.into_iter().collect();
+    changes.sort_by(|a, b| a.0.cmp(&b.0));
+    for ((table, ints, model), (cost, unpriced)) in changes {
+        let dims = match table {
+            "agg_hour" => "hour = $3 AND key_id = $4",
+            "agg_day" => "day = $3 AND key_id = $4",
+            _ => "key_id = $3",
+        };
+        let sql = format!(
+            "UPDATE {table} SET cost_nanos = {{greatest}}(0, cost_nanos + $1),
+             unpriced_calls = {{greatest}}(0, unpriced_calls + $2)
+             WHERE {dims} AND model = ${}",
+            ints.len() + 3
+        );
+        let mut params: Vec<Param> = vec![cost.into(), unpriced.into()];
+        params.extend(ints.into_iter().map(Param::from));
+        params.push(model.into());
+        db.execute(&sql, &params).await?;
+    }
+    Ok(done)
+}
+
+async fn read_hour_rows(
+    db: &mut impl Db,
+    first: i64,
+    end: i64,
+) -> Result<Vec<HourRow>, StoreError> {
+    let rows = db
+        .query(
+            "SELECT hour, key_id, model, calls, prompt_tokens, completion_tokens,
+             cache_read_tokens, cache_creation_tokens, reasoning_tokens, total_tokens,
+             cost_nanos, unpriced_calls FROM agg_hour WHERE hour >= $1 AND hour < $2
+             ORDER BY hour, key_id, model {for_update}",
+            &[first.into(), end.into()],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(HourRow {
+                dims: (row.int(0)?, row.int(1)?, row.text(2)?),
+                calls: row.count(3)?,
+                tokens: TokenUsage {
+                    prompt: row.count(4)?,
+                    completion: row.count(5)?,
+                    cache_read: row.count(6)?,
+                    cache_creation: row.count(7)?,
+                    reasoning: row.count(8)?,
+                    total: row.count(9)?,
+                },
+                cost_nanos: row.count(10)?,
+                unpriced_calls: row.count(11)?,
+            })
+        })
+        .collect()
+}
+
+/// Reprices the raw calls of hours `[first, end)`, updating those whose cost changed; returns
+/// their sums per `agg_hour` row (`count_tokens` calls left out, as the aggregates count them
+/// apart) and how many rows changed.
+async fn reprice_calls(
+    db: &mut impl Db,
+    first: i64,
+    end: i64,
+    pricer: &super::Pricer,
+) -> Result<(HashMap<Dims, RawSums>, u64), StoreError> {
+    let rows = db
+        .query(
+            "SELECT id, ts, model, key_id, endpoint, prompt_tokens, completion_tokens,
+             cache_read_tokens, cache_creation_tokens, reasoning_tokens, total_tokens, estimated,
+             cost_nanos, cost_status FROM calls WHERE ts >= $1 AND ts < $2",
+            &[(first * MS_PER_HOUR).into(), (end * MS_PER_HOUR).into()],
+        )
+        .await?;
+    let mut sums: HashMap<Dims, RawSums> = HashMap::new();
+    let mut changed = 0u64;
+    for row in &rows {
+        let ts = from_ms(row.int(1)?);
+        let model = row.text(2)?;
+        let tokens = TokenUsage {
+            prompt: row.count(5)?,
+            completion: row.count(6)?,
+            cache_read: row.count(7)?,
+            cache_creation: row.count(8)?,
+            reasoning: row.count(9)?,
+            total: row.count(10)?,
+        };
+        let (cost, status) = pricer(&model, ts, &tokens, row.bool(11)?);
+        let stored = row.opt_int(12)?.map(|v| v.max(0) as u64);
+        if (stored, status.as_str()) != (cost, row.text(13)?.as_str()) {
+            db.execute(
+                "UPDATE calls SET cost_nanos = $2, cost_status = $3 WHERE id = $1",
+                &[row.int(0)?.into(), cost.into(), status.as_str().into()],
+            )
+            .await?;
+            changed += 1;
+        }
+        if row.text(4)? == COUNT_TOKENS_PATH {
+            continue;
+        }
+        let hour = ms(ts).div_euclid(MS_PER_HOUR);
+        let sum = sums
+            .entry((hour, row.opt_int(3)?.unwrap_or(0), model))
+            .or_default();
+        sum.calls += 1;
+        sum.cost_nanos += cost.unwrap_or(0);
+        sum.unpriced_calls += u64::from(cost.is_none());
+    }
+    Ok((sums, changed))
+}

@@ -268,3 +268,166 @@ async fn an_effective_date_switches_the_price_and_the_display_currency_is_served
         json!({"code": "CNY", "rate": 7.1})
     );
 }
+
+/// Prices every token kind at `usd` per million tokens: `usd × 1000` nano-dollars a token.
+fn flat_prices(usd: u64) -> String {
+    format!("pricing:\n  models:\n    - match: \"mock-*\"\n      input: {usd}\n      output: {usd}\n      cache_read: {usd}\n      cache_write: {usd}\n")
+}
+
+/// The figures repricing must move: (stats total, sum of the trend, the key's cost, the sum of
+/// the exported rows, the sum of the kept log rows), nano-dollars (USD for the trend).
+async fn figures(server: &Server, key_id: i64) -> (u64, f64, u64, u64, u64) {
+    let stats = server.data("/api/console/stats").await;
+    let trend = server.data("/api/console/usage-trend?days=7").await;
+    let trend_sum: f64 = trend["costData"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .sum();
+    let keys = server.data("/api/console/keys").await;
+    let key = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == key_id)
+        .unwrap()["cost_nanos"]
+        .as_u64()
+        .unwrap();
+    let export: Value = serde_json::from_str(&server.text("/api/console/export").await).unwrap();
+    let sum = |rows: &Value| -> u64 {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["cost_nanos"].as_u64().unwrap())
+            .sum()
+    };
+    let logs = Value::Array(server.logs("limit=1000").await);
+    (
+        stats["total_cost_nanos"].as_u64().unwrap(),
+        trend_sum,
+        key,
+        sum(&export["logs"]),
+        sum(&logs),
+    )
+}
+
+#[tokio::test]
+async fn repricing_moves_every_figure_including_trimmed_calls() {
+    let mock = Mock::start();
+    let dir = crate::common::tempdir();
+    let (database, _keep) = crate::common::database_url(dir.path());
+    let providers = crate::common::providers_yaml(&mock.url);
+    // Two raw rows kept: of the four calls, the first two survive only in the aggregates.
+    let yaml = |usd| format!("{providers}console:\n  max_logs: 2\n{}", flat_prices(usd));
+    let mut server = Server::start(dir.path(), &yaml(1));
+    let (key_id, key) = server.create_key("cost").await;
+    let mut tokens = 0;
+    for n in 1..=4 {
+        let (row, _, _) = priced_call(&server, &mock, &key, n, ("openai", "mock-r", false)).await;
+        tokens += row["tokens"].as_u64().unwrap();
+    }
+    let at_one = tokens * 1000;
+    let (total, _, key_cost, exported, logged) = figures(&server, key_id).await;
+    assert_eq!((total, key_cost), (at_one, at_one));
+    assert!(exported < total && exported == logged, "two rows trimmed");
+    server.terminate();
+
+    // New prices: nothing moves until repricing, then every figure does.
+    let server = Server::start(dir.path(), &yaml(2));
+    assert_eq!(figures(&server, key_id).await.0, at_one);
+    let (status, done) = server.post("/api/console/reprice", &json!({})).await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["data"]["cost_delta_nanos"], json!(at_one), "{done}");
+    // The trimmed calls' hour is priced from its summed tokens.
+    assert!(
+        done["data"]["approximate_aggregates"].as_u64().unwrap() >= 1,
+        "{done}"
+    );
+    let (total, trend, key_cost, exported_after, logged_after) = figures(&server, key_id).await;
+    assert_eq!((total, key_cost), (2 * at_one, 2 * at_one));
+    assert_eq!(trend, (2 * at_one) as f64 / 1e9);
+    assert_eq!((exported_after, logged_after), (2 * exported, 2 * logged));
+    let (status, bad) = server
+        .post("/api/console/reprice", &json!({"from": "soon"}))
+        .await;
+    assert_eq!(status, 400, "{bad}");
+    drop(server);
+
+    // The command line does the same, here from a date on.
+    let config = dir.path().join("cli.yaml");
+    std::fs::write(&config, format!("database_url: {database}\n{}", yaml(3))).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_token-console"))
+        .arg("--config")
+        .arg(&config)
+        .args(["reprice", "--from", "2000-01-01"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with("repriced ") && stdout.contains("+0.0"),
+        "{stdout}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("token-console reprice: "));
+    let server = Server::start(dir.path(), &yaml(3));
+    assert_eq!(figures(&server, key_id).await.0, 3 * at_one);
+}
+
+#[tokio::test]
+async fn a_price_from_an_instant_reprices_the_calls_after_it_only() {
+    let mock = Mock::start();
+    let dir = crate::common::tempdir();
+    let (_, _keep) = crate::common::database_url(dir.path());
+    let providers = crate::common::providers_yaml(&mock.url);
+    let mut server = Server::start(dir.path(), &format!("{providers}{}", flat_prices(1)));
+    let (_, key) = server.create_key("cost").await;
+    let (before, _, _) = priced_call(&server, &mock, &key, 1, ("openai", "mock-t", false)).await;
+    // The instant between the two calls, to the millisecond (calls are stored to the
+    // millisecond).
+    let switch =
+        jiff::Timestamp::from_millisecond(jiff::Timestamp::now().as_millisecond() + 1).unwrap();
+    crate::common::wait_until("the clock to pass the switch", || async {
+        if jiff::Timestamp::now() >= switch {
+            Ok(())
+        } else {
+            Err("same millisecond".to_owned())
+        }
+    })
+    .await;
+    let (after, _, _) = priced_call(&server, &mock, &key, 2, ("openai", "mock-t", false)).await;
+    server.terminate();
+    let yaml = format!(
+        "{providers}{}    - match: \"mock-t\"\n      input: 5\n      output: 5\n      from: {switch}\n",
+        flat_prices(1)
+    );
+    let server = Server::start(dir.path(), &yaml);
+    let (status, done) = server.post("/api/console/reprice", &json!({})).await;
+    assert_eq!(status, 200, "{done}");
+    let rows = server.logs("limit=10").await;
+    let cost = |id: &Value| {
+        rows.iter().find(|r| &r["id"] == id).unwrap()["cost_nanos"]
+            .as_u64()
+            .unwrap()
+    };
+    let tokens = |row: &Value| row["tokens"].as_u64().unwrap();
+    assert_eq!(
+        cost(&before["id"]),
+        tokens(&before) * 1000,
+        "before the switch"
+    );
+    assert_eq!(
+        cost(&after["id"]),
+        tokens(&after) * 5000,
+        "from the switch on"
+    );
+    let stats = server.data("/api/console/stats").await;
+    assert_eq!(
+        stats["total_cost_nanos"],
+        json!(tokens(&before) * 1000 + tokens(&after) * 5000)
+    );
+}
