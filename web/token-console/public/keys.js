@@ -209,7 +209,12 @@ export class Keys {
             used: fmtInt(k.period_used),
             left: k.period_left === null || k.period_left === undefined ? t('card.unlimited') : fmtInt(k.period_left),
             resets: fmtDateTime(k.period_resets_at),
-          })) : null),
+          })) : null,
+          k.cost_limit === null || k.cost_limit === undefined ? null : h('div', { class: 'sub', dataset: { costLimit: String(k.cost_limit_nanos) } }, t('keys.costLimit', {
+            limit: fmtCost(k.cost_limit),
+            spent: fmtCost(k.period_cost),
+            left: fmtCost(k.period_cost_left),
+          }))),
         cell('enabled', labels.enabled, null, switchLabel),
         cell('actions', labels.actions, 'actions-col', h('div', { class: 'row-actions' }, copyBtn, delBtn)),
       ));
