@@ -1111,6 +1111,38 @@ mod tests {
     }
 
     #[test]
+    fn budget_periods_money_and_the_test_clock_are_read_and_checked() {
+        let config = Config::from_yaml(
+            "quota: {total_tokens: 10, total_cost: 2.5, limit_period: week}",
+            &cli(),
+        )
+        .unwrap();
+        assert_eq!(config.limit_period, Some(crate::clock::Period::Week));
+        assert_eq!(config.total_cost_nanos, Some(2_500_000_000));
+        assert_eq!(config.test_now, None);
+        for (yaml, named) in [
+            ("quota: {limit_period: year}", "quota.limit_period"),
+            ("quota: {total_cost: -1}", "quota.total_cost"),
+        ] {
+            let e = Config::from_yaml(yaml, &cli()).unwrap_err().to_string();
+            assert!(
+                e.contains(named) && e.contains("year") == yaml.contains("year"),
+                "{e}"
+            );
+        }
+        let mut test_clock = cli();
+        test_clock.test_now = Some("2026-01-31T23:58:00+08:00".into());
+        let config = Config::from_yaml("", &test_clock).unwrap();
+        assert_eq!(
+            config.test_now,
+            Some("2026-01-31T15:58:00Z".parse().unwrap())
+        );
+        test_clock.test_now = Some("yesterday".into());
+        let e = Config::from_yaml("", &test_clock).unwrap_err().to_string();
+        assert!(e.contains("CONSOLE_TEST_NOW"), "{e}");
+    }
+
+    #[test]
     fn secrets_do_not_print() {
         let secret = Secret::new("sk-very-secret");
         assert!(!format!("{secret:?}").contains("very"));

@@ -194,6 +194,7 @@ async fn fill(args: Args) -> Result<serde_json::Value, String> {
                     hash,
                     display: format!("sk-tc-bench…{k:04}"),
                     created_at: now,
+                    limit_period: None,
                 },
                 1000,
             )
