@@ -1,11 +1,23 @@
 //! Budgets that reset every day, week or month in the configured time zone, on the real binary
 //! and the mock: the clock of each process is set with the test-only `CONSOLE_TEST_NOW`, so a
 //! month boundary in Shanghai is crossed by starting the next process on the same database at
-//! the next month's first minute (the live crossing inside one process is covered by the unit
-//! tests of `keys::budget`, with a clock moved by hand).
+//! the next month's first minute; and inside one running gateway (driven in-process through
+//! `app()`, calls forwarded to the mock over HTTP) by moving its clock while a call is in flight.
 
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::connect_info::MockConnectInfo;
+use axum::http::Request;
+use http_body_util::BodyExt;
 use serde_json::{json, Value};
+use token_console::config::{Cli, Config};
+use token_console::state::AppState;
+use token_console::store::Store;
+use token_console::usage::Recorder;
+use tower::ServiceExt;
 
+use crate::common::scratch::{self, ScratchDb};
 use crate::common::{call, providers_yaml, tempdir, Mock, Server};
 
 const CHAT: &str = "/v1/chat/completions";
@@ -193,4 +205,156 @@ async fn a_period_budget_is_never_overspent_in_a_race() {
             assert_eq!(stats["remaining_tokens"], limit - ok * used);
         }
     }
+}
+
+/// A gateway and console driven in-process, its clock starting at `now`.
+struct InProcess {
+    state: AppState,
+    app: axum::Router,
+    _dir: crate::common::TempDir,
+    _database: Option<ScratchDb>,
+}
+
+impl InProcess {
+    async fn start(yaml: &str, now: &str) -> Self {
+        let dir = tempdir();
+        let database = scratch::wanted().then(|| ScratchDb::create().unwrap());
+        let url = match &database {
+            Some(db) => db.url.clone(),
+            None => format!("sqlite://{}", dir.path().join("tc.db").display()),
+        };
+        let cli = Cli {
+            test_now: Some(now.to_owned()),
+            ..Cli::default()
+        };
+        let config = Config::from_yaml(&format!("database_url: {url}\n{yaml}"), &cli).unwrap();
+        let store = Store::open(&config.database, config.timezone.clone()).unwrap();
+        let recorder = Arc::new(
+            Recorder::start(store.batch_writer(config.console.max_logs).unwrap()).unwrap(),
+        );
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        std::mem::forget(stop);
+        let state = AppState::new(config, store, recorder, stopped)
+            .await
+            .unwrap();
+        let peer: std::net::SocketAddr = ([127, 0, 0, 1], 40000).into();
+        let app = token_console::app(state.clone()).layer(MockConnectInfo(peer));
+        Self {
+            state,
+            app,
+            _dir: dir,
+            _database: database,
+        }
+    }
+
+    fn set_clock(&self, now: &str) {
+        self.state.gateway.sinks.clock.set(now.parse().unwrap());
+    }
+
+    async fn send(
+        &self,
+        method: &str,
+        uri: &str,
+        key: Option<&str>,
+        body: &Value,
+    ) -> axum::response::Response {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("host", "localhost")
+            .header("content-type", "application/json");
+        if let Some(key) = key {
+            request = request.header("authorization", format!("Bearer {key}"));
+        }
+        let request = request.body(Body::from(body.to_string())).unwrap();
+        self.app.clone().oneshot(request).await.unwrap()
+    }
+
+    async fn json(&self, method: &str, uri: &str, body: &Value) -> Value {
+        let response = self.send(method, uri, None, body).await;
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    /// A chat call; the answer's status once it is read whole.
+    async fn chat(&self, key: &str, body: &Value) -> u16 {
+        let response = self.send("POST", CHAT, Some(key), body).await;
+        let status = response.status().as_u16();
+        response.into_body().collect().await.unwrap();
+        status
+    }
+}
+
+#[tokio::test]
+async fn a_running_gateway_crosses_the_month_boundary_with_a_call_in_flight() {
+    let mock = Mock::start();
+    let gateway = InProcess::start(&config(&mock, ""), "2026-01-31T23:59:00+08:00").await;
+    let created = gateway
+        .json("POST", "/api/console/keys", &json!({"name": "monthly"}))
+        .await;
+    let (id, key) = (
+        created["data"]["id"].as_i64().unwrap(),
+        created["data"]["value"].as_str().unwrap().to_owned(),
+    );
+    let (plain, plain_reserved, plain_used) = byte_chat();
+    // A stream that asks for its usage itself: reserved as its bytes (nothing is spliced in).
+    let mut streamed = plain.clone();
+    streamed["stream"] = json!(true);
+    streamed["stream_options"] = json!({"include_usage": true});
+    let stream_reserved = serde_json::to_vec(&streamed).unwrap().len() as u64 + 4 + 3 + 20;
+    // Room for one stream and one plain call a month.
+    let limit = stream_reserved + plain_reserved;
+    let patched = gateway
+        .json(
+            "PATCH",
+            &format!("/api/console/keys/{id}"),
+            &json!({"token_limit": limit, "limit_period": "month"}),
+        )
+        .await;
+    assert_eq!(patched["code"], 0, "{patched}");
+
+    // January: a stream starts (its answer not read yet), a plain call fits, a third does not.
+    let in_flight = gateway.send("POST", CHAT, Some(&key), &streamed).await;
+    assert_eq!(in_flight.status(), 200);
+    assert_eq!(gateway.chat(&key, &plain).await, 200);
+    assert_eq!(gateway.chat(&key, &plain).await, 429);
+
+    // Midnight in Shanghai, with the stream still in flight: February starts from nothing.
+    gateway.set_clock("2026-02-01T00:00:01+08:00");
+    assert_eq!(gateway.chat(&key, &plain).await, 200);
+    // The stream ends in February, yet is charged to January: February keeps its room for the
+    // second plain call, and gets nothing back from what the stream did not use.
+    in_flight.into_body().collect().await.unwrap();
+    assert_eq!(gateway.chat(&key, &plain).await, 200);
+    assert_eq!(gateway.chat(&key, &plain).await, 429);
+    assert!(2 * plain_used <= limit && limit - 2 * plain_used < plain_reserved);
+
+    gateway.state.recorder.flush().await;
+    let keys = gateway.json("GET", "/api/console/keys", &Value::Null).await;
+    let view = keys["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == id)
+        .unwrap()
+        .clone();
+    assert_eq!(view["period_used"], 2 * plain_used, "{view}");
+    assert_eq!(view["period_resets_at"], "2026-02-28T16:00:00Z");
+    let logs = gateway
+        .json("GET", "/api/console/logs?status=200&limit=10", &Value::Null)
+        .await;
+    let streamed_row = logs["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["stream"] == true)
+        .unwrap()
+        .clone();
+    assert!(
+        streamed_row["timestamp"]
+            .as_str()
+            .unwrap()
+            .starts_with("2026-01-31T15:59"),
+        "recorded at its start, in January: {streamed_row}"
+    );
 }
