@@ -514,9 +514,10 @@ pub struct PatchKey {
     #[schema(value_type = bool)]
     pub fit_max_tokens: Option<bool>,
     /// Money limit in USD (priced calls' cost; a call to a model without a known price is
-    /// refused while the key has one), or `null` for none.
+    /// refused while the key has one), at most 9,223,372,036 (2^63 − 1 nano-dollars, what the
+    /// store can hold), or `null` for none.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<f64>, minimum = 0)]
+    #[schema(value_type = Option<f64>, minimum = 0, maximum = 9223372036.0)]
     pub cost_limit: Option<Option<f64>>,
     /// How often the token and money limits reset (`day`, `week`, `month`), or `null` for never.
     #[serde(default, deserialize_with = "present")]
