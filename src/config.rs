@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Parser;
 use serde::{Deserialize, Deserializer};
+use serde_saphyr::Spanned;
 
 /// The default port of the gateway and the console, as the user's guide gives it.
 pub const DEFAULT_PORT: u16 = 8317;
@@ -98,6 +99,27 @@ pub struct Cli {
     /// Admin key for the console (environment only: flags show in `ps`).
     #[arg(skip)]
     pub admin_key: Option<String>,
+    /// For tests only: start the clock at this RFC 3339 instant instead of the wall clock's
+    /// (it runs on from there). It moves the instant calls are recorded at and the budget
+    /// periods they are charged to; never set it in production.
+    #[arg(long, env = "CONSOLE_TEST_NOW", hide = true)]
+    pub test_now: Option<String>,
+    /// What to do instead of serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// A one-off job run instead of the server.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
+pub enum Command {
+    /// Recompute the stored cost of recorded calls (raw rows and aggregates) from their stored
+    /// tokens with the current prices: the `pricing:` overrides and the bundled table. The
+    /// gateway may keep running meanwhile.
+    Reprice {
+        /// Only calls at or after this date (midnight UTC) or RFC 3339 instant, e.g. 2026-12-01.
+        #[arg(long)]
+        from: Option<String>,
+    },
 }
 
 impl Cli {
@@ -167,6 +189,28 @@ struct RawConfig {
     quota: Option<RawQuota>,
     providers: Option<Vec<RawProvider>>,
     otel: Option<RawOtel>,
+    pricing: Option<RawPricing>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPricing {
+    models: Option<Vec<RawPriceOverride>>,
+    display_currency: Option<Spanned<String>>,
+    display_rate: Option<Spanned<f64>>,
+}
+
+/// One `pricing.models[]` entry; positions are kept so that errors name the line.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPriceOverride {
+    #[serde(rename = "match")]
+    pattern: Spanned<String>,
+    input: Spanned<f64>,
+    output: Spanned<f64>,
+    cache_read: Option<Spanned<f64>>,
+    cache_write: Option<Spanned<f64>>,
+    from: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -193,6 +237,8 @@ struct RawConsole {
 #[serde(deny_unknown_fields)]
 struct RawQuota {
     total_tokens: Option<u64>,
+    total_cost: Option<f64>,
+    limit_period: Option<EnvString>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -338,10 +384,28 @@ pub struct Config {
     pub console: ConsoleConfig,
     /// Global token budget; `None` is unlimited.
     pub total_tokens: Option<u64>,
+    /// Global money budget in nano-dollars (`quota.total_cost`, USD); `None` is unlimited.
+    pub total_cost_nanos: Option<u64>,
+    /// How often the global budgets reset (`quota.limit_period`); `None`: never.
+    pub limit_period: Option<crate::clock::Period>,
+    /// For tests only (`CONSOLE_TEST_NOW`): the instant the clock starts at.
+    pub test_now: Option<jiff::Timestamp>,
     /// Upstream providers, in routing order.
     pub providers: Vec<ProviderConfig>,
     /// OpenTelemetry export of every call; `None` (the default) exports nothing.
     pub otel: Option<OtelConfig>,
+    /// Price overrides and the display currency (the `pricing:` section).
+    pub pricing: PricingConfig,
+}
+
+/// The `pricing:` section: prices that beat the bundled table, and a second currency for the
+/// page.
+#[derive(Debug, Clone, Default)]
+pub struct PricingConfig {
+    /// Overrides, in the file's order.
+    pub overrides: Vec<crate::pricing::Override>,
+    /// The page's second currency (ISO 4217 code, e.g. `CNY`), with its units per USD.
+    pub display: Option<(String, f64)>,
 }
 
 /// Where the OpenTelemetry GenAI spans and metrics of the calls go (the `otel:` section).
@@ -521,10 +585,50 @@ impl Config {
                 allowed_hosts,
             },
             total_tokens: cli.total_tokens.or(quota.total_tokens),
+            total_cost_nanos: quota
+                .total_cost
+                .map(|usd| usd_to_nanos("quota.total_cost", usd))
+                .transpose()?,
+            limit_period: quota
+                .limit_period
+                .map(|p| parse_period("quota.limit_period", &p.0))
+                .transpose()?,
+            test_now: cli.test_now.as_deref().map(parse_test_now).transpose()?,
             providers,
             otel: raw.otel.map(validate_otel).transpose()?,
+            pricing: validate_pricing(raw.pricing.unwrap_or_default())?,
         })
     }
+}
+
+/// A budget period's name: `day`, `week` or `month`.
+fn parse_period(field: &str, name: &str) -> Result<crate::clock::Period, ConfigError> {
+    crate::clock::Period::parse(name.trim()).ok_or_else(|| {
+        ConfigError::Invalid(format!(
+            "{field} \"{name}\" is not a period; use {}",
+            crate::clock::Period::NAMES
+        ))
+    })
+}
+
+/// A money amount in USD as whole nano-dollars (rounded to the nearest), refused when negative or not
+/// finite.
+pub fn usd_to_nanos(field: &str, usd: f64) -> Result<u64, ConfigError> {
+    if !usd.is_finite() || usd < 0.0 || usd > (i64::MAX / 1_000_000_000) as f64 {
+        return Err(ConfigError::Invalid(format!(
+            "{field} {usd} is not an amount of USD; give a number of dollars such as 25 or 0.5"
+        )));
+    }
+    Ok((usd * 1e9).round() as u64)
+}
+
+/// `CONSOLE_TEST_NOW`: an RFC 3339 instant.
+fn parse_test_now(raw: &str) -> Result<jiff::Timestamp, ConfigError> {
+    raw.trim().parse().map_err(|_| {
+        ConfigError::Invalid(format!(
+            "CONSOLE_TEST_NOW \"{raw}\" is not an RFC 3339 instant such as 2026-01-31T23:59:00+08:00"
+        ))
+    })
 }
 
 fn parse_file(path: &Path) -> Result<RawConfig, ConfigError> {
@@ -543,6 +647,122 @@ fn parse_text(text: &str, path: &Path) -> Result<RawConfig, ConfigError> {
         path: path.to_owned(),
         message: e.to_string(),
     })
+}
+
+/// `key (line N)` for an error message.
+fn at_line<T>(key: &str, spanned: &Spanned<T>) -> String {
+    format!("{key} (line {})", spanned.referenced.line())
+}
+
+fn validate_pricing(raw: RawPricing) -> Result<PricingConfig, ConfigError> {
+    let mut overrides: Vec<crate::pricing::Override> = Vec::new();
+    for (i, entry) in raw.models.unwrap_or_default().into_iter().enumerate() {
+        let o = validate_override(entry, i)?;
+        if let Some(earlier) = overrides
+            .iter()
+            .position(|e| e.pattern == o.0.pattern && e.from == o.0.from)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "{} repeats pricing.models[{earlier}]: two prices with the same match \"{}\" and the same from; remove one or give it another from",
+                o.1, o.0.pattern
+            )));
+        }
+        overrides.push(o.0);
+    }
+    let display = match (raw.display_currency, raw.display_rate) {
+        (None, None) => None,
+        (Some(currency), Some(rate)) => {
+            let code = currency.value.trim().to_ascii_uppercase();
+            if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_uppercase()) {
+                return Err(ConfigError::Invalid(format!(
+                    "{} must be a three-letter currency code such as CNY or EUR, not \"{}\"",
+                    at_line("pricing.display_currency", &currency),
+                    currency.value
+                )));
+            }
+            if !rate.value.is_finite() || rate.value <= 0.0 {
+                return Err(ConfigError::Invalid(format!(
+                    "{} must be a positive number of {code} per USD, not {}",
+                    at_line("pricing.display_rate", &rate),
+                    rate.value
+                )));
+            }
+            Some((code, rate.value))
+        }
+        (Some(currency), None) => {
+            return Err(ConfigError::Invalid(format!(
+                "{} needs pricing.display_rate (units of it per USD)",
+                at_line("pricing.display_currency", &currency)
+            )))
+        }
+        (None, Some(rate)) => {
+            return Err(ConfigError::Invalid(format!(
+                "{} needs pricing.display_currency (the currency it converts to)",
+                at_line("pricing.display_rate", &rate)
+            )))
+        }
+    };
+    Ok(PricingConfig { overrides, display })
+}
+
+/// A validated override and where it is (`pricing.models[i] (line N)`).
+fn validate_override(
+    raw: RawPriceOverride,
+    i: usize,
+) -> Result<(crate::pricing::Override, String), ConfigError> {
+    let key = |name: &str| format!("pricing.models[{i}].{name}");
+    let place = format!(
+        "pricing.models[{i}] (line {})",
+        raw.pattern.referenced.line()
+    );
+    let pattern = raw.pattern.value.trim().to_owned();
+    if pattern.is_empty() {
+        return Err(ConfigError::Invalid(format!(
+            "{} must not be empty: give a model name or a glob such as \"gpt-4o*\"",
+            at_line(&key("match"), &raw.pattern)
+        )));
+    }
+    let price = |name: &str, value: &Spanned<f64>| -> Result<crate::pricing::Tiered, ConfigError> {
+        crate::pricing::femtos_per_token(value.value)
+            .map(crate::pricing::Tiered::flat)
+            .ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "{} must be a non-negative number of USD per million tokens, not {}",
+                    at_line(&key(name), value),
+                    value.value
+                ))
+            })
+    };
+    let optional = |name: &str, value: &Option<Spanned<f64>>| {
+        value.as_ref().map(|v| price(name, v)).transpose()
+    };
+    let from = raw
+        .from
+        .as_ref()
+        .map(|from| {
+            crate::pricing::parse_instant(&from.value).ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "{} \"{}\" is neither a date (2026-12-01, midnight UTC) nor an RFC 3339 instant (2026-12-01T08:00:00+08:00)",
+                    at_line(&key("from"), from),
+                    from.value
+                ))
+            })
+        })
+        .transpose()?;
+    let prices = crate::pricing::Prices {
+        input: price("input", &raw.input)?,
+        output: price("output", &raw.output)?,
+        cache_read: optional("cache_read", &raw.cache_read)?,
+        cache_write: optional("cache_write", &raw.cache_write)?,
+    };
+    Ok((
+        crate::pricing::Override {
+            pattern,
+            prices,
+            from,
+        },
+        place,
+    ))
 }
 
 /// Default `otel.export_interval_ms`: spans and metrics leave in batches every 5 s.
@@ -836,6 +1056,38 @@ mod tests {
     }
 
     #[test]
+    fn pricing_overrides_are_read_and_their_errors_name_the_line() {
+        let yaml = "pricing:\n  models:\n    - match: \"gpt-4o-mini*\"\n      input: 0.15\n      output: 0.60\n      cache_read: 0.075\n      cache_write: 0.1875\n    - match: \"claude-sonnet-4-5*\"\n      input: 2.4\n      output: 12\n      from: 2026-12-01\n  display_currency: CNY\n  display_rate: 7.1\n";
+        let config = Config::from_yaml(yaml, &cli()).unwrap();
+        let o = &config.pricing.overrides;
+        assert_eq!(o.len(), 2);
+        assert_eq!(
+            o[0].prices.cache_write,
+            Some(crate::pricing::Tiered::flat(187_500_000))
+        );
+        assert_eq!(o[1].from, Some("2026-12-01T00:00:00Z".parse().unwrap()));
+        assert_eq!(config.pricing.display, Some(("CNY".into(), 7.1)));
+        let cases = [
+            ("pricing:\n  models:\n    - match: a\n      input: 1\n      output: 1\n      cached: 1\n", &["cached", "line 6"][..]),
+            ("pricing:\n  models:\n    - match: a\n      input: -1\n      output: 1\n", &["pricing.models[0].input (line 4)", "non-negative"]),
+            ("pricing:\n  models:\n    - match: a\n      input: 1\n      output: 1\n      from: yesterday\n", &["pricing.models[0].from (line 6)", "yesterday"]),
+            ("pricing:\n  models:\n    - match: a\n      input: 1\n      output: 1\n    - match: a\n      input: 2\n      output: 2\n", &["pricing.models[1] (line 6)", "repeats pricing.models[0]"]),
+            ("pricing:\n  colour: red\n", &["colour", "line 2"]),
+            ("pricing:\n  display_currency: CNY\n", &["display_rate", "line 2"]),
+            ("pricing:\n  models:\n    - match: a\n      output: 1\n", &["input"]),
+        ];
+        for (yaml, wants) in cases {
+            let text = Config::from_yaml(yaml, &cli()).unwrap_err().to_string();
+            for want in wants {
+                assert!(text.contains(want), "{yaml}: {text}");
+            }
+        }
+        // The same match with another `from` is a price change, not a duplicate.
+        let changed = "pricing:\n  models:\n    - match: a\n      input: 1\n      output: 1\n    - match: a\n      input: 2\n      output: 2\n      from: 2026-12-01T08:00:00+08:00\n";
+        assert!(Config::from_yaml(changed, &cli()).is_ok());
+    }
+
+    #[test]
     fn flags_override_the_file() {
         let mut cli = cli();
         cli.port = Some(9000);
@@ -856,6 +1108,38 @@ mod tests {
         ] {
             assert!(Config::from_yaml(yaml, &cli()).is_err(), "{yaml}");
         }
+    }
+
+    #[test]
+    fn budget_periods_money_and_the_test_clock_are_read_and_checked() {
+        let config = Config::from_yaml(
+            "quota: {total_tokens: 10, total_cost: 2.5, limit_period: week}",
+            &cli(),
+        )
+        .unwrap();
+        assert_eq!(config.limit_period, Some(crate::clock::Period::Week));
+        assert_eq!(config.total_cost_nanos, Some(2_500_000_000));
+        assert_eq!(config.test_now, None);
+        for (yaml, named) in [
+            ("quota: {limit_period: year}", "quota.limit_period"),
+            ("quota: {total_cost: -1}", "quota.total_cost"),
+        ] {
+            let e = Config::from_yaml(yaml, &cli()).unwrap_err().to_string();
+            assert!(
+                e.contains(named) && e.contains("year") == yaml.contains("year"),
+                "{e}"
+            );
+        }
+        let mut test_clock = cli();
+        test_clock.test_now = Some("2026-01-31T23:58:00+08:00".into());
+        let config = Config::from_yaml("", &test_clock).unwrap();
+        assert_eq!(
+            config.test_now,
+            Some("2026-01-31T15:58:00Z".parse().unwrap())
+        );
+        test_clock.test_now = Some("yesterday".into());
+        let e = Config::from_yaml("", &test_clock).unwrap_err().to_string();
+        assert!(e.contains("CONSOLE_TEST_NOW"), "{e}");
     }
 
     #[test]

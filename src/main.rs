@@ -44,6 +44,10 @@ fn main() -> ExitCode {
         eprintln!("token-console: {e}");
         return ExitCode::from(2);
     }
+    let reprice = cli
+        .command
+        .as_ref()
+        .map(|token_console::config::Command::Reprice { from }| from.clone());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -54,6 +58,18 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(from) = reprice {
+        return match runtime.block_on(token_console::reprice::command(&config, from.as_deref())) {
+            Ok(summary) => {
+                println!("{summary}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("token-console: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match runtime.block_on(token_console::run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

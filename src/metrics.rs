@@ -55,6 +55,10 @@ impl Histogram {
 struct Series {
     requests: AtomicU64,
     tokens: [AtomicU64; 6],
+    /// Cost of the priced calls, in nano-dollars.
+    cost_nanos: AtomicU64,
+    /// Calls whose model has no price.
+    unpriced: AtomicU64,
     duration: Histogram,
     ttft: Histogram,
 }
@@ -139,6 +143,10 @@ impl Series {
         for (slot, value) in self.tokens.iter().zip(call.tokens.counts()) {
             slot.fetch_add(value, Relaxed);
         }
+        match call.cost_nanos {
+            Some(nanos) => self.cost_nanos.fetch_add(nanos, Relaxed),
+            None => self.unpriced.fetch_add(1, Relaxed),
+        };
         self.duration.observe(call.duration_ms);
         if let Some(ttft) = call.ttft_ms {
             self.ttft.observe(ttft);
@@ -239,6 +247,32 @@ impl Metrics {
                     value.load(Relaxed)
                 );
             }
+        }
+        header(
+            &mut out,
+            "token_console_cost_usd_total",
+            "counter",
+            "Cost of the priced gateway calls in USD (exact to the nano-dollar).",
+        );
+        for (labels, s) in &series {
+            let _ = writeln!(
+                out,
+                "token_console_cost_usd_total{{{labels}}} {}",
+                crate::pricing::usd_text(s.cost_nanos.load(Relaxed))
+            );
+        }
+        header(
+            &mut out,
+            "token_console_unpriced_calls_total",
+            "counter",
+            "Gateway calls that spent tokens on a model without a price (cost unknown).",
+        );
+        for (labels, s) in &series {
+            let _ = writeln!(
+                out,
+                "token_console_unpriced_calls_total{{{labels}}} {}",
+                s.unpriced.load(Relaxed)
+            );
         }
         for (name, help, pick) in [
             (
@@ -422,11 +456,13 @@ mod tests {
             stream: false,
             estimated: false,
             error: None,
+            cost_nanos: Some(1_250),
             client: String::new(),
             session_id: None,
             user: None,
             provider: String::new(),
             source: "gateway".into(),
+            cost_status: crate::pricing::CostStatus::Priced,
             answer: Default::default(),
         };
         metrics.observe(&call, 0.3);
@@ -436,6 +472,9 @@ mod tests {
             "{text}"
         );
         assert!(text.contains(r#"kind="total"} 7"#));
+        assert!(text.contains(
+            r#"token_console_cost_usd_total{model="m\"1",key="k",status="2xx"} 0.000001250"#
+        ));
         assert!(text.contains("token_console_recorder_dropped_total 0"));
         assert!(text.contains("token_console_gateway_overhead_seconds_count 1"));
     }

@@ -6,12 +6,13 @@ use std::sync::Arc;
 
 use axum::extract::FromRef;
 
+use crate::clock::{Clock, Period};
 use crate::config::Config;
 use crate::console::auth::Gatekeeper;
 use crate::console::ConsoleState;
 use crate::gateway::{Gateway, GatewayState, Sinks};
 use crate::keys::sync::{Instance, STALE_AFTER_MS};
-use crate::keys::{Budget, KeyRegistry, Ledger, RateLimiter};
+use crate::keys::{ledger_row, Budget, KeyRegistry, Ledger, LocalRows, RateLimiter};
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::usage::Recorder;
@@ -81,26 +82,47 @@ impl AppState {
             "joined the database"
         );
         let gateway = Gateway::new(&config)?;
-        let ledger = ledger_for(&store, &id).await?;
+        let clock = match config.test_now {
+            Some(start) => {
+                tracing::warn!(%start, "the clock starts at CONSOLE_TEST_NOW, not the wall clock's time: a setting for tests only");
+                Clock::starting_at(start)
+            }
+            None => Clock::system(),
+        };
+        let ledger = ledger_for(&store, &id, &clock, &config.timezone).await?;
         let keys = Arc::new(KeyRegistry::load(&rows, ledger.clone(), rates));
         let budget = Arc::new(Budget::new(
             ledger.clone(),
             crate::store::GLOBAL_SCOPE,
             config.total_tokens,
+            config.limit_period,
+        ));
+        let cost_budget = Arc::new(Budget::of_unit(
+            ledger.clone(),
+            crate::store::GLOBAL_SCOPE,
+            crate::store::UNIT_NANO_USD,
+            config.total_cost_nanos,
+            config.limit_period,
         ));
         let instance = Arc::new(Instance::start(
             id,
             store.clone(),
             keys.clone(),
-            budget.clone(),
+            [budget.clone(), cost_budget.clone()],
             ledger,
         ));
         let telemetry = match &config.otel {
             Some(otel) => Some(Arc::new(crate::telemetry::Telemetry::start(otel)?)),
             None => None,
         };
+        let prices = Arc::new(
+            crate::pricing::PriceBook::new(&config.pricing.overrides)
+                .map_err(crate::error::StartError::Io)?,
+        );
         let config = Arc::new(config);
         let console = ConsoleState {
+            prices: prices.clone(),
+            repricing: Arc::default(),
             config: config.clone(),
             store: store.clone(),
             keys: keys.clone(),
@@ -108,17 +130,21 @@ impl AppState {
             gate: Arc::new(Gatekeeper::new(config.clone())),
             log_streams: Arc::default(),
             shutdown,
+            clock: clock.clone(),
         };
         let metrics = Arc::new(Metrics::default());
         let gateway = GatewayState {
             config: config.clone(),
             keys: keys.clone(),
             budget,
+            cost_budget,
             sinks: Arc::new(Sinks {
                 recorder: recorder.clone(),
                 metrics: metrics.clone(),
                 telemetry: telemetry.clone(),
                 gateway: Arc::new(gateway),
+                clock,
+                prices,
             }),
         };
         Ok(Self {
@@ -136,19 +162,48 @@ impl AppState {
 }
 
 /// The budget ledger: in memory on SQLite (one instance: no request waits for the database for
-/// a lease), built from the recorded usage; the store's on PostgreSQL, shared by the instances.
-async fn ledger_for(store: &Store, id: &str) -> Result<Arc<Ledger>, crate::error::StartError> {
+/// a lease), built from the recorded usage — all time, and in the current day, week and month —
+/// the store's on PostgreSQL, shared by the instances.
+async fn ledger_for(
+    store: &Store,
+    id: &str,
+    clock: &Clock,
+    tz: &jiff::tz::TimeZone,
+) -> Result<Arc<Ledger>, crate::error::StartError> {
     if store.kind() != "sqlite" {
-        return Ok(Ledger::new(store.clone(), id.to_owned()));
+        return Ok(Ledger::new(
+            store.clone(),
+            id.to_owned(),
+            clock.clone(),
+            tz.clone(),
+        ));
     }
-    let mut used: std::collections::HashMap<i64, u64> = std::collections::HashMap::new();
-    let mut all = 0u64;
+    use crate::store::{GLOBAL_SCOPE, UNIT_NANO_USD, UNIT_TOKENS};
+    let now = clock.now();
+    let mut rows = LocalRows::default();
+    let mut seed = |scope, period, (tokens, nanos): (u64, u64)| {
+        rows.seed(ledger_row(scope, UNIT_TOKENS, period, now, tz), tokens);
+        rows.seed(ledger_row(scope, UNIT_NANO_USD, period, now, tz), nanos);
+    };
+    let mut all = (0u64, 0u64);
     for (key_id, aggregate) in store.usage_by_key().await? {
-        all = all.saturating_add(aggregate.tokens.total);
-        if key_id != crate::store::GLOBAL_SCOPE {
-            used.insert(key_id, aggregate.tokens.total);
+        let used = (aggregate.tokens.total, aggregate.cost_nanos);
+        all = (all.0.saturating_add(used.0), all.1.saturating_add(used.1));
+        if key_id != GLOBAL_SCOPE {
+            seed(key_id, None, used);
         }
     }
-    used.insert(crate::store::GLOBAL_SCOPE, all);
-    Ok(Ledger::local(store.clone(), used))
+    seed(GLOBAL_SCOPE, None, all);
+    for period in [Period::Day, Period::Week, Period::Month] {
+        let first_day = period.window(now, tz).first_day;
+        for (scope, used) in store.usage_since_day(first_day).await? {
+            seed(scope, Some(period), used);
+        }
+    }
+    Ok(Ledger::local(
+        store.clone(),
+        clock.clone(),
+        tz.clone(),
+        rows,
+    ))
 }

@@ -157,7 +157,7 @@ fn log_chunks(
 }
 
 /// The CSV's columns.
-const CSV_COLUMNS: [&str; 24] = [
+const CSV_COLUMNS: [&str; 27] = [
     "id",
     "timestamp",
     "method",
@@ -182,6 +182,9 @@ const CSV_COLUMNS: [&str; 24] = [
     "user",
     "provider",
     "source",
+    "cost",
+    "cost_nanos",
+    "cost_status",
 ];
 
 /// Characters that make a spreadsheet cell a formula (or a DDE call) when they start it.
@@ -232,7 +235,7 @@ pub fn defuse(value: &str) -> String {
 }
 
 /// One log row's cells; every text cell defused.
-fn csv_row(row: &LogRow) -> [String; 24] {
+fn csv_row(row: &LogRow) -> [String; 27] {
     let opt = |v: Option<String>| v.unwrap_or_default();
     [
         row.id.to_string(),
@@ -259,6 +262,9 @@ fn csv_row(row: &LogRow) -> [String; 24] {
         defuse(row.user.as_deref().unwrap_or("")),
         defuse(&row.provider),
         defuse(&row.source),
+        opt(row.cost_nanos.map(crate::pricing::usd_text)),
+        opt(row.cost_nanos.map(|n| n.to_string())),
+        row.cost_status.to_owned(),
     ]
 }
 

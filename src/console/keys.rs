@@ -3,12 +3,13 @@
 use std::collections::HashMap;
 
 use super::ConsoleState;
+use crate::clock::Period;
 use crate::error::ConsoleError;
 use crate::keys;
-use crate::store::{Aggregate, KeyPatch, NewKey};
+use crate::store::{Aggregate, KeyPatch, KeyRow, NewKey};
 
 use super::params;
-use super::wire::{CreateKey, KeyView, PatchKey};
+use super::wire::{CreateKey, KeyView, PatchKey, PeriodUse};
 
 const MAX_NAME_CHARS: usize = 64;
 const MAX_DESCRIPTION_CHARS: usize = 1000;
@@ -39,22 +40,79 @@ fn valid_description(raw: Option<String>) -> Result<String, ConsoleError> {
     Ok(description)
 }
 
-fn usage_of(usage: &HashMap<i64, Aggregate>, id: i64) -> (u64, u64) {
-    usage
-        .get(&id)
-        .map_or((0, 0), |agg| (agg.tokens.total, agg.calls))
+/// Tokens recorded per budget scope (key id, or the global budget) in the current `period`.
+pub struct PeriodUsage {
+    period: Period,
+    resets_at: jiff::Timestamp,
+    used: HashMap<i64, (u64, u64)>,
+}
+
+impl PeriodUsage {
+    /// Reads the usage recorded in the current `period` (by the console's clock).
+    pub async fn read(state: &ConsoleState, period: Period) -> Result<Self, ConsoleError> {
+        let window = period.window(state.clock.now(), &state.config.timezone);
+        Ok(Self {
+            period,
+            resets_at: window.end,
+            used: state.store.usage_since_day(window.first_day).await?,
+        })
+    }
+
+    /// What budget `scope` used in the period.
+    pub fn of(&self, scope: i64) -> PeriodUse {
+        let (used, cost_nanos) = self.used.get(&scope).copied().unwrap_or((0, 0));
+        PeriodUse {
+            used,
+            cost_nanos,
+            resets_at: Some(self.resets_at),
+        }
+    }
+}
+
+/// The current period's usage of each period kind the keys in `rows` use.
+async fn periods_of(
+    state: &ConsoleState,
+    rows: &[KeyRow],
+) -> Result<Vec<PeriodUsage>, ConsoleError> {
+    let mut periods = Vec::new();
+    for period in [Period::Day, Period::Week, Period::Month] {
+        if rows
+            .iter()
+            .any(|r| !r.deleted && r.limit_period == Some(period))
+        {
+            periods.push(PeriodUsage::read(state, period).await?);
+        }
+    }
+    Ok(periods)
+}
+
+/// What a key used in the current period of its limits (all time, `usage`, when they never
+/// reset).
+fn period_use(periods: &[PeriodUsage], row: &KeyRow, usage: Option<&Aggregate>) -> PeriodUse {
+    periods
+        .iter()
+        .find(|p| Some(p.period) == row.limit_period)
+        .map_or(
+            PeriodUse {
+                used: usage.map_or(0, |u| u.tokens.total),
+                cost_nanos: usage.map_or(0, |u| u.cost_nanos),
+                resets_at: None,
+            },
+            |p| p.of(row.id),
+        )
 }
 
 /// The live keys with their recorded usage, oldest first.
 pub async fn list(state: &ConsoleState) -> Result<Vec<KeyView>, ConsoleError> {
     let rows = state.store.list_keys().await?;
     let usage = state.store.usage_by_key().await?;
+    let periods = periods_of(state, &rows).await?;
     Ok(rows
         .iter()
         .filter(|row| !row.deleted)
         .map(|row| {
-            let (tokens, calls) = usage_of(&usage, row.id);
-            KeyView::new(row, tokens, calls)
+            let usage = usage.get(&row.id);
+            KeyView::new(row, usage, period_use(&periods, row, usage))
         })
         .collect())
 }
@@ -73,6 +131,7 @@ pub async fn create(state: &ConsoleState, body: CreateKey) -> Result<KeyView, Co
                 hash: generated.hash,
                 display: generated.display,
                 created_at: jiff::Timestamp::now(),
+                limit_period: body.limit_period.map(Period::from),
             },
             state.config.console.max_keys,
         )
@@ -80,7 +139,8 @@ pub async fn create(state: &ConsoleState, body: CreateKey) -> Result<KeyView, Co
     state.keys.upsert(&row);
     // Debug quotes the name and escapes control characters: a name cannot forge log lines.
     tracing::info!(key_id = row.id, name = ?row.name, "key created");
-    let mut view = KeyView::new(&row, 0, 0);
+    let periods = periods_of(state, std::slice::from_ref(&row)).await?;
+    let mut view = KeyView::new(&row, None, period_use(&periods, &row, None));
     view.value = generated.full;
     Ok(view)
 }
@@ -114,6 +174,20 @@ fn to_patch(body: PatchKey) -> Result<KeyPatch, ConsoleError> {
         allowed_models: body.allowed_models,
         expires_at,
         fit_max_tokens: body.fit_max_tokens,
+        limit_period: body.limit_period.map(|p| p.map(Period::from)),
+        cost_limit_nanos: body
+            .cost_limit
+            .map(|limit| limit.map(cost_limit_nanos).transpose())
+            .transpose()?,
+    })
+}
+
+/// A money limit in USD as nano-dollars.
+fn cost_limit_nanos(usd: f64) -> Result<u64, ConsoleError> {
+    crate::config::usd_to_nanos("cost_limit", usd).map_err(|_| {
+        ConsoleError::BadRequest(format!(
+            "cost_limit {usd} is not an amount of USD; give a number of dollars of at least 0 such as 25 or 0.5, or null for no limit"
+        ))
     })
 }
 
@@ -137,7 +211,9 @@ pub async fn update(
         .ok_or_else(|| not_found(id))?;
     state.keys.upsert(&row);
     let usage = state.store.usage_of_key(row.id).await?;
-    Ok(KeyView::new(&row, usage.tokens.total, usage.calls))
+    let periods = periods_of(state, std::slice::from_ref(&row)).await?;
+    let period = period_use(&periods, &row, Some(&usage));
+    Ok(KeyView::new(&row, Some(&usage), period))
 }
 
 /// Deletes a key: it stops working at once; its history stays in every statistic.

@@ -52,6 +52,12 @@ pub struct ConsoleState {
     pub log_streams: Arc<logs::StreamLimits>,
     /// Fires when the process starts shutting down (ends live streams).
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// The clock budget periods are measured by.
+    pub clock: crate::clock::Clock,
+    /// The prices stored costs are recomputed with (`POST /api/console/reprice`).
+    pub prices: Arc<crate::pricing::PriceBook>,
+    /// Held while a repricing runs (one at a time).
+    pub repricing: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl FromRef<ConsoleState> for Arc<Gatekeeper> {
@@ -73,6 +79,7 @@ pub fn router<S: Clone + Send + Sync + 'static>(state: &ConsoleState) -> Router<
             axum::routing::patch(patch_key).delete(delete_key),
         )
         .route("/export", get(export))
+        .route("/reprice", axum::routing::post(reprice))
         .route("/openapi.json", get(openapi))
         .fallback(api_not_found)
         .route_layer(middleware::from_extractor_with_state::<Admitted, _>(
@@ -221,6 +228,19 @@ async fn export(
     export::export(&state, format).await
 }
 
+/// Recomputes the stored cost of recorded calls (raw rows and aggregates) from their stored
+/// tokens with the current prices; the gateway keeps running. One run at a time.
+#[utoipa::path(post, path = "/api/console/reprice", request_body = wire::RepriceBody,
+    responses((status = 200, description = "What changed", body = Envelope<wire::RepriceDone>),
+        (status = 400, description = "The body is wrong", body = wire::Failure),
+        (status = 409, description = "A repricing is already running", body = wire::Failure)))]
+async fn reprice(
+    State(state): State<ConsoleState>,
+    ConsoleJson(body): ConsoleJson<wire::RepriceBody>,
+) -> ApiResult<wire::RepriceDone> {
+    Ok(Json(Envelope::ok(stats::reprice(&state, body).await?)))
+}
+
 /// This document.
 #[utoipa::path(get, path = "/api/console/openapi.json",
     responses((status = 200, description = "The OpenAPI 3.1 document", body = Object)))]
@@ -230,7 +250,7 @@ async fn openapi() -> Response {
 
 async fn api_not_found() -> ConsoleError {
     ConsoleError::NotFound(
-        "no such console API call; see the README for /api/console/stats, /usage-trend, /logs, /logs/stream, /keys and /export".into(),
+        "no such console API call; see the README for /api/console/stats, /usage-trend, /logs, /logs/stream, /keys, /export and /reprice".into(),
     )
 }
 

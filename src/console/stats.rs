@@ -1,30 +1,64 @@
 //! The dashboard's figures, computed from the store's aggregates only (never from raw logs).
 
+use super::keys::PeriodUsage;
+use super::wire::PeriodUse;
 use super::ConsoleState;
+use crate::clock::Period;
 use crate::error::ConsoleError;
-use crate::store::{Aggregate, DayTotal, UsageFilter};
+use crate::store::{Aggregate, DayTotal, UsageFilter, GLOBAL_SCOPE};
 use crate::usage::latency_quantile;
 
-use super::wire::{round2, Latency, ModelStats, Stats, Trend};
+use super::wire::{aggregate_cost, round2, DisplayCurrency, Latency, ModelStats, Stats, Trend};
+use crate::pricing::usd;
 
 /// `/stats`: totals, the budget (global, or the key's with `key_id`) and the per-model table.
 pub async fn stats(state: &ConsoleState, filter: UsageFilter) -> Result<Stats, ConsoleError> {
-    let budget = match filter.key_id {
+    let (budget, cost_limit, period) = match filter.key_id {
         Some(key_id) => key_limit(state, key_id).await?,
-        None => state.config.total_tokens,
+        None => (
+            state.config.total_tokens,
+            state.config.total_cost_nanos,
+            state.config.limit_period,
+        ),
     };
+    // The calls first, then the period's use: a record committed in between shows in the
+    // period's figures, never the other way round.
     let models = state.store.usage_by_model(filter).await?;
-    Ok(build_stats(models, budget))
+    let current = match period {
+        Some(period) => {
+            let scope = filter.key_id.unwrap_or(GLOBAL_SCOPE);
+            let usage = PeriodUsage::read(state, period).await?;
+            Some((period, usage.of(scope)))
+        }
+        None => None,
+    };
+    let mut stats = build_stats(models, budget, current);
+    stats.cost_limit = cost_limit.map(usd);
+    stats.display_currency =
+        state
+            .config
+            .pricing
+            .display
+            .as_ref()
+            .map(|(code, rate)| DisplayCurrency {
+                code: code.clone(),
+                rate: *rate,
+            });
+    Ok(stats)
 }
 
-async fn key_limit(state: &ConsoleState, key_id: i64) -> Result<Option<u64>, ConsoleError> {
+/// A key's token and money limits and how often they reset.
+async fn key_limit(
+    state: &ConsoleState,
+    key_id: i64,
+) -> Result<(Option<u64>, Option<u64>, Option<Period>), ConsoleError> {
     let keys = state.store.list_keys().await?;
     let key = keys.iter().find(|k| k.id == key_id).ok_or_else(|| {
         ConsoleError::NotFound(format!(
             "no key with id {key_id}; list keys with GET /api/console/keys"
         ))
     })?;
-    Ok(key.token_limit)
+    Ok((key.token_limit, key.cost_limit_nanos, key.limit_period))
 }
 
 fn latency(agg: &Aggregate) -> Latency {
@@ -59,11 +93,20 @@ fn model_stats(name: String, agg: &Aggregate) -> ModelStats {
         prompt_tokens: agg.tokens.prompt,
         completion_tokens: agg.tokens.completion,
         latency_ms: latency(agg),
+        cost: aggregate_cost(agg).map(usd),
+        cost_nanos: aggregate_cost(agg),
+        unpriced_calls: agg.unpriced_calls,
     }
 }
 
-/// Builds the statistics from per-model aggregates and the budget (`None`: unlimited).
-pub fn build_stats(models: Vec<(String, Aggregate)>, budget: Option<u64>) -> Stats {
+/// Builds the statistics from per-model aggregates and the budget (`None`: unlimited) with its
+/// current period and what was used in it (`None`: it never resets, and what is left is measured
+/// against the calls `models` covers).
+pub fn build_stats(
+    models: Vec<(String, Aggregate)>,
+    budget: Option<u64>,
+    period: Option<(Period, PeriodUse)>,
+) -> Stats {
     let mut total = Aggregate::default();
     for (_, agg) in &models {
         total.add(agg);
@@ -74,17 +117,23 @@ pub fn build_stats(models: Vec<(String, Aggregate)>, budget: Option<u64>) -> Sta
         .collect();
     rows.sort_by(|a, b| b.call_count.cmp(&a.call_count).then(a.name.cmp(&b.name)));
     let used = total.tokens.total;
+    let charged = period.map_or(used, |(_, p)| p.used);
     Stats {
         total_tokens: budget,
         used_tokens: used,
-        remaining_tokens: budget.map(|b| b.saturating_sub(used)),
+        remaining_tokens: budget.map(|b| b.saturating_sub(charged)),
         usage_percent: budget.map(|b| {
             if b == 0 {
                 100.0
             } else {
-                round2(used as f64 * 100.0 / b as f64)
+                round2(charged as f64 * 100.0 / b as f64)
             }
         }),
+        limit_period: period.map(|(p, _)| p.name().to_owned()),
+        period_used: charged,
+        period_resets_at: period
+            .and_then(|(_, p)| p.resets_at)
+            .map(super::wire::rfc3339),
         api_call_count: total.calls,
         count_tokens_calls: total.count_tokens,
         success_count: total.successes,
@@ -97,7 +146,52 @@ pub fn build_stats(models: Vec<(String, Aggregate)>, budget: Option<u64>) -> Sta
         avg_time: average(&total),
         latency_ms: latency(&total),
         models: rows,
+        total_cost: usd(total.cost_nanos),
+        total_cost_nanos: total.cost_nanos,
+        unpriced_calls: total.unpriced_calls,
+        display_currency: None,
+        cost_limit: None,
+        period_cost: usd(period.map_or(total.cost_nanos, |(_, p)| p.cost_nanos)),
     }
+}
+
+/// `POST /reprice`: reprices the calls at or after `from` (all when absent), one run at a time.
+pub async fn reprice(
+    state: &ConsoleState,
+    body: super::wire::RepriceBody,
+) -> Result<super::wire::RepriceDone, ConsoleError> {
+    let from = match body.from.as_deref() {
+        Some(text) => Some(crate::pricing::parse_instant(text).ok_or_else(|| {
+            ConsoleError::BadRequest(format!(
+                "from \"{text}\" is neither a date (2026-12-01) nor an RFC 3339 instant (2026-12-01T08:00:00+08:00)"
+            ))
+        })?),
+        None => None,
+    };
+    let Ok(_running) = state.repricing.try_lock() else {
+        return Err(ConsoleError::Conflict(
+            "a repricing is already running; try again when it has finished".into(),
+        ));
+    };
+    let done = crate::reprice::run(&state.store, state.prices.clone(), from, |p| {
+        tracing::info!(
+            hours_done = p.hours_done,
+            hours_total = p.hours_total,
+            calls_changed = p.changed.calls_changed,
+            "repricing"
+        );
+    })
+    .await?;
+    let c = done.changed;
+    Ok(super::wire::RepriceDone {
+        hours: done.hours_done,
+        calls_changed: c.calls_changed,
+        exact_aggregates: c.exact_rows,
+        approximate_aggregates: c.approximate_rows,
+        cost_delta: c.cost_delta as f64 / 1e9,
+        cost_delta_nanos: c.cost_delta,
+        summary: crate::reprice::summary(&done),
+    })
 }
 
 fn day_number(date: jiff::civil::Date) -> i64 {
@@ -136,6 +230,7 @@ pub fn build_trend(dates: &[jiff::civil::Date], rows: &[DayTotal], timezone: &st
         labels: Vec::with_capacity(dates.len()),
         token_data: Vec::with_capacity(dates.len()),
         call_data: Vec::with_capacity(dates.len()),
+        cost_data: Vec::with_capacity(dates.len()),
         dates: Vec::with_capacity(dates.len()),
         timezone: timezone.to_owned(),
     };
@@ -146,6 +241,7 @@ pub fn build_trend(dates: &[jiff::civil::Date], rows: &[DayTotal], timezone: &st
         trend.dates.push(date.strftime("%Y-%m-%d").to_string());
         trend.token_data.push(row.map_or(0, |r| r.tokens));
         trend.call_data.push(row.map_or(0, |r| r.calls));
+        trend.cost_data.push(row.map_or(0.0, |r| usd(r.cost_nanos)));
     }
     trend
 }
@@ -170,7 +266,7 @@ mod tests {
             },
             duration_ms: duration,
             latency,
-            count_tokens: 0,
+            ..Aggregate::default()
         }
     }
 
@@ -180,7 +276,7 @@ mod tests {
             ("a".to_owned(), agg(3, 2, 300, 1000)),
             ("b".to_owned(), agg(1, 1, 100, 7)),
         ];
-        let s = build_stats(models.clone(), Some(1000));
+        let s = build_stats(models.clone(), Some(1000), None);
         assert_eq!(s.total_tokens, Some(1000));
         assert_eq!(s.used_tokens, 400);
         assert_eq!(s.remaining_tokens, Some(600));
@@ -190,11 +286,38 @@ mod tests {
         assert_eq!(s.models[0].avg_time, 333.33);
         assert_eq!(s.models[0].success_rate, 66.67);
         assert_eq!(s.avg_time, 251.75);
-        let unlimited = build_stats(models, None);
+        let monthly = build_stats(
+            models.clone(),
+            Some(1000),
+            Some((
+                Period::Month,
+                PeriodUse {
+                    used: 250,
+                    cost_nanos: 0,
+                    resets_at: Some("2026-04-01T00:00:00Z".parse().unwrap()),
+                },
+            )),
+        );
+        assert_eq!(monthly.used_tokens, 400, "all the calls the filter covers");
+        assert_eq!(
+            (
+                monthly.period_used,
+                monthly.remaining_tokens,
+                monthly.usage_percent
+            ),
+            (250, Some(750), Some(25.0)),
+            "what is left is of this month"
+        );
+        assert_eq!(monthly.limit_period.as_deref(), Some("month"));
+        assert_eq!(
+            monthly.period_resets_at.as_deref(),
+            Some("2026-04-01T00:00:00Z")
+        );
+        let unlimited = build_stats(models, None, None);
         assert_eq!(unlimited.total_tokens, None);
         assert_eq!(unlimited.remaining_tokens, None);
         assert_eq!(unlimited.usage_percent, None);
-        let empty = build_stats(Vec::new(), None);
+        let empty = build_stats(Vec::new(), None, None);
         assert_eq!(empty.api_call_count, 0);
         assert_eq!(empty.latency_ms.p50, None);
     }
@@ -207,6 +330,7 @@ mod tests {
             day: 20260228,
             calls: 2,
             tokens: 50,
+            cost_nanos: 0,
         }];
         let t = build_trend(&dates, &rows, "UTC");
         assert_eq!(t.labels, ["02-27", "02-28", "03-01"]);

@@ -4,7 +4,8 @@
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::ToSchema;
 
-use crate::store::KeyRow;
+use crate::pricing::{usd, CostStatus};
+use crate::store::{Aggregate, KeyRow};
 use crate::usage::LoggedCall;
 
 /// The guide's "never used" timestamp.
@@ -91,6 +92,26 @@ pub struct ModelStats {
     pub completion_tokens: u64,
     /// Latency quantiles.
     pub latency_ms: Latency,
+    /// Cost of its priced calls in USD; `null` when none of its calls could be priced.
+    pub cost: Option<f64>,
+    /// The same in nano-dollars (10⁻⁹ USD), exact.
+    pub cost_nanos: Option<u64>,
+    /// Its calls that spent tokens without a known price (not in `cost`).
+    pub unpriced_calls: u64,
+}
+
+/// The cost of an aggregate for the wire: `null` when it holds unpriced calls and nothing priced.
+pub fn aggregate_cost(agg: &Aggregate) -> Option<u64> {
+    (agg.unpriced_calls == 0 || agg.cost_nanos > 0).then_some(agg.cost_nanos)
+}
+
+/// The page's second currency: `pricing.display_currency` and its units per USD.
+#[derive(Serialize, Clone, ToSchema)]
+pub struct DisplayCurrency {
+    /// ISO 4217 code, e.g. `CNY`.
+    pub code: String,
+    /// Units of it per USD.
+    pub rate: f64,
 }
 
 /// `GET /api/console/stats`.
@@ -104,6 +125,20 @@ pub struct Stats {
     pub remaining_tokens: Option<u64>,
     /// Used share of the budget, %; `null` when unlimited.
     pub usage_percent: Option<f64>,
+    /// How often the budget resets (`day`, `week`, `month`); `null`: never. With a period,
+    /// `remaining_tokens` and `usage_percent` are of the current period.
+    pub limit_period: Option<String>,
+    /// Tokens used by recorded calls in the budget's current period (all time when it never
+    /// resets).
+    pub period_used: u64,
+    /// When the current period ends and the budget starts again from nothing; `null`: never.
+    pub period_resets_at: Option<String>,
+    /// The global money budget (`quota.total_cost`), USD; `null` when unlimited (or with
+    /// `key_id`: the key's `cost_limit`).
+    pub cost_limit: Option<f64>,
+    /// Spent by priced calls in the budget's current period, USD (all time when it never
+    /// resets).
+    pub period_cost: f64,
     /// Calls (`count_tokens` calls not included).
     pub api_call_count: u64,
     /// `count_tokens` calls, counted apart from the calls.
@@ -128,6 +163,15 @@ pub struct Stats {
     pub latency_ms: Latency,
     /// Per model, most calls first.
     pub models: Vec<ModelStats>,
+    /// Cost of the priced calls in USD.
+    pub total_cost: f64,
+    /// The same in nano-dollars (10⁻⁹ USD), exact.
+    pub total_cost_nanos: u64,
+    /// Calls that spent tokens on a model without a known price (their cost is not in
+    /// `total_cost`).
+    pub unpriced_calls: u64,
+    /// The second currency the page shows costs in, when configured.
+    pub display_currency: Option<DisplayCurrency>,
 }
 
 /// `GET /api/console/usage-trend`.
@@ -140,6 +184,8 @@ pub struct Trend {
     pub token_data: Vec<u64>,
     /// Calls per day.
     pub call_data: Vec<u64>,
+    /// Cost of the priced calls per day, USD.
+    pub cost_data: Vec<f64>,
     /// `YYYY-MM-DD` per day.
     pub dates: Vec<String>,
     /// The time zone the days are cut in.
@@ -198,6 +244,14 @@ pub struct LogRow {
     pub provider: String,
     /// Where the record came from: `gateway`, or an ingested source's name.
     pub source: String,
+    /// Cost in USD; `null` when no price is known for the model (`cost_status` `unpriced`).
+    pub cost: Option<f64>,
+    /// The same in nano-dollars (10⁻⁹ USD), exact.
+    pub cost_nanos: Option<u64>,
+    /// `priced` (from the tokens the provider reported), `estimated` (from the gateway's token
+    /// estimate) or `unpriced`.
+    #[schema(value_type = String, pattern = "^(priced|estimated|unpriced)$")]
+    pub cost_status: &'static str,
 }
 
 impl From<&LoggedCall> for LogRow {
@@ -228,6 +282,9 @@ impl From<&LoggedCall> for LogRow {
             user: c.user.clone(),
             provider: c.provider.clone(),
             source: c.source.clone(),
+            cost: c.cost_nanos.map(usd),
+            cost_nanos: c.cost_nanos,
+            cost_status: cost_status(c.cost_status),
         }
     }
 }
@@ -280,11 +337,52 @@ pub struct KeyView {
     pub used_tokens: u64,
     /// Recorded calls.
     pub call_count: u64,
+    /// Spent by its priced calls, USD.
+    pub cost: f64,
+    /// The same in nano-dollars (10⁻⁹ USD), exact.
+    pub cost_nanos: u64,
+    /// Its calls that spent tokens without a known price (not in `cost`).
+    pub unpriced_calls: u64,
+    /// Money limit, USD; `null`: unlimited.
+    pub cost_limit: Option<f64>,
+    /// The same in nano-dollars (10⁻⁹ USD), exact.
+    pub cost_limit_nanos: Option<u64>,
+    /// How often the token and money limits reset (`day`, `week`, `month`, in the configured
+    /// time zone); `null`: never.
+    pub limit_period: Option<String>,
+    /// Tokens used by recorded calls in the current period (all time when it never resets).
+    pub period_used: u64,
+    /// What is left of the token limit in the current period; `null` without a limit.
+    pub period_left: Option<u64>,
+    /// Spent by priced calls in the current period, USD (all time when it never resets).
+    pub period_cost: f64,
+    /// What is left of the money limit in the current period, USD; `null` without a limit.
+    pub period_cost_left: Option<f64>,
+    /// When the current period ends and the limit starts again from nothing; `null`: never.
+    pub period_resets_at: Option<String>,
+}
+
+/// A budget's current period as the console shows it: the tokens recorded in it and when it
+/// ends (`None`: the budget never resets, and `used` is all time).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PeriodUse {
+    /// Tokens recorded in the period.
+    pub used: u64,
+    /// Nano-dollars of the priced calls recorded in the period.
+    pub cost_nanos: u64,
+    /// When it ends.
+    pub resets_at: Option<jiff::Timestamp>,
+}
+
+fn cost_status(status: CostStatus) -> &'static str {
+    status.as_str()
 }
 
 impl KeyView {
-    /// The view of a stored key with its recorded usage; `value` is the display form.
-    pub fn new(row: &KeyRow, used_tokens: u64, call_count: u64) -> Self {
+    /// The view of a stored key with its recorded usage (none: no call yet) and what it used in
+    /// the current period of its limit; `value` is the display form.
+    pub fn new(row: &KeyRow, usage: Option<&Aggregate>, period: PeriodUse) -> Self {
+        let usage = usage.copied().unwrap_or_default();
         Self {
             id: row.id,
             name: row.name.clone(),
@@ -301,8 +399,21 @@ impl KeyView {
             allowed_models: row.allowed_models.clone(),
             expires_at: row.expires_at.map(rfc3339),
             fit_max_tokens: row.fit_max_tokens,
-            used_tokens,
-            call_count,
+            used_tokens: usage.tokens.total,
+            call_count: usage.calls,
+            cost: usd(usage.cost_nanos),
+            cost_nanos: usage.cost_nanos,
+            unpriced_calls: usage.unpriced_calls,
+            limit_period: row.limit_period.map(|p| p.name().to_owned()),
+            period_used: period.used,
+            period_left: row.token_limit.map(|l| l.saturating_sub(period.used)),
+            period_cost: usd(period.cost_nanos),
+            period_cost_left: row
+                .cost_limit_nanos
+                .map(|l| usd(l.saturating_sub(period.cost_nanos))),
+            cost_limit: row.cost_limit_nanos.map(usd),
+            cost_limit_nanos: row.cost_limit_nanos,
+            period_resets_at: period.resets_at.map(rfc3339),
         }
     }
 }
@@ -318,6 +429,61 @@ pub struct CreateKey {
     #[serde(default)]
     #[schema(max_length = 1000)]
     pub description: Option<String>,
+    /// How often the key's token limit resets: `day`, `week` or `month` in the configured time
+    /// zone; absent or `null`: never.
+    #[serde(default)]
+    pub limit_period: Option<LimitPeriod>,
+}
+
+/// How often a budget resets, at midnight in the configured time zone.
+#[derive(Deserialize, Clone, Copy, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitPeriod {
+    /// Every day.
+    Day,
+    /// Every Monday.
+    Week,
+    /// On the first of every month.
+    Month,
+}
+
+impl From<LimitPeriod> for crate::clock::Period {
+    fn from(period: LimitPeriod) -> Self {
+        match period {
+            LimitPeriod::Day => Self::Day,
+            LimitPeriod::Week => Self::Week,
+            LimitPeriod::Month => Self::Month,
+        }
+    }
+}
+
+/// `POST /api/console/reprice` body.
+#[derive(Deserialize, Default, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RepriceBody {
+    /// Only calls at or after this date (midnight UTC) or RFC 3339 instant; absent: every call.
+    #[serde(default)]
+    pub from: Option<String>,
+}
+
+/// What `POST /api/console/reprice` changed.
+#[derive(Serialize, Clone, ToSchema)]
+pub struct RepriceDone {
+    /// Hours of recorded calls repriced.
+    pub hours: u64,
+    /// Stored calls whose cost changed.
+    pub calls_changed: u64,
+    /// Hourly aggregates summed exactly from their stored calls.
+    pub exact_aggregates: u64,
+    /// Hourly aggregates priced from their summed tokens (their calls were trimmed by
+    /// `max_logs`): exact for flat prices up to half a nano-dollar per call.
+    pub approximate_aggregates: u64,
+    /// Change of the total cost, USD.
+    pub cost_delta: f64,
+    /// The same in nano-dollars.
+    pub cost_delta_nanos: i64,
+    /// One line saying all this.
+    pub summary: String,
 }
 
 /// `PATCH /api/console/keys/{id}` body; an absent field is left alone, `null` clears a limit.
@@ -357,6 +523,16 @@ pub struct PatchKey {
     #[serde(default, deserialize_with = "not_null")]
     #[schema(value_type = bool)]
     pub fit_max_tokens: Option<bool>,
+    /// Money limit in USD (priced calls' cost; a call to a model without a known price is
+    /// refused while the key has one), at most 9,223,372,036 (2^63 − 1 nano-dollars, what the
+    /// store can hold), or `null` for none.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<f64>, minimum = 0, maximum = 9223372036.0)]
+    pub cost_limit: Option<Option<f64>>,
+    /// How often the token and money limits reset (`day`, `week`, `month`), or `null` for never.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<LimitPeriod>)]
+    pub limit_period: Option<Option<LimitPeriod>>,
 }
 
 /// A model name pattern: `*` matches any run of characters.

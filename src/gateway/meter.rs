@@ -44,6 +44,10 @@ pub struct Sinks {
     pub telemetry: Option<Arc<Telemetry>>,
     /// The providers (telemetry names the provider of a call).
     pub gateway: Arc<super::Gateway>,
+    /// The instant each call is recorded at (and charged to a budget period at).
+    pub clock: crate::clock::Clock,
+    /// What each call costs.
+    pub prices: Arc<crate::pricing::PriceBook>,
 }
 
 /// Gathers one call's facts; records them exactly once (on [`Meter::finish`] or on drop).
@@ -53,6 +57,8 @@ pub struct Meter {
     started: Instant,
     endpoint: Endpoint,
     reservation: Option<Reservation>,
+    /// The money budget's reservation (nano-dollars), settled with the call's cost.
+    money: Option<Reservation>,
     /// The client's request body, read again only for a tokenizer estimate.
     request: Option<Bytes>,
     /// Usage and text of a streamed answer.
@@ -65,8 +71,14 @@ pub struct Meter {
     upstream_status: Option<u16>,
     /// The place its record will take in the recorder's queue.
     slot: Option<Slot>,
+    /// Told the call's cost once it is known (for the answer's `x-token-console-cost`).
+    cost_to: Option<CostSender>,
     finished: bool,
 }
+
+/// The cost of a finished call and how it was found.
+pub type Cost = (Option<u64>, crate::pricing::CostStatus);
+type CostSender = tokio::sync::oneshot::Sender<Cost>;
 
 impl Meter {
     /// Starts metering a call that just arrived, once the recorder has room for its record;
@@ -107,10 +119,11 @@ impl Meter {
         method: &str,
         path: &str,
     ) -> Self {
+        let ts = sinks.clock.now();
         Self {
             sinks,
             record: CallRecord {
-                ts: jiff::Timestamp::now(),
+                ts,
                 method: method.to_owned(),
                 endpoint: path.to_owned(),
                 ..CallRecord::default()
@@ -118,12 +131,14 @@ impl Meter {
             started: Instant::now(),
             endpoint,
             reservation: None,
+            money: None,
             request: None,
             tally: StreamTally::default(),
             first_byte_ms: None,
             overhead_ms: 0.0,
             upstream_status: None,
             slot: Some(slot),
+            cost_to: None,
             finished: false,
         }
     }
@@ -162,9 +177,16 @@ impl Meter {
         name.clone_into(&mut self.record.provider);
     }
 
-    /// Holds the budget reservation until the call is settled.
-    pub fn hold(&mut self, reservation: Reservation) {
-        self.reservation = Some(reservation);
+    /// The instant the call is recorded at: its budget reservation is charged to the period
+    /// this falls in.
+    pub fn recorded_at(&self) -> jiff::Timestamp {
+        self.record.ts
+    }
+
+    /// Holds the budget reservations (tokens, money) until the call is settled.
+    pub fn hold(&mut self, tokens: Option<Reservation>, money: Option<Reservation>) {
+        self.reservation = tokens;
+        self.money = money;
     }
 
     /// Notes the arrival of the answer's first body bytes.
@@ -172,6 +194,13 @@ impl Meter {
         if self.first_byte_ms.is_none() {
             self.first_byte_ms = Some(self.started.elapsed().as_millis() as u64);
         }
+    }
+
+    /// The call's cost, once it is recorded (never, for a call made without a valid key).
+    pub fn cost(&mut self) -> tokio::sync::oneshot::Receiver<Cost> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.cost_to = Some(tx);
+        rx
     }
 
     /// Notes the status the provider answered with.
@@ -313,7 +342,9 @@ impl Meter {
             sinks: self.sinks.clone(),
             record,
             reservation: self.reservation.take(),
+            money: self.money.take(),
             slot: self.slot.take(),
+            cost_to: self.cost_to.take(),
             endpoint: self.endpoint,
             spends_tokens: self.endpoint.spends_tokens(),
             overhead_ms: self.overhead_ms,
@@ -327,9 +358,11 @@ struct Completion {
     sinks: Arc<Sinks>,
     record: CallRecord,
     reservation: Option<Reservation>,
+    money: Option<Reservation>,
     endpoint: Endpoint,
     /// The call's room in the record queue (dropped unused by a call that is not recorded).
     slot: Option<Slot>,
+    cost_to: Option<CostSender>,
     spends_tokens: bool,
     overhead_ms: f64,
 }
@@ -354,6 +387,21 @@ impl Completion {
         }
         self.record.tokens = tokens;
         self.record.estimated = estimated && tokens.total > 0;
+        (self.record.cost_nanos, self.record.cost_status) = self.sinks.prices.cost_of(
+            &self.record.model,
+            self.record.ts,
+            &tokens,
+            self.record.estimated,
+        );
+        if let Some(money) = self.money.take() {
+            // Reserved only for a priced model: a cost is known (what was reserved otherwise).
+            let cost = self.record.cost_nanos.unwrap_or(money.amount());
+            money.settle(cost);
+        }
+        if let Some(tx) = self.cost_to.take() {
+            // The answer may be gone already (the client left): nobody to tell.
+            let _ = tx.send((self.record.cost_nanos, self.record.cost_status));
+        }
         self.sinks.metrics.observe(&self.record, self.overhead_ms);
         if let Some(telemetry) = &self.sinks.telemetry {
             telemetry.export(&self.sinks.gateway, self.endpoint, &self.record);

@@ -46,6 +46,8 @@ pub struct GatewayState {
     pub keys: Arc<KeyRegistry>,
     /// The global token budget (`quota.total_tokens`).
     pub budget: Arc<Budget>,
+    /// The global money budget (`quota.total_cost`, in nano-dollars).
+    pub cost_budget: Arc<Budget>,
     /// The providers, the recorder, the metrics and the telemetry.
     pub sinks: Arc<Sinks>,
 }

@@ -36,6 +36,9 @@ pub const CLIENT_GONE_MID_BODY: &str =
 pub const MAX_MODEL_BYTES: usize = 256;
 /// Header telling the client how long the gateway itself took, in milliseconds.
 pub const OVERHEAD_HEADER: &str = "x-token-console-overhead-ms";
+/// Header of a non-stream answer telling the client what the call cost: USD with nine decimals
+/// (`0.000412500`), or `unpriced` when no price is known for the model.
+pub const COST_HEADER: &str = "x-token-console-cost";
 
 /// The only client request headers forwarded upstream (an allow-list: anything else, such as
 /// `OpenAI-Organization`, `OpenAI-Project`, `Cookie`, `api-key`, `X-Forwarded-*`, `Forwarded` or
@@ -283,38 +286,115 @@ fn spend_bound(endpoint: Endpoint, body_len: usize, request: &RequestView) -> u6
     estimate::prompt_upper_bound(body_len, request).saturating_add(completion)
 }
 
-/// Reserves what the call may spend; with the key's `fit_max_tokens`, a call that does not fit
-/// reserves what is left instead. The answer's second part is the `max_tokens` to send: the
-/// lowered one, or [`DEFAULT_MAX_TOKENS`] for a request that names none (without it the model
+/// What a call holds of the budgets until it ends, and the `max_tokens` to send upstream (a
+/// lowered one, or [`DEFAULT_MAX_TOKENS`] for a request that names none: without it the model
 /// could write past the reservation).
+#[derive(Default)]
+struct Held {
+    tokens: Option<crate::keys::Reservation>,
+    money: Option<crate::keys::Reservation>,
+    max_tokens: Option<u64>,
+}
+
+/// Reserves what the call may spend in tokens and, under a money budget, in nano-dollars.
 async fn reserve(
     state: &GatewayState,
     key: &KeyEntry,
     endpoint: Endpoint,
     body_len: usize,
     request: &RequestView<'_>,
-) -> Result<Option<(crate::keys::Reservation, Option<u64>)>, GatewayError> {
+    at: jiff::Timestamp,
+) -> Result<Held, GatewayError> {
     if !endpoint.spends_tokens() {
-        return Ok(None);
+        return Ok(Held::default());
     }
+    let mut held = Held::default();
+    if let Some((reservation, lowered)) =
+        reserve_tokens(state, key, endpoint, body_len, request, at).await?
+    {
+        held.tokens = Some(reservation);
+        held.max_tokens = lowered;
+    }
+    let money = reserve_money(state, key, endpoint, body_len, request, at, held.max_tokens).await?;
+    if money.is_some() && held.max_tokens.is_none() {
+        held.max_tokens = (endpoint.has_completion() && request.max_tokens().is_none())
+            .then_some(DEFAULT_MAX_TOKENS);
+    }
+    held.money = money;
+    Ok(held)
+}
+
+/// The refusal of a spent budget (`what`: "token" or "money"), saying when it resets.
+fn exhausted(
+    state: &GatewayState,
+    who: &str,
+    what: &str,
+    budget: &Budget,
+    at: jiff::Timestamp,
+) -> GatewayError {
+    let when = match budget.period() {
+        Some(period) => format!(
+            "it resets at {} (every {})",
+            period.window(at, &state.config.timezone).end,
+            period.name()
+        ),
+        None => "or wait for it to be reset".to_owned(),
+    };
+    GatewayError::QuotaExhausted(format!(
+        "{who} {what} budget is used up (or what this request may use does not fit in what is left); raise the limit in the token console, {when}"
+    ))
+}
+
+/// Maps a refusal of the global or the key's budget of `what` to the client's error.
+fn refused(
+    state: &GatewayState,
+    key: &KeyEntry,
+    what: &str,
+    (global, key_budget): (&Budget, &Budget),
+    refusal: Refusal,
+    at: jiff::Timestamp,
+) -> GatewayError {
+    match refusal {
+        Refusal::Global => exhausted(state, "the gateway's", what, global, at),
+        Refusal::Key => exhausted(
+            state,
+            &format!("the API key \"{}\"'s", key.settings().name),
+            what,
+            key_budget,
+            at,
+        ),
+        Refusal::Unavailable(reason) => {
+            tracing::error!("cannot confirm the {what} budget: {reason}");
+            GatewayError::QuotaExhausted(format!(
+                "the {what} budget cannot be confirmed right now (the gateway's database does not answer); retry shortly"
+            ))
+        }
+    }
+}
+
+/// Reserves the tokens the call may spend; with the key's `fit_max_tokens`, a call that does
+/// not fit reserves what is left instead. The answer's second part is the `max_tokens` to send.
+async fn reserve_tokens(
+    state: &GatewayState,
+    key: &KeyEntry,
+    endpoint: Endpoint,
+    body_len: usize,
+    request: &RequestView<'_>,
+    at: jiff::Timestamp,
+) -> Result<Option<(crate::keys::Reservation, Option<u64>)>, GatewayError> {
     let key_budget = key.budget.limit().is_some().then_some(&key.budget);
     if state.budget.limit().is_none() && key_budget.is_none() {
         return Ok(None);
     }
-    let exhausted = |who: &str| {
-        GatewayError::QuotaExhausted(format!(
-            "{who} token budget is used up (or the tokens this request may use do not fit in what is left); raise the limit in the token console or wait for it to be reset"
-        ))
-    };
     let amount = spend_bound(endpoint, body_len, request);
     let fit = key.settings().fit_max_tokens && endpoint.has_completion();
-    let reserved = match Budget::reserve(&state.budget, key_budget, amount).await {
+    let reserved = match Budget::reserve(&state.budget, key_budget, amount, at).await {
         Err(Refusal::Global | Refusal::Key) if fit => {
             // The prompt must fit whole; the answers get what is left, at least a token each.
             let prompt = estimate::prompt_upper_bound(body_len, request);
             let choices = request.choices();
             let least = prompt.saturating_add(choices);
-            Budget::reserve_up_to(&state.budget, key_budget, least, amount)
+            Budget::reserve_up_to(&state.budget, key_budget, least, amount, at)
                 .await
                 .map(|r| {
                     let output = r.amount().saturating_sub(prompt) / choices;
@@ -329,20 +409,72 @@ async fn reserve(
             (r, unlimited.then_some(DEFAULT_MAX_TOKENS))
         }),
     };
-    match reserved {
-        Ok(reserved) => Ok(Some(reserved)),
-        Err(Refusal::Global) => Err(exhausted("the gateway's")),
-        Err(Refusal::Key) => Err(exhausted(&format!(
-            "the API key \"{}\"'s",
-            key.settings().name
-        ))),
-        Err(Refusal::Unavailable(reason)) => {
-            tracing::error!("cannot confirm the token budget: {reason}");
-            Err(GatewayError::QuotaExhausted(
-                "the token budget cannot be confirmed right now (the gateway's database does not answer); retry shortly".into(),
-            ))
-        }
+    reserved.map(Some).map_err(|refusal| {
+        refused(
+            state,
+            key,
+            "token",
+            (&state.budget, &key.budget),
+            refusal,
+            at,
+        )
+    })
+}
+
+/// Reserves, under a money budget (the global `quota.total_cost` or the key's `cost_limit`),
+/// what the call can cost at most: its token bound at the model's highest prices, with the
+/// output bound lowered to `max_tokens` when the token budget lowered it. A model without a
+/// known price is refused: its cost could not be bounded, nor charged.
+async fn reserve_money(
+    state: &GatewayState,
+    key: &KeyEntry,
+    endpoint: Endpoint,
+    body_len: usize,
+    request: &RequestView<'_>,
+    at: jiff::Timestamp,
+    max_tokens: Option<u64>,
+) -> Result<Option<crate::keys::Reservation>, GatewayError> {
+    let key_budget = key
+        .cost_budget
+        .limit()
+        .is_some()
+        .then_some(&key.cost_budget);
+    if state.cost_budget.limit().is_none() && key_budget.is_none() {
+        return Ok(None);
     }
+    let model = request.model.as_deref().unwrap_or_default();
+    let input = estimate::prompt_upper_bound(body_len, request);
+    let output = if endpoint.has_completion() {
+        max_tokens
+            .or(request.max_tokens())
+            .unwrap_or(DEFAULT_MAX_TOKENS)
+            .saturating_mul(request.choices())
+    } else {
+        0
+    };
+    let Some(nanos) = state.sinks.prices.max_cost_nanos(model, at, input, output) else {
+        let whose = if key_budget.is_some() {
+            format!("the API key \"{}\" has", key.settings().name)
+        } else {
+            "the gateway has".to_owned()
+        };
+        return Err(GatewayError::Forbidden(format!(
+            "the model \"{model}\" has no known price, and {whose} a money budget, which cannot admit a call whose cost it cannot bound; add its price under pricing.models in config.yaml, or remove the money limit"
+        )));
+    };
+    Budget::reserve(&state.cost_budget, key_budget, nanos, at)
+        .await
+        .map(Some)
+        .map_err(|refusal| {
+            refused(
+                state,
+                key,
+                "money",
+                (&state.cost_budget, &key.cost_budget),
+                refusal,
+                at,
+            )
+        })
 }
 
 async fn prepare(
@@ -423,12 +555,19 @@ async fn prepare(
         ));
     }
     let mut body = with_usage.unwrap_or_else(|| bytes.clone());
-    if let Some((reservation, lowered)) = reserve(state, &key, endpoint, body.len(), &view).await? {
-        if let Some(max_tokens) = lowered {
-            body = lower_max_tokens(&body, endpoint, &view, max_tokens);
-        }
-        meter.hold(reservation);
+    let held = reserve(
+        state,
+        &key,
+        endpoint,
+        body.len(),
+        &view,
+        meter.recorded_at(),
+    )
+    .await?;
+    if let Some(max_tokens) = held.max_tokens {
+        body = lower_max_tokens(&body, endpoint, &view, max_tokens);
     }
+    meter.hold(held.tokens, held.money);
     Ok(Prepared {
         provider,
         headers,
@@ -614,17 +753,59 @@ async fn forward(endpoint: Endpoint, prepared: Prepared, mut meter: Meter) -> Re
         upstream.content_length()
     };
     let idle = Duration::from_millis(provider.config.stream_idle_timeout_ms);
-    let body = Body::from_stream(relay(
+    let cost = (!is_sse).then(|| meter.cost());
+    let relayed = relay(
         upstream.bytes_stream(),
         meter,
         status,
         is_sse,
         declared_length,
         idle,
-    ));
+    );
+    let body = match cost {
+        Some(cost) => {
+            let (body, header) = whole_with_cost(Box::pin(relayed), cost).await;
+            if let Some(value) = header {
+                builder = builder.header(HeaderName::from_static(COST_HEADER), value);
+            }
+            body
+        }
+        None => Body::from_stream(relayed),
+    };
     builder
         .body(body)
         .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
+}
+
+/// A non-stream answer read whole before it is passed on, so that its headers can carry what
+/// the call cost (the call is recorded, and priced, when its answer is complete). An answer
+/// larger than [`MAX_WHOLE_BODY`] is passed on as it arrives instead, without the cost; one
+/// that breaks off is passed on as far as it came, then broken off as before.
+async fn whole_with_cost<S>(
+    mut relayed: S,
+    cost: tokio::sync::oneshot::Receiver<super::meter::Cost>,
+) -> (Body, Option<HeaderValue>)
+where
+    S: Stream<Item = Result<Bytes, std::io::Error>> + Send + Unpin + 'static,
+{
+    let mut chunks: Vec<Result<Bytes, std::io::Error>> = Vec::new();
+    let mut size = 0usize;
+    while let Some(item) = relayed.next().await {
+        let failed = item.is_err();
+        size += item.as_ref().map_or(0, Bytes::len);
+        chunks.push(item);
+        if failed {
+            return (Body::from_stream(stream::iter(chunks)), None);
+        }
+        if size > MAX_WHOLE_BODY {
+            return (Body::from_stream(stream::iter(chunks).chain(relayed)), None);
+        }
+    }
+    let header = cost.await.ok().and_then(|(nanos, _)| {
+        let text = nanos.map_or_else(|| "unpriced".to_owned(), crate::pricing::usd_text);
+        HeaderValue::from_str(&text).ok()
+    });
+    (Body::from_stream(stream::iter(chunks)), header)
 }
 
 struct Relay<S> {

@@ -17,7 +17,7 @@ use rand::rngs::OsRng;
 use rand::TryRngCore;
 use sha2::{Digest, Sha256};
 
-pub use budget::{Budget, Ledger, Refusal, Reservation, IDLE_RETURN_AFTER};
+pub use budget::{ledger_row, Budget, Ledger, LocalRows, Refusal, Reservation, IDLE_RETURN_AFTER};
 pub use rate::RateLimiter;
 
 use crate::store::KeyRow;
@@ -104,6 +104,8 @@ pub struct KeyEntry {
     version: AtomicI64,
     /// The key's token budget (its `token_limit`, shared through the ledger).
     pub budget: Arc<Budget>,
+    /// The key's money budget (its `cost_limit`, in nano-dollars, shared through the ledger).
+    pub cost_budget: Arc<Budget>,
     rate: Mutex<RateWindow>,
 }
 
@@ -113,7 +115,19 @@ impl KeyEntry {
             id: row.id,
             settings: RwLock::new(Arc::new(settings_of(row))),
             version: AtomicI64::new(row.version),
-            budget: Arc::new(Budget::new(ledger.clone(), row.id, row.token_limit)),
+            budget: Arc::new(Budget::new(
+                ledger.clone(),
+                row.id,
+                row.token_limit,
+                row.limit_period,
+            )),
+            cost_budget: Arc::new(Budget::of_unit(
+                ledger.clone(),
+                row.id,
+                crate::store::UNIT_NANO_USD,
+                row.cost_limit_nanos,
+                row.limit_period,
+            )),
             rate: Mutex::new(RateWindow::default()),
         }
     }
@@ -282,7 +296,10 @@ impl KeyRegistry {
                 if let Ok(mut settings) = entry.settings.write() {
                     *settings = Arc::new(settings_of(row));
                 }
-                entry.budget.set_limit(row.token_limit);
+                entry.budget.set_limit(row.token_limit, row.limit_period);
+                entry
+                    .cost_budget
+                    .set_limit(row.cost_limit_nanos, row.limit_period);
                 continue;
             }
             let entry = Arc::new(KeyEntry::new(row, &self.ledger));
@@ -305,12 +322,15 @@ impl KeyRegistry {
         self.version.fetch_max(version, Ordering::Relaxed);
     }
 
-    /// The budgets of the live keys.
+    /// The budgets of the live keys, tokens and money.
     pub fn key_budgets(&self) -> Vec<Arc<Budget>> {
         let Ok(by_hash) = self.by_hash.read() else {
             return Vec::new();
         };
-        by_hash.values().map(|e| e.budget.clone()).collect()
+        by_hash
+            .values()
+            .flat_map(|e| [e.budget.clone(), e.cost_budget.clone()])
+            .collect()
     }
 
     /// Tokens used (through this instance) and in flight per live key id.

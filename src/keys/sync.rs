@@ -24,6 +24,16 @@ pub const STALE_AFTER_MS: i64 = 15_000;
 /// Least time between two warnings about a failing store.
 const WARN_INTERVAL: Duration = Duration::from_secs(10);
 
+/// Ledger rows of periods that started this long ago are forgotten: a month's row is charged
+/// until a little after the month ends (calls admitted in it that end later), and no period is
+/// longer than 31 days.
+const KEEP_PERIODS_FOR: jiff::SignedDuration = jiff::SignedDuration::from_hours(24 * 63);
+
+/// The instant (UTC milliseconds) before which periods started are forgotten.
+fn prune_before(ledger: &Ledger) -> i64 {
+    (ledger.clock().now() - KEEP_PERIODS_FOR).as_millisecond()
+}
+
 /// This instance on the shared database, and the task that keeps it in step.
 pub struct Instance {
     /// Random identity of this process among the instances.
@@ -37,7 +47,8 @@ struct Parts {
     id: String,
     store: Store,
     keys: Arc<KeyRegistry>,
-    global: Arc<Budget>,
+    /// The global budgets: tokens and money.
+    global: [Arc<Budget>; 2],
     ledger: Arc<Ledger>,
 }
 
@@ -54,12 +65,13 @@ impl Instance {
         format!("{}-{suffix}", std::process::id())
     }
 
-    /// Starts keeping `keys`, the `global` budget and their `ledger` in step with `store`.
+    /// Starts keeping `keys`, the `global` budgets (tokens, money) and their `ledger` in step
+    /// with `store`.
     pub fn start(
         id: String,
         store: Store,
         keys: Arc<KeyRegistry>,
-        global: Arc<Budget>,
+        global: [Arc<Budget>; 2],
         ledger: Arc<Ledger>,
     ) -> Self {
         let (stop, stopped) = watch::channel(false);
@@ -115,6 +127,9 @@ impl Parts {
                 if let Err(e) = self.store.heartbeat(self.id.clone()).await {
                     failure = Some(format!("cannot note this instance as alive: {e}"));
                 }
+                if let Err(e) = self.store.prune_budgets(prune_before(&self.ledger)).await {
+                    failure = Some(format!("cannot forget past budget periods: {e}"));
+                }
                 match self.store.reap_instances(STALE_AFTER_MS).await {
                     Ok(0) => {}
                     Ok(tokens) => tracing::info!(
@@ -157,7 +172,7 @@ impl Parts {
 
     fn budgets(&self) -> Vec<Arc<Budget>> {
         let mut budgets = self.keys.key_budgets();
-        budgets.push(self.global.clone());
+        budgets.extend(self.global.iter().cloned());
         budgets
     }
 }

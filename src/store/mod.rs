@@ -24,6 +24,45 @@ use crate::usage::{CallRecord, LoggedCall, TokenUsage, LATENCY_BUCKETS};
 /// The scope of the global budget in the budget ledger; key budgets use the key's id.
 pub const GLOBAL_SCOPE: i64 = 0;
 
+/// The unit of a token budget's ledger rows.
+pub const UNIT_TOKENS: i64 = 0;
+/// The unit of a money budget's ledger rows: nano-dollars (10⁻⁹ USD) of priced calls.
+pub const UNIT_NANO_USD: i64 = 1;
+
+/// One row of the budget ledger: a budget (`scope`: [`GLOBAL_SCOPE`] or a key id), the unit it
+/// counts, and the period its figures belong to — a budget that resets has a row per period, so a
+/// call is charged to the period it was admitted in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LedgerRow {
+    /// The global budget or a key id.
+    pub scope: i64,
+    /// What it counts ([`UNIT_TOKENS`] or [`UNIT_NANO_USD`]).
+    pub unit: i64,
+    /// 0 for a budget that never resets, else [`crate::clock::Period::code`].
+    pub period: i64,
+    /// The period's first instant in UTC milliseconds (0 for a budget that never resets).
+    pub start_ms: i64,
+    /// The period's first local day (YYYYMMDD, as `agg_day` buckets days), 0 for a budget that
+    /// never resets: the row is built from the usage recorded from then until `last_day`.
+    pub first_day: i64,
+    /// The period's last local day (YYYYMMDD), 0 for a budget that never resets.
+    pub last_day: i64,
+}
+
+impl LedgerRow {
+    /// The row of a token budget that never resets.
+    pub fn tokens(scope: i64) -> Self {
+        Self {
+            scope,
+            unit: UNIT_TOKENS,
+            period: 0,
+            start_ms: 0,
+            first_day: 0,
+            last_day: 0,
+        }
+    }
+}
+
 /// `key_id` of the rollup rows of `agg_day`: each day's totals over every key and model, kept
 /// beside the per key × model rows so that a 90-day trend reads 90 rows, not 90 × keys × models.
 /// Every other reader of `agg_day` filters on one real key id.
@@ -95,6 +134,8 @@ pub struct KeyRow {
     pub enabled: bool,
     /// Token budget of the key; `None` is unlimited.
     pub token_limit: Option<u64>,
+    /// Money budget of the key in nano-dollars; `None` is unlimited.
+    pub cost_limit_nanos: Option<u64>,
     /// Requests per minute; `None` is unlimited.
     pub rpm_limit: Option<u32>,
     /// Glob patterns of the models it may use; `None` is all.
@@ -104,6 +145,8 @@ pub struct KeyRow {
     /// Whether a call whose `max_tokens` does not fit in what is left of a budget is sent with
     /// its `max_tokens` lowered to what is left instead of being refused.
     pub fit_max_tokens: bool,
+    /// How often the key's limit starts again from nothing; `None`: never.
+    pub limit_period: Option<crate::clock::Period>,
     /// Deleted keys are kept so their history keeps its name.
     pub deleted: bool,
     /// Grows with every change made through any instance's console (see
@@ -124,6 +167,8 @@ pub struct NewKey {
     pub display: String,
     /// Creation time.
     pub created_at: jiff::Timestamp,
+    /// How often its limit resets.
+    pub limit_period: Option<crate::clock::Period>,
 }
 
 /// Changes to a key; `None` leaves a field as it is, `Some(None)` clears an optional limit.
@@ -137,6 +182,8 @@ pub struct KeyPatch {
     pub enabled: Option<bool>,
     /// Token limit.
     pub token_limit: Option<Option<u64>>,
+    /// Money limit in nano-dollars.
+    pub cost_limit_nanos: Option<Option<u64>>,
     /// Requests-per-minute limit.
     pub rpm_limit: Option<Option<u32>>,
     /// Allowed model patterns.
@@ -145,6 +192,8 @@ pub struct KeyPatch {
     pub expires_at: Option<Option<jiff::Timestamp>>,
     /// Lower `max_tokens` to what is left of a budget instead of refusing.
     pub fit_max_tokens: Option<bool>,
+    /// How often the limit resets.
+    pub limit_period: Option<Option<crate::clock::Period>>,
 }
 
 /// Summed figures of many calls, as the aggregate tables keep them.
@@ -164,6 +213,10 @@ pub struct Aggregate {
     pub latency: [u64; LATENCY_BUCKETS],
     /// `count_tokens` calls, counted apart: they are not in any other field.
     pub count_tokens: u64,
+    /// Summed cost of the priced calls, in nano-dollars.
+    pub cost_nanos: u64,
+    /// Calls that spent tokens on a model without a price (not in `cost_nanos`).
+    pub unpriced_calls: u64,
 }
 
 impl Aggregate {
@@ -186,6 +239,8 @@ impl Aggregate {
             duration_ms: call.duration_ms,
             latency,
             count_tokens: 0,
+            cost_nanos: call.cost_nanos.unwrap_or(0),
+            unpriced_calls: u64::from(call.cost_nanos.is_none()),
         }
     }
 
@@ -202,10 +257,33 @@ impl Aggregate {
         self.tokens.total += other.tokens.total;
         self.duration_ms += other.duration_ms;
         self.count_tokens += other.count_tokens;
+        self.cost_nanos += other.cost_nanos;
+        self.unpriced_calls += other.unpriced_calls;
         for (a, b) in self.latency.iter_mut().zip(other.latency.iter()) {
             *a += b;
         }
     }
+}
+
+/// What a call costs: `(model, when, tokens, estimated)` → its cost in nano-dollars (`None`:
+/// no price) and status. Repricing hands the price book to the store as one of these.
+pub type Pricer = Arc<
+    dyn Fn(&str, jiff::Timestamp, &TokenUsage, bool) -> (Option<u64>, crate::pricing::CostStatus)
+        + Send
+        + Sync,
+>;
+
+/// What repricing a span of hours changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Repriced {
+    /// Raw call rows whose cost changed.
+    pub calls_changed: u64,
+    /// `agg_hour` rows summed exactly from their raw calls.
+    pub exact_rows: u64,
+    /// `agg_hour` rows priced from their summed tokens (their raw calls were trimmed).
+    pub approximate_rows: u64,
+    /// Change of the total cost, nano-dollars.
+    pub cost_delta: i64,
 }
 
 /// Which calls a statistic covers.
@@ -228,6 +306,8 @@ pub struct DayTotal {
     pub calls: u64,
     /// Total tokens that day.
     pub tokens: u64,
+    /// Cost of the priced calls that day, nano-dollars.
+    pub cost_nanos: u64,
 }
 
 /// A status filter of the logs: one code or a class such as `4xx`.
@@ -485,32 +565,47 @@ impl Store {
         run!(read, self, logs(&query))
     }
 
-    /// Leases tokens of a budget (`scope` 0 is the global budget, else a key id) to this
-    /// instance: `want` tokens, or fewer but at least `need`, out of what `limit` leaves after
-    /// every token used or leased so far; nothing when fewer than `need` are left. The ledger row
-    /// is created on first use from the recorded usage.
+    /// Tokens and nano-dollars per key id recorded on local days from `first_day` (YYYYMMDD)
+    /// on, with the calls of every key under [`GLOBAL_SCOPE`].
+    pub async fn usage_since_day(
+        &self,
+        first_day: i64,
+    ) -> Result<HashMap<i64, (u64, u64)>, StoreError> {
+        run!(read, self, usage_since_day(first_day))
+    }
+
+    /// Leases tokens of a budget's ledger row to this instance: `want` tokens, or fewer but at
+    /// least `need`, out of what `limit` leaves after every token used or leased so far in the
+    /// row's period; nothing when fewer than `need` are left. The ledger row is created on first
+    /// use from the usage recorded in its period.
     /// The grant is noted as held by `instance` (`budget_leases`), so that it returns to the
     /// ledger if the instance dies ([`Store::reap_instances`]).
     pub async fn lease(
         &self,
         instance: String,
-        scope: i64,
+        row: LedgerRow,
         limit: u64,
         need: u64,
         want: u64,
     ) -> Result<Lease, StoreError> {
-        run!(write, self, lease(&instance, scope, limit, need, want))
+        run!(write, self, lease(&instance, row, limit, need, want))
     }
 
-    /// Applies changes of `instance` to budget ledgers, one `(scope, taken, held)` per budget:
+    /// Applies changes of `instance` to budget ledgers, one `(row, taken, held)` per ledger row:
     /// `taken` is added to the ledger row (negative: unused leases given back; positive: calls
     /// that used more than they reserved), `held` (never positive) to what the instance holds.
     pub async fn adjust_budgets(
         &self,
         instance: String,
-        deltas: Vec<(i64, i64, i64)>,
+        deltas: Vec<(LedgerRow, i64, i64)>,
     ) -> Result<(), StoreError> {
         run!(write, self, adjust_budgets(&instance, &deltas))
+    }
+
+    /// Forgets the ledger rows of periods that started before `before` (UTC milliseconds): a
+    /// budget that resets keeps a row per period, and past periods are never charged again.
+    pub async fn prune_budgets(&self, before: i64) -> Result<(), StoreError> {
+        run!(write, self, prune_budgets(before))
     }
 
     /// Forgets the instances not seen for `stale_ms` and gives the budget slices they held back
@@ -539,6 +634,24 @@ impl Store {
             .map_err(|e| StoreError::Task(format!("the OS random source failed: {e}")))?;
         let candidate: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         run!(write, self, deployment_id(&candidate))
+    }
+
+    /// The first and last hour (UTC hours since the epoch) holding calls at or after
+    /// `from_hour`.
+    pub async fn hour_span(&self, from_hour: i64) -> Result<Option<(i64, i64)>, StoreError> {
+        run!(read, self, hour_span(from_hour))
+    }
+
+    /// Recomputes the stored cost of the calls of hours `[first, end)` and of their aggregates
+    /// with `pricer`, in one transaction (see [`queries::reprice_hours`]).
+    pub async fn reprice_hours(
+        &self,
+        first: i64,
+        end: i64,
+        pricer: Pricer,
+    ) -> Result<Repriced, StoreError> {
+        let tz = self.timezone.clone();
+        run!(write, self, reprice_hours(first, end, &tz, &pricer))
     }
 
     /// Removes this instance on shutdown.

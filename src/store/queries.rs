@@ -5,8 +5,8 @@ use std::collections::HashMap;
 
 use super::sql::{Bulk, Db, Lock, Param, Row, Ty, AGG_COLUMNS};
 use super::{
-    Aggregate, CallKind, DayTotal, KeyPatch, KeyRow, Lease, LogQuery, NewKey, StatusFilter,
-    StoreError, UsageFilter, ALL_KEYS, GLOBAL_SCOPE,
+    Aggregate, CallKind, DayTotal, KeyPatch, KeyRow, Lease, LedgerRow, LogQuery, NewKey,
+    StatusFilter, StoreError, UsageFilter, ALL_KEYS, GLOBAL_SCOPE,
 };
 use crate::usage::{CallRecord, LoggedCall, TokenUsage, COUNT_TOKENS_PATH, LATENCY_BUCKETS};
 
@@ -68,7 +68,7 @@ impl<'a> Conditions<'a> {
 
 const KEY_SELECT: &str = "SELECT id, name, description, key_hash, display, created_at, last_used,
     enabled, token_limit, rpm_limit, allowed_models, expires_at, deleted_at, version,
-    fit_max_tokens FROM api_keys";
+    fit_max_tokens, limit_period, cost_limit_nanos FROM api_keys";
 
 fn read_key(row: &Row) -> Result<KeyRow, StoreError> {
     let mut hash = [0u8; 32];
@@ -96,6 +96,10 @@ fn read_key(row: &Row) -> Result<KeyRow, StoreError> {
         deleted: row.opt_int(12)?.is_some(),
         version: row.int(13)?,
         fit_max_tokens: row.bool(14)?,
+        limit_period: row
+            .opt_text(15)?
+            .and_then(|name| crate::clock::Period::parse(&name)),
+        cost_limit_nanos: row.opt_int(16)?.map(|v| v.max(0) as u64),
     })
 }
 
@@ -135,8 +139,9 @@ pub async fn insert_key(
     }
     let inserted = db
         .query_one(
-            "INSERT INTO api_keys (name, description, key_hash, display, created_at, version)
-             VALUES ($1, $2, $3, $4, $5, (SELECT COALESCE(MAX(version), 0) + 1 FROM api_keys))
+            "INSERT INTO api_keys (name, description, key_hash, display, created_at, limit_period,
+             version)
+             VALUES ($1, $2, $3, $4, $5, $6, (SELECT COALESCE(MAX(version), 0) + 1 FROM api_keys))
              RETURNING id",
             &[
                 key.name.as_str().into(),
@@ -144,6 +149,7 @@ pub async fn insert_key(
                 key.hash.as_slice().into(),
                 key.display.as_str().into(),
                 ms(key.created_at).into(),
+                key.limit_period.map(crate::clock::Period::name).into(),
             ],
         )
         .await;
@@ -181,6 +187,8 @@ fn apply_patch(key: &mut KeyRow, patch: &KeyPatch) {
     set(&mut key.allowed_models, patch.allowed_models);
     set(&mut key.expires_at, patch.expires_at);
     set(&mut key.fit_max_tokens, patch.fit_max_tokens);
+    set(&mut key.limit_period, patch.limit_period);
+    set(&mut key.cost_limit_nanos, patch.cost_limit_nanos);
 }
 
 /// Applies a patch to a live key; `None` when there is no such live key.
@@ -194,6 +202,8 @@ pub async fn update_key(
         return Ok(None);
     };
     let was_limited = key.token_limit.is_some();
+    let was_cost_limited = key.cost_limit_nanos.is_some();
+    let old_period = key.limit_period;
     apply_patch(&mut key, patch);
     let allowed = key
         .allowed_models
@@ -203,6 +213,7 @@ pub async fn update_key(
         .execute(
             "UPDATE api_keys SET name = $2, description = $3, enabled = $4, token_limit = $5,
              rpm_limit = $6, allowed_models = $7, expires_at = $8, fit_max_tokens = $9,
+             limit_period = $10, cost_limit_nanos = $11,
              version = (SELECT MAX(version) + 1 FROM api_keys) WHERE id = $1",
             &[
                 id.into(),
@@ -214,15 +225,38 @@ pub async fn update_key(
                 allowed.into(),
                 key.expires_at.map(ms).into(),
                 key.fit_max_tokens.into(),
+                key.limit_period.map(crate::clock::Period::name).into(),
+                key.cost_limit_nanos.into(),
             ],
         )
         .await;
     name_taken(updated, &key.name)?;
-    if was_limited && key.token_limit.is_none() {
-        // Unlimited keys are not charged to the ledger: a later limit starts from the recorded
-        // usage again.
-        db.execute("DELETE FROM budgets WHERE scope = $1", &[id.into()])
+    // Unlimited budgets are not charged to the ledger: a later limit starts from the recorded
+    // usage again.
+    for (cleared, unit) in [
+        (was_limited && key.token_limit.is_none(), super::UNIT_TOKENS),
+        (
+            was_cost_limited && key.cost_limit_nanos.is_none(),
+            super::UNIT_NANO_USD,
+        ),
+    ] {
+        if cleared {
+            db.execute(
+                "DELETE FROM budgets WHERE scope = $1 AND unit = $2",
+                &[id.into(), unit.into()],
+            )
             .await?;
+        }
+    }
+    if old_period != key.limit_period {
+        // Rows of the other periods are no longer charged: should the period come back, its row
+        // starts from the recorded usage again.
+        let period = key.limit_period.map_or(0, crate::clock::Period::code);
+        db.execute(
+            "DELETE FROM budgets WHERE scope = $1 AND period <> $2",
+            &[id.into(), period.into()],
+        )
+        .await?;
     }
     select_key(db, id)
         .await?
@@ -279,6 +313,8 @@ pub fn read_aggregate(row: &Row, start: usize) -> Result<Aggregate, StoreError> 
         duration_ms: get(9)?,
         latency,
         count_tokens: get(10 + LATENCY_BUCKETS)?,
+        cost_nanos: get(11 + LATENCY_BUCKETS)?,
+        unpriced_calls: get(12 + LATENCY_BUCKETS)?,
     })
 }
 
@@ -289,7 +325,7 @@ fn aggregate_values(agg: &Aggregate) -> impl Iterator<Item = Param<'static>> {
         .chain(agg.tokens.counts())
         .chain([agg.duration_ms])
         .chain(agg.latency)
-        .chain([agg.count_tokens])
+        .chain([agg.count_tokens, agg.cost_nanos, agg.unpriced_calls])
         .map(Param::from)
 }
 
@@ -350,6 +386,31 @@ pub async fn usage_of_key(db: &mut impl Db, key_id: i64) -> Result<Aggregate, St
     }
 }
 
+/// Tokens and nano-dollars per key id on local days from `first_day` on; every key's under
+/// [`GLOBAL_SCOPE`].
+pub async fn usage_since_day(
+    db: &mut impl Db,
+    first_day: i64,
+) -> Result<HashMap<i64, (u64, u64)>, StoreError> {
+    let rows = db
+        .query(
+            "SELECT key_id, CAST(SUM(total_tokens) AS BIGINT), CAST(SUM(cost_nanos) AS BIGINT)
+             FROM agg_day WHERE day >= $1 GROUP BY key_id",
+            &[first_day.into()],
+        )
+        .await?;
+    let mut used = HashMap::new();
+    for row in rows {
+        let key_id = match row.int(0)? {
+            ALL_KEYS => GLOBAL_SCOPE,
+            GLOBAL_SCOPE => continue,
+            id => id,
+        };
+        used.insert(key_id, (row.count(1)?, row.count(2)?));
+    }
+    Ok(used)
+}
+
 /// Calls and tokens per local day in `[first_day, last_day]`, days with calls only.
 pub async fn usage_by_day(
     db: &mut impl Db,
@@ -359,7 +420,8 @@ pub async fn usage_by_day(
 ) -> Result<Vec<DayTotal>, StoreError> {
     let rows = db
         .query(
-            "SELECT day, CAST(SUM(calls) AS BIGINT), CAST(SUM(total_tokens) AS BIGINT)
+            "SELECT day, CAST(SUM(calls) AS BIGINT), CAST(SUM(total_tokens) AS BIGINT),
+             CAST(SUM(cost_nanos) AS BIGINT)
              FROM agg_day WHERE key_id = $1 AND day BETWEEN $2 AND $3 GROUP BY day ORDER BY day",
             &[
                 key_id.unwrap_or(ALL_KEYS).into(),
@@ -374,6 +436,7 @@ pub async fn usage_by_day(
                 day: row.int(0)?,
                 calls: row.count(1)?,
                 tokens: row.count(2)?,
+                cost_nanos: row.count(3)?,
             })
         })
         .collect()
@@ -381,7 +444,7 @@ pub async fn usage_by_day(
 
 // --- Call records ---------------------------------------------------------------------------
 
-const CALL_COLUMNS: [(&str, Ty); 24] = [
+const CALL_COLUMNS: [(&str, Ty); 26] = [
     ("id", Ty::BigInt),
     ("ts", Ty::BigInt),
     ("method", Ty::Text),
@@ -406,6 +469,8 @@ const CALL_COLUMNS: [(&str, Ty); 24] = [
     ("user_id", Ty::Text),
     ("provider", Ty::Text),
     ("source", Ty::Text),
+    ("cost_nanos", Ty::BigInt),
+    ("cost_status", Ty::Text),
 ];
 
 fn column_names<T>(columns: &[(&str, T)]) -> String {
@@ -445,6 +510,8 @@ fn read_call(row: &Row) -> Result<LoggedCall, StoreError> {
             user: row.opt_text(21)?,
             provider: row.text(22)?,
             source: row.text(23)?,
+            cost_nanos: row.opt_int(24)?.map(|v| v.max(0) as u64),
+            cost_status: crate::pricing::CostStatus::parse(&row.text(25)?),
             answer: Default::default(),
         },
     })
@@ -549,6 +616,8 @@ fn call_values<'a>(id: i64, call: &'a CallRecord) -> Vec<Param<'a>> {
         call.user.as_deref().into(),
         call.provider.as_str().into(),
         call.source.as_str().into(),
+        call.cost_nanos.into(),
+        call.cost_status.as_str().into(),
     ]);
     row
 }
@@ -729,69 +798,149 @@ pub async fn write_batch(
 
 // --- Budget ledgers and instances -----------------------------------------------------------
 
+/// `WHERE` of one ledger row, its columns as `$1`…`$4`.
+const LEDGER_ROW: &str = "scope = $1 AND unit = $2 AND period = $3 AND period_start = $4";
+
+fn row_params(row: &LedgerRow) -> Vec<Param<'static>> {
+    vec![
+        row.scope.into(),
+        row.unit.into(),
+        row.period.into(),
+        row.start_ms.into(),
+    ]
+}
+
+/// The usage recorded under a ledger row's budget in its period: all time from `agg_total` for
+/// a budget that never resets, else from the period's first local day on in `agg_day`.
+async fn recorded_use(db: &mut impl Db, row: &LedgerRow) -> Result<u64, StoreError> {
+    let column = if row.unit == super::UNIT_NANO_USD {
+        "cost_nanos"
+    } else {
+        "total_tokens"
+    };
+    let found = if row.period == 0 {
+        db.query_one(
+            &format!(
+                "SELECT CAST(COALESCE(SUM({column}), 0) AS BIGINT) FROM agg_total
+                 WHERE CAST($1 AS BIGINT) = CAST($2 AS BIGINT) OR key_id = $1"
+            ),
+            &[row.scope.into(), GLOBAL_SCOPE.into()],
+        )
+        .await?
+    } else {
+        let key_id = if row.scope == GLOBAL_SCOPE {
+            ALL_KEYS
+        } else {
+            row.scope
+        };
+        db.query_one(
+            &format!(
+                "SELECT CAST(COALESCE(SUM({column}), 0) AS BIGINT) FROM agg_day
+                 WHERE key_id = $1 AND day BETWEEN $2 AND $3"
+            ),
+            &[key_id.into(), row.first_day.into(), row.last_day.into()],
+        )
+        .await?
+    };
+    found.count(0)
+}
+
 /// Leases tokens of a budget to `instance` (see [`super::Store::lease`]).
 pub async fn lease(
     db: &mut impl Db,
     instance: &str,
-    scope: i64,
+    row: LedgerRow,
     limit: u64,
     need: u64,
     want: u64,
 ) -> Result<Lease, StoreError> {
-    let select = "SELECT taken FROM budgets WHERE scope = $1 {for_update}";
-    let taken = match db.query_opt(select, &[scope.into()]).await? {
-        Some(row) => row.count(0)?,
+    let select = format!("SELECT taken FROM budgets WHERE {LEDGER_ROW} {{for_update}}");
+    let taken = match db.query_opt(&select, &row_params(&row)).await? {
+        Some(found) => found.count(0)?,
         None => {
+            let used = recorded_use(db, &row).await?;
+            let mut params = row_params(&row);
+            params.push(used.into());
             db.execute(
-                "INSERT INTO budgets (scope, taken)
-                 SELECT CAST($1 AS BIGINT), CAST(COALESCE(SUM(total_tokens), 0) AS BIGINT)
-                 FROM agg_total WHERE CAST($1 AS BIGINT) = CAST($2 AS BIGINT) OR key_id = $1
-                 ON CONFLICT (scope) DO NOTHING",
-                &[scope.into(), GLOBAL_SCOPE.into()],
+                "INSERT INTO budgets (scope, unit, period, period_start, taken)
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                &params,
             )
             .await?;
-            db.query_one(select, &[scope.into()]).await?.count(0)?
+            db.query_one(&select, &row_params(&row)).await?.count(0)?
         }
     };
     let lease = super::grant(limit, taken, need, want);
     if lease.granted > 0 {
+        let mut params = row_params(&row);
+        params.push(lease.granted.into());
         db.execute(
-            "UPDATE budgets SET taken = taken + $2 WHERE scope = $1",
-            &[scope.into(), lease.granted.into()],
+            &format!("UPDATE budgets SET taken = taken + $5 WHERE {LEDGER_ROW}"),
+            &params,
         )
         .await?;
+        let mut params = vec![instance.into()];
+        params.extend(row_params(&row));
+        params.push(lease.granted.into());
         db.execute(
-            "INSERT INTO budget_leases (instance, scope, held) VALUES ($1, $2, $3)
-             ON CONFLICT (instance, scope) DO UPDATE SET held = budget_leases.held + excluded.held",
-            &[instance.into(), scope.into(), lease.granted.into()],
+            "INSERT INTO budget_leases (instance, scope, unit, period, period_start, held)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (instance, scope, unit, period, period_start)
+             DO UPDATE SET held = budget_leases.held + excluded.held",
+            &params,
         )
         .await?;
     }
     Ok(lease)
 }
 
-/// Applies `(scope, taken, held)` changes of `instance` (see [`super::Store::adjust_budgets`]),
-/// in the order of their scopes.
+/// Applies `(row, taken, held)` changes of `instance` (see [`super::Store::adjust_budgets`]),
+/// in the order of their rows.
 pub async fn adjust_budgets(
     db: &mut impl Db,
     instance: &str,
-    deltas: &[(i64, i64, i64)],
+    deltas: &[(LedgerRow, i64, i64)],
 ) -> Result<(), StoreError> {
     let mut sorted = deltas.to_vec();
     sorted.sort_unstable();
-    for &(scope, taken, _) in sorted.iter().filter(|d| d.1 != 0) {
+    for (row, taken, _) in sorted.iter().filter(|d| d.1 != 0) {
+        let mut params = row_params(row);
+        params.push((*taken).into());
         db.execute(
-            "UPDATE budgets SET taken = {greatest}(0, taken + $2) WHERE scope = $1",
-            &[scope.into(), taken.into()],
+            &format!("UPDATE budgets SET taken = {{greatest}}(0, taken + $5) WHERE {LEDGER_ROW}"),
+            &params,
         )
         .await?;
     }
     // Held tokens only ever grow through `lease`: the changes here give back or use them.
-    for &(scope, _, held) in sorted.iter().filter(|d| d.2 != 0) {
+    for (row, _, held) in sorted.iter().filter(|d| d.2 != 0) {
+        let mut params = row_params(row);
+        params.push((*held).into());
+        params.push(instance.into());
         db.execute(
-            "UPDATE budget_leases SET held = {greatest}(0, held + $3)
-             WHERE instance = $1 AND scope = $2",
-            &[instance.into(), scope.into(), held.into()],
+            &format!(
+                "UPDATE budget_leases SET held = {{greatest}}(0, held + $5)
+                 WHERE instance = $6 AND {LEDGER_ROW}"
+            ),
+            &params,
+        )
+        .await?;
+    }
+    db.execute(
+        "DELETE FROM budget_leases WHERE instance = $1 AND held = 0",
+        &[instance.into()],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Forgets ledger rows of periods that started before `before` (see
+/// [`super::Store::prune_budgets`]).
+pub async fn prune_budgets(db: &mut impl Db, before: i64) -> Result<(), StoreError> {
+    for table in ["budgets", "budget_leases"] {
+        db.execute(
+            &format!("DELETE FROM {table} WHERE period <> 0 AND period_start < $1"),
+            &[before.into()],
         )
         .await?;
     }
@@ -813,18 +962,25 @@ pub async fn reap_instances(db: &mut impl Db, stale_ms: i64) -> Result<u64, Stor
     forget_stale(db, stale_ms).await?;
     let dead = db
         .query(
-            "SELECT scope, CAST(SUM(held) AS BIGINT) FROM budget_leases
-             WHERE instance NOT IN (SELECT id FROM instances) GROUP BY scope ORDER BY scope",
+            "SELECT scope, unit, period, period_start, CAST(SUM(held) AS BIGINT)
+             FROM budget_leases WHERE instance NOT IN (SELECT id FROM instances)
+             GROUP BY scope, unit, period, period_start ORDER BY scope, unit, period, period_start",
             &[],
         )
         .await?;
     let mut returned = 0u64;
-    for row in dead {
-        let held = row.count(1)?;
+    for found in dead {
+        let held = found.count(4)?;
+        let mut params: Vec<Param> = (0..4)
+            .map(|i| found.int(i).map(Into::into))
+            .collect::<Result<_, _>>()?;
+        params.push(held.into());
         let changed = db
             .execute(
-                "UPDATE budgets SET taken = {greatest}(0, taken - $2) WHERE scope = $1",
-                &[row.int(0)?.into(), held.into()],
+                &format!(
+                    "UPDATE budgets SET taken = {{greatest}}(0, taken - $5) WHERE {LEDGER_ROW}"
+                ),
+                &params,
             )
             .await?;
         if changed > 0 {
@@ -890,4 +1046,202 @@ pub async fn deployment_id(db: &mut impl Db, candidate: &str) -> Result<String, 
     db.query_one("SELECT value FROM meta WHERE name = 'deployment'", &[])
         .await?
         .text(0)
+}
+
+// --- Repricing -----------------------------------------------------------------------------
+
+/// The first and last hour (UTC hours since the epoch) of `agg_hour` rows at or after
+/// `from_hour`; `None` when there are none.
+pub async fn hour_span(db: &mut impl Db, from_hour: i64) -> Result<Option<(i64, i64)>, StoreError> {
+    let row = db
+        .query_one(
+            "SELECT MIN(hour), MAX(hour) FROM agg_hour WHERE hour >= $1",
+            &[from_hour.into()],
+        )
+        .await?;
+    Ok(row.opt_int(0)?.zip(row.opt_int(1)?))
+}
+
+/// One `agg_hour` row as repricing reads it.
+struct HourRow {
+    dims: Dims,
+    calls: u64,
+    tokens: TokenUsage,
+    cost_nanos: u64,
+    unpriced_calls: u64,
+}
+
+/// The raw calls of one `agg_hour` row, repriced: how many, their cost, how many unpriced.
+#[derive(Default)]
+struct RawSums {
+    calls: u64,
+    cost_nanos: u64,
+    unpriced_calls: u64,
+}
+
+/// Recomputes the cost of the calls in hours `[first, end)` with `pricer`: the raw rows still
+/// kept, then the aggregates. An `agg_hour` row whose raw calls are all still kept gets their
+/// exact sum; one whose raw calls were trimmed (`max_logs`) is priced from its summed tokens at
+/// its hour's start (exact for flat prices, up to half a nano-dollar of rounding per call;
+/// long-context tiers and prices changing within the hour are not seen). `agg_day` and
+/// `agg_total` get the same changes. Changes are added (`+ delta`), so calls recorded meanwhile
+/// keep their own cost. Runs in the caller's transaction.
+pub async fn reprice_hours(
+    db: &mut impl Db,
+    first: i64,
+    end: i64,
+    tz: &jiff::tz::TimeZone,
+    pricer: &super::Pricer,
+) -> Result<super::Repriced, StoreError> {
+    let hours = read_hour_rows(db, first, end).await?;
+    let (raw, calls_changed) = reprice_calls(db, first, end, pricer).await?;
+    let mut changes: HashMap<(&'static str, Vec<i64>, String), (i64, i64)> = HashMap::new();
+    let mut done = super::Repriced {
+        calls_changed,
+        ..super::Repriced::default()
+    };
+    for row in hours {
+        let (hour, key_id, model) = row.dims.clone();
+        let (cost, unpriced) = match raw.get(&row.dims) {
+            Some(sums) if sums.calls == row.calls => {
+                done.exact_rows += 1;
+                (sums.cost_nanos, sums.unpriced_calls)
+            }
+            _ => {
+                done.approximate_rows += 1;
+                let start = from_ms(hour * MS_PER_HOUR);
+                match pricer(&model, start, &row.tokens, false) {
+                    (Some(nanos), _) => (nanos, 0),
+                    (None, _) => (0, row.calls),
+                }
+            }
+        };
+        let delta = (
+            to_i64(cost) - to_i64(row.cost_nanos),
+            to_i64(unpriced) - to_i64(row.unpriced_calls),
+        );
+        if delta == (0, 0) {
+            continue;
+        }
+        done.cost_delta += delta.0;
+        let day = local_day(from_ms(hour * MS_PER_HOUR), tz);
+        for target in [
+            ("agg_hour", vec![hour, key_id], model.clone()),
+            ("agg_day", vec![day, key_id], model.clone()),
+            ("agg_day", vec![day, ALL_KEYS], String::new()),
+            ("agg_total", vec![key_id], model),
+        ] {
+            let sum = changes.entry(target).or_default();
+            sum.0 += delta.0;
+            sum.1 += delta.1;
+        }
+    }
+    let mut changes: Vec<_> = changes.into_iter().collect();
+    changes.sort_by(|a, b| a.0.cmp(&b.0));
+    for ((table, ints, model), (cost, unpriced)) in changes {
+        let dims = match table {
+            "agg_hour" => "hour = $3 AND key_id = $4",
+            "agg_day" => "day = $3 AND key_id = $4",
+            _ => "key_id = $3",
+        };
+        let sql = format!(
+            "UPDATE {table} SET cost_nanos = {{greatest}}(0, cost_nanos + $1),
+             unpriced_calls = {{greatest}}(0, unpriced_calls + $2)
+             WHERE {dims} AND model = ${}",
+            ints.len() + 3
+        );
+        let mut params: Vec<Param> = vec![cost.into(), unpriced.into()];
+        params.extend(ints.into_iter().map(Param::from));
+        params.push(model.into());
+        db.execute(&sql, &params).await?;
+    }
+    Ok(done)
+}
+
+async fn read_hour_rows(
+    db: &mut impl Db,
+    first: i64,
+    end: i64,
+) -> Result<Vec<HourRow>, StoreError> {
+    let rows = db
+        .query(
+            "SELECT hour, key_id, model, calls, prompt_tokens, completion_tokens,
+             cache_read_tokens, cache_creation_tokens, reasoning_tokens, total_tokens,
+             cost_nanos, unpriced_calls FROM agg_hour WHERE hour >= $1 AND hour < $2
+             ORDER BY hour, key_id, model {for_update}",
+            &[first.into(), end.into()],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(HourRow {
+                dims: (row.int(0)?, row.int(1)?, row.text(2)?),
+                calls: row.count(3)?,
+                tokens: TokenUsage {
+                    prompt: row.count(4)?,
+                    completion: row.count(5)?,
+                    cache_read: row.count(6)?,
+                    cache_creation: row.count(7)?,
+                    reasoning: row.count(8)?,
+                    total: row.count(9)?,
+                },
+                cost_nanos: row.count(10)?,
+                unpriced_calls: row.count(11)?,
+            })
+        })
+        .collect()
+}
+
+/// Reprices the raw calls of hours `[first, end)`, updating those whose cost changed; returns
+/// their sums per `agg_hour` row (`count_tokens` calls left out, as the aggregates count them
+/// apart) and how many rows changed.
+async fn reprice_calls(
+    db: &mut impl Db,
+    first: i64,
+    end: i64,
+    pricer: &super::Pricer,
+) -> Result<(HashMap<Dims, RawSums>, u64), StoreError> {
+    let rows = db
+        .query(
+            "SELECT id, ts, model, key_id, endpoint, prompt_tokens, completion_tokens,
+             cache_read_tokens, cache_creation_tokens, reasoning_tokens, total_tokens, estimated,
+             cost_nanos, cost_status FROM calls WHERE ts >= $1 AND ts < $2",
+            &[(first * MS_PER_HOUR).into(), (end * MS_PER_HOUR).into()],
+        )
+        .await?;
+    let mut sums: HashMap<Dims, RawSums> = HashMap::new();
+    let mut changed = 0u64;
+    for row in &rows {
+        let ts = from_ms(row.int(1)?);
+        let model = row.text(2)?;
+        let tokens = TokenUsage {
+            prompt: row.count(5)?,
+            completion: row.count(6)?,
+            cache_read: row.count(7)?,
+            cache_creation: row.count(8)?,
+            reasoning: row.count(9)?,
+            total: row.count(10)?,
+        };
+        let (cost, status) = pricer(&model, ts, &tokens, row.bool(11)?);
+        let stored = row.opt_int(12)?.map(|v| v.max(0) as u64);
+        if (stored, status.as_str()) != (cost, row.text(13)?.as_str()) {
+            db.execute(
+                "UPDATE calls SET cost_nanos = $2, cost_status = $3 WHERE id = $1",
+                &[row.int(0)?.into(), cost.into(), status.as_str().into()],
+            )
+            .await?;
+            changed += 1;
+        }
+        if row.text(4)? == COUNT_TOKENS_PATH {
+            continue;
+        }
+        let hour = ms(ts).div_euclid(MS_PER_HOUR);
+        let sum = sums
+            .entry((hour, row.opt_int(3)?.unwrap_or(0), model))
+            .or_default();
+        sum.calls += 1;
+        sum.cost_nanos += cost.unwrap_or(0);
+        sum.unpriced_calls += u64::from(cost.is_none());
+    }
+    Ok((sums, changed))
 }

@@ -16,15 +16,20 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0004_clients.sql"),
     include_str!("migrations/0005_budget_leases.sql"),
     include_str!("migrations/0006_fit_max_tokens.sql"),
+    include_str!("migrations/0007_cost.sql"),
     include_str!("migrations/0008_dimensions.sql"),
+    include_str!("migrations/0009_budget_periods.sql"),
 ];
 
-/// `calls {int} NOT NULL, …, l16 {int} NOT NULL,` — the aggregate columns of version 1
-/// (`count_tokens` came with version 4).
+/// Aggregate columns added by later migrations: `count_tokens` (version 4), `cost_nanos` and
+/// `unpriced_calls` (version 7).
+const LATER_AGGREGATES: [&str; 3] = ["count_tokens", "cost_nanos", "unpriced_calls"];
+
+/// `calls {int} NOT NULL, …, l16 {int} NOT NULL,` — the aggregate columns of version 1.
 fn first_aggregates() -> String {
     AGG_COLUMNS
         .iter()
-        .filter(|c| **c != "count_tokens")
+        .filter(|c| !LATER_AGGREGATES.contains(c))
         .map(|c| format!("{c} {{int}} NOT NULL,"))
         .collect::<Vec<_>>()
         .join(" ")

@@ -45,7 +45,7 @@ const TOKENS: &[(&str, &str, &str)] = &[
 ];
 
 /// The aggregate tables' value columns, in [`super::Aggregate`] order.
-pub const AGG_COLUMNS: [&str; 11 + crate::usage::LATENCY_BUCKETS] = [
+pub const AGG_COLUMNS: [&str; 13 + crate::usage::LATENCY_BUCKETS] = [
     "calls",
     "successes",
     "failures",
@@ -74,6 +74,8 @@ pub const AGG_COLUMNS: [&str; 11 + crate::usage::LATENCY_BUCKETS] = [
     "l15",
     "l16",
     "count_tokens",
+    "cost_nanos",
+    "unpriced_calls",
 ];
 
 /// Turns a statement written in the store's spelling into `dialect`'s: tokens replaced, and for

@@ -52,7 +52,7 @@ impl TestDb {
 /// Tokens of the global budget (`limit`) leased to `instance`.
 async fn granted(store: &Store, instance: String, limit: u64, need: u64, want: u64) -> u64 {
     store
-        .lease(instance, GLOBAL_SCOPE, limit, need, want)
+        .lease(instance, LedgerRow::tokens(GLOBAL_SCOPE), limit, need, want)
         .await
         .unwrap()
         .granted
@@ -154,6 +154,7 @@ async fn names_are_unique_among_live_keys_only() {
         hash: [byte; 32],
         display: "sk-tc-x…y".into(),
         created_at: jiff::Timestamp::now(),
+        limit_period: None,
     };
     let first = store.insert_key(key("a", 1), 10).await.unwrap();
     assert!(matches!(
@@ -179,6 +180,7 @@ fn new_key(name: &str, byte: u8) -> NewKey {
         hash: [byte; 32],
         display: "sk-tc-x…y".into(),
         created_at: jiff::Timestamp::now(),
+        limit_period: None,
     }
 }
 
@@ -226,7 +228,8 @@ async fn the_ledger_leases_what_is_left_and_starts_from_recorded_usage() {
         .write(&[record(jiff::Timestamp::now(), "m", Some(7), 200, 30)])
         .await
         .unwrap();
-    let global = |need, want| store.lease("a".into(), GLOBAL_SCOPE, 100, need, want);
+    let global =
+        |need, want| store.lease("a".into(), LedgerRow::tokens(GLOBAL_SCOPE), 100, need, want);
     let both = |lease: Lease| (lease.granted, lease.remaining);
     // 30 of 100 already used: 50 asked, 50 granted; then only 20 are left.
     assert_eq!(both(global(10, 50).await.unwrap()), (50, 20));
@@ -234,7 +237,10 @@ async fn the_ledger_leases_what_is_left_and_starts_from_recorded_usage() {
     assert_eq!(global(1, 1).await.unwrap().granted, 0, "nothing left");
     // Unused tokens given back can be leased again.
     store
-        .adjust_budgets("a".into(), vec![(GLOBAL_SCOPE, -15, -15)])
+        .adjust_budgets(
+            "a".into(),
+            vec![(LedgerRow::tokens(GLOBAL_SCOPE), -15, -15)],
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -244,8 +250,75 @@ async fn the_ledger_leases_what_is_left_and_starts_from_recorded_usage() {
     );
     assert_eq!(both(global(15, 20).await.unwrap()), (15, 0));
     // A key's ledger starts from that key's usage.
-    let lease = store.lease("a".into(), 7, 40, 5, 100).await.unwrap();
+    let lease = store
+        .lease("a".into(), LedgerRow::tokens(7), 40, 5, 100)
+        .await
+        .unwrap();
     assert_eq!((lease.granted, lease.remaining), (10, 0));
+}
+
+/// The ledger row of key `scope`'s monthly budget for the month (in Shanghai) that `at` is in.
+fn month_row(scope: i64, at: &str) -> LedgerRow {
+    let tz = jiff::tz::TimeZone::get("Asia/Shanghai").unwrap();
+    let window = crate::clock::Period::Month.window(at.parse().unwrap(), &tz);
+    LedgerRow {
+        scope,
+        unit: UNIT_TOKENS,
+        period: crate::clock::Period::Month.code(),
+        start_ms: window.start.as_millisecond(),
+        first_day: window.first_day,
+        last_day: window.last_day,
+    }
+}
+
+#[tokio::test]
+async fn a_period_row_starts_from_the_usage_recorded_in_its_period_only() {
+    let db = TestDb::new();
+    let store = open(&db, "Asia/Shanghai");
+    let at = |s: &str| s.parse::<jiff::Timestamp>().unwrap();
+    // 15:00 UTC on Jan 31 is 23:00 in Shanghai; 16:30 UTC is 00:30 on Feb 1 there.
+    store
+        .batch_writer(10)
+        .unwrap()
+        .write(&[
+            record(at("2026-01-31T15:00:00Z"), "m", Some(7), 200, 30),
+            record(at("2026-01-31T16:30:00Z"), "m", Some(7), 200, 20),
+            record(at("2026-01-31T16:40:00Z"), "m", Some(8), 200, 5),
+        ])
+        .await
+        .unwrap();
+    let (jan, feb) = (
+        month_row(7, "2026-01-31T15:00:00Z"),
+        month_row(7, "2026-01-31T16:30:00Z"),
+    );
+    assert_ne!(jan, feb);
+    let lease = |row| store.lease("a".into(), row, 100, 1, 1000);
+    let both = |lease: Lease| (lease.granted, lease.remaining);
+    assert_eq!(both(lease(feb).await.unwrap()), (80, 0), "February used 20");
+    assert_eq!(both(lease(jan).await.unwrap()), (70, 0), "January used 30");
+    let global = month_row(GLOBAL_SCOPE, "2026-01-31T16:30:00Z");
+    assert_eq!(
+        both(lease(global).await.unwrap()),
+        (75, 0),
+        "every key's 25"
+    );
+    let never = LedgerRow::tokens(7);
+    assert_eq!(both(lease(never).await.unwrap()), (50, 0), "all time: 50");
+    // Leases of each row are noted apart, and given back to their own row.
+    store
+        .adjust_budgets("a".into(), vec![(jan, -70, -70)])
+        .await
+        .unwrap();
+    assert_eq!(both(lease(jan).await.unwrap()), (70, 0));
+    assert_eq!(lease(feb).await.unwrap().granted, 0);
+    // Past periods are forgotten; a row asked for again is rebuilt from the recorded usage.
+    store.prune_budgets(feb.start_ms).await.unwrap();
+    assert_eq!(both(lease(jan).await.unwrap()), (70, 0));
+    assert_eq!(
+        lease(feb).await.unwrap().granted,
+        0,
+        "February's row is kept"
+    );
 }
 
 #[tokio::test]
@@ -257,7 +330,7 @@ async fn an_instance_alone_rebuilds_the_ledgers_others_keep_them() {
         0
     );
     store
-        .lease("a".into(), GLOBAL_SCOPE, 100, 60, 60)
+        .lease("a".into(), LedgerRow::tokens(GLOBAL_SCOPE), 100, 60, 60)
         .await
         .unwrap();
     // Instance a died holding 60 tokens; b starts while a's heartbeat is recent: kept.
@@ -291,11 +364,14 @@ async fn the_slices_of_a_dead_instance_go_back_to_the_ledger() {
     assert_eq!(granted(&store, "a".into(), 100, 60, 60).await, 60);
     // a used 10 of its 60 and gave 20 back: it holds 30.
     store
-        .adjust_budgets("a".into(), vec![(GLOBAL_SCOPE, -20, -30)])
+        .adjust_budgets(
+            "a".into(),
+            vec![(LedgerRow::tokens(GLOBAL_SCOPE), -20, -30)],
+        )
         .await
         .unwrap();
     store
-        .lease("b".into(), GLOBAL_SCOPE, 100, 10, 10)
+        .lease("b".into(), LedgerRow::tokens(GLOBAL_SCOPE), 100, 10, 10)
         .await
         .unwrap();
     // Both alive: nothing is given back.
@@ -307,7 +383,7 @@ async fn the_slices_of_a_dead_instance_go_back_to_the_ledger() {
     assert_eq!(store.reap_instances(60_000).await.unwrap(), 0, "once");
     // 100 - 10 used by a - 10 held by b = 80 left.
     let lease = store
-        .lease("b".into(), GLOBAL_SCOPE, 100, 1, 1000)
+        .lease("b".into(), LedgerRow::tokens(GLOBAL_SCOPE), 100, 1, 1000)
         .await
         .unwrap();
     assert_eq!(lease.granted, 80);
@@ -535,11 +611,14 @@ async fn migration_4_adds_anthropic_cache_tokens_to_old_rows_aggregates_and_ledg
     // The ledgers grew by the 35,000 tokens now counted; key 1 keeps its lease of 500.
     let limit: u64 = 1_000_000;
     let global = store
-        .lease("a".into(), GLOBAL_SCOPE, limit, 1, 1)
+        .lease("a".into(), LedgerRow::tokens(GLOBAL_SCOPE), limit, 1, 1)
         .await
         .unwrap();
     assert_eq!(global.remaining, limit - 35_126 - 1);
-    let key = store.lease("a".into(), 1, limit, 1, 1).await.unwrap();
+    let key = store
+        .lease("a".into(), LedgerRow::tokens(1), limit, 1, 1)
+        .await
+        .unwrap();
     assert_eq!(key.remaining, limit - 35_626 - 1);
     // New calls are written with the new columns beside the migrated ones.
     let mut call = record(ts, "claude-x", Some(1), 200, 10);

@@ -129,6 +129,10 @@ pub struct CallRecord {
     /// Where the record came from: [`GATEWAY_SOURCE`] for the gateway's own calls, or the name
     /// of an ingested source.
     pub source: String,
+    /// What the call cost in nano-dollars; `None` when its model has no price.
+    pub cost_nanos: Option<u64>,
+    /// How the cost was found.
+    pub cost_status: crate::pricing::CostStatus,
     /// What the provider's answer said about itself (model, finish reasons); not stored, only
     /// exported (see `telemetry`), so a record read back from the store has it empty.
     pub answer: AnswerMeta,
@@ -158,6 +162,8 @@ impl Default for CallRecord {
             user: None,
             provider: String::new(),
             source: GATEWAY_SOURCE.to_owned(),
+            cost_nanos: None,
+            cost_status: crate::pricing::CostStatus::default(),
             answer: AnswerMeta::default(),
         }
     }

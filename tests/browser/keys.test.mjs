@@ -120,7 +120,7 @@ test('the server\'s message is shown when creating a key fails; limits are shown
   const { page, context, problems } = await openPage(browser, stack, { lang: 'en', hash: 'keys' });
   try {
     await rowOf(page, 'taken name').waitFor();
-    assert.equal(await rowOf(page, 'taken name').locator('[data-col="usage"] .sub').textContent(), 'Budget 20,000 · 60 per minute');
+    assert.equal(await rowOf(page, 'taken name').locator('[data-col="usage"] .sub:not(.key-cost)').textContent(), 'Budget 20,000 · 60 per minute');
     const { status, body } = await stack.api('POST', '/keys', { name: 'taken name' });
     assert.equal(status, 409);
     await page.fill('#key-name', 'taken name');
@@ -132,5 +132,33 @@ test('the server\'s message is shown when creating a key fails; limits are shown
     assertNoProblems(t, problems, assert);
   } finally {
     await context.close();
+  }
+});
+
+test('a key whose limit resets shows what its current period used, what is left and when it resets', async (t) => {
+  const key = await stack.createKey('monthly key');
+  const patched = await stack.api('PATCH', `/keys/${key.id}`, { token_limit: 50000, limit_period: 'month', cost_limit: 2.5 });
+  assert.equal(patched.status, 200, JSON.stringify(patched.body));
+  const view = patched.body.data;
+  assert.equal(view.period_left, 50000 - view.period_used);
+  assert.equal(view.cost_limit_nanos, 2500000000);
+  for (const [lang, expected] of [
+    ['en', `Resets monthly: ${view.period_used} used this period · 50,000 left · resets `],
+    ['zh', `每月重置：本期已用 ${view.period_used} · 剩余 50,000 · `],
+  ]) {
+    const { page, context, problems } = await openPage(browser, stack, { lang, hash: 'keys' });
+    try {
+      const line = rowOf(page, 'monthly key').locator('[data-col="usage"] [data-period="month"]');
+      await line.waitFor();
+      const text = await line.textContent();
+      assert.ok(text.startsWith(expected), `${lang}: ${text}`);
+      const money = await rowOf(page, 'monthly key').locator('[data-col="usage"] [data-cost-limit="2500000000"]').textContent();
+      assert.ok(money.startsWith(lang === 'en' ? 'Money limit ' : '金额额度 ') && money.includes('2.5'), `${lang}: ${money}`);
+      const resets = await page.evaluate((at) => new Date(at).getTime(), view.period_resets_at);
+      assert.ok(resets > Date.now(), `${lang}: the period ends in the future (${view.period_resets_at})`);
+      assertNoProblems(t, problems, assert);
+    } finally {
+      await context.close();
+    }
   }
 });

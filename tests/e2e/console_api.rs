@@ -168,6 +168,8 @@ fn call(
         user: None,
         provider: String::new(),
         source: "gateway".into(),
+        cost_nanos: Some(prompt * 3 + completion * 5),
+        cost_status: token_console::pricing::CostStatus::Priced,
         answer: Default::default(),
     }
 }

@@ -9,12 +9,15 @@ mod common;
 mod faults_support;
 mod gateway_support;
 
+mod budget_periods;
 mod clients;
 mod console_api;
+mod cost;
 mod faults;
 mod gateway_bounds;
 mod gateway_errors;
 mod gateway_flows;
+mod money_budgets;
 mod multi_instance;
 mod otel;
 mod process;

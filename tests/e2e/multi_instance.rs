@@ -449,6 +449,104 @@ async fn a_keys_token_limit_holds_across_instances() {
     assert_eq!(limited["used_tokens"], ok * used_per_call);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_keys_monthly_limit_holds_across_instances() {
+    if !on_postgres() {
+        eprintln!("SKIPPED: budgets are shared by several instances on PostgreSQL only (on SQLite, one instance keeps its ledger in memory)");
+        return;
+    }
+    let mock = Mock::start();
+    let dir = tempdir();
+    let yaml = format!("timezone: Asia/Shanghai\n{}", providers_yaml(&mock.url));
+    // Both clocks in the middle of a month, so that the race is within one period.
+    let clock = [("CONSOLE_TEST_NOW", "2026-03-15T12:00:00+08:00")];
+    let a = Server::start_on(dir.path(), &dir.path().join("a.yaml"), &yaml, &clock);
+    let b = Server::start_on(dir.path(), &dir.path().join("b.yaml"), &yaml, &clock);
+    let (id, key) = a.create_key("monthly").await;
+    let (body, reserved, used_per_call) = byte_chat();
+    let limit = 3 * reserved;
+    let (status, _) = b
+        .patch(
+            &format!("/api/console/keys/{id}"),
+            &json!({"token_limit": limit, "limit_period": "month"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    barrier(&b, &a, "sentinel").await;
+    let (ok, refused) = race(&a, &b, &key, 50, &body).await;
+    eprintln!("{ok} answered, {refused} refused under a monthly key limit fitting 3");
+    assert!((1..=3).contains(&ok), "{ok} calls answered");
+    assert_eq!(
+        mock.stats().await["by_path"]["/v1/chat/completions"].as_u64(),
+        Some(ok)
+    );
+    chat_calls_recorded(&a, &b, 50).await;
+    for server in [&a, &b] {
+        let keys = server.data("/api/console/keys").await;
+        let limited = keys
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["id"] == id)
+            .unwrap()
+            .clone();
+        assert_eq!(limited["period_used"], ok * used_per_call, "{limited}");
+        assert!(limited["period_used"].as_u64().unwrap() <= limit);
+        assert_eq!(limited["period_resets_at"], "2026-03-31T16:00:00Z");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_keys_money_limit_holds_across_instances() {
+    if !on_postgres() {
+        eprintln!("SKIPPED: budgets are shared by several instances on PostgreSQL only (on SQLite, one instance keeps its ledger in memory)");
+        return;
+    }
+    let mock = Mock::start();
+    let dir = tempdir();
+    // 1,000 nano-dollars an input token, 2,000 an output token.
+    let prices =
+        "pricing:\n  models:\n    - match: \"mock-byte-tokens\"\n      input: 1\n      output: 2\n";
+    let (a, b) = pair(
+        dir.path(),
+        &format!("{prices}{}", providers_yaml(&mock.url)),
+    );
+    let (id, key) = a.create_key("spender").await;
+    let (body, reserved, used_per_call) = byte_chat();
+    // The most a call can cost: its prompt bound at the input price, max_tokens (20) at the
+    // output price; what it costs: its input at the input price, 20 output tokens.
+    let most = (reserved - 20) * 1_000 + 20 * 2_000;
+    let cost = (used_per_call - 20) * 1_000 + 20 * 2_000;
+    let limit = 3 * most;
+    let patch: Value = serde_json::from_str(&format!(
+        "{{\"cost_limit\": {}.{:09}}}",
+        limit / 1_000_000_000,
+        limit % 1_000_000_000
+    ))
+    .unwrap();
+    let (status, answer) = b.patch(&format!("/api/console/keys/{id}"), &patch).await;
+    assert_eq!(status, 200, "{answer}");
+    barrier(&b, &a, "sentinel").await;
+    let (ok, refused) = race(&a, &b, &key, 50, &body).await;
+    eprintln!("{ok} answered, {refused} refused under a money limit fitting 3");
+    assert!((1..=3).contains(&ok), "{ok} calls answered");
+    assert_eq!(
+        mock.stats().await["by_path"]["/v1/chat/completions"].as_u64(),
+        Some(ok)
+    );
+    chat_calls_recorded(&a, &b, 50).await;
+    let keys = b.data("/api/console/keys").await;
+    let view = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == id)
+        .unwrap()
+        .clone();
+    assert_eq!(view["cost_nanos"], ok * cost, "{view}");
+    assert!(ok * cost <= limit);
+}
+
 #[tokio::test]
 async fn fit_max_tokens_set_through_one_instance_is_honoured_by_the_other() {
     let mock = Mock::start();

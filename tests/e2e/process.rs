@@ -55,10 +55,13 @@ async fn starts_without_any_configuration_and_shows_zeros() {
         stats,
         json!({"code": 0, "data": {
             "total_tokens": null, "used_tokens": 0, "remaining_tokens": null, "usage_percent": null,
+            "limit_period": null, "period_used": 0, "period_resets_at": null,
+            "cost_limit": null, "period_cost": 0.0,
             "api_call_count": 0, "count_tokens_calls": 0, "success_count": 0, "error_count": 0, "prompt_tokens": 0,
             "completion_tokens": 0, "cache_read_tokens": 0, "cache_creation_tokens": 0,
             "reasoning_tokens": 0, "avg_time": 0.0, "latency_ms": {"p50": null, "p95": null, "p99": null},
-            "models": []
+            "models": [], "total_cost": 0.0, "total_cost_nanos": 0, "unpriced_calls": 0,
+            "display_currency": null
         }})
     );
     let health: Value = reqwest::get(format!("{url}/healthz"))

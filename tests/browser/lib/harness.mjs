@@ -61,7 +61,7 @@ function requireBinary(name) {
  * Starts mock-upstream and token-console in a fresh temporary directory.
  * `adminKey` sets console.admin_key; `totalTokens` sets quota.total_tokens.
  */
-export async function startStack({ adminKey, totalTokens } = {}) {
+export async function startStack({ adminKey, totalTokens, extraYaml = '' } = {}) {
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'tc-browser-'));
   const children = [];
   const stderrLogs = [];
@@ -105,6 +105,7 @@ export async function startStack({ adminKey, totalTokens } = {}) {
       `  - { name: mock-anthropic, kind: anthropic, base_url: "${mockUrl}", api_key: "mock-key", models: ["claude-*"] }`,
       '',
     );
+    if (extraYaml) lines.push(extraYaml);
     const configPath = path.join(tmp, 'config.yaml');
     fs.writeFileSync(configPath, lines.join('\n'));
 

@@ -440,6 +440,18 @@ impl Server {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// The body of a successful GET as text.
+    pub async fn text(&self, path: &str) -> String {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        r.text().await.unwrap()
+    }
+
     /// `data` of a successful GET.
     pub async fn data(&self, path: &str) -> Value {
         let (status, body) = self.get(path).await;

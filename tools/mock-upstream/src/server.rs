@@ -16,7 +16,7 @@ use serde_json::Value;
 use crate::behaviour::{self, Behaviour};
 use crate::errors::{error, mock_error};
 use crate::http::{bytes_response, json_response};
-use crate::reply::{str_field, Reply, ANTHROPIC_CACHE_CREATION, ANTHROPIC_CACHE_READ};
+use crate::reply::{str_field, Reply, OPENAI_CACHED_TOKENS, REASONING_TOKENS};
 use crate::routes::{dialect_for_path, Dialect, Route};
 use crate::sse::{self, Ending, Plan};
 use crate::stats::Stats;
@@ -172,13 +172,19 @@ fn count_reported(st: &AppState, route: Route, reply: &Reply, stream: bool) {
         Route::Messages => st.stats.reported(
             reply.input_tokens,
             reply.output_tokens,
-            ANTHROPIC_CACHE_READ,
-            ANTHROPIC_CACHE_CREATION,
+            reply.cache_read,
+            reply.cache_creation,
+            0,
         ),
-        Route::ChatCompletions | Route::Completions | Route::Responses => {
-            st.stats
-                .reported(reply.input_tokens, reply.output_tokens, 0, 0)
-        }
+        // OpenAI's input counts include the cached tokens its details report; its output
+        // counts include the reasoning tokens.
+        Route::ChatCompletions | Route::Completions | Route::Responses => st.stats.reported(
+            reply.input_tokens.saturating_sub(OPENAI_CACHED_TOKENS),
+            reply.output_tokens,
+            OPENAI_CACHED_TOKENS.min(reply.input_tokens),
+            0,
+            REASONING_TOKENS.min(reply.output_tokens),
+        ),
         Route::Embeddings | Route::CountTokens | Route::Models => {}
     }
 }

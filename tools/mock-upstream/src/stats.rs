@@ -60,6 +60,8 @@ struct Reported {
     cache_read: u64,
     /// Input tokens written to the cache.
     cache_creation: u64,
+    /// Output tokens spent on reasoning (part of `output`).
+    reasoning: u64,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -89,15 +91,23 @@ impl Stats {
         recent.push_back(entry);
     }
 
-    /// Adds the usage of one answer: `input` as the protocol reports it, plus the cache parts
-    /// that protocol reports outside it.
-    pub fn reported(&self, input: u64, output: u64, cache_read: u64, cache_creation: u64) {
+    /// Adds the usage of one answer: uncached input, output (reasoning included), the cache
+    /// reads and writes, and the reasoning part of the output.
+    pub fn reported(
+        &self,
+        input: u64,
+        output: u64,
+        cache_read: u64,
+        cache_creation: u64,
+        reasoning: u64,
+    ) {
         let mut reported = lock(&self.reported);
         reported.answers += 1;
         reported.input += input;
         reported.output += output;
         reported.cache_read += cache_read;
         reported.cache_creation += cache_creation;
+        reported.reasoning += reasoning;
     }
 
     /// A streamed body started.
@@ -152,6 +162,7 @@ impl Stats {
             "output_tokens": r.output,
             "cache_read_tokens": r.cache_read,
             "cache_creation_tokens": r.cache_creation,
+            "reasoning_tokens": r.reasoning,
             "tokens": r.input + r.cache_read + r.cache_creation + r.output,
         })
     }

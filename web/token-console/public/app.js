@@ -6,7 +6,7 @@ import { t, lang, setLang, onLangChange, applyStatic } from './i18n.js';
 import { Dashboard } from './dashboard.js';
 import { Logs } from './logs.js';
 import { Keys } from './keys.js';
-import { toast, errorText, throttle } from './util.js';
+import { toast, errorText, throttle, onCurrencyChange } from './util.js';
 
 const TABS = ['dashboard', 'logs', 'keys'];
 
@@ -33,6 +33,11 @@ function renderLangButton() {
 for (const id of ['lang-btn', 'signin-lang']) {
   document.getElementById(id).addEventListener('click', () => setLang(lang() === 'zh' ? 'en' : 'zh'));
 }
+
+onCurrencyChange(() => {
+  logs.render();
+  keys.render();
+});
 
 onLangChange(() => {
   renderLangButton();

@@ -1,13 +1,15 @@
 // The usage-trend chart: a small SVG line chart with two y-axes (tokens on
-// the left in blue, calls on the right in purple), one point per day, a
-// tooltip on hover and days reachable by keyboard (roving tabindex, arrow
-// keys, Home/End).
+// the left in blue, calls on the right in purple) and a dashed green cost
+// line drawn to its own scale (its values are in the tooltip), one point per
+// day, a tooltip on hover and days reachable by keyboard (roving tabindex,
+// arrow keys, Home/End).
 
 import { t } from './i18n.js';
 import { svg, h, clear, fmtInt, fmtCompact } from './util.js';
 
 const TOKEN_COLOR = '#3b82f6';
 const CALL_COLOR = '#8b5cf6';
+const COST_COLOR = '#059669';
 
 /** Rounds `max` up to 1, 2, 2.5 or 5 × 10^k so ticks land on round numbers. */
 export function niceMax(max, ticks = 4) {
@@ -36,12 +38,14 @@ export class TrendChart {
     this.observer.observe(container);
   }
 
-  /** Draws `{labels, tokenData, callData}` (oldest first). */
+  /** Draws `{labels, tokenData, callData, costData}` (oldest first); `formatCost` formats a cost. */
   render(data) {
     this.data = data;
     const labels = data.labels || [];
     const tokens = (data.tokenData || []).map((v) => Number(v) || 0);
     const calls = (data.callData || []).map((v) => Number(v) || 0);
+    const costs = (data.costData || []).map((v) => Number(v) || 0);
+    const formatCost = data.formatCost || ((v) => String(v));
     const n = labels.length;
     const box = this.container;
 
@@ -50,7 +54,7 @@ export class TrendChart {
     const wanted = narrow ? 0 : Math.round(this.preferredHeight() || 0);
     const height = narrow ? 230 : Math.max(300, Math.min(480, wanted || 320));
     // Redrawing identical pictures would only lose the hover state.
-    const drawKey = JSON.stringify([labels, tokens, calls, width, height, t('trend.point', { label: '', tokens: 0, calls: 0 })]);
+    const drawKey = JSON.stringify([labels, tokens, calls, costs.map(formatCost), width, height, t('trend.point', { label: '', tokens: 0, calls: 0 })]);
     if (drawKey === this.drawKey && box.querySelector('.chart-svg')) return;
     this.drawKey = drawKey;
     const focusedIndex = this.focusedIndex();
@@ -65,6 +69,8 @@ export class TrendChart {
     const x = (i) => (n <= 1 ? m.left + pw / 2 : m.left + (i * pw) / (n - 1));
     const yT = (v) => m.top + ph - (v / tMax) * ph;
     const yC = (v) => m.top + ph - (v / cMax) * ph;
+    const kMax = Math.max(0, ...costs) * 1.1 || 1;
+    const yK = (v) => m.top + ph - (v / kMax) * ph;
 
     const root = svg('svg', {
       class: 'chart-svg',
@@ -107,6 +113,9 @@ export class TrendChart {
       root.append(svg('path', { d: area, class: 'area-tokens', fill: TOKEN_COLOR, 'fill-opacity': 0.08, stroke: 'none', 'aria-hidden': 'true' }));
       root.append(svg('path', { d: linePath(tokens, yT), class: 'series series-tokens', 'data-series': 'tokens', stroke: TOKEN_COLOR, fill: 'none', 'aria-hidden': 'true' }));
       root.append(svg('path', { d: linePath(calls, yC), class: 'series series-calls', 'data-series': 'calls', stroke: CALL_COLOR, fill: 'none', 'aria-hidden': 'true' }));
+      if (costs.length === n) {
+        root.append(svg('path', { d: linePath(costs, yK), class: 'series series-cost', 'data-series': 'cost', stroke: COST_COLOR, fill: 'none', 'stroke-dasharray': '5 4', 'aria-hidden': 'true' }));
+      }
     }
 
     // One focusable group per day holding both points.
@@ -115,12 +124,13 @@ export class TrendChart {
     const days = svg('g', { class: 'days' });
     this.dayEls = [];
     for (let i = 0; i < n; i++) {
-      const label = t('trend.point', { label: labels[i], tokens: fmtInt(tokens[i]), calls: fmtInt(calls[i]) });
+      const label = `${t('trend.point', { label: labels[i], tokens: fmtInt(tokens[i]), calls: fmtInt(calls[i]) })}, ${t('trend.cost')} ${formatCost(costs[i] || 0)}`;
       const g = svg('g', { class: 'day', tabindex: -1, role: 'img', 'aria-label': label, 'data-index': i, 'data-label': labels[i] });
       g.append(svg('rect', { class: 'hit', x: x(i) - slot / 2, y: m.top, width: Math.max(slot, 4), height: ph, fill: 'transparent' }));
       g.append(svg('rect', { class: 'focus-ring', x: x(i) - Math.max(6, Math.min(slot / 2, 12)), y: m.top - 4, width: Math.max(12, Math.min(slot, 24)), height: ph + 8, rx: 6 }));
       g.append(svg('circle', { class: 'pt pt-tokens', 'data-series': 'tokens', 'data-value': tokens[i], cx: x(i), cy: yT(tokens[i]), r, fill: TOKEN_COLOR }));
       g.append(svg('circle', { class: 'pt pt-calls', 'data-series': 'calls', 'data-value': calls[i], cx: x(i), cy: yC(calls[i]), r, fill: CALL_COLOR }));
+      if (costs.length === n) g.append(svg('circle', { class: 'pt pt-cost', 'data-series': 'cost', 'data-value': costs[i], cx: x(i), cy: yK(costs[i]), r: Math.max(2, r - 1), fill: COST_COLOR }));
       g.addEventListener('focus', () => this.show(i));
       g.addEventListener('blur', () => this.hide());
       g.addEventListener('keydown', (e) => this.onKey(e, i));
@@ -144,7 +154,7 @@ export class TrendChart {
     tip.hidden = true;
     box.append(root, tip);
 
-    this.geom = { x, yT, yC, m, ph, width, height, tokens, calls, labels, crosshair, tip, root };
+    this.geom = { x, yT, yC, m, ph, width, height, tokens, calls, costs, formatCost, labels, crosshair, tip, root };
     // Today (the last day) is the day keyboard users land on first.
     const start = focusedIndex >= 0 && focusedIndex < n ? focusedIndex : n - 1;
     if (start >= 0) this.dayEls[start].setAttribute('tabindex', '0');
@@ -186,6 +196,9 @@ export class TrendChart {
       h('div', { class: 'tip-title' }, g.labels[i]),
       h('div', { class: 'tip-row' }, h('span', { class: 'swatch swatch-tokens' }), h('span', { class: 'tip-name' }, t('trend.tokens')), h('strong', { class: 'tip-value', 'data-series': 'tokens' }, fmtInt(g.tokens[i]))),
       h('div', { class: 'tip-row' }, h('span', { class: 'swatch swatch-calls' }), h('span', { class: 'tip-name' }, t('trend.calls')), h('strong', { class: 'tip-value', 'data-series': 'calls' }, fmtInt(g.calls[i]))),
+      g.costs.length === g.labels.length
+        ? h('div', { class: 'tip-row' }, h('span', { class: 'swatch swatch-cost' }), h('span', { class: 'tip-name' }, t('trend.cost')), h('strong', { class: 'tip-value', 'data-series': 'cost' }, g.formatCost(g.costs[i])))
+        : null,
     );
     tip.hidden = false;
     const rect = g.root.getBoundingClientRect();

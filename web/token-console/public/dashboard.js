@@ -5,7 +5,7 @@
 import { api } from './api.js';
 import { t } from './i18n.js';
 import { TrendChart } from './chart.js';
-import { h, clear, fmtInt, fmtMs, fmtPercent, errorText, renderState, throttle } from './util.js';
+import { h, clear, fmtInt, fmtMs, fmtPercent, fmtDateTime, fmtCost, setDisplayCurrency, errorText, renderState, throttle } from './util.js';
 
 const DAYS_KEY = 'tc.trendDays';
 
@@ -65,6 +65,7 @@ export class Dashboard {
     if (!quiet && !this.stats) renderState(document.getElementById('models-state'), 'loading');
     try {
       this.stats = await api.stats();
+      setDisplayCurrency(this.stats.display_currency);
       this.statsError = null;
     } catch (err) {
       this.statsError = err;
@@ -123,7 +124,9 @@ export class Dashboard {
       el.querySelector('[data-sub]').textContent = sub;
       el.classList.toggle('is-loading', !s);
     };
+    const cost = document.querySelector('#card-used [data-cost]');
     if (!s) {
+      cost.textContent = '';
       for (const id of ['card-total', 'card-used', 'card-remaining', 'card-calls']) card(id, '—', this.statsError ? '' : t('state.loading'));
       this.renderUsage(null);
       this.renderPerf(null);
@@ -135,10 +138,15 @@ export class Dashboard {
     card('card-used', fmtInt(s.used_tokens),
       t('card.usedSub', { prompt: fmtInt(s.prompt_tokens), completion: fmtInt(s.completion_tokens) }));
     const remUnlimited = s.remaining_tokens === null || s.remaining_tokens === undefined;
+    cost.textContent = t('card.cost', { cost: fmtCost(s.total_cost) })
+      + (s.unpriced_calls ? ` · ${t('card.unpricedCalls', { n: fmtInt(s.unpriced_calls) })}` : '');
+    cost.dataset.nanos = String(s.total_cost_nanos);
     card('card-remaining', remUnlimited ? t('card.unlimited') : fmtInt(s.remaining_tokens),
       s.usage_percent === null || s.usage_percent === undefined
         ? t('card.remainingSubUnlimited')
-        : t('card.remainingSub', { percent: fmtPercent(s.usage_percent) }));
+        : s.limit_period
+          ? t('card.remainingSubPeriod', { percent: fmtPercent(s.usage_percent), resets: fmtDateTime(s.period_resets_at) })
+          : t('card.remainingSub', { percent: fmtPercent(s.usage_percent) }));
     card('card-calls', fmtInt(s.api_call_count),
       t('card.callsSub', { ok: fmtInt(s.success_count), err: fmtInt(s.error_count) }));
     for (const [id, raw] of [['card-total', s.total_tokens], ['card-used', s.used_tokens], ['card-remaining', s.remaining_tokens], ['card-calls', s.api_call_count]]) {
@@ -174,7 +182,9 @@ export class Dashboard {
     bar.classList.toggle('is-warn', clamped >= 75 && clamped < 90);
     bar.classList.toggle('is-danger', clamped >= 90);
     bar.setAttribute('aria-valuenow', String(clamped));
-    const label = t('usage.limited', { used: fmtInt(s.used_tokens), total: fmtInt(s.total_tokens), percent: fmtPercent(pct) });
+    const label = s.limit_period
+      ? t('usage.limitedPeriod', { used: fmtInt(s.period_used), total: fmtInt(s.total_tokens), percent: fmtPercent(pct), resets: fmtDateTime(s.period_resets_at) })
+      : t('usage.limited', { used: fmtInt(s.used_tokens), total: fmtInt(s.total_tokens), percent: fmtPercent(pct) });
     bar.setAttribute('aria-valuetext', label);
     text.textContent = label;
   }
@@ -219,7 +229,7 @@ export class Dashboard {
       return;
     }
     if (!this.trend) return;
-    this.chart.render(this.trend);
+    this.chart.render({ ...this.trend, formatCost: fmtCost });
     box.querySelector('.chart-empty')?.remove();
     const total = (this.trend.tokenData || []).reduce((a, b) => a + (Number(b) || 0), 0)
       + (this.trend.callData || []).reduce((a, b) => a + (Number(b) || 0), 0);
@@ -268,6 +278,8 @@ export class Dashboard {
         h('td', { class: 'num token-cell', 'data-col': 'token_count', 'data-raw': '' }, h('span', { class: 'share-track', 'aria-hidden': 'true' }, share), h('span', null, fmtInt(m.token_count))),
         h('td', { class: 'num', 'data-col': 'avg_time', 'data-raw': '' }, fmtMs(m.avg_time)),
         h('td', { class: `num rate ${rate >= 99 ? 'rate-good' : rate >= 90 ? 'rate-warn' : 'rate-bad'}`, 'data-col': 'success_rate', 'data-raw': '' }, fmtPercent(m.success_rate)),
+        h('td', { class: m.cost === null || m.cost === undefined ? 'num muted' : 'num', 'data-col': 'cost', 'data-raw': '', dataset: { nanos: m.cost_nanos === null || m.cost_nanos === undefined ? 'null' : String(m.cost_nanos) } }, fmtCost(m.cost),
+          m.unpriced_calls && m.cost !== null && m.cost !== undefined ? h('div', { class: 'sub' }, t('card.unpricedCalls', { n: fmtInt(m.unpriced_calls) })) : null),
       ));
     }
   }

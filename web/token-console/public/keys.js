@@ -6,7 +6,7 @@
 import { api } from './api.js';
 import { t } from './i18n.js';
 import { confirmDialog } from './dialog.js';
-import { h, clear, fmtInt, fmtDateTime, isNever, errorText, renderState, toast, copyText } from './util.js';
+import { h, clear, fmtInt, fmtCost, fmtDateTime, isNever, errorText, renderState, toast, copyText } from './util.js';
 
 function hasLimit(k) {
   return (k.token_limit !== null && k.token_limit !== undefined) || (k.rpm_limit !== null && k.rpm_limit !== undefined);
@@ -198,10 +198,23 @@ export class Keys {
           ? h('span', { class: 'muted' }, t('keys.never'))
           : h('time', { datetime: k.last_used, 'data-raw': '' }, fmtDateTime(k.last_used))),
         cell('usage', labels.usage, null, h('div', null, t('keys.usage', { tokens: fmtInt(k.used_tokens), calls: fmtInt(k.call_count) })),
+          h('div', { class: 'sub key-cost', dataset: { nanos: String(k.cost_nanos ?? 0) } }, t('card.cost', { cost: fmtCost(k.cost) }),
+            k.unpriced_calls ? ` · ${t('card.unpricedCalls', { n: fmtInt(k.unpriced_calls) })}` : ''),
           hasLimit(k) ? h('div', { class: 'sub' }, t('keys.limits', {
             tokens: k.token_limit === null || k.token_limit === undefined ? t('card.unlimited') : fmtInt(k.token_limit),
             rpm: k.rpm_limit === null || k.rpm_limit === undefined ? t('card.unlimited') : fmtInt(k.rpm_limit),
-          })) : null),
+          })) : null,
+          k.limit_period ? h('div', { class: 'sub', dataset: { period: k.limit_period } }, t('keys.period', {
+            period: t(`period.${k.limit_period}`),
+            used: fmtInt(k.period_used),
+            left: k.period_left === null || k.period_left === undefined ? t('card.unlimited') : fmtInt(k.period_left),
+            resets: fmtDateTime(k.period_resets_at),
+          })) : null,
+          k.cost_limit === null || k.cost_limit === undefined ? null : h('div', { class: 'sub', dataset: { costLimit: String(k.cost_limit_nanos) } }, t('keys.costLimit', {
+            limit: fmtCost(k.cost_limit),
+            spent: fmtCost(k.period_cost),
+            left: fmtCost(k.period_cost_left),
+          }))),
         cell('enabled', labels.enabled, null, switchLabel),
         cell('actions', labels.actions, 'actions-col', h('div', { class: 'row-actions' }, copyBtn, delBtn)),
       ));

@@ -5,7 +5,7 @@
 
 import { api } from './api.js';
 import { t } from './i18n.js';
-import { h, clear, fmtInt, fmtDateTime, errorText, renderState, debounce } from './util.js';
+import { h, clear, fmtInt, fmtCost, fmtDateTime, errorText, renderState, debounce } from './util.js';
 
 const PAGE = 100;
 /** Most rows kept on the page; older ones drop off ("load more" brings them back). */
@@ -346,7 +346,7 @@ export class Logs {
     const labels = {
       time: t('col.time'), method: t('col.method'), endpoint: t('col.endpoint'), status: t('col.status'),
       tokens: t('col.logTokens'), duration: t('col.duration'), model: t('col.model'), key: t('col.key'),
-      client: t('col.client'),
+      client: t('col.client'), cost: t('col.cost'),
     };
     const frag = document.createDocumentFragment();
     // Each cell holds one wrapper so the narrow-screen list can lay it out as "label | value".
@@ -367,6 +367,9 @@ export class Logs {
         cell('tokens', labels.tokens, 'num', ...tokens),
         cell('duration', labels.duration, 'num', h('span', { 'data-raw': '' }, fmtInt(r.duration)), h('span', { class: 'unit' }, ' ms'),
           r.stream && r.ttft !== null && r.ttft !== undefined ? h('div', { class: 'sub' }, t('logs.ttft', { n: fmtInt(r.ttft) })) : null),
+        cell('cost', labels.cost, r.cost_status === 'unpriced' ? 'num muted' : 'num',
+          h('span', { 'data-raw': '', title: r.cost_status === 'estimated' ? t('cost.estimated') : null, dataset: { status: r.cost_status || '' } },
+            r.cost_status === 'estimated' ? `≈ ${fmtCost(r.cost)}` : fmtCost(r.cost))),
         cell('model', labels.model, 'model', r.model ? h('span', { 'data-raw': '' }, r.model) : h('span', { class: 'muted' }, '—')),
         cell('key', labels.key, null, r.key_name ? h('span', { 'data-raw': '' }, r.key_name) : h('span', { class: 'muted' }, t('logs.noKey'))),
         cell('client', labels.client, 'client', r.client ? h('span', { 'data-raw': '' }, r.client) : h('span', { class: 'muted' }, '—'),

@@ -63,6 +63,41 @@ export function fmtCompact(n) {
   return new Intl.NumberFormat(locale(), { notation: 'compact', maximumFractionDigits: 1 }).format(Number(n) || 0);
 }
 
+let displayCurrency = null;
+const currencyListeners = new Set();
+
+/** The second currency costs are shown in (`{code, rate}` from the stats), or null for USD only. */
+export function setDisplayCurrency(c) {
+  const next = c && c.code && Number(c.rate) > 0 ? { code: String(c.code), rate: Number(c.rate) } : null;
+  if (JSON.stringify(next) === JSON.stringify(displayCurrency)) return;
+  displayCurrency = next;
+  for (const fn of currencyListeners) fn();
+}
+
+/** Calls `fn` whenever the display currency changes (views showing costs render again). */
+export function onCurrencyChange(fn) {
+  currencyListeners.add(fn);
+}
+
+/** An amount of money: two decimals from 1 up, more below so that small costs stay visible. */
+function money(amount, code) {
+  const abs = Math.abs(amount);
+  const digits = abs === 0 || abs >= 1 ? 2 : abs >= 0.01 ? 4 : 6;
+  try {
+    return new Intl.NumberFormat(locale(), { style: 'currency', currency: code, minimumFractionDigits: 2, maximumFractionDigits: digits }).format(amount);
+  } catch {
+    return `${code} ${amount.toFixed(digits)}`;
+  }
+}
+
+/** A cost in USD, and in the display currency when one is configured; null is "unpriced". */
+export function fmtCost(usd) {
+  if (usd === null || usd === undefined || Number.isNaN(Number(usd))) return t('cost.unpriced');
+  const n = Number(usd);
+  const text = money(n, 'USD');
+  return displayCurrency ? `${text} · ${money(n * displayCurrency.rate, displayCurrency.code)}` : text;
+}
+
 export function fmtMs(n) {
   if (n === null || n === undefined) return '—';
   return t('unit.ms', { n: fmtNum(n, n >= 100 ? 0 : 2) });

@@ -163,10 +163,7 @@ fn call(
         error: error.map(str::to_owned),
         client: String::new(),
         session_id: None,
-        user: None,
-        provider: String::new(),
-        source: "gateway".into(),
-        answer: Default::default(),
+        ..CallRecord::default()
     }
 }
 
@@ -197,6 +194,7 @@ async fn fill(args: Args) -> Result<serde_json::Value, String> {
                     hash,
                     display: format!("sk-tc-bench…{k:04}"),
                     created_at: now,
+                    limit_period: None,
                 },
                 1000,
             )
@@ -211,13 +209,15 @@ async fn fill(args: Args) -> Result<serde_json::Value, String> {
     let span_ms = i64::try_from(args.days * 86_400_000).unwrap_or(i64::MAX);
     let start_ms = now.as_millisecond() - span_ms;
     let mut rng = Rng(0x5EED);
+    let prices = token_console::pricing::PriceBook::new(&config.pricing.overrides)?;
     let started = Instant::now();
     let mut segment_start = started;
     let mut segments = Vec::new();
     for i in 0..args.calls {
-        recorder
-            .record(call(&mut rng, i, args.calls, start_ms, span_ms, &keys))
-            .await;
+        let mut record = call(&mut rng, i, args.calls, start_ms, span_ms, &keys);
+        (record.cost_nanos, record.cost_status) =
+            prices.cost_of(&record.model, record.ts, &record.tokens, false);
+        recorder.record(record).await;
         if (i + 1) % SEGMENT == 0 {
             let secs = segment_start.elapsed().as_secs_f64();
             let rate = SEGMENT as f64 / secs;
