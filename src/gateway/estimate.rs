@@ -8,8 +8,7 @@
 
 use std::sync::OnceLock;
 
-use tiktoken_rs::CoreBPE;
-
+use super::bpe::Bpe;
 use super::request::RequestView;
 use super::tally::each_text;
 use crate::usage::TokenUsage;
@@ -33,11 +32,11 @@ pub const FILE_TOKENS: u64 = 200_000;
 /// Reservation bound of the hidden system prompt a provider adds when a request has tools.
 pub const TOOLS_TOKENS: u64 = 1_000;
 
-/// The tokenizer, loaded on first use: it costs ~50 MB of memory, which a gateway whose
-/// upstreams always report usage never needs to pay.
-fn tokenizer() -> Option<&'static CoreBPE> {
-    static BPE: OnceLock<Option<CoreBPE>> = OnceLock::new();
-    BPE.get_or_init(|| match tiktoken_rs::o200k_base() {
+/// The tokenizer, loaded on first use (~3 MB, see `bpe`), which a gateway whose upstreams always
+/// report usage never needs to pay.
+fn tokenizer() -> Option<&'static Bpe> {
+    static BPE: OnceLock<Option<Bpe>> = OnceLock::new();
+    BPE.get_or_init(|| match Bpe::load() {
         Ok(bpe) => Some(bpe),
         Err(e) => {
             tracing::error!("cannot load the o200k_base tokenizer: {e}");
@@ -86,10 +85,8 @@ fn count_sample(text: &str) -> u64 {
         return (text.len() as u64).div_ceil(4);
     };
     let encode = |piece: &str| {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            bpe.encode_ordinary(piece).len() as u64
-        }))
-        .unwrap_or_else(|_| (piece.len() as u64).div_ceil(4))
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| bpe.count(piece)))
+            .unwrap_or_else(|_| (piece.len() as u64).div_ceil(4))
     };
     let mut tokens = 0;
     let mut start = 0;

@@ -2,6 +2,7 @@
 //! limits, forward to the configured provider, stream the answer back unchanged and record the
 //! call (see `proxy` for one call's path, `meter` for its record).
 
+mod bpe;
 mod endpoint;
 mod error;
 mod estimate;
