@@ -9,6 +9,7 @@ pub mod config;
 pub mod console;
 pub mod error;
 pub mod gateway;
+pub mod insights;
 pub mod keys;
 pub mod metrics;
 pub mod server;
