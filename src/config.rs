@@ -1181,4 +1181,44 @@ mod tests {
             assert!(err.contains(named), "{yaml}: {err}");
         }
     }
+
+    #[test]
+    fn alerts_are_off_by_default_and_their_section_is_validated() {
+        assert!(Config::from_yaml("", &cli()).unwrap().alerts.is_none());
+        let yaml = "alerts:\n  targets:\n    - {kind: webhook, url: 'http://127.0.0.1:9/hook'}\n    - {kind: feishu, url: 'https://open.feishu.cn/x', secret: s3cret}\n  rules: {budget_percent: [80], forecast_days: 0}\n";
+        let alerts = Config::from_yaml(yaml, &cli()).unwrap().alerts.unwrap();
+        assert_eq!(alerts.targets[0].name, "webhook-1");
+        assert_eq!(alerts.targets[1].kind, TargetKind::Feishu);
+        assert_eq!(alerts.rules.budget_percent, [80]);
+        assert_eq!(alerts.rules.forecast_days, 0);
+        assert!(alerts.rules.anomalies && alerts.rules.recorder_degraded);
+        assert_eq!((alerts.interval_ms, alerts.attempts), (60_000, 4));
+        assert!(
+            !format!("{alerts:?}").contains("s3cret"),
+            "secrets never print"
+        );
+        // A URL that is not http(s) names its line (the fourth).
+        let err = Config::from_yaml(
+            "port: 1\nalerts:\n  targets:\n    - {kind: slack, url: 'ftp://x/y'}\n",
+            &cli(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("http://") && err.contains("line 4"), "{err}");
+        let cases = [
+            ("alerts: {targets: [{kind: pager, url: 'http://x'}]}\n", "pager"),
+            ("alerts: {targets: [], rule: {}}\n", "rule"),
+            ("alerts: {targets: [{kind: slack, url: 'http://x', secret: a}]}\n", "secret"),
+            ("alerts: {targets: [], rules: {budget_percent: [0]}}\n", "budget_percent"),
+            ("alerts: {targets: [], attempts: 0}\n", "attempts"),
+            (
+                "alerts: {targets: [{kind: slack, url: 'http://x', name: a}, {kind: slack, url: 'http://y', name: a}]}\n",
+                "unique",
+            ),
+        ];
+        for (yaml, named) in cases {
+            let err = Config::from_yaml(yaml, &cli()).unwrap_err().to_string();
+            assert!(err.contains(named), "{yaml}: {err}");
+        }
+    }
 }

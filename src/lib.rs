@@ -5,6 +5,7 @@
 //! writes it with its aggregates to the store (`store`); the console (`console`) shows what was
 //! recorded. `server` assembles the listeners; `config` reads the configuration.
 
+pub mod alerts;
 pub mod config;
 pub mod console;
 pub mod error;

@@ -33,6 +33,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The OpenTelemetry exporters, when `otel:` is configured.
     pub telemetry: Option<Arc<crate::telemetry::Telemetry>>,
+    /// The alert task, when `alerts:` is configured.
+    pub alerter: Option<Arc<crate::alerts::Alerter>>,
     /// What the gateway uses (it shares the keys, recorder, metrics and telemetry above).
     pub gateway: GatewayState,
     /// What the console uses (it shares the store, keys and recorder above).
@@ -88,6 +90,7 @@ impl AppState {
             crate::store::GLOBAL_SCOPE,
             config.total_tokens,
         ));
+        let instance_id = id.clone();
         let instance = Arc::new(Instance::start(
             id,
             store.clone(),
@@ -100,6 +103,14 @@ impl AppState {
             None => None,
         };
         let config = Arc::new(config);
+        let alerter = crate::alerts::Alerter::start(
+            config.clone(),
+            store.clone(),
+            recorder.clone(),
+            instance_id,
+        )
+        .map_err(crate::error::StartError::Io)?
+        .map(Arc::new);
         let console = ConsoleState {
             config: config.clone(),
             store: store.clone(),
@@ -123,6 +134,7 @@ impl AppState {
         };
         Ok(Self {
             telemetry,
+            alerter,
             instance,
             keys,
             config,

@@ -222,3 +222,19 @@ mod tests {
         assert!(detect(&alone, 0, &t).is_empty());
     }
 }
+
+/// The anomalous hours among the last `hours` (the current one included) at `now`, of one key
+/// or all, read from the store with the baseline they are judged against; newest first.
+pub async fn recent(
+    store: &crate::store::Store,
+    now: jiff::Timestamp,
+    hours: i64,
+    key_id: Option<i64>,
+) -> Result<Vec<Anomaly>, crate::store::StoreError> {
+    let t = DEFAULT_THRESHOLDS;
+    let from_hour = super::hour_of(now) - hours + 1;
+    let rows = store
+        .hourly_usage(from_hour - t.baseline_hours, key_id)
+        .await?;
+    Ok(detect(&rows, from_hour, &t))
+}
