@@ -8,7 +8,7 @@ use crate::keys;
 use crate::store::{Aggregate, KeyPatch, NewKey};
 
 use super::params;
-use super::wire::{CreateKey, KeyView, PatchKey};
+use super::wire::{CreateKey, Forecast, KeyView, PatchKey};
 
 const MAX_NAME_CHARS: usize = 64;
 const MAX_DESCRIPTION_CHARS: usize = 1000;
@@ -49,14 +49,17 @@ fn usage_of(usage: &HashMap<i64, Aggregate>, id: i64) -> (u64, u64) {
 pub async fn list(state: &ConsoleState) -> Result<Vec<KeyView>, ConsoleError> {
     let rows = state.store.list_keys().await?;
     let usage = state.store.usage_by_key().await?;
-    Ok(rows
-        .iter()
+    let mut forecasts = super::insights::key_forecasts(state).await?;
+    rows.iter()
         .filter(|row| !row.deleted)
         .map(|row| {
             let (tokens, calls) = usage_of(&usage, row.id);
-            KeyView::new(row, tokens, calls)
+            let forecast = forecasts
+                .remove(&row.id)
+                .ok_or_else(|| ConsoleError::Internal(format!("no forecast for key {}", row.id)))?;
+            Ok(KeyView::new(row, tokens, calls, forecast))
         })
-        .collect())
+        .collect()
 }
 
 /// Creates a key and returns it with its full value: the only time it is ever shown.
@@ -80,7 +83,8 @@ pub async fn create(state: &ConsoleState, body: CreateKey) -> Result<KeyView, Co
     state.keys.upsert(&row);
     // Debug quotes the name and escapes control characters: a name cannot forge log lines.
     tracing::info!(key_id = row.id, name = ?row.name, "key created");
-    let mut view = KeyView::new(&row, 0, 0);
+    let budget = super::insights::budget_of(state, Some(row.id)).await?;
+    let mut view = KeyView::new(&row, 0, 0, Forecast::new(&budget));
     view.value = generated.full;
     Ok(view)
 }
@@ -137,7 +141,13 @@ pub async fn update(
         .ok_or_else(|| not_found(id))?;
     state.keys.upsert(&row);
     let usage = state.store.usage_of_key(row.id).await?;
-    Ok(KeyView::new(&row, usage.tokens.total, usage.calls))
+    let budget = super::insights::budget_of(state, Some(row.id)).await?;
+    Ok(KeyView::new(
+        &row,
+        usage.tokens.total,
+        usage.calls,
+        Forecast::new(&budget),
+    ))
 }
 
 /// Deletes a key: it stops working at once; its history stays in every statistic.

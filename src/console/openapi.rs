@@ -27,6 +27,8 @@ use utoipa::OpenApi;
         super::patch_key,
         super::delete_key,
         super::export,
+        super::get_anomalies,
+        super::get_alerts,
         super::openapi,
     )
 )]
@@ -147,7 +149,7 @@ mod tests {
                     .map(move |(method, op)| (format!("{method} {path}"), op))
             })
             .collect();
-        assert_eq!(operations.len(), 10, "{:?}", paths.keys());
+        assert_eq!(operations.len(), 12, "{:?}", paths.keys());
         for (name, op) in operations {
             for status in ["200", "401", "403", "429"] {
                 assert!(op["responses"][status].is_object(), "{name} lacks {status}");

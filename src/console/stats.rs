@@ -5,26 +5,14 @@ use crate::error::ConsoleError;
 use crate::store::{Aggregate, DayTotal, UsageFilter};
 use crate::usage::latency_quantile;
 
-use super::wire::{round2, Latency, ModelStats, Stats, Trend};
+use super::wire::{round2, Forecast, Latency, ModelStats, Stats, Trend};
 
-/// `/stats`: totals, the budget (global, or the key's with `key_id`) and the per-model table.
+/// `/stats`: totals, the budget (global, or the key's with `key_id`) with its forecast, and the
+/// per-model table.
 pub async fn stats(state: &ConsoleState, filter: UsageFilter) -> Result<Stats, ConsoleError> {
-    let budget = match filter.key_id {
-        Some(key_id) => key_limit(state, key_id).await?,
-        None => state.config.total_tokens,
-    };
+    let budget = super::insights::budget_of(state, filter.key_id).await?;
     let models = state.store.usage_by_model(filter).await?;
-    Ok(build_stats(models, budget))
-}
-
-async fn key_limit(state: &ConsoleState, key_id: i64) -> Result<Option<u64>, ConsoleError> {
-    let keys = state.store.list_keys().await?;
-    let key = keys.iter().find(|k| k.id == key_id).ok_or_else(|| {
-        ConsoleError::NotFound(format!(
-            "no key with id {key_id}; list keys with GET /api/console/keys"
-        ))
-    })?;
-    Ok(key.token_limit)
+    Ok(build_stats(models, budget.limit, Forecast::new(&budget)))
 }
 
 fn latency(agg: &Aggregate) -> Latency {
@@ -62,8 +50,13 @@ fn model_stats(name: String, agg: &Aggregate) -> ModelStats {
     }
 }
 
-/// Builds the statistics from per-model aggregates and the budget (`None`: unlimited).
-pub fn build_stats(models: Vec<(String, Aggregate)>, budget: Option<u64>) -> Stats {
+/// Builds the statistics from per-model aggregates, the budget (`None`: unlimited) and its
+/// forecast.
+pub fn build_stats(
+    models: Vec<(String, Aggregate)>,
+    budget: Option<u64>,
+    forecast: Forecast,
+) -> Stats {
     let mut total = Aggregate::default();
     for (_, agg) in &models {
         total.add(agg);
@@ -97,6 +90,7 @@ pub fn build_stats(models: Vec<(String, Aggregate)>, budget: Option<u64>) -> Sta
         avg_time: average(&total),
         latency_ms: latency(&total),
         models: rows,
+        forecast,
     }
 }
 
@@ -174,13 +168,22 @@ mod tests {
         }
     }
 
+    fn forecast() -> Forecast {
+        Forecast {
+            rate_per_day: 0.0,
+            runs_out_at: None,
+            window_days: 7.0,
+            period: "total".into(),
+        }
+    }
+
     #[test]
     fn stats_follow_the_guide_with_and_without_budget() {
         let models = vec![
             ("a".to_owned(), agg(3, 2, 300, 1000)),
             ("b".to_owned(), agg(1, 1, 100, 7)),
         ];
-        let s = build_stats(models.clone(), Some(1000));
+        let s = build_stats(models.clone(), Some(1000), forecast());
         assert_eq!(s.total_tokens, Some(1000));
         assert_eq!(s.used_tokens, 400);
         assert_eq!(s.remaining_tokens, Some(600));
@@ -190,11 +193,11 @@ mod tests {
         assert_eq!(s.models[0].avg_time, 333.33);
         assert_eq!(s.models[0].success_rate, 66.67);
         assert_eq!(s.avg_time, 251.75);
-        let unlimited = build_stats(models, None);
+        let unlimited = build_stats(models, None, forecast());
         assert_eq!(unlimited.total_tokens, None);
         assert_eq!(unlimited.remaining_tokens, None);
         assert_eq!(unlimited.usage_percent, None);
-        let empty = build_stats(Vec::new(), None);
+        let empty = build_stats(Vec::new(), None, forecast());
         assert_eq!(empty.api_call_count, 0);
         assert_eq!(empty.latency_ms.p50, None);
     }
