@@ -15,6 +15,7 @@ mod faults;
 mod gateway_bounds;
 mod gateway_errors;
 mod gateway_flows;
+mod insights;
 mod multi_instance;
 mod otel;
 mod process;
