@@ -9,6 +9,7 @@ mod common;
 mod faults_support;
 mod gateway_support;
 
+mod alerts;
 mod clients;
 mod console_api;
 mod faults;
