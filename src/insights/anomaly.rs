@@ -170,6 +170,22 @@ fn judge(row: &HourUsage, baseline: &[&HourUsage], t: &Thresholds) -> Vec<Anomal
     out
 }
 
+/// The anomalous hours among the last `hours` (the current one included) at `now`, of one key
+/// or all, read from the store with the baseline they are judged against; newest first.
+pub async fn recent(
+    store: &crate::store::Store,
+    now: jiff::Timestamp,
+    hours: i64,
+    key_id: Option<i64>,
+) -> Result<Vec<Anomaly>, crate::store::StoreError> {
+    let t = DEFAULT_THRESHOLDS;
+    let from_hour = super::hour_of(now) - hours + 1;
+    let rows = store
+        .hourly_usage(from_hour - t.baseline_hours, key_id)
+        .await?;
+    Ok(detect(&rows, from_hour, &t))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,20 +237,4 @@ mod tests {
         let alone = [row(3, 6, 1, 0, 90_000)];
         assert!(detect(&alone, 0, &t).is_empty());
     }
-}
-
-/// The anomalous hours among the last `hours` (the current one included) at `now`, of one key
-/// or all, read from the store with the baseline they are judged against; newest first.
-pub async fn recent(
-    store: &crate::store::Store,
-    now: jiff::Timestamp,
-    hours: i64,
-    key_id: Option<i64>,
-) -> Result<Vec<Anomaly>, crate::store::StoreError> {
-    let t = DEFAULT_THRESHOLDS;
-    let from_hour = super::hour_of(now) - hours + 1;
-    let rows = store
-        .hourly_usage(from_hour - t.baseline_hours, key_id)
-        .await?;
-    Ok(detect(&rows, from_hour, &t))
 }
