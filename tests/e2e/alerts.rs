@@ -368,3 +368,76 @@ async fn calls_through_the_gateway_go_on_while_the_receiver_hangs() {
     assert_eq!(alerts[0]["payload"]["key_id"], Value::Null);
     assert_eq!(hanging.payloads().len(), 2);
 }
+
+/// Makes the store refuse the recorder's writes until released: SQLite's exclusive lock, or on
+/// PostgreSQL an exclusive lock on `calls` held by another session.
+enum StoreLock {
+    Sqlite(rusqlite::Connection),
+    Postgres(tokio_postgres::Client),
+}
+
+impl StoreLock {
+    async fn take(url: &str) -> Self {
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            let conn = rusqlite::Connection::open(path).unwrap();
+            conn.execute_batch("BEGIN EXCLUSIVE").unwrap();
+            return Self::Sqlite(conn);
+        }
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        client
+            .batch_execute("BEGIN; LOCK TABLE calls IN ACCESS EXCLUSIVE MODE")
+            .await
+            .unwrap();
+        Self::Postgres(client)
+    }
+
+    async fn release(self) {
+        match self {
+            Self::Sqlite(conn) => conn.execute_batch("ROLLBACK").unwrap(),
+            Self::Postgres(client) => client.batch_execute("ROLLBACK").await.unwrap(),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_recorder_that_cannot_write_is_announced_once() {
+    let hook = receiver(200).await;
+    let yaml = format!(
+        "alerts:\n  interval_ms: 50\n  backoff_ms: 10\n  rules: {{budget_percent: [], forecast_days: 0, anomalies: false}}\n  targets: [{{kind: webhook, url: '{}'}}]\n",
+        hook.url
+    );
+    let console = Console::start(&yaml).await;
+    let lock = StoreLock::take(&console.database_url()).await;
+    let c = call(jiff::Timestamp::now(), "gpt-4o", None, 200, 10, 5, 30);
+    console.state.recorder.record(c).await;
+    let got = hook.wait_for(1).await;
+    let p = &got[0];
+    assert_eq!(
+        (p["event"].as_str(), p["event_group"].as_str()),
+        (Some("recorder_degraded"), Some("proxy"))
+    );
+    assert_eq!(p["rule"], "recorder_degraded");
+    assert!(
+        p["event_message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot write call records"),
+        "{p}"
+    );
+    lock.release().await;
+    console.state.recorder.flush().await;
+    wait_until("the recorder writing again", || async {
+        !console.state.recorder.stats().degraded
+    })
+    .await;
+    assert_eq!(
+        console.data("/api/console/stats").await["api_call_count"],
+        1
+    );
+    assert_eq!(hook.payloads().len(), 1, "one alert per outage");
+}

@@ -46,12 +46,17 @@ impl Console {
         Self::open(yaml, peer, dir, url, database).await
     }
 
+    /// The `database_url` of this console's store.
+    pub(crate) fn database_url(&self) -> String {
+        match &self._database {
+            Some(db) => db.url.clone(),
+            None => format!("sqlite://{}", self.dir.path().join("tc.db").display()),
+        }
+    }
+
     /// A second console (another instance) on the database of `first`.
     pub(crate) async fn beside(first: &Console, yaml: &str) -> Self {
-        let url = match &first._database {
-            Some(db) => db.url.clone(),
-            None => format!("sqlite://{}", first.dir.path().join("tc.db").display()),
-        };
+        let url = first.database_url();
         Self::open(yaml, ([127, 0, 0, 1], 40000).into(), tempdir(), url, None).await
     }
 
