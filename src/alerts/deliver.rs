@@ -128,8 +128,9 @@ async fn attempt(
         .map_err(|why| (Some(status), why))
 }
 
-/// Delivers `payload` to `target`, trying up to `config.attempts` times with a doubling wait,
-/// noting each try in the store; the last failure is noted as `failed`.
+/// Delivers `payload` to `target` after `tried` tries made before (by an instance that stopped),
+/// trying up to `config.attempts` times in all (at least once more) with a doubling wait, noting
+/// each try in the store; the last failure is noted as `failed`.
 pub async fn deliver(
     client: reqwest::Client,
     config: AlertsConfig,
@@ -137,12 +138,14 @@ pub async fn deliver(
     store: Store,
     alert_id: i64,
     payload: AlertPayload,
+    tried: u32,
 ) {
     let mut backoff = Duration::from_millis(config.backoff_ms);
-    for tries in 1..=config.attempts {
+    let attempts = config.attempts.max(tried + 1);
+    for tries in tried + 1..=attempts {
         let request = prepare(&target, &payload, jiff::Timestamp::now());
         let outcome = attempt(&client, &target, &request).await;
-        let last = tries == config.attempts;
+        let last = tries == attempts;
         let (status, http_status, error) = match &outcome {
             Ok(status) => ("sent", Some(*status), None),
             Err((status, why)) => (

@@ -119,6 +119,7 @@ impl Engine {
                 );
             }
             self.watch_recorder().await;
+            self.take_over().await;
             self.prune().await;
         }
         let finish = async { while self.deliveries.join_next().await.is_some() {} };
@@ -196,6 +197,61 @@ impl Engine {
         }
     }
 
+    /// Delivers what an instance left `pending` when it died or stopped: a delivery unchanged
+    /// for longer than a live instance ever leaves one (a try's timeout, the longest backoff
+    /// wait, and a minute for clocks that differ) is taken over by one instance.
+    async fn take_over(&mut self) {
+        let a = &self.alerts;
+        let longest_wait = a
+            .backoff_ms
+            .saturating_mul(1u64 << a.attempts.saturating_sub(1).min(20));
+        let quiet_ms = a
+            .timeout_ms
+            .saturating_add(longest_wait)
+            .saturating_add(60_000);
+        let now = jiff::Timestamp::now();
+        let stale_before =
+            now - jiff::SignedDuration::from_millis(i64::try_from(quiet_ms).unwrap_or(i64::MAX));
+        let taken = match self.store.take_stale_deliveries(stale_before, now).await {
+            Ok(taken) => taken,
+            Err(e) => {
+                tracing::warn!("cannot look for deliveries left pending: {e}");
+                return;
+            }
+        };
+        for (alert_id, payload, delivery) in taken {
+            let target = self
+                .alerts
+                .targets
+                .iter()
+                .find(|t| t.name == delivery.target)
+                .cloned();
+            let payload = serde_json::from_str::<payload::AlertPayload>(&payload).ok();
+            let (Some(target), Some(payload)) = (target, payload) else {
+                let failed = Delivery {
+                    status: "failed".to_owned(),
+                    error: Some("left pending, and its target is no longer configured".to_owned()),
+                    updated_at: now,
+                    ..delivery
+                };
+                if let Err(e) = self.store.update_delivery(alert_id, failed).await {
+                    tracing::warn!(alert_id, "cannot note an alert delivery: {e}");
+                }
+                continue;
+            };
+            tracing::info!(alert_id, target = %target.name, "delivering an alert left pending");
+            self.deliveries.spawn(deliver::deliver(
+                self.client.clone(),
+                self.alerts.clone(),
+                target,
+                self.store.clone(),
+                alert_id,
+                payload,
+                delivery.attempts,
+            ));
+        }
+    }
+
     async fn prune(&mut self) {
         if self.last_prune.is_some_and(|at| at.elapsed() < PRUNE_EVERY) {
             return;
@@ -268,6 +324,7 @@ impl Engine {
                 self.store.clone(),
                 id,
                 raised.payload.clone(),
+                0,
             ));
         }
     }

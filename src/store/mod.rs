@@ -593,6 +593,16 @@ impl Store {
         run!(write, self, update_delivery(alert_id, &delivery))
     }
 
+    /// Takes over (for this caller alone) up to 100 deliveries left `pending` and unchanged since
+    /// `stale_before`: `(alert id, payload, delivery)` each.
+    pub async fn take_stale_deliveries(
+        &self,
+        stale_before: jiff::Timestamp,
+        now: jiff::Timestamp,
+    ) -> Result<Vec<(i64, String, Delivery)>, StoreError> {
+        run!(write, self, take_stale_deliveries(stale_before, now))
+    }
+
     /// The newest `limit` alerts with their deliveries, newest first.
     pub async fn alerts(&self, limit: u32) -> Result<Vec<AlertRow>, StoreError> {
         run!(read, self, alerts(limit))

@@ -572,6 +572,46 @@ pub async fn alerts(db: &mut impl Db, limit: u32) -> Result<Vec<AlertRow>, Store
     Ok(alerts)
 }
 
+/// Takes over deliveries still `pending` and unchanged since `stale_before` (their instance died
+/// or stopped while delivering): each is marked as changed `now`, under the condition that it is
+/// still stale, so of several instances exactly one takes each. Returns the deliveries taken,
+/// with their alert's id and payload.
+pub async fn take_stale_deliveries(
+    db: &mut impl Db,
+    stale_before: jiff::Timestamp,
+    now: jiff::Timestamp,
+) -> Result<Vec<(i64, String, Delivery)>, StoreError> {
+    let rows = db
+        .query(
+            "SELECT d.alert_id, d.target, d.kind, d.status, d.attempts, d.http_status, d.error,
+             d.updated_at, a.payload FROM alert_deliveries d JOIN alerts a ON a.id = d.alert_id
+             WHERE d.status = 'pending' AND d.updated_at < $1 ORDER BY d.alert_id LIMIT 100",
+            &[ms(stale_before).into()],
+        )
+        .await?;
+    let mut taken = Vec::new();
+    for row in &rows {
+        let (alert_id, mut delivery) = read_delivery(row)?;
+        let changed = db
+            .execute(
+                "UPDATE alert_deliveries SET updated_at = $3
+                 WHERE alert_id = $1 AND target = $2 AND status = 'pending' AND updated_at < $4",
+                &[
+                    alert_id.into(),
+                    delivery.target.as_str().into(),
+                    ms(now).into(),
+                    ms(stale_before).into(),
+                ],
+            )
+            .await?;
+        if changed == 1 {
+            delivery.updated_at = now;
+            taken.push((alert_id, row.text(8)?, delivery));
+        }
+    }
+    Ok(taken)
+}
+
 /// Deletes alerts of `rules` raised before `before`, with their deliveries.
 pub async fn prune_alerts(
     db: &mut impl Db,

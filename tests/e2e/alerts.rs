@@ -441,3 +441,87 @@ async fn a_recorder_that_cannot_write_is_announced_once() {
     );
     assert_eq!(hook.payloads().len(), 1, "one alert per outage");
 }
+
+/// An alert as an instance that died while delivering it left it: its delivery `pending`, last
+/// changed at `changed`.
+fn left_pending(
+    dedup: &str,
+    changed: jiff::Timestamp,
+    payload: &Value,
+) -> token_console::store::NewAlert {
+    token_console::store::NewAlert {
+        dedup: dedup.to_owned(),
+        rule: "budget_80".into(),
+        event: "threshold_crossed".into(),
+        key_id: None,
+        subject: "global".into(),
+        period: "total".into(),
+        message: payload["event_message"].as_str().unwrap().to_owned(),
+        payload: payload.to_string(),
+        created_at: changed,
+        instance: "dead-instance".into(),
+        deliveries: vec![token_console::store::Delivery {
+            target: "hook".into(),
+            kind: "webhook".into(),
+            status: "pending".into(),
+            attempts: 1,
+            http_status: None,
+            error: Some("cannot connect".into()),
+            updated_at: changed,
+        }],
+    }
+}
+
+#[tokio::test]
+async fn a_delivery_left_pending_by_a_dead_instance_is_taken_over() {
+    let hook = receiver(200).await;
+    let yaml = alerts_yaml(&[("hook", &hook)], "");
+    let console = Console::start(&yaml).await;
+    let payload = json!({
+        "event": "threshold_crossed", "event_group": "proxy", "event_message": "token-console: the global budget has used 80.00%",
+        "spend": 800, "max_budget": 1000, "budget_percentage_used": 80.0, "key_id": null, "key_name": null,
+        "period": "total", "runs_out_at": null, "rate_per_day": 0.0, "unit": "tokens", "rule": "budget_80",
+        "threshold": 80.0, "anomaly": null, "instance": "dead-instance", "created_at": "2026-01-01T00:00:00Z"
+    });
+    let now = jiff::Timestamp::now();
+    let store = &console.state.store;
+    let old = store
+        .claim_alert(left_pending(
+            "old",
+            now - jiff::SignedDuration::from_hours(24),
+            &payload,
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    // Changed just now: its instance may still be trying; it is left alone.
+    let fresh = store
+        .claim_alert(left_pending("fresh", now, &payload))
+        .await
+        .unwrap()
+        .unwrap();
+    let got = hook.wait_for(1).await;
+    assert_eq!(got[0], payload);
+    let alerts = wait_until("the old delivery sent", || async {
+        let alerts = console.data("/api/console/alerts").await;
+        let old = alerts
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["id"] == old)
+            .cloned()
+            .unwrap();
+        if old["deliveries"][0]["status"] == "sent" {
+            Ok(alerts)
+        } else {
+            Err(alerts.to_string())
+        }
+    })
+    .await;
+    let list = alerts.as_array().unwrap();
+    let sent = &list.iter().find(|a| a["id"] == old).unwrap()["deliveries"][0];
+    assert_eq!(sent["attempts"], 2, "the dead instance's try and this one");
+    let waiting = &list.iter().find(|a| a["id"] == fresh).unwrap()["deliveries"][0];
+    assert_eq!(waiting["status"], "pending");
+    assert_eq!(hook.payloads().len(), 1);
+}
