@@ -181,7 +181,7 @@ pub async fn recent(
     let t = DEFAULT_THRESHOLDS;
     let from_hour = super::hour_of(now) - hours + 1;
     let rows = store
-        .hourly_usage(from_hour - t.baseline_hours, key_id)
+        .hourly_usage(from_hour - t.baseline_hours, from_hour, key_id)
         .await?;
     Ok(detect(&rows, from_hour, &t))
 }

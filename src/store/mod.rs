@@ -569,13 +569,15 @@ impl Store {
         run!(read, self, usage_since_hour(from_hour))
     }
 
-    /// The rows of `agg_hour` from `from_hour` on, of one key or all.
+    /// The rows of `agg_hour` from `from_hour` on, of one key or all, of the key × model pairs
+    /// with calls at or after `active_from` (the hours examined; the rest is their baseline).
     pub async fn hourly_usage(
         &self,
         from_hour: i64,
+        active_from: i64,
         key_id: Option<i64>,
     ) -> Result<Vec<HourUsage>, StoreError> {
-        run!(read, self, hourly_usage(from_hour, key_id))
+        run!(read, self, hourly_usage(from_hour, active_from, key_id))
     }
 
     /// Stores an alert and its deliveries unless one with its `dedup` exists: `Some(id)` for the

@@ -403,15 +403,21 @@ pub async fn usage_since_hour(
         .collect()
 }
 
-/// The rows of `agg_hour` from `from_hour` on (of one key, or all), oldest first.
+/// The rows of `agg_hour` from `from_hour` on (of one key, or all) of the key × model pairs with
+/// calls at or after `active_from`, by key, model and hour.
 pub async fn hourly_usage(
     db: &mut impl Db,
     from_hour: i64,
+    active_from: i64,
     key_id: Option<i64>,
 ) -> Result<Vec<HourUsage>, StoreError> {
     let mut c = Conditions::default();
     c.compare("hour", ">=", from_hour);
     c.sql.push("calls > 0".to_owned());
+    let active = c.bind(active_from);
+    c.sql.push(format!(
+        "(key_id, model) IN (SELECT key_id, model FROM agg_hour WHERE hour >= {active} AND calls > 0)"
+    ));
     if let Some(key_id) = key_id {
         c.compare("key_id", "=", key_id);
     }
