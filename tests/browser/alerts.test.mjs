@@ -5,7 +5,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
-import { startStack, launchBrowser, openPage, assertNoProblems, fmtInt, waitUntil } from './lib/harness.mjs';
+import { startStack, launchBrowser, openPage, assertNoProblems, fmtInt, waitUntil, switchTab } from './lib/harness.mjs';
 
 let stack;
 let browser;
@@ -42,6 +42,10 @@ before(async () => {
     assert.equal(await stack.chat(key.value, 'gpt-test', `hello there ${n}`, small), 200);
     used = (await stack.waitForCalls(n + 1)).used_tokens;
   }
+  // A limit on the key: its row in the keys tab says when it runs out.
+  const { status } = await stack.api('PATCH', `/keys/${key.id}`, { token_limit: 100000 });
+  assert.equal(status, 200);
+  stack.key = key;
   await waitUntil(async () => {
     const alerts = await stack.data('/alerts');
     return alerts.length >= 2 && alerts.every((a) => a.deliveries.every((d) => d.status === 'sent')) ? alerts : null;
@@ -68,8 +72,10 @@ test('the forecast line, the anomalies and the alerts show what the API returns,
   try {
     // The forecasts the page itself received (each answer moves with the clock).
     const seen = [];
-    page.on('response', async (res) => {
-      if (new URL(res.url()).pathname.endsWith('/api/console/stats')) seen.push((await res.json()).data.forecast);
+    page.on('response', (res) => {
+      if (!new URL(res.url()).pathname.endsWith('/api/console/stats')) return;
+      // A body still unread when the page goes away is not a forecast it showed.
+      res.json().then((body) => seen.push(body.data.forecast), () => {});
     });
     await page.reload();
     const line = page.locator('#usage-forecast');
@@ -116,6 +122,27 @@ test('the forecast line, the anomalies and the alerts show what the API returns,
     assert.equal(await budgetRow.locator('[data-col="delivery"]').textContent(), 'team-hook: sent (1 tries)');
     assert.ok((await item.textContent()).includes('12 of 12 calls failed'), await item.textContent());
     assert.equal(await marked.textContent(), 'Anomaly');
+    assertNoProblems(t, problems, assert);
+  } finally {
+    await context.close();
+  }
+});
+
+test('a key with a limit shows when it runs out at its rate', async (t) => {
+  const keys = await stack.data('/keys');
+  const key = keys.find((k) => k.id === stack.key.id);
+  assert.ok(key.forecast.runs_out_at && key.forecast.rate_per_day > 0, JSON.stringify(key.forecast));
+  const { page, context, problems } = await openPage(browser, stack, { lang: 'en' });
+  try {
+    await switchTab(page, 'keys');
+    const line = page.locator(`#keys-body tr[data-id="${key.id}"] .key-forecast`);
+    await line.waitFor();
+    assert.ok((await line.textContent()).startsWith('At this rate, runs out on '), await line.textContent());
+    const at = Date.parse(await line.getAttribute('data-runs-out-at'));
+    // Within a minute of what /keys said a moment ago (the instant moves with the clock).
+    assert.ok(Math.abs(at - Date.parse(key.forecast.runs_out_at)) < 60_000, `${at} vs ${key.forecast.runs_out_at}`);
+    await page.click('#lang-btn');
+    await waitUntil(async () => (await line.textContent()).startsWith('按当前速度预计'), 'the Chinese line');
     assertNoProblems(t, problems, assert);
   } finally {
     await context.close();

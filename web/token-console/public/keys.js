@@ -201,7 +201,10 @@ export class Keys {
           hasLimit(k) ? h('div', { class: 'sub' }, t('keys.limits', {
             tokens: k.token_limit === null || k.token_limit === undefined ? t('card.unlimited') : fmtInt(k.token_limit),
             rpm: k.rpm_limit === null || k.rpm_limit === undefined ? t('card.unlimited') : fmtInt(k.rpm_limit),
-          })) : null),
+          })) : null,
+          k.forecast && k.forecast.runs_out_at && k.token_limit !== null && k.used_tokens < k.token_limit
+            ? h('div', { class: 'sub key-forecast', dataset: { runsOutAt: k.forecast.runs_out_at } }, t('keys.runsOut', { date: fmtDateTime(k.forecast.runs_out_at) }))
+            : null),
         cell('enabled', labels.enabled, null, switchLabel),
         cell('actions', labels.actions, 'actions-col', h('div', { class: 'row-actions' }, copyBtn, delBtn)),
       ));
