@@ -130,16 +130,17 @@ async fn attempt(
 
 /// Delivers `payload` to `target` after `tried` tries made before (by an instance that stopped),
 /// trying up to `config.attempts` times in all (at least once more) with a doubling wait, noting
-/// each try in the store; the last failure is noted as `failed`.
+/// each try in the store under the alert's id (with `Some`); the last failure is noted as
+/// `failed`. Returns the delivery as it ended.
 pub async fn deliver(
     client: reqwest::Client,
     config: AlertsConfig,
     target: AlertTarget,
     store: Store,
-    alert_id: i64,
+    alert_id: Option<i64>,
     payload: AlertPayload,
     tried: u32,
-) {
+) -> Delivery {
     let mut backoff = Duration::from_millis(config.backoff_ms);
     let attempts = config.attempts.max(tried + 1);
     for tries in tried + 1..=attempts {
@@ -163,20 +164,32 @@ pub async fn deliver(
             error,
             updated_at: jiff::Timestamp::now(),
         };
-        if let Err(e) = store.update_delivery(alert_id, delivery).await {
-            tracing::warn!(alert_id, target = %target.name, "cannot note an alert delivery: {e}");
+        if let Some(id) = alert_id {
+            if let Err(e) = store.update_delivery(id, delivery.clone()).await {
+                tracing::warn!(alert_id = id, target = %target.name, "cannot note an alert delivery: {e}");
+            }
         }
         match outcome {
-            Ok(_) => return,
+            Ok(_) => return delivery,
             Err((_, why)) if last => {
-                tracing::warn!(alert_id, target = %target.name, tries, "alert not delivered: {why}");
-                return;
+                tracing::warn!(?alert_id, target = %target.name, tries, "alert not delivered: {why}");
+                return delivery;
             }
             Err(_) => {
                 tokio::time::sleep(backoff).await;
                 backoff = backoff.saturating_mul(2);
             }
         }
+    }
+    // Not reached: the range above is never empty and its last try returns.
+    Delivery {
+        target: target.name.clone(),
+        kind: target.kind.name().to_owned(),
+        status: "failed".to_owned(),
+        attempts: tried,
+        http_status: None,
+        error: Some("no try was made".to_owned()),
+        updated_at: jiff::Timestamp::now(),
     }
 }
 

@@ -113,14 +113,18 @@ impl Engine {
                 _ = stopped.changed() => break,
             }
             while self.deliveries.try_join_next().is_some() {}
+            // The recorder first: when it cannot write, the store's writes below may wait as
+            // long as the database's lock timeout, and its alert should not wait for them.
+            self.watch_recorder().await;
             if let Err(e) = self.evaluate().await {
                 tracing::warn!(
                     "cannot evaluate the alert rules: {e}; trying again in {interval:?}"
                 );
             }
-            self.watch_recorder().await;
-            self.take_over().await;
-            self.prune().await;
+            if !self.recorder.stats().degraded {
+                self.take_over().await;
+                self.prune().await;
+            }
         }
         let finish = async { while self.deliveries.join_next().await.is_some() {} };
         if tokio::time::timeout(SHUTDOWN_GRACE, finish).await.is_err() {
@@ -190,11 +194,31 @@ impl Engine {
             instance: &self.instance,
             now: jiff::Timestamp::now(),
         };
-        let alert = rules::degraded_alert(&ctx, outage.since, self.recorder.last_error());
-        if let Err(e) = self.raise(alert.clone()).await {
-            tracing::warn!("cannot store the recorder alert ({e}); delivering it anyway");
-            self.spawn_deliveries(-1, &alert);
-        }
+        let raised = rules::degraded_alert(&ctx, outage.since, self.recorder.last_error());
+        let mut alert = self.new_alert(&raised);
+        let deliveries: Vec<_> = self
+            .alerts
+            .targets
+            .iter()
+            .map(|target| {
+                deliver::deliver(
+                    self.client.clone(),
+                    self.alerts.clone(),
+                    target.clone(),
+                    self.store.clone(),
+                    None,
+                    raised.payload.clone(),
+                    0,
+                )
+            })
+            .collect();
+        let store = self.store.clone();
+        self.deliveries.spawn(async move {
+            alert.deliveries = futures_util::future::join_all(deliveries).await;
+            if let Err(e) = store.claim_alert(alert).await {
+                tracing::warn!("cannot store the recorder alert (it was delivered): {e}");
+            }
+        });
     }
 
     /// Delivers what an instance left `pending` when it died or stopped: a delivery unchanged
@@ -240,15 +264,18 @@ impl Engine {
                 continue;
             };
             tracing::info!(alert_id, target = %target.name, "delivering an alert left pending");
-            self.deliveries.spawn(deliver::deliver(
+            let delivery = deliver::deliver(
                 self.client.clone(),
                 self.alerts.clone(),
                 target,
                 self.store.clone(),
-                alert_id,
+                Some(alert_id),
                 payload,
                 delivery.attempts,
-            ));
+            );
+            self.deliveries.spawn(async move {
+                delivery.await;
+            });
         }
     }
 
@@ -272,6 +299,19 @@ impl Engine {
     /// Stores the alert unless it was raised before (by any instance) and, if this call stored
     /// it, delivers it.
     async fn raise(&mut self, raised: Raised) -> Result<(), StoreError> {
+        let alert = self.new_alert(&raised);
+        let Some(id) = self.store.claim_alert(alert).await? else {
+            return Ok(());
+        };
+        tracing::info!(alert_id = id, rule = %raised.payload.rule, subject = %raised.subject, "alert raised");
+        if raised.skip.is_none() {
+            self.spawn_deliveries(id, &raised);
+        }
+        Ok(())
+    }
+
+    /// The alert to store for `raised`, its deliveries `pending` (or `skipped`).
+    fn new_alert(&self, raised: &Raised) -> NewAlert {
         let payload = serde_json::to_string(&raised.payload).unwrap_or_default();
         let deliveries = self
             .alerts
@@ -292,7 +332,7 @@ impl Engine {
                 updated_at: jiff::Timestamp::now(),
             })
             .collect();
-        let alert = NewAlert {
+        NewAlert {
             dedup: raised.dedup.clone(),
             rule: raised.payload.rule.clone(),
             event: raised.payload.event.clone(),
@@ -304,28 +344,23 @@ impl Engine {
             created_at: jiff::Timestamp::now(),
             instance: self.instance.clone(),
             deliveries,
-        };
-        let Some(id) = self.store.claim_alert(alert).await? else {
-            return Ok(());
-        };
-        tracing::info!(alert_id = id, rule = %raised.payload.rule, subject = %raised.subject, "alert raised");
-        if raised.skip.is_none() {
-            self.spawn_deliveries(id, &raised);
         }
-        Ok(())
     }
 
     fn spawn_deliveries(&mut self, id: i64, raised: &Raised) {
         for target in &self.alerts.targets {
-            self.deliveries.spawn(deliver::deliver(
+            let delivery = deliver::deliver(
                 self.client.clone(),
                 self.alerts.clone(),
                 target.clone(),
                 self.store.clone(),
-                id,
+                Some(id),
                 raised.payload.clone(),
                 0,
-            ));
+            );
+            self.deliveries.spawn(async move {
+                delivery.await;
+            });
         }
     }
 }
