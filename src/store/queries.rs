@@ -421,8 +421,11 @@ pub async fn hourly_usage(
     if let Some(key_id) = key_id {
         c.compare("key_id", "=", key_id);
     }
+    // Grouped, so that the rows stay one per hour, key and model should the table gain
+    // dimensions.
     let sql = format!(
-        "SELECT hour, key_id, model, calls, failures, total_tokens FROM agg_hour{}
+        "SELECT hour, key_id, model, CAST(SUM(calls) AS BIGINT), CAST(SUM(failures) AS BIGINT),
+         CAST(SUM(total_tokens) AS BIGINT) FROM agg_hour{} GROUP BY hour, key_id, model
          ORDER BY key_id, model {{binary}}, hour",
         c.clause()
     );
