@@ -190,6 +190,27 @@ struct RawConfig {
     providers: Option<Vec<RawProvider>>,
     otel: Option<RawOtel>,
     pricing: Option<RawPricing>,
+    alerts: Option<RawAlerts>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAlerts {
+    targets: Vec<RawTarget>,
+    rules: Option<RawRules>,
+    interval_ms: Option<u64>,
+    timeout_ms: Option<u64>,
+    attempts: Option<u32>,
+    backoff_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    kind: TargetKind,
+    url: HttpUrl,
+    name: Option<EnvString>,
+    secret: Option<EnvString>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -211,6 +232,39 @@ struct RawPriceOverride {
     cache_read: Option<Spanned<f64>>,
     cache_write: Option<Spanned<f64>>,
     from: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRules {
+    budget_percent: Option<Vec<u32>>,
+    forecast_days: Option<u32>,
+    anomalies: Option<bool>,
+    recorder_degraded: Option<bool>,
+}
+
+/// An `http://` or `https://` URL from the file (`${VAR}` expanded). Checked while the file is
+/// read, so that a wrong one is reported with its line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct HttpUrl(String);
+
+impl<'de> Deserialize<'de> for HttpUrl {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let EnvString(raw) = EnvString::deserialize(deserializer)?;
+        let url = raw.trim().to_owned();
+        let valid = ["http://", "https://"]
+            .iter()
+            .any(|scheme| url.len() > scheme.len() && url.starts_with(scheme))
+            && url.parse::<axum::http::Uri>().is_ok();
+        if !valid {
+            // Webhook URLs carry their token: name only the scheme given.
+            let scheme = url.split_once(':').map_or("none", |(scheme, _)| scheme);
+            return Err(serde::de::Error::custom(format!(
+                "url must be an http:// or https:// URL (e.g. https://hooks.slack.com/services/…); its scheme is \"{scheme}\""
+            )));
+        }
+        Ok(Self(url))
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -263,6 +317,35 @@ pub enum ProviderKind {
     Openai,
     /// Anthropic's Messages API.
     Anthropic,
+}
+
+/// The service an alert target is: how a message is shaped and signed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetKind {
+    /// Any HTTP receiver: the JSON payload with LiteLLM's budget-alert field names.
+    Webhook,
+    /// A Slack incoming webhook (`{"text": …}`).
+    Slack,
+    /// A Feishu (Lark) custom bot, signed when a secret is set.
+    Feishu,
+    /// A DingTalk custom robot, signed when a secret is set.
+    Dingtalk,
+    /// A WeCom (企业微信) group robot.
+    Wecom,
+}
+
+impl TargetKind {
+    /// The name used in the file and in the console.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Webhook => "webhook",
+            Self::Slack => "slack",
+            Self::Feishu => "feishu",
+            Self::Dingtalk => "dingtalk",
+            Self::Wecom => "wecom",
+        }
+    }
 }
 
 /// Where the store keeps its data.
@@ -394,6 +477,8 @@ pub struct Config {
     pub providers: Vec<ProviderConfig>,
     /// OpenTelemetry export of every call; `None` (the default) exports nothing.
     pub otel: Option<OtelConfig>,
+    /// Alerts; `None` (the default) sends none.
+    pub alerts: Option<AlertsConfig>,
     /// Price overrides and the display currency (the `pricing:` section).
     pub pricing: PricingConfig,
 }
@@ -418,6 +503,60 @@ pub struct OtelConfig {
     pub headers: Vec<(String, Secret)>,
     /// How often batches of spans and the metrics are sent.
     pub export_interval_ms: u64,
+}
+
+/// Where alerts go and when they are raised (the `alerts:` section).
+#[derive(Debug, Clone)]
+pub struct AlertsConfig {
+    /// Receivers; every alert goes to each of them.
+    pub targets: Vec<AlertTarget>,
+    /// What raises an alert.
+    pub rules: AlertRules,
+    /// How often the rules are evaluated.
+    pub interval_ms: u64,
+    /// Longest wait for one delivery attempt's answer.
+    pub timeout_ms: u64,
+    /// Tries per delivery before it is recorded as failed.
+    pub attempts: u32,
+    /// Wait before the second try, doubled before each further one.
+    pub backoff_ms: u64,
+}
+
+/// One receiver of alerts.
+#[derive(Debug, Clone)]
+pub struct AlertTarget {
+    /// Unique name, shown in the console (default `kind-N`).
+    pub name: String,
+    /// How messages are shaped and signed.
+    pub kind: TargetKind,
+    /// Where they are posted; webhook URLs often carry a token, so it never prints.
+    pub url: Secret,
+    /// The signing secret (Feishu, DingTalk, and an HMAC header for generic webhooks).
+    pub secret: Option<Secret>,
+}
+
+/// What raises an alert.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertRules {
+    /// Percentages of a budget whose crossing is announced (once each per budget and period).
+    pub budget_percent: Vec<u32>,
+    /// Announce a budget that runs out within this many days at its current rate; 0 is off.
+    pub forecast_days: u32,
+    /// Announce anomalies (error rate or token volume of a key and model).
+    pub anomalies: bool,
+    /// Announce that the recorder cannot write to the store.
+    pub recorder_degraded: bool,
+}
+
+impl Default for AlertRules {
+    fn default() -> Self {
+        Self {
+            budget_percent: vec![50, 80, 100],
+            forecast_days: 3,
+            anomalies: true,
+            recorder_degraded: true,
+        }
+    }
 }
 
 /// Why the configuration could not be loaded.
@@ -597,6 +736,7 @@ impl Config {
             providers,
             otel: raw.otel.map(validate_otel).transpose()?,
             pricing: validate_pricing(raw.pricing.unwrap_or_default())?,
+            alerts: raw.alerts.map(validate_alerts).transpose()?,
         })
     }
 }
@@ -798,6 +938,74 @@ fn validate_otel(raw: RawOtel) -> Result<OtelConfig, ConfigError> {
             raw.export_interval_ms
                 .unwrap_or(DEFAULT_OTEL_EXPORT_INTERVAL_MS),
         )?,
+    })
+}
+
+fn validate_alerts(raw: RawAlerts) -> Result<AlertsConfig, ConfigError> {
+    let mut targets: Vec<AlertTarget> = Vec::with_capacity(raw.targets.len());
+    for (i, target) in raw.targets.into_iter().enumerate() {
+        let name = target
+            .name
+            .map(|n| n.0.trim().to_owned())
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| format!("{}-{}", target.kind.name(), i + 1));
+        if targets.iter().any(|t| t.name == name) {
+            return Err(ConfigError::Invalid(format!(
+                "alerts.targets: two targets are named \"{name}\"; give each a unique name"
+            )));
+        }
+        let secret = target.secret.map(|s| s.0).filter(|s| !s.is_empty());
+        if secret.is_some() && matches!(target.kind, TargetKind::Slack | TargetKind::Wecom) {
+            return Err(ConfigError::Invalid(format!(
+                "alerts.targets[{i}] ({}): {} does not sign its webhooks; remove `secret`",
+                name,
+                target.kind.name()
+            )));
+        }
+        targets.push(AlertTarget {
+            name,
+            kind: target.kind,
+            url: Secret::new(target.url.0),
+            secret: secret.map(Secret::new),
+        });
+    }
+    let raw_rules = raw.rules.unwrap_or_default();
+    let defaults = AlertRules::default();
+    let rules = AlertRules {
+        budget_percent: raw_rules.budget_percent.unwrap_or(defaults.budget_percent),
+        forecast_days: raw_rules.forecast_days.unwrap_or(defaults.forecast_days),
+        anomalies: raw_rules.anomalies.unwrap_or(defaults.anomalies),
+        recorder_degraded: raw_rules
+            .recorder_degraded
+            .unwrap_or(defaults.recorder_degraded),
+    };
+    if let Some(bad) = rules
+        .budget_percent
+        .iter()
+        .find(|p| !(1..=100).contains(*p))
+    {
+        return Err(ConfigError::Invalid(format!(
+            "alerts.rules.budget_percent: {bad} is not a percentage from 1 to 100 (e.g. [50, 80, 100])"
+        )));
+    }
+    if rules.forecast_days > 366 {
+        return Err(ConfigError::Invalid(
+            "alerts.rules.forecast_days must be from 0 (off) to 366".into(),
+        ));
+    }
+    let attempts = raw.attempts.unwrap_or(4);
+    if !(1..=10).contains(&attempts) {
+        return Err(ConfigError::Invalid(
+            "alerts.attempts must be from 1 to 10".into(),
+        ));
+    }
+    Ok(AlertsConfig {
+        targets,
+        rules,
+        interval_ms: positive("alerts.interval_ms", raw.interval_ms.unwrap_or(60_000))?,
+        timeout_ms: positive("alerts.timeout_ms", raw.timeout_ms.unwrap_or(10_000))?,
+        attempts,
+        backoff_ms: raw.backoff_ms.unwrap_or(1_000),
     })
 }
 
@@ -1252,6 +1460,46 @@ mod tests {
             ),
             ("otel: {endpoint: 'http://h', protocol: grpc}\n", "protocol"),
             ("otel: {}\n", "endpoint"),
+        ];
+        for (yaml, named) in cases {
+            let err = Config::from_yaml(yaml, &cli()).unwrap_err().to_string();
+            assert!(err.contains(named), "{yaml}: {err}");
+        }
+    }
+
+    #[test]
+    fn alerts_are_off_by_default_and_their_section_is_validated() {
+        assert!(Config::from_yaml("", &cli()).unwrap().alerts.is_none());
+        let yaml = "alerts:\n  targets:\n    - {kind: webhook, url: 'http://127.0.0.1:9/hook'}\n    - {kind: feishu, url: 'https://open.feishu.cn/x', secret: s3cret}\n  rules: {budget_percent: [80], forecast_days: 0}\n";
+        let alerts = Config::from_yaml(yaml, &cli()).unwrap().alerts.unwrap();
+        assert_eq!(alerts.targets[0].name, "webhook-1");
+        assert_eq!(alerts.targets[1].kind, TargetKind::Feishu);
+        assert_eq!(alerts.rules.budget_percent, [80]);
+        assert_eq!(alerts.rules.forecast_days, 0);
+        assert!(alerts.rules.anomalies && alerts.rules.recorder_degraded);
+        assert_eq!((alerts.interval_ms, alerts.attempts), (60_000, 4));
+        assert!(
+            !format!("{alerts:?}").contains("s3cret"),
+            "secrets never print"
+        );
+        // A URL that is not http(s) names its line (the fourth).
+        let err = Config::from_yaml(
+            "port: 1\nalerts:\n  targets:\n    - {kind: slack, url: 'ftp://x/y'}\n",
+            &cli(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("http://") && err.contains("line 4"), "{err}");
+        let cases = [
+            ("alerts: {targets: [{kind: pager, url: 'http://x'}]}\n", "pager"),
+            ("alerts: {targets: [], rule: {}}\n", "rule"),
+            ("alerts: {targets: [{kind: slack, url: 'http://x', secret: a}]}\n", "secret"),
+            ("alerts: {targets: [], rules: {budget_percent: [0]}}\n", "budget_percent"),
+            ("alerts: {targets: [], attempts: 0}\n", "attempts"),
+            (
+                "alerts: {targets: [{kind: slack, url: 'http://x', name: a}, {kind: slack, url: 'http://y', name: a}]}\n",
+                "unique",
+            ),
         ];
         for (yaml, named) in cases {
             let err = Config::from_yaml(yaml, &cli()).unwrap_err().to_string();

@@ -6,11 +6,13 @@
 //! recorded. `server` assembles the listeners; `config` reads the configuration; `pricing` says
 //! what calls cost, and `reprice` recomputes stored costs when prices change.
 
+pub mod alerts;
 pub mod clock;
 pub mod config;
 pub mod console;
 pub mod error;
 pub mod gateway;
+pub mod insights;
 pub mod keys;
 pub mod metrics;
 pub mod pricing;

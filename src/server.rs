@@ -389,6 +389,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         tracing::warn!("some requests were still running after {DRAIN_TIMEOUT:?}; stopping anyway");
         servers.abort_all();
     }
+    if let Some(alerter) = &state.alerter {
+        alerter.shutdown().await;
+    }
     state.instance.shutdown().await;
     recorder.shutdown().await;
     if let Some(telemetry) = state.telemetry.clone() {

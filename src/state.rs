@@ -34,6 +34,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The OpenTelemetry exporters, when `otel:` is configured.
     pub telemetry: Option<Arc<crate::telemetry::Telemetry>>,
+    /// The alert task, when `alerts:` is configured.
+    pub alerter: Option<Arc<crate::alerts::Alerter>>,
     /// What the gateway uses (it shares the keys, recorder, metrics and telemetry above).
     pub gateway: GatewayState,
     /// What the console uses (it shares the store, keys and recorder above).
@@ -104,6 +106,7 @@ impl AppState {
             config.total_cost_nanos,
             config.limit_period,
         ));
+        let instance_id = id.clone();
         let instance = Arc::new(Instance::start(
             id,
             store.clone(),
@@ -120,6 +123,14 @@ impl AppState {
                 .map_err(crate::error::StartError::Io)?,
         );
         let config = Arc::new(config);
+        let alerter = crate::alerts::Alerter::start(
+            config.clone(),
+            store.clone(),
+            recorder.clone(),
+            instance_id,
+        )
+        .map_err(crate::error::StartError::Io)?
+        .map(Arc::new);
         let console = ConsoleState {
             prices: prices.clone(),
             repricing: Arc::default(),
@@ -149,6 +160,7 @@ impl AppState {
         };
         Ok(Self {
             telemetry,
+            alerter,
             instance,
             keys,
             config,

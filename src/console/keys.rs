@@ -9,7 +9,7 @@ use crate::keys;
 use crate::store::{Aggregate, KeyPatch, KeyRow, NewKey};
 
 use super::params;
-use super::wire::{CreateKey, KeyView, PatchKey, PeriodUse};
+use super::wire::{CreateKey, Forecast, KeyView, PatchKey, PeriodUse};
 
 const MAX_NAME_CHARS: usize = 64;
 const MAX_DESCRIPTION_CHARS: usize = 1000;
@@ -107,14 +107,22 @@ pub async fn list(state: &ConsoleState) -> Result<Vec<KeyView>, ConsoleError> {
     let rows = state.store.list_keys().await?;
     let usage = state.store.usage_by_key().await?;
     let periods = periods_of(state, &rows).await?;
-    Ok(rows
-        .iter()
+    let mut forecasts = super::insights::key_forecasts(state).await?;
+    rows.iter()
         .filter(|row| !row.deleted)
         .map(|row| {
             let usage = usage.get(&row.id);
-            KeyView::new(row, usage, period_use(&periods, row, usage))
+            let forecast = forecasts
+                .remove(&row.id)
+                .ok_or_else(|| ConsoleError::Internal(format!("no forecast for key {}", row.id)))?;
+            Ok(KeyView::new(
+                row,
+                usage,
+                period_use(&periods, row, usage),
+                forecast,
+            ))
         })
-        .collect())
+        .collect()
 }
 
 /// Creates a key and returns it with its full value: the only time it is ever shown.
@@ -140,7 +148,13 @@ pub async fn create(state: &ConsoleState, body: CreateKey) -> Result<KeyView, Co
     // Debug quotes the name and escapes control characters: a name cannot forge log lines.
     tracing::info!(key_id = row.id, name = ?row.name, "key created");
     let periods = periods_of(state, std::slice::from_ref(&row)).await?;
-    let mut view = KeyView::new(&row, None, period_use(&periods, &row, None));
+    let budget = super::insights::budget_of(state, Some(row.id)).await?;
+    let mut view = KeyView::new(
+        &row,
+        None,
+        period_use(&periods, &row, None),
+        Forecast::new(&budget),
+    );
     view.value = generated.full;
     Ok(view)
 }
@@ -213,7 +227,13 @@ pub async fn update(
     let usage = state.store.usage_of_key(row.id).await?;
     let periods = periods_of(state, std::slice::from_ref(&row)).await?;
     let period = period_use(&periods, &row, Some(&usage));
-    Ok(KeyView::new(&row, Some(&usage), period))
+    let budget = super::insights::budget_of(state, Some(row.id)).await?;
+    Ok(KeyView::new(
+        &row,
+        Some(&usage),
+        period,
+        Forecast::new(&budget),
+    ))
 }
 
 /// Deletes a key: it stops working at once; its history stays in every statistic.

@@ -5,6 +5,7 @@
 
 pub mod auth;
 mod export;
+mod insights;
 mod keys;
 pub mod logs;
 pub mod openapi;
@@ -29,7 +30,10 @@ use crate::store::Store;
 use crate::usage::Recorder;
 use auth::{Admitted, Gatekeeper, PageAccess};
 
-use params::{ConsoleJson, ConsoleQuery, ExportQuery, LogsQuery, StatsQuery, TrendQuery};
+use params::{
+    AlertsQuery, AnomaliesQuery, ConsoleJson, ConsoleQuery, ExportQuery, LogsQuery, StatsQuery,
+    TrendQuery,
+};
 use wire::{CreateKey, Done, Envelope, PatchKey};
 
 type ApiResult<T> = Result<Json<Envelope<T>>, ConsoleError>;
@@ -80,6 +84,8 @@ pub fn router<S: Clone + Send + Sync + 'static>(state: &ConsoleState) -> Router<
         )
         .route("/export", get(export))
         .route("/reprice", axum::routing::post(reprice))
+        .route("/anomalies", get(get_anomalies))
+        .route("/alerts", get(get_alerts))
         .route("/openapi.json", get(openapi))
         .fallback(api_not_found)
         .route_layer(middleware::from_extractor_with_state::<Admitted, _>(
@@ -153,6 +159,34 @@ async fn stream_logs(
     let query = q.query()?;
     let slot = state.log_streams.open(peer.ip())?;
     Ok(logs::live(&state, query, slot).into_response())
+}
+
+/// Hours in which a key's calls to a model failed (at least 10 calls, half or more failed) or
+/// spent unlike the key's own recent past (at least 10,000 tokens and over 3× the median hour of
+/// the 168 before), newest first, with the figures that made them anomalies.
+#[utoipa::path(get, path = "/api/console/anomalies", params(AnomaliesQuery),
+    responses((status = 200, description = "The anomalies", body = Envelope<Vec<wire::AnomalyFigures>>),
+        (status = 400, description = "A parameter is wrong", body = wire::Failure)))]
+async fn get_anomalies(
+    State(state): State<ConsoleState>,
+    ConsoleQuery(q): ConsoleQuery<AnomaliesQuery>,
+) -> ApiResult<Vec<wire::AnomalyFigures>> {
+    let (hours, key_id) = (q.hours()?, q.key_id()?);
+    Ok(Json(Envelope::ok(
+        insights::anomalies(&state, hours, key_id).await?,
+    )))
+}
+
+/// The alerts raised (by any instance), newest first, each with its delivery to every target.
+#[utoipa::path(get, path = "/api/console/alerts", params(AlertsQuery),
+    responses((status = 200, description = "The alerts", body = Envelope<Vec<wire::AlertView>>),
+        (status = 400, description = "A parameter is wrong", body = wire::Failure)))]
+async fn get_alerts(
+    State(state): State<ConsoleState>,
+    ConsoleQuery(q): ConsoleQuery<AlertsQuery>,
+) -> ApiResult<Vec<wire::AlertView>> {
+    let limit = q.limit()?;
+    Ok(Json(Envelope::ok(insights::alerts(&state, limit).await?)))
 }
 
 /// Every console API answer (refusals included) is private and must not be kept by a cache.
@@ -250,7 +284,7 @@ async fn openapi() -> Response {
 
 async fn api_not_found() -> ConsoleError {
     ConsoleError::NotFound(
-        "no such console API call; see the README for /api/console/stats, /usage-trend, /logs, /logs/stream, /keys, /export and /reprice".into(),
+        "no such console API call; see the README for /api/console/stats, /usage-trend, /logs, /logs/stream, /keys, /export, /reprice, /anomalies and /alerts".into(),
     )
 }
 

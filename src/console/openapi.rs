@@ -28,6 +28,8 @@ use utoipa::OpenApi;
         super::delete_key,
         super::export,
         super::reprice,
+        super::get_anomalies,
+        super::get_alerts,
         super::openapi,
     )
 )]
@@ -148,7 +150,7 @@ mod tests {
                     .map(move |(method, op)| (format!("{method} {path}"), op))
             })
             .collect();
-        assert_eq!(operations.len(), 11, "{:?}", paths.keys());
+        assert_eq!(operations.len(), 13, "{:?}", paths.keys());
         for (name, op) in operations {
             for status in ["200", "401", "403", "429"] {
                 assert!(op["responses"][status].is_object(), "{name} lacks {status}");

@@ -86,6 +86,58 @@ pub struct LogsQuery {
     pub session_id: Option<String>,
 }
 
+/// Default hours examined for anomalies.
+pub const DEFAULT_ANOMALY_HOURS: u32 = 24;
+/// Largest `hours` of the anomalies (a week); more is clamped to this.
+pub const MAX_ANOMALY_HOURS: u32 = 168;
+/// Default number of alerts listed.
+pub const DEFAULT_ALERTS: u32 = 100;
+
+/// Query of `GET /api/console/anomalies`.
+#[derive(Deserialize, IntoParams, Default)]
+#[into_params(parameter_in = Query)]
+pub struct AnomaliesQuery {
+    /// Hours examined, ending with the current one: default 24, above 168 clamped to 168.
+    #[param(schema_with = clamped_count)]
+    pub hours: Option<String>,
+    /// Only this key's calls.
+    #[param(value_type = Option<i64>)]
+    pub key_id: Option<String>,
+}
+
+/// Query of `GET /api/console/alerts`.
+#[derive(Deserialize, IntoParams, Default)]
+#[into_params(parameter_in = Query)]
+pub struct AlertsQuery {
+    /// Most alerts, newest first: default 100, above 1000 clamped to 1000.
+    #[param(schema_with = clamped_count)]
+    pub limit: Option<String>,
+}
+
+impl AnomaliesQuery {
+    /// `hours`: default 24, above 168 clamped, below 1 or not a number rejected.
+    pub fn hours(&self) -> Result<u32, ConsoleError> {
+        bounded(
+            &self.hours,
+            "hours",
+            DEFAULT_ANOMALY_HOURS,
+            MAX_ANOMALY_HOURS,
+        )
+    }
+
+    /// `key_id`.
+    pub fn key_id(&self) -> Result<Option<i64>, ConsoleError> {
+        id(&self.key_id, "key_id")
+    }
+}
+
+impl AlertsQuery {
+    /// `limit`: default 100, above 1000 clamped, below 1 or not a number rejected.
+    pub fn limit(&self) -> Result<u32, ConsoleError> {
+        bounded(&self.limit, "limit", DEFAULT_ALERTS, MAX_LIMIT)
+    }
+}
+
 /// Query of `GET /api/console/export`.
 #[derive(Deserialize, IntoParams, Default)]
 #[into_params(parameter_in = Query)]

@@ -8,10 +8,13 @@ use crate::error::ConsoleError;
 use crate::store::{Aggregate, DayTotal, UsageFilter, GLOBAL_SCOPE};
 use crate::usage::latency_quantile;
 
-use super::wire::{aggregate_cost, round2, DisplayCurrency, Latency, ModelStats, Stats, Trend};
+use super::wire::{
+    aggregate_cost, round2, DisplayCurrency, Forecast, Latency, ModelStats, Stats, Trend,
+};
 use crate::pricing::usd;
 
-/// `/stats`: totals, the budget (global, or the key's with `key_id`) and the per-model table.
+/// `/stats`: totals, the budget (global, or the key's with `key_id`) with its forecast, and the
+/// per-model table.
 pub async fn stats(state: &ConsoleState, filter: UsageFilter) -> Result<Stats, ConsoleError> {
     let (budget, cost_limit, period) = match filter.key_id {
         Some(key_id) => key_limit(state, key_id).await?,
@@ -32,7 +35,8 @@ pub async fn stats(state: &ConsoleState, filter: UsageFilter) -> Result<Stats, C
         }
         None => None,
     };
-    let mut stats = build_stats(models, budget, current);
+    let forecast = Forecast::new(&super::insights::budget_of(state, filter.key_id).await?);
+    let mut stats = build_stats(models, budget, current, forecast);
     stats.cost_limit = cost_limit.map(usd);
     stats.display_currency =
         state
@@ -101,11 +105,12 @@ fn model_stats(name: String, agg: &Aggregate) -> ModelStats {
 
 /// Builds the statistics from per-model aggregates and the budget (`None`: unlimited) with its
 /// current period and what was used in it (`None`: it never resets, and what is left is measured
-/// against the calls `models` covers).
+/// against the calls `models` covers), and the budget's forecast.
 pub fn build_stats(
     models: Vec<(String, Aggregate)>,
     budget: Option<u64>,
     period: Option<(Period, PeriodUse)>,
+    forecast: Forecast,
 ) -> Stats {
     let mut total = Aggregate::default();
     for (_, agg) in &models {
@@ -152,6 +157,7 @@ pub fn build_stats(
         display_currency: None,
         cost_limit: None,
         period_cost: usd(period.map_or(total.cost_nanos, |(_, p)| p.cost_nanos)),
+        forecast,
     }
 }
 
@@ -270,13 +276,22 @@ mod tests {
         }
     }
 
+    fn forecast() -> Forecast {
+        Forecast {
+            rate_per_day: 0.0,
+            runs_out_at: None,
+            window_days: 7.0,
+            period: "total".into(),
+        }
+    }
+
     #[test]
     fn stats_follow_the_guide_with_and_without_budget() {
         let models = vec![
             ("a".to_owned(), agg(3, 2, 300, 1000)),
             ("b".to_owned(), agg(1, 1, 100, 7)),
         ];
-        let s = build_stats(models.clone(), Some(1000), None);
+        let s = build_stats(models.clone(), Some(1000), None, forecast());
         assert_eq!(s.total_tokens, Some(1000));
         assert_eq!(s.used_tokens, 400);
         assert_eq!(s.remaining_tokens, Some(600));
@@ -297,6 +312,7 @@ mod tests {
                     resets_at: Some("2026-04-01T00:00:00Z".parse().unwrap()),
                 },
             )),
+            forecast(),
         );
         assert_eq!(monthly.used_tokens, 400, "all the calls the filter covers");
         assert_eq!(
@@ -313,11 +329,11 @@ mod tests {
             monthly.period_resets_at.as_deref(),
             Some("2026-04-01T00:00:00Z")
         );
-        let unlimited = build_stats(models, None, None);
+        let unlimited = build_stats(models, None, None, forecast());
         assert_eq!(unlimited.total_tokens, None);
         assert_eq!(unlimited.remaining_tokens, None);
         assert_eq!(unlimited.usage_percent, None);
-        let empty = build_stats(Vec::new(), None, None);
+        let empty = build_stats(Vec::new(), None, None, forecast());
         assert_eq!(empty.api_call_count, 0);
         assert_eq!(empty.latency_ms.p50, None);
     }

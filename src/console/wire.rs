@@ -4,8 +4,10 @@
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::ToSchema;
 
+pub use crate::alerts::payload::{AlertPayload, AnomalyFigures};
+use crate::insights::budgets::BudgetUse;
 use crate::pricing::{usd, CostStatus};
-use crate::store::{Aggregate, KeyRow};
+use crate::store::{Aggregate, AlertRow, KeyRow};
 use crate::usage::LoggedCall;
 
 /// The guide's "never used" timestamp.
@@ -172,6 +174,116 @@ pub struct Stats {
     pub unpriced_calls: u64,
     /// The second currency the page shows costs in, when configured.
     pub display_currency: Option<DisplayCurrency>,
+    /// The budget's recent spend rate and when it runs out at that rate.
+    pub forecast: Forecast,
+}
+
+/// A budget's forecast: the rate it was spent at over the last days, and when it runs out at
+/// that rate.
+#[derive(Serialize, Clone, ToSchema)]
+pub struct Forecast {
+    /// Tokens a day over the window, 2 decimals.
+    pub rate_per_day: f64,
+    /// When the budget runs out at that rate; `null` when unlimited or nothing is spent; now
+    /// when it is used up.
+    pub runs_out_at: Option<String>,
+    /// The span the rate was measured over, in days (7, or less for a budget first spent from
+    /// within the last 7 days, but at least 1), 2 decimals.
+    pub window_days: f64,
+    /// The budget's period (`total`: all-time).
+    pub period: String,
+}
+
+impl Forecast {
+    /// The forecast of a budget.
+    pub fn new(budget: &BudgetUse) -> Self {
+        Self {
+            rate_per_day: round2(budget.forecast.rate_per_day),
+            runs_out_at: budget.forecast.runs_out_at.map(rfc3339),
+            window_days: round2(budget.forecast.window_days),
+            period: budget.period.clone(),
+        }
+    }
+}
+
+/// One alert of `GET /api/console/alerts`, with its deliveries.
+#[derive(Serialize, Clone, ToSchema)]
+pub struct AlertView {
+    /// Row id.
+    pub id: i64,
+    /// The rule that raised it.
+    pub rule: String,
+    /// The event (`threshold_crossed`, `budget_crossed`, `projected_limit_exceeded`,
+    /// `anomaly_detected`, `recorder_degraded`).
+    pub event: String,
+    /// The key it is about.
+    pub key_id: Option<i64>,
+    /// What it is about (`global`, `key:7`, `key:7/model`, `instance:…`).
+    pub subject: String,
+    /// The period it was raised for.
+    pub period: String,
+    /// One line for people.
+    pub message: String,
+    /// When it was raised.
+    pub created_at: String,
+    /// The instance that raised and delivered it.
+    pub instance: String,
+    /// The generic webhook's JSON, as sent.
+    pub payload: AlertPayload,
+    /// One per target.
+    pub deliveries: Vec<DeliveryView>,
+}
+
+/// An alert's delivery to one target.
+#[derive(Serialize, Clone, ToSchema)]
+pub struct DeliveryView {
+    /// The target's name.
+    pub target: String,
+    /// `webhook`, `slack`, `feishu`, `dingtalk` or `wecom`.
+    pub kind: String,
+    /// `pending` (being tried), `sent`, `failed` (after the last try) or `skipped`.
+    pub status: String,
+    /// Tries made.
+    pub attempts: u32,
+    /// HTTP status of the last answer.
+    pub http_status: Option<u16>,
+    /// Why the last try failed, or why it was skipped.
+    pub error: Option<String>,
+    /// When this last changed.
+    pub updated_at: String,
+}
+
+impl AlertView {
+    /// The view of a stored alert; a payload that does not parse (written by a newer version)
+    /// leaves the alert out.
+    pub fn new(row: &AlertRow) -> Option<Self> {
+        let a = &row.alert;
+        Some(Self {
+            id: row.id,
+            rule: a.rule.clone(),
+            event: a.event.clone(),
+            key_id: a.key_id,
+            subject: a.subject.clone(),
+            period: a.period.clone(),
+            message: a.message.clone(),
+            created_at: rfc3339(a.created_at),
+            instance: a.instance.clone(),
+            payload: serde_json::from_str(&a.payload).ok()?,
+            deliveries: a
+                .deliveries
+                .iter()
+                .map(|d| DeliveryView {
+                    target: d.target.clone(),
+                    kind: d.kind.clone(),
+                    status: d.status.clone(),
+                    attempts: d.attempts,
+                    http_status: d.http_status,
+                    error: d.error.clone(),
+                    updated_at: rfc3339(d.updated_at),
+                })
+                .collect(),
+        })
+    }
 }
 
 /// `GET /api/console/usage-trend`.
@@ -360,6 +472,8 @@ pub struct KeyView {
     pub period_cost_left: Option<f64>,
     /// When the current period ends and the limit starts again from nothing; `null`: never.
     pub period_resets_at: Option<String>,
+    /// The key's budget's forecast.
+    pub forecast: Forecast,
 }
 
 /// A budget's current period as the console shows it: the tokens recorded in it and when it
@@ -381,7 +495,12 @@ fn cost_status(status: CostStatus) -> &'static str {
 impl KeyView {
     /// The view of a stored key with its recorded usage (none: no call yet) and what it used in
     /// the current period of its limit; `value` is the display form.
-    pub fn new(row: &KeyRow, usage: Option<&Aggregate>, period: PeriodUse) -> Self {
+    pub fn new(
+        row: &KeyRow,
+        usage: Option<&Aggregate>,
+        period: PeriodUse,
+        forecast: Forecast,
+    ) -> Self {
         let usage = usage.copied().unwrap_or_default();
         Self {
             id: row.id,
@@ -414,6 +533,7 @@ impl KeyView {
             cost_limit: row.cost_limit_nanos.map(usd),
             cost_limit_nanos: row.cost_limit_nanos,
             period_resets_at: period.resets_at.map(rfc3339),
+            forecast,
         }
     }
 }

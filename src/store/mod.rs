@@ -357,6 +357,89 @@ pub enum CallKind {
     CountTokens,
 }
 
+/// An alert to raise once: stored only if no alert with its `dedup` exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewAlert {
+    /// Rule, subject and period: unique among alerts.
+    pub dedup: String,
+    /// The rule that raised it (`budget_80`, `forecast`, `anomaly`, `recorder_degraded`).
+    pub rule: String,
+    /// The event as the payload names it (`threshold_crossed`, …).
+    pub event: String,
+    /// The key it is about, if any.
+    pub key_id: Option<i64>,
+    /// What it is about (`global`, `key:7`, `key:7/gpt-4o`, an instance).
+    pub subject: String,
+    /// The period it holds for (`total` for all-time budgets, a day, an episode).
+    pub period: String,
+    /// One line for people.
+    pub message: String,
+    /// The generic webhook's JSON.
+    pub payload: String,
+    /// When it was raised.
+    pub created_at: jiff::Timestamp,
+    /// The instance that raised it.
+    pub instance: String,
+    /// One delivery per target, with its first status (`pending` or `skipped`).
+    pub deliveries: Vec<Delivery>,
+}
+
+/// The state of one alert's delivery to one target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The target's name.
+    pub target: String,
+    /// The target's kind (`webhook`, `slack`, …).
+    pub kind: String,
+    /// `pending`, `sent`, `failed` or `skipped`.
+    pub status: String,
+    /// Tries made.
+    pub attempts: u32,
+    /// The HTTP status of the last answer, if one came.
+    pub http_status: Option<u16>,
+    /// Why the last try failed, or why the delivery was skipped.
+    pub error: Option<String>,
+    /// When this row last changed.
+    pub updated_at: jiff::Timestamp,
+}
+
+/// A stored alert with its deliveries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertRow {
+    /// Row id.
+    pub id: i64,
+    /// The alert as raised (its `deliveries` as they stand now).
+    pub alert: NewAlert,
+}
+
+/// One row of `agg_hour`, reduced to what anomaly detection reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HourUsage {
+    /// UTC hours since the epoch.
+    pub hour: i64,
+    /// Key id (0: no key).
+    pub key_id: i64,
+    /// Model.
+    pub model: String,
+    /// Calls.
+    pub calls: u64,
+    /// Non-2xx calls.
+    pub failures: u64,
+    /// Total tokens.
+    pub tokens: u64,
+}
+
+/// Tokens a key spent since an hour, and the first hour of that span it made calls in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowUsage {
+    /// Key id (0: no key).
+    pub key_id: i64,
+    /// The first hour (UTC hours since the epoch) with calls.
+    pub first_hour: i64,
+    /// Total tokens.
+    pub tokens: u64,
+}
+
 /// How the budget ledger answered a request for a lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lease {
@@ -558,6 +641,63 @@ impl Store {
         last_day: i64,
     ) -> Result<Vec<DayTotal>, StoreError> {
         run!(read, self, usage_by_day(key_id, first_day, last_day))
+    }
+
+    /// Tokens per key from `from_hour` (UTC hours since the epoch) on, with each key's first
+    /// hour with calls.
+    pub async fn usage_since_hour(&self, from_hour: i64) -> Result<Vec<WindowUsage>, StoreError> {
+        run!(read, self, usage_since_hour(from_hour))
+    }
+
+    /// The rows of `agg_hour` from `from_hour` on, of one key or all, of the key × model pairs
+    /// with calls at or after `active_from` (the hours examined; the rest is their baseline).
+    pub async fn hourly_usage(
+        &self,
+        from_hour: i64,
+        active_from: i64,
+        key_id: Option<i64>,
+    ) -> Result<Vec<HourUsage>, StoreError> {
+        run!(read, self, hourly_usage(from_hour, active_from, key_id))
+    }
+
+    /// Stores an alert and its deliveries unless one with its `dedup` exists: `Some(id)` for the
+    /// one caller (of any instance) that stored it, `None` for every other.
+    pub async fn claim_alert(&self, alert: NewAlert) -> Result<Option<i64>, StoreError> {
+        run!(write, self, claim_alert(&alert))
+    }
+
+    /// Notes the outcome of a delivery.
+    pub async fn update_delivery(
+        &self,
+        alert_id: i64,
+        delivery: Delivery,
+    ) -> Result<(), StoreError> {
+        run!(write, self, update_delivery(alert_id, &delivery))
+    }
+
+    /// Takes over (for this caller alone) up to 100 deliveries left `pending` and unchanged since
+    /// `stale_before`: `(alert id, payload, delivery)` each.
+    pub async fn take_stale_deliveries(
+        &self,
+        stale_before: jiff::Timestamp,
+        now: jiff::Timestamp,
+    ) -> Result<Vec<(i64, String, Delivery)>, StoreError> {
+        run!(write, self, take_stale_deliveries(stale_before, now))
+    }
+
+    /// The newest `limit` alerts with their deliveries, newest first.
+    pub async fn alerts(&self, limit: u32) -> Result<Vec<AlertRow>, StoreError> {
+        run!(read, self, alerts(limit))
+    }
+
+    /// Deletes alerts of the given rules raised before `before` (their periods are over), and
+    /// their deliveries; returns how many alerts went.
+    pub async fn prune_alerts(
+        &self,
+        before: jiff::Timestamp,
+        rules: Vec<String>,
+    ) -> Result<u64, StoreError> {
+        run!(write, self, prune_alerts(before, &rules))
     }
 
     /// Raw call records, newest first.

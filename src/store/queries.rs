@@ -5,8 +5,9 @@ use std::collections::HashMap;
 
 use super::sql::{Bulk, Db, Lock, Param, Row, Ty, AGG_COLUMNS};
 use super::{
-    Aggregate, CallKind, DayTotal, KeyPatch, KeyRow, Lease, LedgerRow, LogQuery, NewKey,
-    StatusFilter, StoreError, UsageFilter, ALL_KEYS, GLOBAL_SCOPE,
+    Aggregate, AlertRow, CallKind, DayTotal, Delivery, HourUsage, KeyPatch, KeyRow, Lease,
+    LedgerRow, LogQuery, NewAlert, NewKey, StatusFilter, StoreError, UsageFilter, WindowUsage,
+    ALL_KEYS, GLOBAL_SCOPE,
 };
 use crate::usage::{CallRecord, LoggedCall, TokenUsage, COUNT_TOKENS_PATH, LATENCY_BUCKETS};
 
@@ -440,6 +441,272 @@ pub async fn usage_by_day(
             })
         })
         .collect()
+}
+
+/// Tokens per key from `from_hour` on, with each key's first hour with calls.
+pub async fn usage_since_hour(
+    db: &mut impl Db,
+    from_hour: i64,
+) -> Result<Vec<WindowUsage>, StoreError> {
+    let rows = db
+        .query(
+            "SELECT key_id, MIN(hour), CAST(COALESCE(SUM(total_tokens), 0) AS BIGINT)
+             FROM agg_hour WHERE hour >= $1 AND calls > 0 GROUP BY key_id ORDER BY key_id",
+            &[from_hour.into()],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(WindowUsage {
+                key_id: row.int(0)?,
+                first_hour: row.int(1)?,
+                tokens: row.count(2)?,
+            })
+        })
+        .collect()
+}
+
+/// The rows of `agg_hour` from `from_hour` on (of one key, or all) of the key × model pairs with
+/// calls at or after `active_from`, by key, model and hour.
+pub async fn hourly_usage(
+    db: &mut impl Db,
+    from_hour: i64,
+    active_from: i64,
+    key_id: Option<i64>,
+) -> Result<Vec<HourUsage>, StoreError> {
+    let mut c = Conditions::default();
+    c.compare("hour", ">=", from_hour);
+    c.sql.push("calls > 0".to_owned());
+    let active = c.bind(active_from);
+    c.sql.push(format!(
+        "(key_id, model) IN (SELECT key_id, model FROM agg_hour WHERE hour >= {active} AND calls > 0)"
+    ));
+    if let Some(key_id) = key_id {
+        c.compare("key_id", "=", key_id);
+    }
+    // Grouped, so that the rows stay one per hour, key and model should the table gain
+    // dimensions.
+    let sql = format!(
+        "SELECT hour, key_id, model, CAST(SUM(calls) AS BIGINT), CAST(SUM(failures) AS BIGINT),
+         CAST(SUM(total_tokens) AS BIGINT) FROM agg_hour{} GROUP BY hour, key_id, model
+         ORDER BY key_id, model {{binary}}, hour",
+        c.clause()
+    );
+    let rows = db.query(&sql, &c.params).await?;
+    rows.iter()
+        .map(|row| {
+            Ok(HourUsage {
+                hour: row.int(0)?,
+                key_id: row.int(1)?,
+                model: row.text(2)?,
+                calls: row.count(3)?,
+                failures: row.count(4)?,
+                tokens: row.count(5)?,
+            })
+        })
+        .collect()
+}
+
+// --- Alerts ---------------------------------------------------------------------------------
+
+/// Stores an alert and its deliveries unless one with its `dedup` exists (the unique constraint
+/// decides between instances): `Some(id)` when this call stored it.
+pub async fn claim_alert(db: &mut impl Db, alert: &NewAlert) -> Result<Option<i64>, StoreError> {
+    let inserted = db
+        .query_opt(
+            "INSERT INTO alerts (dedup, rule, event, key_id, subject, period, message, payload,
+             created_at, instance) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+             ON CONFLICT (dedup) DO NOTHING RETURNING id",
+            &[
+                alert.dedup.as_str().into(),
+                alert.rule.as_str().into(),
+                alert.event.as_str().into(),
+                alert.key_id.into(),
+                alert.subject.as_str().into(),
+                alert.period.as_str().into(),
+                alert.message.as_str().into(),
+                alert.payload.as_str().into(),
+                ms(alert.created_at).into(),
+                alert.instance.as_str().into(),
+            ],
+        )
+        .await?;
+    let Some(row) = inserted else {
+        return Ok(None);
+    };
+    let id = row.int(0)?;
+    for delivery in &alert.deliveries {
+        db.execute(
+            "INSERT INTO alert_deliveries (alert_id, target, kind, status, attempts, http_status,
+             error, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            &[
+                id.into(),
+                delivery.target.as_str().into(),
+                delivery.kind.as_str().into(),
+                delivery.status.as_str().into(),
+                i64::from(delivery.attempts).into(),
+                delivery.http_status.map(i64::from).into(),
+                delivery.error.as_deref().into(),
+                ms(delivery.updated_at).into(),
+            ],
+        )
+        .await?;
+    }
+    Ok(Some(id))
+}
+
+/// Notes the outcome of a delivery.
+pub async fn update_delivery(
+    db: &mut impl Db,
+    alert_id: i64,
+    delivery: &Delivery,
+) -> Result<(), StoreError> {
+    db.execute(
+        "UPDATE alert_deliveries SET status = $3, attempts = $4, http_status = $5, error = $6,
+         updated_at = $7 WHERE alert_id = $1 AND target = $2",
+        &[
+            alert_id.into(),
+            delivery.target.as_str().into(),
+            delivery.status.as_str().into(),
+            i64::from(delivery.attempts).into(),
+            delivery.http_status.map(i64::from).into(),
+            delivery.error.as_deref().into(),
+            ms(delivery.updated_at).into(),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+fn read_delivery(row: &Row) -> Result<(i64, Delivery), StoreError> {
+    Ok((
+        row.int(0)?,
+        Delivery {
+            target: row.text(1)?,
+            kind: row.text(2)?,
+            status: row.text(3)?,
+            attempts: u32::try_from(row.count(4)?).unwrap_or(u32::MAX),
+            http_status: row.opt_int(5)?.and_then(|s| u16::try_from(s).ok()),
+            error: row.opt_text(6)?,
+            updated_at: from_ms(row.int(7)?),
+        },
+    ))
+}
+
+/// The newest `limit` alerts with their deliveries, newest first.
+pub async fn alerts(db: &mut impl Db, limit: u32) -> Result<Vec<AlertRow>, StoreError> {
+    let rows = db
+        .query(
+            "SELECT id, dedup, rule, event, key_id, subject, period, message, payload, created_at,
+             instance FROM alerts ORDER BY id DESC LIMIT $1",
+            &[i64::from(limit).into()],
+        )
+        .await?;
+    let mut alerts = rows
+        .iter()
+        .map(|row| {
+            Ok(AlertRow {
+                id: row.int(0)?,
+                alert: NewAlert {
+                    dedup: row.text(1)?,
+                    rule: row.text(2)?,
+                    event: row.text(3)?,
+                    key_id: row.opt_int(4)?,
+                    subject: row.text(5)?,
+                    period: row.text(6)?,
+                    message: row.text(7)?,
+                    payload: row.text(8)?,
+                    created_at: from_ms(row.int(9)?),
+                    instance: row.text(10)?,
+                    deliveries: Vec::new(),
+                },
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    let Some(oldest) = alerts.last().map(|a| a.id) else {
+        return Ok(alerts);
+    };
+    let deliveries = db
+        .query(
+            "SELECT alert_id, target, kind, status, attempts, http_status, error, updated_at
+             FROM alert_deliveries WHERE alert_id >= $1 ORDER BY alert_id, target {binary}",
+            &[oldest.into()],
+        )
+        .await?;
+    let mut by_alert: HashMap<i64, Vec<Delivery>> = HashMap::new();
+    for row in &deliveries {
+        let (id, delivery) = read_delivery(row)?;
+        by_alert.entry(id).or_default().push(delivery);
+    }
+    for alert in &mut alerts {
+        alert.alert.deliveries = by_alert.remove(&alert.id).unwrap_or_default();
+    }
+    Ok(alerts)
+}
+
+/// Takes over deliveries still `pending` and unchanged since `stale_before` (their instance died
+/// or stopped while delivering): each is marked as changed `now`, under the condition that it is
+/// still stale, so of several instances exactly one takes each. Returns the deliveries taken,
+/// with their alert's id and payload.
+pub async fn take_stale_deliveries(
+    db: &mut impl Db,
+    stale_before: jiff::Timestamp,
+    now: jiff::Timestamp,
+) -> Result<Vec<(i64, String, Delivery)>, StoreError> {
+    let rows = db
+        .query(
+            "SELECT d.alert_id, d.target, d.kind, d.status, d.attempts, d.http_status, d.error,
+             d.updated_at, a.payload FROM alert_deliveries d JOIN alerts a ON a.id = d.alert_id
+             WHERE d.status = 'pending' AND d.updated_at < $1 ORDER BY d.alert_id LIMIT 100",
+            &[ms(stale_before).into()],
+        )
+        .await?;
+    let mut taken = Vec::new();
+    for row in &rows {
+        let (alert_id, mut delivery) = read_delivery(row)?;
+        let changed = db
+            .execute(
+                "UPDATE alert_deliveries SET updated_at = $3
+                 WHERE alert_id = $1 AND target = $2 AND status = 'pending' AND updated_at < $4",
+                &[
+                    alert_id.into(),
+                    delivery.target.as_str().into(),
+                    ms(now).into(),
+                    ms(stale_before).into(),
+                ],
+            )
+            .await?;
+        if changed == 1 {
+            delivery.updated_at = now;
+            taken.push((alert_id, row.text(8)?, delivery));
+        }
+    }
+    Ok(taken)
+}
+
+/// Deletes alerts of `rules` raised before `before`, with their deliveries.
+pub async fn prune_alerts(
+    db: &mut impl Db,
+    before: jiff::Timestamp,
+    rules: &[String],
+) -> Result<u64, StoreError> {
+    let mut removed = 0;
+    for rule in rules {
+        let params = [ms(before).into(), rule.as_str().into()];
+        db.execute(
+            "DELETE FROM alert_deliveries WHERE alert_id IN
+             (SELECT id FROM alerts WHERE created_at < $1 AND rule = $2)",
+            &params,
+        )
+        .await?;
+        removed += db
+            .execute(
+                "DELETE FROM alerts WHERE created_at < $1 AND rule = $2",
+                &params,
+            )
+            .await?;
+    }
+    Ok(removed)
 }
 
 // --- Call records ---------------------------------------------------------------------------

@@ -19,6 +19,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0007_cost.sql"),
     include_str!("migrations/0008_dimensions.sql"),
     include_str!("migrations/0009_budget_periods.sql"),
+    include_str!("migrations/0010_alerts.sql"),
 ];
 
 /// Aggregate columns added by later migrations: `count_tokens` (version 4), `cost_nanos` and

@@ -9,6 +9,7 @@ mod common;
 mod faults_support;
 mod gateway_support;
 
+mod alerts;
 mod budget_periods;
 mod clients;
 mod console_api;
@@ -17,6 +18,7 @@ mod faults;
 mod gateway_bounds;
 mod gateway_errors;
 mod gateway_flows;
+mod insights;
 mod money_budgets;
 mod multi_instance;
 mod otel;

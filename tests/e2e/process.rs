@@ -45,12 +45,23 @@ async fn starts_without_any_configuration_and_shows_zeros() {
         .unwrap()
         .to_owned();
     assert!(url.starts_with("http://127.0.0.1:"), "{line}");
-    let stats: Value = reqwest::get(format!("{url}/api/console/stats"))
+    let mut stats: Value = reqwest::get(format!("{url}/api/console/stats"))
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
+    // Nothing spent: no rate, never runs out; the window is the last 7 days and the current hour.
+    let forecast = stats["data"]
+        .as_object_mut()
+        .unwrap()
+        .remove("forecast")
+        .unwrap();
+    assert_eq!(forecast["rate_per_day"], 0.0);
+    assert_eq!(forecast["runs_out_at"], Value::Null);
+    assert_eq!(forecast["period"], "total");
+    let days = forecast["window_days"].as_f64().unwrap();
+    assert!((7.0..=7.05).contains(&days), "{forecast}");
     assert_eq!(
         stats,
         json!({"code": 0, "data": {
@@ -107,6 +118,30 @@ fn a_bad_config_file_stops_start_up_naming_key_and_line() {
     let (code, stderr) = run_expecting_failure(dir.path(), &[]);
     assert_eq!(code, 2);
     assert!(stderr.contains("TC_TEST_UNSET_VARIABLE"), "{stderr}");
+
+    // An alert target that is not http(s), and an unknown key of the alerts section.
+    std::fs::write(
+        dir.path().join("config.yaml"),
+        "port: 0\nalerts:\n  targets:\n    - kind: webhook\n      url: mailto:ops@example.com\n",
+    )
+    .unwrap();
+    let (code, stderr) = run_expecting_failure(dir.path(), &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("http://") && stderr.contains("line 5"),
+        "{stderr}"
+    );
+    std::fs::write(
+        dir.path().join("config.yaml"),
+        "alerts:\n  targets: []\n  retries: 3\n",
+    )
+    .unwrap();
+    let (code, stderr) = run_expecting_failure(dir.path(), &[]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("retries") && stderr.contains("line 3"),
+        "{stderr}"
+    );
 }
 
 #[test]

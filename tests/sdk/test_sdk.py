@@ -495,7 +495,12 @@ def test_console_answers_agree_with_the_openapi_document(gateway, oa, an, consol
         "/api/console/keys": [""],
         "/api/console/export": ["?format=json"],
         "/api/console/openapi.json": [""],
+        "/api/console/anomalies": ["?hours=2", ""],
+        "/api/console/alerts": ["?limit=5"],
     }
+    # Nothing anomalous happens here and no alerts are configured: their rows are checked
+    # against the same schemas by the Rust suite (tests/e2e/alerts.rs), here only the envelope.
+    may_be_empty = {"/api/console/anomalies", "/api/console/alerts"}
     gets = {path for path, ops in doc["paths"].items() if "get" in ops}
     assert gets == set(asked) | {"/api/console/logs/stream"}, gets
     for path, queries in asked.items():
@@ -506,7 +511,7 @@ def test_console_answers_agree_with_the_openapi_document(gateway, oa, an, consol
             answer = _answer(gateway, path + query)
             validate(answer, schema, path + query)
             data = answer.get("data", answer)
-            assert data, f"{path}{query} answered from a store with data"
+            assert data or path in may_be_empty, f"{path}{query} answered from a store with data"
     def call():
         oa.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "live"}])
 

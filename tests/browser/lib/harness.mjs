@@ -103,9 +103,9 @@ export async function startStack({ adminKey, totalTokens, extraYaml = '' } = {})
       'providers:',
       `  - { name: mock, kind: openai, base_url: "${mockUrl}/v1", api_key: "mock-key", models: ["*"] }`,
       `  - { name: mock-anthropic, kind: anthropic, base_url: "${mockUrl}", api_key: "mock-key", models: ["claude-*"] }`,
+      extraYaml || '',
       '',
     );
-    if (extraYaml) lines.push(extraYaml);
     const configPath = path.join(tmp, 'config.yaml');
     fs.writeFileSync(configPath, lines.join('\n'));
 
@@ -142,11 +142,12 @@ export async function startStack({ adminKey, totalTokens, extraYaml = '' } = {})
         return body.data;
       },
       /** One OpenAI chat call through the gateway (read to the end); returns the HTTP status. */
-      async chat(key, model = 'gpt-test', content = 'hello', { stream = false, headers: extra = {} } = {}) {
+      async chat(key, model = 'gpt-test', content = 'hello', { stream = false, headers: extra = {}, maxTokens } = {}) {
         const headers = { 'Content-Type': 'application/json', ...extra };
         if (key) headers.Authorization = `Bearer ${key}`;
         const body = { model, messages: [{ role: 'user', content }] };
         if (stream) body.stream = true;
+        if (maxTokens !== undefined) body.max_tokens = maxTokens;
         const res = await fetch(`${gateway}/v1/chat/completions`, {
           method: 'POST',
           headers,

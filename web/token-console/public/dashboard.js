@@ -1,11 +1,12 @@
-// The dashboard tab: the four cards, the budget bar, latency and token
-// breakdown, the trend chart and the sortable per-model table. Every figure
-// is read from /api/console/stats and /api/console/usage-trend.
+// The dashboard tab: the four cards, the budget bar with its forecast, latency
+// and token breakdown, the trend chart, the sortable per-model table (models
+// with an anomaly marked) and the anomalies and alerts. Every figure is read
+// from /api/console/stats, /usage-trend, /anomalies and /alerts.
 
 import { api } from './api.js';
 import { t } from './i18n.js';
 import { TrendChart } from './chart.js';
-import { h, clear, fmtInt, fmtMs, fmtPercent, fmtDateTime, fmtCost, setDisplayCurrency, errorText, renderState, throttle } from './util.js';
+import { h, clear, fmtInt, fmtNum, fmtMs, fmtPercent, fmtDateTime, fmtCost, setDisplayCurrency, errorText, renderState, throttle } from './util.js';
 
 const DAYS_KEY = 'tc.trendDays';
 
@@ -15,6 +16,9 @@ export class Dashboard {
     this.trend = null;
     this.statsError = null;
     this.trendError = null;
+    this.anomalies = null;
+    this.alerts = null;
+    this.watchError = null;
     this.sort = { key: 'call_count', dir: 'desc' };
     this.days = 7;
     try {
@@ -57,7 +61,7 @@ export class Dashboard {
 
   /** Loads stats and trend; `quiet` keeps the current figures on screen while loading. */
   async refresh({ quiet = false } = {}) {
-    await Promise.all([this.loadStats(quiet), this.loadTrend(quiet)]);
+    await Promise.all([this.loadStats(quiet), this.loadTrend(quiet), this.loadWatch()]);
     this.loadedOnce = true;
   }
 
@@ -71,6 +75,19 @@ export class Dashboard {
       this.statsError = err;
     }
     this.renderStats();
+    this.renderModels();
+  }
+
+  async loadWatch() {
+    try {
+      const [anomalies, alerts] = await Promise.all([api.anomalies(24), api.alerts(20)]);
+      this.anomalies = anomalies;
+      this.alerts = alerts;
+      this.watchError = null;
+    } catch (err) {
+      this.watchError = err;
+    }
+    this.renderWatch();
     this.renderModels();
   }
 
@@ -109,6 +126,7 @@ export class Dashboard {
     this.renderStats();
     this.renderTrend();
     this.renderModels();
+    this.renderWatch();
   }
 
   renderStats() {
@@ -161,6 +179,7 @@ export class Dashboard {
     const bar = document.getElementById('usage-bar');
     const fill = document.getElementById('usage-fill');
     const text = document.getElementById('usage-text');
+    this.renderForecast(s);
     if (!s) {
       fill.style.width = '0%';
       bar.removeAttribute('aria-valuenow');
@@ -187,6 +206,76 @@ export class Dashboard {
       : t('usage.limited', { used: fmtInt(s.used_tokens), total: fmtInt(s.total_tokens), percent: fmtPercent(pct) });
     bar.setAttribute('aria-valuetext', label);
     text.textContent = label;
+  }
+
+  /** "At this rate, runs out on …", from the forecast of /api/console/stats. */
+  renderForecast(s) {
+    const line = document.getElementById('usage-forecast');
+    const f = s && s.forecast;
+    line.classList.remove('is-soon');
+    if (!f) {
+      line.textContent = '';
+      return;
+    }
+    const days = fmtNum(f.window_days, 2);
+    const rate = fmtInt(Math.round(Number(f.rate_per_day) || 0));
+    line.dataset.runsOutAt = f.runs_out_at || '';
+    if (f.runs_out_at && s.remaining_tokens === 0) {
+      line.textContent = t('forecast.spent');
+      line.classList.add('is-soon');
+    } else if (f.runs_out_at) {
+      line.textContent = t('forecast.runsOut', { rate, days, date: fmtDateTime(f.runs_out_at) });
+      line.classList.toggle('is-soon', new Date(f.runs_out_at).getTime() - Date.now() < 3 * 86400000);
+    } else if (Number(f.rate_per_day) > 0) {
+      line.textContent = t('forecast.rate', { rate, days });
+    } else {
+      line.textContent = t('forecast.idle', { days });
+    }
+  }
+
+  /** The anomalies of the last 24 hours and the newest alerts. */
+  renderWatch() {
+    const list = document.getElementById('anomalies-list');
+    const listState = document.getElementById('anomalies-state');
+    const body = document.getElementById('alerts-body');
+    const state = document.getElementById('alerts-state');
+    for (const el of [list, listState, body, state]) clear(el);
+    if (this.watchError) {
+      renderState(state, 'error', { text: errorText(this.watchError), retry: () => this.loadWatch() });
+      return;
+    }
+    if (!this.anomalies || !this.alerts) {
+      renderState(state, 'loading');
+      return;
+    }
+    for (const a of this.anomalies) {
+      const key = a.key_name ?? t('anomalies.noKey');
+      const params = {
+        key, model: a.model, hour: fmtDateTime(a.hour), calls: fmtInt(a.calls), failures: fmtInt(a.failures),
+        rate: fmtPercent(a.error_rate), baseline: a.baseline_error_rate === null ? '—' : fmtPercent(a.baseline_error_rate),
+        tokens: fmtInt(a.tokens), median: a.baseline_median_tokens === null ? '—' : fmtInt(Math.round(a.baseline_median_tokens)),
+      };
+      const text = t(a.kind === 'error_rate' ? 'anomalies.errorRate' : 'anomalies.tokenVolume', params);
+      list.append(h('li', { dataset: { kind: a.kind, model: a.model, keyId: String(a.key_id ?? '') } }, text));
+    }
+    if (!this.anomalies.length) listState.append(h('p', { class: 'muted', dataset: { state: 'empty' } }, t('anomalies.none')));
+    for (const a of this.alerts) {
+      const subject = a.payload.key_name ?? (a.payload.event_group === 'proxy' && a.payload.max_budget !== null ? t('alerts.global') : a.subject);
+      const deliveries = h('td', { 'data-col': 'delivery' });
+      for (const d of a.deliveries) {
+        const status = t(`delivery.${d.status}`);
+        deliveries.append(h('div', { class: `delivery-${d.status}`, 'data-raw': '', dataset: { status: d.status }, title: d.error || '' },
+          t('delivery.row', { target: d.target, status, n: d.attempts })));
+      }
+      body.append(h('tr', { dataset: { id: String(a.id), rule: a.rule } },
+        h('td', { 'data-col': 'time' }, fmtDateTime(a.created_at)),
+        h('td', { 'data-col': 'event' }, t(`event.${a.event}`)),
+        h('td', { 'data-col': 'subject', 'data-raw': '' }, subject),
+        h('td', { 'data-col': 'message', 'data-raw': '' }, a.message),
+        deliveries,
+      ));
+    }
+    if (!this.alerts.length) state.append(h('p', { class: 'muted', dataset: { state: 'empty' } }, t('alerts.none')));
   }
 
   renderPerf(s) {
@@ -266,13 +355,15 @@ export class Dashboard {
       return sign * ((Number(av) || 0) - (Number(bv) || 0)) || String(a.name).localeCompare(String(b.name));
     });
     const maxTokens = Math.max(1, ...models.map((m) => Number(m.token_count) || 0));
+    const anomalous = new Set((this.anomalies || []).map((a) => a.model));
     for (const m of models) {
       const share = h('span', { class: 'share', 'aria-hidden': 'true' });
       share.style.width = `${Math.round(((Number(m.token_count) || 0) / maxTokens) * 100)}%`;
       const rate = Number(m.success_rate);
+      const badge = anomalous.has(m.name) ? h('span', { class: 'anomaly-badge', dataset: { anomaly: '' } }, t('anomalies.badge')) : null;
       body.append(h('tr', { dataset: { model: m.name } },
         m.name
-          ? h('th', { scope: 'row', class: 'model-name', 'data-raw': '', 'data-col': 'name' }, m.name)
+          ? h('th', { scope: 'row', class: 'model-name', 'data-col': 'name' }, h('span', { 'data-raw': '' }, m.name), badge)
           : h('th', { scope: 'row', class: 'model-name muted', 'data-col': 'name' }, t('models.none')),
         h('td', { class: 'num', 'data-col': 'call_count', 'data-raw': '' }, fmtInt(m.call_count)),
         h('td', { class: 'num token-cell', 'data-col': 'token_count', 'data-raw': '' }, h('span', { class: 'share-track', 'aria-hidden': 'true' }, share), h('span', null, fmtInt(m.token_count))),

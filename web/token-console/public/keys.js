@@ -214,7 +214,10 @@ export class Keys {
             limit: fmtCost(k.cost_limit),
             spent: fmtCost(k.period_cost),
             left: fmtCost(k.period_cost_left),
-          }))),
+          })),
+          k.forecast && k.forecast.runs_out_at && k.token_limit !== null && k.period_left > 0
+            ? h('div', { class: 'sub key-forecast', dataset: { runsOutAt: k.forecast.runs_out_at } }, t('keys.runsOut', { date: fmtDateTime(k.forecast.runs_out_at) }))
+            : null),
         cell('enabled', labels.enabled, null, switchLabel),
         cell('actions', labels.actions, 'actions-col', h('div', { class: 'row-actions' }, copyBtn, delBtn)),
       ));
