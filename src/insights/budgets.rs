@@ -187,3 +187,51 @@ pub async fn budgets(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(s: &str) -> jiff::Timestamp {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_periodic_budget_reads_its_current_period_and_ends_with_it() {
+        let tz = jiff::tz::TimeZone::get("Asia/Shanghai").unwrap();
+        let now = ts("2026-12-15T04:00:00Z");
+        let month = Period::Month.window(now, &tz);
+        let used = HashMap::from([(GLOBAL_SCOPE, (700, 0)), (7, (40, 0))]);
+        let periods = Periods(vec![(Period::Month, month, used)]);
+        let (used, period, end) = periods.of(Some(Period::Month), 7, 5_000);
+        assert_eq!((used, period.as_str()), (40, "month:20261201"));
+        assert_eq!(
+            end,
+            Some(ts("2026-12-31T16:00:00Z")),
+            "midnight of Jan 1 in Shanghai"
+        );
+        let (used, period, end) = periods.of(None, 7, 5_000);
+        assert_eq!((used, period.as_str(), end), (5_000, ALL_TIME, None));
+        let (used, _, _) = periods.of(Some(Period::Month), 8, 0);
+        assert_eq!(used, 0, "a key with no call this month");
+
+        let forecast = |at: &str| Forecast {
+            rate_per_day: 10.0,
+            runs_out_at: Some(ts(at)),
+            window_days: 7.0,
+        };
+        let end = Some(ts("2026-12-31T16:00:00Z"));
+        assert_eq!(
+            within(forecast("2026-12-20T00:00:00Z"), end).runs_out_at,
+            Some(ts("2026-12-20T00:00:00Z"))
+        );
+        assert_eq!(
+            within(forecast("2027-01-03T00:00:00Z"), end).runs_out_at,
+            None,
+            "it starts again before it would run out"
+        );
+        assert!(within(forecast("2027-01-03T00:00:00Z"), None)
+            .runs_out_at
+            .is_some());
+    }
+}
