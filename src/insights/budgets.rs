@@ -62,8 +62,11 @@ pub struct Global {
     pub period: Option<Period>,
 }
 
-/// The current period of each period kind in use, with the tokens each scope recorded in it.
-struct Periods(Vec<(Period, Window, HashMap<i64, (u64, u64)>)>);
+/// Tokens and nano-dollars each budget scope recorded in a period.
+type ScopeUse = HashMap<i64, (u64, u64)>;
+
+/// The current period of each period kind in use, with what each scope recorded in it.
+struct Periods(Vec<(Period, Window, ScopeUse)>);
 
 impl Periods {
     async fn read(
