@@ -23,8 +23,11 @@ pub struct Table {
     /// Where each model name looked up so far was found: (provider, model) indexes, or `None`
     /// when it is not in the table. Looking a name up tries every provider's rules (regular
     /// expressions among them): microseconds, against nanoseconds for a remembered name.
-    found: RwLock<HashMap<Box<str>, Option<(usize, usize)>>>,
+    found: RwLock<HashMap<Box<str>, Option<Place>>>,
 }
+
+/// Where a model is in the table: (provider, model) indexes.
+type Place = (usize, usize);
 
 struct Provider {
     id: String,
@@ -147,7 +150,7 @@ impl Table {
     }
 
     /// Where `model` is in the table: (provider, model) indexes.
-    fn find(&self, model: &str) -> Option<(usize, usize)> {
+    fn find(&self, model: &str) -> Option<Place> {
         let folded = model.to_lowercase();
         let in_provider = |p: usize| {
             self.providers[p]

@@ -117,7 +117,10 @@ fn a_bad_config_file_stops_start_up_naming_key_and_line() {
             price("    - match: m\n      input: -0.5\n      output: 1\n"),
             ["pricing.models[1].input (line 8)", "non-negative"],
         ),
-        (price("      from: next week\n"), ["pricing.models[0].from (line 7)", "next week"]),
+        (
+            price("      from: next week\n"),
+            ["pricing.models[0].from (line 7)", "next week"],
+        ),
         (
             price("    - match: \"gpt-*\"\n      input: 3\n      output: 4\n"),
             ["pricing.models[1] (line 7)", "same match"],
