@@ -148,7 +148,7 @@ mod tests {
                     .map(move |(method, op)| (format!("{method} {path}"), op))
             })
             .collect();
-        assert_eq!(operations.len(), 10, "{:?}", paths.keys());
+        assert_eq!(operations.len(), 11, "{:?}", paths.keys());
         for (name, op) in operations {
             for status in ["200", "401", "403", "429"] {
                 assert!(op["responses"][status].is_object(), "{name} lacks {status}");
