@@ -14,6 +14,8 @@ port 0 first). Sections:
 3. nothing lost: the store's records against the load generator's counts, after every run;
 4. console speed at volume: 10M calls (1M with --quick) through the recorder, then the console API;
 5. profile of the gateway under load (perf cpu-clock sampling, and callgrind);
+1c. pricing: the time to price one call (tools/loadgen price-bench) over the gateway's CPU per call
+   at saturation in section 1, as a share and as the ratio with/without;
 with --postgres, on scratch databases of the PostgreSQL server of TC_TEST_POSTGRES_URL (default
 postgres://postgres@127.0.0.1:5432/postgres; made and dropped by `pg-scratch hold`):
    section 1 gains a target, token-console recording into PostgreSQL ("tc-postgres");
@@ -41,6 +43,7 @@ from .independent import independent, mock_answer
 from .lost import nothing_lost
 from .overhead import overhead_section
 from .pg import PgScratch, pg_environment
+from .pricing import pricing_share
 from .profile import callgrind_profile, perf_profile
 from .report import print_report
 from .scale import pg_scale
@@ -108,7 +111,7 @@ def main():
     res = {"started": started.isoformat(timespec="seconds"), "quick": a.quick, "command": "bench/run "
            + " ".join(sys.argv[1:]), "commit": results.commit(), "environment": results.machine(ctx, a.litellm),
            "overhead": None, "independent": None, "streaming": None, "console": None, "nothing_lost": [],
-           "profile": {}, "pg_scale": None, "pg_console": None}
+           "profile": {}, "pg_scale": None, "pg_console": None, "pricing": None}
     if a.postgres:
         pg_env = pg_environment()
         res["environment"]["postgres"] = pg_env
@@ -129,6 +132,8 @@ def main():
             log("1. gateway overhead")
             res["overhead"], lost = overhead_section(ctx, mock, tc, keys, tc_counts, procs, skip, a.litellm)
             res["nothing_lost"] += lost
+        log("1c. pricing")
+        res["pricing"] = pricing_share(ctx, res["overhead"])
         if "wrk" not in skip:
             log("1b. independent generator (wrk) against nginx")
             res["independent"] = independent(ctx, mock_answer(mock, MOCK_KEY))

@@ -64,7 +64,27 @@ def print_report(res):
         print_overhead(o)
     if res.get("independent"):
         print_independent(res["independent"])
+    if res.get("pricing"):
+        print_pricing(res["pricing"])
     print_rest(res)
+
+
+def print_pricing(pr):
+    p = print
+    if "error" in pr:
+        p(f"\n1c. Pricing: price-bench failed: {pr['error']}")
+        return
+    pb = pr["price_bench"]
+    p(f"\n1c. Pricing one call in-process (PriceBook::cost_of, {pb['calls_per_case']:,} calls per case; "
+      f"table loaded in {pb['table_load_ms']} ms at start-up)")
+    for case, v in pb.items():
+        if not isinstance(v, dict):
+            continue
+        share = pr.get("share_of_call_cpu", {}).get(case)
+        ratio = pr.get("with_over_without", {}).get(case)
+        p(f"    {case:14} {v['model']:24} {v['ns_per_call']:>8} ns"
+          + (f"  = {share * 100:.3f}% of the gateway's {pr['gateway_cpu_ns_per_call']:.0f} ns CPU per call; "
+             f"with/without {ratio:.4f}" if share is not None else ""))
 
 
 def print_independent(ind):

@@ -581,8 +581,10 @@ impl From<LimitPeriod> for crate::clock::Period {
 #[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RepriceBody {
-    /// Only calls at or after this date (midnight UTC) or RFC 3339 instant; absent: every call.
+    /// Only calls at or after this RFC 3339 instant (a date such as `2026-12-01`, midnight UTC,
+    /// is accepted too); absent or `null`: every call.
     #[serde(default)]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub from: Option<String>,
 }
 

@@ -2,9 +2,17 @@
 //! `scripts/update-prices`), read once at start-up, and the lookup of a model's prices in it the
 //! way genai-prices looks one up when no provider is named.
 
+use std::collections::HashMap;
+use std::sync::RwLock;
+
 use serde::Deserialize;
 
 use super::{Prices, Tiered};
+
+/// Most model names whose place in the table is remembered. Recorded model names are at most
+/// 256 bytes, so the memory is bounded whatever names clients send; names past the bound are
+/// looked up each time.
+const MAX_REMEMBERED: usize = 4096;
 
 /// The bundled data, as compiled into the binary.
 pub const BUNDLED_JSON: &str = include_str!("genai-prices.json");
@@ -12,7 +20,14 @@ pub const BUNDLED_JSON: &str = include_str!("genai-prices.json");
 /// The table: providers in the data's order, each with its models.
 pub struct Table {
     providers: Vec<Provider>,
+    /// Where each model name looked up so far was found: (provider, model) indexes, or `None`
+    /// when it is not in the table. Looking a name up tries every provider's rules (regular
+    /// expressions among them): microseconds, against nanoseconds for a remembered name.
+    found: RwLock<HashMap<Box<str>, Option<Place>>>,
 }
+
+/// Where a model is in the table: (provider, model) indexes.
+type Place = (usize, usize);
 
 struct Provider {
     id: String,
@@ -96,32 +111,35 @@ impl Table {
                 ))
             })
             .collect::<Result<Vec<_>, String>>()?;
-        Ok(Self { providers })
+        Ok(Self {
+            providers,
+            found: RwLock::default(),
+        })
     }
 
     /// The prices of `model` at `at`: the first provider whose own models the name matches (as
     /// genai-prices picks one without a provider id), then its first model that matches, or one
     /// of the providers it falls back to.
     pub fn lookup(&self, model: &str, at: jiff::Timestamp) -> Option<&Prices> {
-        let folded = model.to_lowercase();
-        let provider = self
-            .providers
-            .iter()
-            .find(|p| p.model_match.matches(model, &folded))?;
-        let found = provider
-            .models
-            .iter()
-            .find(|m| m.rule.matches(model, &folded))
-            .or_else(|| {
-                provider.fallbacks.iter().find_map(|id| {
-                    self.providers
-                        .iter()
-                        .find(|p| &p.id == id)?
-                        .models
-                        .iter()
-                        .find(|m| m.rule.matches(model, &folded))
-                })
-            })?;
+        let remembered = self
+            .found
+            .read()
+            .ok()
+            .and_then(|found| found.get(model).copied());
+        let place = match remembered {
+            Some(place) => place,
+            None => {
+                let place = self.find(model);
+                if let Ok(mut found) = self.found.write() {
+                    if found.len() < MAX_REMEMBERED {
+                        found.insert(model.into(), place);
+                    }
+                }
+                place
+            }
+        };
+        let (provider, index) = place?;
+        let found = self.providers.get(provider)?.models.get(index)?;
         found
             .prices
             .iter()
@@ -129,6 +147,28 @@ impl Table {
             .find(|(constraint, _)| constraint.is_none_or(|c| c.holds(at)))
             .or(found.prices.first())
             .map(|(_, prices)| prices)
+    }
+
+    /// Where `model` is in the table: (provider, model) indexes.
+    fn find(&self, model: &str) -> Option<Place> {
+        let folded = model.to_lowercase();
+        let in_provider = |p: usize| {
+            self.providers[p]
+                .models
+                .iter()
+                .position(|m| m.rule.matches(model, &folded))
+                .map(|m| (p, m))
+        };
+        let selected = self
+            .providers
+            .iter()
+            .position(|p| p.model_match.matches(model, &folded))?;
+        in_provider(selected).or_else(|| {
+            self.providers[selected]
+                .fallbacks
+                .iter()
+                .find_map(|id| in_provider(self.providers.iter().position(|p| &p.id == id)?))
+        })
     }
 
     /// Number of models in the table.
@@ -334,4 +374,24 @@ enum RawPrice {
 struct RawTier {
     start: u64,
     price: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remembers_a_bounded_number_of_names_and_answers_the_same() {
+        let table = Table::parse(BUNDLED_JSON).unwrap();
+        let at = jiff::Timestamp::now();
+        let first = table.lookup("gpt-4o-mini", at).cloned();
+        assert!(first.is_some());
+        assert_eq!(table.lookup("gpt-4o-mini", at).cloned(), first);
+        for n in 0..MAX_REMEMBERED + 100 {
+            assert!(table.lookup(&format!("made-up-{n}"), at).is_none());
+        }
+        assert_eq!(table.found.read().unwrap().len(), MAX_REMEMBERED);
+        assert_eq!(table.lookup("gpt-4o-mini", at).cloned(), first);
+        assert!(table.lookup("claude-sonnet-4-5-20250929", at).is_some());
+    }
 }

@@ -52,8 +52,12 @@ test("codex exec answers through the gateway and every token the mock reported i
   assert.equal(calls.length, answers, "one record per answered call");
   const sum = (field) => calls.reduce((n, r) => n + r[field], 0);
   assert.equal(sum("tokens"), reported.tokens - before.tokens);
-  assert.equal(sum("prompt_tokens"), reported.input_tokens - before.input_tokens);
-  assert.equal(sum("completion_tokens"), reported.output_tokens - before.output_tokens);
+  const delta = (field) => reported[field] - before[field];
+  // The mock reports OpenAI's cached input tokens apart from the uncached ones.
+  assert.equal(sum("prompt_tokens"), delta("input_tokens") + delta("cache_read_tokens"));
+  assert.equal(sum("cache_read_tokens"), delta("cache_read_tokens"));
+  assert.equal(sum("reasoning_tokens"), delta("reasoning_tokens"));
+  assert.equal(sum("completion_tokens"), delta("output_tokens"));
   assert.ok(calls.every((r) => r.estimated === false && r.stream === true));
 });
 

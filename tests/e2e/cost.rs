@@ -431,3 +431,26 @@ async fn a_price_from_an_instant_reprices_the_calls_after_it_only() {
         json!(tokens(&before) * 1000 + tokens(&after) * 5000)
     );
 }
+
+#[tokio::test]
+async fn calls_with_estimated_tokens_are_priced_as_estimated() {
+    let mock = Mock::start();
+    let (_dir, server) = start_behind(&mock, &override_yaml());
+    let (_, key) = server.create_key("cost").await;
+    // The mock reports no usage for this model: the gateway's tokenizer counts the tokens.
+    let (row, header, _) =
+        priced_call(&server, &mock, &key, 1, ("openai", "mock-no-usage", false)).await;
+    assert_eq!(row["estimated"], true, "{row}");
+    assert_eq!(row["cost_status"], "estimated");
+    let tokens = [
+        row["prompt_tokens"].as_u64().unwrap(),
+        row["completion_tokens"].as_u64().unwrap(),
+        0,
+        0,
+        0,
+    ];
+    let want = nanos(tokens, FEMTOS);
+    assert!(want > 0);
+    assert_eq!(row["cost_nanos"], json!(want), "{row}");
+    assert_eq!(header, Some(usd_text(want)));
+}

@@ -142,6 +142,33 @@ fn a_bad_config_file_stops_start_up_naming_key_and_line() {
         stderr.contains("retries") && stderr.contains("line 3"),
         "{stderr}"
     );
+    // Prices: an unknown key, a negative price, a `from` that does not parse, two prices with
+    // the same match and from.
+    let price = |extra: &str| {
+        format!("port: 0\npricing:\n  models:\n    - match: \"gpt-*\"\n      input: 1\n      output: 2\n{extra}")
+    };
+    for (yaml, wants) in [
+        (price("      cached: 1\n"), ["cached", "line 7"]),
+        (
+            price("    - match: m\n      input: -0.5\n      output: 1\n"),
+            ["pricing.models[1].input (line 8)", "non-negative"],
+        ),
+        (
+            price("      from: next week\n"),
+            ["pricing.models[0].from (line 7)", "next week"],
+        ),
+        (
+            price("    - match: \"gpt-*\"\n      input: 3\n      output: 4\n"),
+            ["pricing.models[1] (line 7)", "same match"],
+        ),
+    ] {
+        std::fs::write(dir.path().join("config.yaml"), &yaml).unwrap();
+        let (code, stderr) = run_expecting_failure(dir.path(), &[]);
+        assert_eq!(code, 2, "{yaml}: {stderr}");
+        for want in wants {
+            assert!(stderr.contains(want), "{yaml}: {stderr}");
+        }
+    }
 }
 
 #[test]

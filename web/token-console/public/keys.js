@@ -198,7 +198,7 @@ export class Keys {
           ? h('span', { class: 'muted' }, t('keys.never'))
           : h('time', { datetime: k.last_used, 'data-raw': '' }, fmtDateTime(k.last_used))),
         cell('usage', labels.usage, null, h('div', null, t('keys.usage', { tokens: fmtInt(k.used_tokens), calls: fmtInt(k.call_count) })),
-          h('div', { class: 'sub key-cost', dataset: { nanos: String(k.cost_nanos ?? 0) } }, t('card.cost', { cost: fmtCost(k.cost) }),
+          h('div', { class: 'key-cost', dataset: { nanos: String(k.cost_nanos ?? 0) } }, t('card.cost', { cost: fmtCost(k.cost) }),
             k.unpriced_calls ? ` · ${t('card.unpricedCalls', { n: fmtInt(k.unpriced_calls) })}` : ''),
           hasLimit(k) ? h('div', { class: 'sub' }, t('keys.limits', {
             tokens: k.token_limit === null || k.token_limit === undefined ? t('card.unlimited') : fmtInt(k.token_limit),
