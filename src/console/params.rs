@@ -11,7 +11,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use crate::error::ConsoleError;
-use crate::store::{CallKind, LogQuery, StatusFilter, UsageFilter};
+use crate::store::{CallKind, Dim, LogQuery, StatusFilter, UsageFilter, UsageOrder, UsageQuery};
 
 /// Default and largest `days` of the usage trend.
 pub const DEFAULT_DAYS: u32 = 7;
@@ -84,6 +84,119 @@ pub struct LogsQuery {
     pub client: Option<String>,
     /// Session id, exact.
     pub session_id: Option<String>,
+}
+
+/// Query of `GET /api/console/usage`. Blank parameters are absent; unknown ones are refused
+/// (the message lists the known ones).
+#[derive(Deserialize, IntoParams, Default)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct UsageParams {
+    /// One or two of `key`, `model`, `user`, `client`, `provider`, `source`, `endpoint`, `day`,
+    /// `hour`, comma-separated (default `model`); `user` goes only with `key`, `model`, `day`
+    /// and `hour`, and `day` not with `hour`.
+    #[param(
+        pattern = r"^(key|model|user|client|provider|source|endpoint|day|hour)(,(key|model|user|client|provider|source|endpoint|day|hour))?$"
+    )]
+    pub group_by: Option<String>,
+    /// Start of the window (widened to the start of its hour, or of its local day when grouped
+    /// by day); must be earlier than `to`.
+    #[param(value_type = Option<String>, format = DateTime)]
+    pub from: Option<String>,
+    /// End of the window (widened to the end of its hour, or of its local day when grouped by
+    /// day); must be later than `from`.
+    #[param(value_type = Option<String>, format = DateTime)]
+    pub to: Option<String>,
+    /// Only this key's calls (0: calls without a valid key).
+    #[param(value_type = Option<i64>)]
+    pub key_id: Option<String>,
+    /// Only this model's calls.
+    pub model: Option<String>,
+    /// Only this end user's calls (`(other)`: the users beyond a day's cap).
+    pub user: Option<String>,
+    /// Only this client family's calls.
+    pub client: Option<String>,
+    /// Only the calls this provider served.
+    pub provider: Option<String>,
+    /// Only this source's calls (`gateway`, or an ingested source).
+    pub source: Option<String>,
+    /// Only the calls to this path.
+    pub endpoint: Option<String>,
+    /// `tokens` (default), `calls` or `errors`, largest first.
+    #[param(pattern = r"^(tokens|calls|errors)$")]
+    pub order_by: Option<String>,
+    /// Most rows: default 100, above 1000 clamped to 1000.
+    #[param(schema_with = clamped_count)]
+    pub limit: Option<String>,
+}
+
+/// The names `group_by` takes, for messages.
+fn dim_names() -> String {
+    Dim::ALL.map(Dim::name).join(", ")
+}
+
+impl UsageParams {
+    /// The breakdown asked for, checked: 400 naming the allowed values for an unknown dimension
+    /// or order, for a `from` not before `to`, or a pair the rollups do not keep.
+    pub fn query(&self) -> Result<UsageQuery, ConsoleError> {
+        let group_by = get(&self.group_by)
+            .unwrap_or("model")
+            .split(',')
+            .map(|name| {
+                let name = name.trim();
+                Dim::parse(name).ok_or_else(|| {
+                    ConsoleError::BadRequest(format!(
+                        "group_by takes one or two of {}, comma-separated; got \"{name}\"",
+                        dim_names()
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let window = StatsQuery {
+            key_id: None,
+            from: self.from.clone(),
+            to: self.to.clone(),
+        }
+        .filter()?;
+        let text = |v: &Option<String>| get(v).map(|t| t.trim().to_owned());
+        let filters = [
+            (Dim::Model, &self.model),
+            (Dim::User, &self.user),
+            (Dim::Client, &self.client),
+            (Dim::Provider, &self.provider),
+            (Dim::Source, &self.source),
+            (Dim::Endpoint, &self.endpoint),
+        ]
+        .into_iter()
+        .filter_map(|(dim, value)| text(value).map(|v| (dim, v)))
+        .collect();
+        let query = UsageQuery {
+            group_by,
+            from: window.from,
+            to: window.to,
+            key_id: id(&self.key_id, "key_id")?,
+            filters,
+            order: get(&self.order_by)
+                .map(order)
+                .transpose()?
+                .unwrap_or_default(),
+            limit: bounded(&self.limit, "limit", DEFAULT_LIMIT, MAX_LIMIT)?,
+        };
+        query.check().map_err(ConsoleError::BadRequest)?;
+        Ok(query)
+    }
+}
+
+/// `tokens`, `calls` or `errors`.
+fn order(raw: &str) -> Result<UsageOrder, ConsoleError> {
+    match raw.trim() {
+        "tokens" => Ok(UsageOrder::Tokens),
+        "calls" => Ok(UsageOrder::Calls),
+        "errors" => Ok(UsageOrder::Errors),
+        _ => Err(ConsoleError::BadRequest(format!(
+            "order_by takes tokens, calls or errors; got \"{raw}\""
+        ))),
+    }
 }
 
 /// Query of `GET /api/console/export`.
@@ -359,6 +472,54 @@ mod tests {
                 ..LogsQuery::default()
             };
             assert_eq!(q.limit().ok(), want, "{given:?}");
+        }
+    }
+
+    #[test]
+    fn usage_queries_are_checked_with_messages_naming_what_is_allowed() {
+        let parse = |group_by: &str, extra: fn(&mut UsageParams)| {
+            let mut p = UsageParams {
+                group_by: some(Some(group_by)),
+                ..UsageParams::default()
+            };
+            extra(&mut p);
+            p.query().map_err(|e| e.to_string())
+        };
+        let ok = parse("user, day", |p| p.model = some(Some("gpt-4o"))).unwrap();
+        assert_eq!(ok.group_by, [Dim::User, Dim::Day]);
+        assert_eq!(ok.filters, [(Dim::Model, "gpt-4o".to_owned())]);
+        assert_eq!((ok.limit, ok.order), (DEFAULT_LIMIT, UsageOrder::Tokens));
+        let none = UsageParams::default().query().unwrap();
+        assert_eq!(none.group_by, [Dim::Model]);
+        type Case = (&'static str, fn(&mut UsageParams), &'static str);
+        let bad: [Case; 8] = [
+            (
+                "team",
+                |_| {},
+                "key, model, user, client, provider, source, endpoint, day, hour",
+            ),
+            ("model,key,day", |_| {}, "one or two"),
+            ("day,hour", |_| {}, "day or hour"),
+            ("model,model", |_| {}, "twice"),
+            ("user,client", |_| {}, "not with client"),
+            ("user", |p| p.source = some(Some("cpa")), "not with source"),
+            (
+                "model",
+                |p| p.order_by = some(Some("cost")),
+                "tokens, calls or errors",
+            ),
+            (
+                "model",
+                |p| {
+                    p.from = some(Some("2026-02-02T00:00:00Z"));
+                    p.to = some(Some("2026-02-01T00:00:00Z"));
+                },
+                "from must be earlier than to",
+            ),
+        ];
+        for (group_by, extra, want) in bad {
+            let err = parse(group_by, extra).err().unwrap_or_default();
+            assert!(err.contains(want), "{group_by}: {err}");
         }
     }
 

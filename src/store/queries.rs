@@ -1,12 +1,13 @@
 //! Every query of the store, written once for both databases over [`Db`]: keys, call records and
 //! their aggregates, the budget ledgers and the instances sharing them.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use super::sql::{Bulk, Db, Lock, Param, Row, Ty, AGG_COLUMNS};
 use super::{
-    Aggregate, CallKind, DayTotal, KeyPatch, KeyRow, Lease, LogQuery, NewKey, StatusFilter,
-    StoreError, UsageFilter, ALL_KEYS, GLOBAL_SCOPE,
+    Aggregate, CallKind, DayTotal, Dim, DimValue, KeyPatch, KeyRow, Lease, LogQuery, NewKey,
+    StatusFilter, StoreError, UsageFilter, UsageGroup, UsageOrder, UsageQuery, ALL_KEYS,
+    GLOBAL_SCOPE, OTHER_USERS,
 };
 use crate::usage::{CallRecord, LoggedCall, TokenUsage, COUNT_TOKENS_PATH, LATENCY_BUCKETS};
 
@@ -554,22 +555,40 @@ fn call_values<'a>(id: i64, call: &'a CallRecord) -> Vec<Param<'a>> {
 }
 
 /// Adds `groups` (aggregates keyed by integer dimensions and a model) to the rows of `table`,
-/// whose key is `int_dims` then `model`. Rows are written in the order of their keys, so that
-/// writers of several instances lock shared rows in the same order and cannot deadlock.
+/// whose key is `int_dims` then `model` (see [`upsert_rollups`]).
 pub async fn upsert_aggregates(
     db: &mut impl Db,
     table: &str,
     int_dims: &[&str],
     groups: impl IntoIterator<Item = (Vec<i64>, String, Aggregate)>,
 ) -> Result<(), StoreError> {
+    let groups = groups
+        .into_iter()
+        .map(|(ints, model, agg)| ((ints, vec![model]), agg));
+    upsert_rollups(db, table, int_dims, &["model"], groups).await
+}
+
+/// The key of a rollup row: its integer dimensions, then its text ones.
+pub type RollupKey = (Vec<i64>, Vec<String>);
+
+/// Adds `groups` to the rows of `table`, whose key is `int_dims` then `text_dims`. Rows are
+/// written in the order of their keys, so that writers of several instances lock shared rows in
+/// the same order and cannot deadlock.
+pub async fn upsert_rollups(
+    db: &mut impl Db,
+    table: &str,
+    int_dims: &[&str],
+    text_dims: &[&str],
+    groups: impl IntoIterator<Item = (RollupKey, Aggregate)>,
+) -> Result<(), StoreError> {
     let mut groups: Vec<_> = groups.into_iter().collect();
     if groups.is_empty() {
         return Ok(());
     }
-    groups.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    groups.sort_by(|a, b| a.0.cmp(&b.0));
     // A table's statement depends on its name only: each aggregate table has fixed dimensions.
     let keys = || -> String {
-        let keys: Vec<&str> = int_dims.iter().copied().chain(["model"]).collect();
+        let keys: Vec<&str> = int_dims.iter().chain(text_dims).copied().collect();
         keys.join(", ")
     };
     let insert = super::sql::memo("aggregate insert", table, || {
@@ -588,16 +607,16 @@ pub async fn upsert_aggregates(
         format!("ON CONFLICT ({}) DO UPDATE SET {updates}", keys())
     });
     let mut types = vec![Ty::BigInt; int_dims.len()];
-    types.push(Ty::Text);
+    types.extend(vec![Ty::Text; text_dims.len()]);
     types.extend([Ty::BigInt; AGG_COLUMNS.len()]);
     let bulk = Bulk {
         insert,
         types,
         rows: groups
             .into_iter()
-            .map(|(ints, model, agg)| {
+            .map(|((ints, texts), agg)| {
                 let mut row: Vec<Param<'static>> = ints.into_iter().map(Param::from).collect();
-                row.push(model.into());
+                row.extend(texts.into_iter().map(Param::from));
                 row.extend(aggregate_values(&agg));
                 row
             })
@@ -627,22 +646,81 @@ pub fn add_day_rollups(days: &mut HashMap<Dims, Aggregate>) {
 }
 
 /// A batch summed per hour, per local day (with each day's rollup row) and in all, each per
-/// key × model, and the latest call of each key.
+/// key × model; per hour and day by every dimension ([`Rollups`]); and the latest call of each
+/// key.
 struct Grouped {
     hours: HashMap<Dims, Aggregate>,
     days: HashMap<Dims, Aggregate>,
     totals: HashMap<(i64, String), Aggregate>,
+    rollups: Rollups,
     last_used: HashMap<i64, i64>,
 }
 
-fn group(records: &[CallRecord], tz: &jiff::tz::TimeZone) -> Grouped {
+/// A batch summed into the rows of `usage_hour`, `usage_day`, `user_hour` and `user_day`.
+#[derive(Default)]
+struct Rollups {
+    usage_hour: HashMap<RollupKey, Aggregate>,
+    usage_day: HashMap<RollupKey, Aggregate>,
+    user_hour: HashMap<RollupKey, Aggregate>,
+    user_day: HashMap<RollupKey, Aggregate>,
+}
+
+/// The text dimensions of `usage_hour` and `usage_day`, after their time and key.
+const USAGE_TEXT_DIMS: [&str; 5] = ["model", "client", "provider", "source", "endpoint"];
+/// The text dimensions of `user_hour` and `user_day`, after their time and key.
+const USER_TEXT_DIMS: [&str; 2] = ["user_id", "model"];
+
+impl Rollups {
+    /// Adds one call, recorded under the end user `user` (after the day's cap).
+    fn add(&mut self, call: &CallRecord, agg: &Aggregate, (hour, day): (i64, i64), user: &str) {
+        let key_id = call.key_id.unwrap_or(0);
+        let dims = || {
+            vec![
+                call.model.clone(),
+                call.client.clone(),
+                call.provider.clone(),
+                call.source.clone(),
+                call.endpoint.clone(),
+            ]
+        };
+        let users = || vec![user.to_owned(), call.model.clone()];
+        let tables = [
+            (&mut self.usage_hour, hour, dims()),
+            (&mut self.usage_day, day, dims()),
+            (&mut self.user_hour, hour, users()),
+            (&mut self.user_day, day, users()),
+        ];
+        for (table, bucket, texts) in tables {
+            table
+                .entry((vec![bucket, key_id], texts))
+                .or_default()
+                .add(agg);
+        }
+    }
+
+    async fn write(self, db: &mut impl Db) -> Result<(), StoreError> {
+        let tables = [
+            ("usage_hour", "hour", &USAGE_TEXT_DIMS[..], self.usage_hour),
+            ("usage_day", "day", &USAGE_TEXT_DIMS[..], self.usage_day),
+            ("user_hour", "hour", &USER_TEXT_DIMS[..], self.user_hour),
+            ("user_day", "day", &USER_TEXT_DIMS[..], self.user_day),
+        ];
+        for (table, bucket, texts, rows) in tables {
+            upsert_rollups(db, table, &[bucket, "key_id"], texts, rows).await?;
+        }
+        Ok(())
+    }
+}
+
+fn group(records: &[CallRecord], users: &[&str], tz: &jiff::tz::TimeZone) -> Grouped {
     let mut g = Grouped {
         hours: HashMap::new(),
         days: HashMap::new(),
         totals: HashMap::new(),
+        rollups: Rollups::default(),
         last_used: HashMap::new(),
     };
-    for call in records {
+    for (call, user) in records.iter().zip(users) {
         let agg = Aggregate::of(call);
         let key_id = call.key_id.unwrap_or(0);
         let hour = ms(call.ts).div_euclid(MS_PER_HOUR);
@@ -658,6 +736,7 @@ fn group(records: &[CallRecord], tz: &jiff::tz::TimeZone) -> Grouped {
             .or_default()
             .add(&agg);
         g.totals.entry((key_id, model())).or_default().add(&agg);
+        g.rollups.add(call, &agg, (hour, day), user);
         if let Some(id) = call.key_id {
             let seen = g.last_used.entry(id).or_insert(i64::MIN);
             *seen = (*seen).max(ms(call.ts));
@@ -666,17 +745,21 @@ fn group(records: &[CallRecord], tz: &jiff::tz::TimeZone) -> Grouped {
     g
 }
 
-/// Writes the records, their aggregates and the keys' `last_used`, trims the raw log to
-/// `max_logs`, and returns the records with their new ids. Runs in the caller's transaction.
+/// Writes the records, their aggregates and rollups and the keys' `last_used`, trims the raw
+/// log to `max_logs`, and returns the records with their new ids, and the end users admitted to
+/// days' rollups (for [`KnownUsers::remember`] once committed). Runs in the caller's transaction.
 pub async fn write_batch(
     db: &mut impl Db,
     records: &[CallRecord],
     tz: &jiff::tz::TimeZone,
     max_logs: u64,
-) -> Result<Vec<LoggedCall>, StoreError> {
+    known: &KnownUsers,
+) -> Result<(Vec<LoggedCall>, Vec<(i64, String)>), StoreError> {
     if records.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     }
+    // First, before any aggregate row: the cap's counters are the first rows a writer locks.
+    let admission = admit_users(db, records, tz, known).await?;
     let ids = db.call_ids(records.len()).await?;
     let calls = Bulk {
         insert: super::sql::memo("calls insert", "", || {
@@ -691,7 +774,7 @@ pub async fn write_batch(
         tail: "".into(),
     };
     db.insert(&calls).await?;
-    let g = group(records, tz);
+    let g = group(records, &admission.labels(records), tz);
     upsert_aggregates(db, "agg_hour", &["hour", "key_id"], with_dims(g.hours)).await?;
     upsert_aggregates(db, "agg_day", &["day", "key_id"], with_dims(g.days)).await?;
     let totals = g
@@ -699,6 +782,7 @@ pub async fn write_batch(
         .into_iter()
         .map(|((key_id, model), agg)| (vec![key_id], model, agg));
     upsert_aggregates(db, "agg_total", &["key_id"], totals).await?;
+    g.rollups.write(db).await?;
     let mut last_used: Vec<(i64, i64)> = g.last_used.into_iter().collect();
     last_used.sort_unstable();
     for (key_id, ts) in last_used {
@@ -717,14 +801,311 @@ pub async fn write_batch(
                 .await?;
         }
     }
-    Ok(ids
+    let logged = ids
         .into_iter()
         .zip(records)
         .map(|(id, call)| LoggedCall {
             id,
             call: call.clone(),
         })
-        .collect())
+        .collect();
+    Ok((logged, admission.admitted))
+}
+
+// --- End users in the rollups -----------------------------------------------------------------
+
+/// Most days whose admitted users a writer remembers (the newest ones: today and the days
+/// before it, which late calls still reach).
+const KNOWN_DAYS: usize = 3;
+
+/// The cap on each local day's distinct end users, and the users recent days admitted as far as
+/// this writer has seen (other writers admit users too: one not known here is looked up).
+pub struct KnownUsers {
+    cap: u64,
+    days: BTreeMap<i64, HashSet<String>>,
+}
+
+impl KnownUsers {
+    /// Nothing known yet; at most `cap` users a day.
+    pub fn new(cap: u64) -> Self {
+        Self {
+            cap,
+            days: BTreeMap::new(),
+        }
+    }
+
+    fn knows(&self, day: i64, user: &str) -> bool {
+        self.days
+            .get(&day)
+            .is_some_and(|users| users.contains(user))
+    }
+
+    /// Notes users that committed batches admitted; forgets all but the newest days.
+    pub fn remember(&mut self, admitted: Vec<(i64, String)>) {
+        for (day, user) in admitted {
+            self.days.entry(day).or_default().insert(user);
+        }
+        while self.days.len() > KNOWN_DAYS {
+            self.days.pop_first();
+        }
+    }
+}
+
+/// Which end users of a batch its days' rollups keep apart.
+struct Admission {
+    /// The local day of each record.
+    days: Vec<i64>,
+    /// Users this batch found admitted or admitted itself, per day.
+    admitted: Vec<(i64, String)>,
+    /// Users beyond their day's cap, recorded as [`OTHER_USERS`].
+    folded: HashSet<(i64, String)>,
+}
+
+impl Admission {
+    /// The end user each record is rolled up under: `''` when it named none.
+    fn labels<'a>(&'a self, records: &'a [CallRecord]) -> Vec<&'a str> {
+        records
+            .iter()
+            .zip(&self.days)
+            .map(|(call, &day)| match call.user.as_deref() {
+                Some(user) if self.folded.contains(&(day, user.to_owned())) => OTHER_USERS,
+                Some(user) => user,
+                None => "",
+            })
+            .collect()
+    }
+}
+
+/// Decides, for each end user of the batch that this writer does not know to be admitted to the
+/// day of its call, whether the day admits it: yes if it already did (another batch, another
+/// instance), else while the day has admitted fewer than the cap. Each day's counter row is
+/// locked first, in the order of days, so concurrent writers decide one after the other.
+async fn admit_users(
+    db: &mut impl Db,
+    records: &[CallRecord],
+    tz: &jiff::tz::TimeZone,
+    known: &KnownUsers,
+) -> Result<Admission, StoreError> {
+    let days: Vec<i64> = records.iter().map(|c| local_day(c.ts, tz)).collect();
+    let mut pending: BTreeMap<i64, Vec<&str>> = BTreeMap::new();
+    let mut seen = BTreeSet::new();
+    for (call, &day) in records.iter().zip(&days) {
+        let Some(user) = call.user.as_deref() else {
+            continue;
+        };
+        if user.is_empty() || user == OTHER_USERS || known.knows(day, user) {
+            continue;
+        }
+        if seen.insert((day, user)) {
+            pending.entry(day).or_default().push(user);
+        }
+    }
+    let mut admission = Admission {
+        days,
+        admitted: Vec::new(),
+        folded: HashSet::new(),
+    };
+    for (day, users) in pending {
+        admit_day(db, day, &users, known.cap, &mut admission).await?;
+    }
+    Ok(admission)
+}
+
+/// [`admit_users`] for one day's users, in the order they came.
+async fn admit_day(
+    db: &mut impl Db,
+    day: i64,
+    users: &[&str],
+    cap: u64,
+    admission: &mut Admission,
+) -> Result<(), StoreError> {
+    db.execute(
+        "INSERT INTO usage_user_count (day, users) VALUES ($1, 0) ON CONFLICT (day) DO NOTHING",
+        &[day.into()],
+    )
+    .await?;
+    let count = db
+        .query_one(
+            "SELECT users FROM usage_user_count WHERE day = $1 {for_update}",
+            &[day.into()],
+        )
+        .await?
+        .count(0)?;
+    let mut added = 0u64;
+    for &user in users {
+        let exists = db
+            .query_opt(
+                "SELECT 1 FROM user_day WHERE day = $1 AND user_id = $2 LIMIT 1",
+                &[day.into(), user.into()],
+            )
+            .await?
+            .is_some();
+        if exists || count + added < cap {
+            added += u64::from(!exists);
+            admission.admitted.push((day, user.to_owned()));
+        } else {
+            admission.folded.insert((day, user.to_owned()));
+        }
+    }
+    if added > 0 {
+        db.execute(
+            "UPDATE usage_user_count SET users = users + $2 WHERE day = $1",
+            &[day.into(), added.into()],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Rebuilds `usage_day` and `user_day` from their hourly tables in the time zone `tz`, and each
+/// day's count of admitted users from `user_day`.
+pub async fn rebucket_rollups(db: &mut impl Db, tz: &jiff::tz::TimeZone) -> Result<(), StoreError> {
+    let tables = [
+        ("usage_hour", "usage_day", &USAGE_TEXT_DIMS[..]),
+        ("user_hour", "user_day", &USER_TEXT_DIMS[..]),
+    ];
+    for (hours, days_table, texts) in tables {
+        db.execute(&format!("DELETE FROM {days_table}"), &[])
+            .await?;
+        let sql = format!(
+            "SELECT hour, key_id, {}, {} FROM {hours}",
+            texts.join(", "),
+            AGG_COLUMNS.join(", ")
+        );
+        let mut days: HashMap<RollupKey, Aggregate> = HashMap::new();
+        for row in db.query(&sql, &[]).await? {
+            let day = local_day(from_ms(row.int(0)? * MS_PER_HOUR), tz);
+            let values = (0..texts.len())
+                .map(|i| row.text(2 + i))
+                .collect::<Result<Vec<_>, _>>()?;
+            let agg = read_aggregate(&row, 2 + texts.len())?;
+            days.entry((vec![day, row.int(1)?], values))
+                .or_default()
+                .add(&agg);
+        }
+        upsert_rollups(db, days_table, &["day", "key_id"], texts, days).await?;
+    }
+    db.execute("DELETE FROM usage_user_count", &[]).await?;
+    db.execute(
+        "INSERT INTO usage_user_count (day, users)
+         SELECT day, COUNT(DISTINCT user_id) FROM user_day
+         WHERE user_id <> '' AND user_id <> $1 GROUP BY day",
+        &[OTHER_USERS.into()],
+    )
+    .await?;
+    Ok(())
+}
+
+// --- Usage by any dimension ---------------------------------------------------------------------
+
+/// The rollup column of a dimension.
+fn dim_column(dim: Dim) -> &'static str {
+    match dim {
+        Dim::Key => "key_id",
+        Dim::Model => "model",
+        Dim::User => "user_id",
+        Dim::Client => "client",
+        Dim::Provider => "provider",
+        Dim::Source => "source",
+        Dim::Endpoint => "endpoint",
+        Dim::Day => "day",
+        Dim::Hour => "hour",
+    }
+}
+
+/// Whether `ts` is absent or the start of its local day.
+fn at_midnight(ts: Option<jiff::Timestamp>, tz: &jiff::tz::TimeZone) -> bool {
+    ts.is_none_or(|ts| {
+        let zoned = ts.to_zoned(tz.clone());
+        zoned.start_of_day().is_ok_and(|start| start == zoned)
+    })
+}
+
+/// A breakdown of usage from the rollups: the per-user ones when the query names the user, else
+/// those of every other dimension; hourly when grouped by hour or when `from`/`to` cut a local
+/// day, else daily.
+pub async fn usage(
+    db: &mut impl Db,
+    query: &UsageQuery,
+    tz: &jiff::tz::TimeZone,
+) -> Result<Vec<UsageGroup>, StoreError> {
+    let whole_days = at_midnight(query.from, tz) && at_midnight(query.to, tz);
+    let hourly =
+        query.group_by.contains(&Dim::Hour) || !(query.group_by.contains(&Dim::Day) || whole_days);
+    let table = match (query.reads_users(), hourly) {
+        (true, true) => "user_hour",
+        (true, false) => "user_day",
+        (false, true) => "usage_hour",
+        (false, false) => "usage_day",
+    };
+    let mut c = Conditions::default();
+    if hourly {
+        if let Some(from) = query.from {
+            c.compare("hour", ">=", ms(from).div_euclid(MS_PER_HOUR));
+        }
+        if let Some(to) = query.to {
+            c.compare(
+                "hour",
+                "<",
+                (ms(to) + MS_PER_HOUR - 1).div_euclid(MS_PER_HOUR),
+            );
+        }
+    } else {
+        if let Some(from) = query.from {
+            c.compare("day", ">=", local_day(from, tz));
+        }
+        if let Some(to) = query.to {
+            let last = to - jiff::SignedDuration::from_millis(1);
+            c.compare("day", "<=", local_day(last, tz));
+        }
+    }
+    if let Some(key_id) = query.key_id {
+        c.compare("key_id", "=", key_id);
+    }
+    for (dim, value) in &query.filters {
+        c.compare(dim_column(*dim), "=", value.as_str());
+    }
+    let groups: Vec<&str> = query.group_by.iter().map(|d| dim_column(*d)).collect();
+    let order = match query.order {
+        UsageOrder::Tokens => "SUM(total_tokens)",
+        UsageOrder::Calls => "SUM(calls)",
+        UsageOrder::Errors => "SUM(failures)",
+    };
+    let ties: Vec<String> = query
+        .group_by
+        .iter()
+        .map(|d| match d {
+            Dim::Key | Dim::Day | Dim::Hour => dim_column(*d).to_owned(),
+            _ => format!("{} {{binary}}", dim_column(*d)),
+        })
+        .collect();
+    let limit = c.bind(i64::from(query.limit));
+    let sql = format!(
+        "SELECT {groups}, {sums} FROM {table}{filter} GROUP BY {groups}
+         ORDER BY {order} DESC, {ties} LIMIT {limit}",
+        groups = groups.join(", "),
+        sums = agg_sums(),
+        filter = c.clause(),
+        ties = ties.join(", "),
+    );
+    let rows = db.query(&sql, &c.params).await?;
+    rows.iter()
+        .map(|row| {
+            let values = query
+                .group_by
+                .iter()
+                .enumerate()
+                .map(|(i, d)| match d {
+                    Dim::Key | Dim::Day | Dim::Hour => row.int(i).map(DimValue::Int),
+                    _ => row.text(i).map(DimValue::Text),
+                })
+                .collect::<Result<_, _>>()?;
+            Ok(UsageGroup {
+                values,
+                agg: read_aggregate(row, query.group_by.len())?,
+            })
+        })
+        .collect()
 }
 
 // --- Budget ledgers and instances -----------------------------------------------------------

@@ -17,6 +17,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0005_budget_leases.sql"),
     include_str!("migrations/0006_fit_max_tokens.sql"),
     include_str!("migrations/0008_dimensions.sql"),
+    include_str!("migrations/0009_usage_rollups.sql"),
 ];
 
 /// `calls {int} NOT NULL, …, l16 {int} NOT NULL,` — the aggregate columns of version 1
@@ -60,7 +61,8 @@ pub async fn prepare(db: &mut impl Db, tz: &jiff::tz::TimeZone) -> Result<(), St
     rebucket_days(db, tz).await
 }
 
-/// Rebuilds `agg_day` from `agg_hour` when the configured time zone changed since it was built.
+/// Rebuilds `agg_day` from `agg_hour` (and the usage rollups' days from their hours) when the
+/// configured time zone changed since they were built.
 async fn rebucket_days(db: &mut impl Db, tz: &jiff::tz::TimeZone) -> Result<(), StoreError> {
     let name = tz.iana_name().unwrap_or("fixed").to_owned();
     let stored = db
@@ -88,6 +90,7 @@ async fn rebucket_days(db: &mut impl Db, tz: &jiff::tz::TimeZone) -> Result<(), 
         queries::add_day_rollups(&mut days);
         queries::upsert_aggregates(db, "agg_day", &["day", "key_id"], queries::with_dims(days))
             .await?;
+        queries::rebucket_rollups(db, tz).await?;
     }
     db.execute(
         "INSERT INTO meta (name, value) VALUES ('timezone', $1)

@@ -20,9 +20,9 @@ use token_console::store::Store;
 use token_console::usage::{CallRecord, Recorder, TokenUsage};
 use tower::ServiceExt;
 
-const ZONE: &str = "Asia/Shanghai";
+pub(crate) const ZONE: &str = "Asia/Shanghai";
 
-struct Console {
+pub(crate) struct Console {
     state: AppState,
     app: Router,
     dir: TempDir,
@@ -31,7 +31,7 @@ struct Console {
 }
 
 impl Console {
-    async fn start(yaml: &str) -> Self {
+    pub(crate) async fn start(yaml: &str) -> Self {
         Self::start_from(yaml, ([127, 0, 0, 1], 40000).into()).await
     }
 
@@ -46,7 +46,13 @@ impl Console {
         let config = Config::from_yaml(&text, &Cli::default()).unwrap();
         let store = Store::open(&config.database, config.timezone.clone()).unwrap();
         let recorder = Arc::new(
-            Recorder::start(store.batch_writer(config.console.max_logs).unwrap()).unwrap(),
+            Recorder::start(
+                store
+                    .batch_writer(config.console.max_logs)
+                    .unwrap()
+                    .with_user_cap(config.console.usage_user_cap),
+            )
+            .unwrap(),
         );
         let (_stop, stopped) = tokio::sync::watch::channel(false);
         std::mem::forget(_stop);
@@ -95,7 +101,12 @@ impl Console {
         (status, bytes, headers)
     }
 
-    async fn json(&self, method: &str, uri: &str, body: Option<&str>) -> (StatusCode, Value) {
+    pub(crate) async fn json(
+        &self,
+        method: &str,
+        uri: &str,
+        body: Option<&str>,
+    ) -> (StatusCode, Value) {
         let (status, bytes, _) = self.send(method, uri, body, None).await;
         (
             status,
@@ -103,14 +114,14 @@ impl Console {
         )
     }
 
-    async fn data(&self, uri: &str) -> Value {
+    pub(crate) async fn data(&self, uri: &str) -> Value {
         let (status, body) = self.json("GET", uri, None).await;
         assert_eq!(status, StatusCode::OK, "{uri}: {body}");
         assert_eq!(body["code"], 0, "{uri}: {body}");
         body["data"].clone()
     }
 
-    async fn create_key(&self, name: &str) -> (i64, String) {
+    pub(crate) async fn create_key(&self, name: &str) -> (i64, String) {
         let (status, body) = self
             .json(
                 "POST",
@@ -125,7 +136,7 @@ impl Console {
         )
     }
 
-    async fn record_all(&self, calls: &[CallRecord]) {
+    pub(crate) async fn record_all(&self, calls: &[CallRecord]) {
         for call in calls {
             self.state.recorder.record(call.clone()).await;
         }
