@@ -93,8 +93,8 @@ pub struct LogsQuery {
 #[into_params(parameter_in = Query)]
 pub struct UsageParams {
     /// One or two of `key`, `model`, `user`, `client`, `provider`, `source`, `endpoint`, `day`,
-    /// `hour`, comma-separated (default `model`); `user` goes only with `key`, `model`, `day`
-    /// and `hour`, and `day` not with `hour`.
+    /// `hour`, comma-separated (default `model`); `user` goes only with `key`, `day` and
+    /// `hour` (also as filters), and `day` not with `hour`.
     #[param(
         pattern = r"^(key|model|user|client|provider|source|endpoint|day|hour)(,(key|model|user|client|provider|source|endpoint|day|hour))?$"
     )]
@@ -485,9 +485,9 @@ mod tests {
             extra(&mut p);
             p.query().map_err(|e| e.to_string())
         };
-        let ok = parse("user, day", |p| p.model = some(Some("gpt-4o"))).unwrap();
+        let ok = parse("user, day", |p| p.user = some(Some(" alice "))).unwrap();
         assert_eq!(ok.group_by, [Dim::User, Dim::Day]);
-        assert_eq!(ok.filters, [(Dim::Model, "gpt-4o".to_owned())]);
+        assert_eq!(ok.filters, [(Dim::User, "alice".to_owned())]);
         assert_eq!((ok.limit, ok.order), (DEFAULT_LIMIT, UsageOrder::Tokens));
         let none = UsageParams::default().query().unwrap();
         assert_eq!(none.group_by, [Dim::Model]);
@@ -502,7 +502,7 @@ mod tests {
             ("day,hour", |_| {}, "day or hour"),
             ("model,model", |_| {}, "twice"),
             ("user,client", |_| {}, "not with client"),
-            ("user", |p| p.source = some(Some("cpa")), "not with source"),
+            ("user", |p| p.model = some(Some("gpt-4o")), "not with model"),
             (
                 "model",
                 |p| p.order_by = some(Some("cost")),

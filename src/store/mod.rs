@@ -341,10 +341,7 @@ impl Dim {
 
     /// Whether the per-user rollups keep this dimension (the others keep every one but the user).
     pub fn with_users(self) -> bool {
-        matches!(
-            self,
-            Dim::Key | Dim::Model | Dim::User | Dim::Day | Dim::Hour
-        )
+        matches!(self, Dim::Key | Dim::User | Dim::Day | Dim::Hour)
     }
 }
 
@@ -396,8 +393,8 @@ impl UsageQuery {
     }
 
     /// Why the rollups cannot answer the query, if they cannot: `group_by` must name one or two
-    /// distinct dimensions, not both `day` and `hour`, and the end user goes only with the key,
-    /// the model and time.
+    /// distinct dimensions, not both `day` and `hour`, and the end user goes only with the key
+    /// and time.
     pub fn check(&self) -> Result<(), String> {
         let n = self.group_by.len();
         if n == 0 || n > 2 {
@@ -412,7 +409,7 @@ impl UsageQuery {
         if self.reads_users() {
             if let Some(other) = self.dims().find(|d| !d.with_users()) {
                 return Err(format!(
-                    "user can be grouped and filtered only with key, model, day and hour, not with {}",
+                    "user can be grouped and filtered only with key, day and hour, not with {}",
                     other.name()
                 ));
             }

@@ -667,8 +667,8 @@ struct Rollups {
 
 /// The text dimensions of `usage_hour` and `usage_day`, after their time and key.
 const USAGE_TEXT_DIMS: [&str; 5] = ["model", "client", "provider", "source", "endpoint"];
-/// The text dimensions of `user_hour` and `user_day`, after their time and key.
-const USER_TEXT_DIMS: [&str; 2] = ["user_id", "model"];
+/// The text dimension of `user_hour` and `user_day`, after their time and key.
+const USER_TEXT_DIMS: [&str; 1] = ["user_id"];
 
 impl Rollups {
     /// Adds one call, recorded under the end user `user` (after the day's cap).
@@ -683,7 +683,7 @@ impl Rollups {
                 call.endpoint.clone(),
             ]
         };
-        let users = || vec![user.to_owned(), call.model.clone()];
+        let users = || vec![user.to_owned()];
         let tables = [
             (&mut self.usage_hour, hour, dims()),
             (&mut self.usage_day, day, dims()),

@@ -268,7 +268,7 @@ async fn every_group_by_matches_an_independent_computation() {
         &["day"],
         &["hour"],
         &["user", "day"],
-        &["user", "model"],
+        &["user", "hour"],
         &["key", "user"],
         &["key", "model"],
         &["client", "day"],
@@ -291,7 +291,7 @@ async fn every_group_by_matches_an_independent_computation() {
         assert_eq!(row["key_name"], want, "{row}");
     }
     // Filters, alone and together.
-    check_breakdown(&console, &calls, &["model"], "&user=alice", |c| {
+    check_breakdown(&console, &calls, &["day"], "&user=alice", |c| {
         c.user.as_deref() == Some("alice")
     })
     .await;
@@ -300,8 +300,12 @@ async fn every_group_by_matches_an_independent_computation() {
         c.key_id == Some(k2) && c.client == "claude-cli"
     })
     .await;
-    check_breakdown(&console, &calls, &["user"], "&key_id=0&model=gpt-5", |c| {
-        c.key_id.is_none() && c.model == "gpt-5"
+    check_breakdown(&console, &calls, &["user"], "&key_id=0", |c| {
+        c.key_id.is_none()
+    })
+    .await;
+    check_breakdown(&console, &calls, &["hour"], "&user=%3Cb%3Ecarol%3C%2Fb%3E", |c| {
+        c.user.as_deref() == Some("<b>carol</b>")
     })
     .await;
     check_breakdown(&console, &calls, &["client"], "&source=cliproxyapi", |c| {
@@ -357,7 +361,7 @@ async fn order_and_limit_pick_the_largest_groups() {
     ] {
         let all = console
             .data(&format!(
-                "/api/console/usage?group_by=user,model&order_by={order}"
+                "/api/console/usage?group_by=user,key&order_by={order}"
             ))
             .await;
         let values: Vec<u64> = all["rows"]
@@ -372,7 +376,7 @@ async fn order_and_limit_pick_the_largest_groups() {
         assert_eq!(all["order_by"], order);
         let top = console
             .data(&format!(
-                "/api/console/usage?group_by=user,model&order_by={order}&limit=2"
+                "/api/console/usage?group_by=user,key&order_by={order}&limit=2"
             ))
             .await;
         assert_eq!(
@@ -472,8 +476,9 @@ async fn bad_usage_queries_are_refused_naming_what_is_allowed() {
         ("group_by=day,hour", "day or hour"),
         (
             "group_by=user,client",
-            "user can be grouped and filtered only with key, model, day and hour",
+            "user can be grouped and filtered only with key, day and hour",
         ),
+        ("group_by=user,model", "not with model"),
         ("group_by=user&endpoint=/v1/messages", "not with endpoint"),
         ("group_by=model&team=a", "group_by"),
         ("order_by=cost", "tokens, calls or errors"),

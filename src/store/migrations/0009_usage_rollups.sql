@@ -85,13 +85,14 @@ CREATE TABLE usage_day (
     PRIMARY KEY (day, key_id, model, client, provider, source, endpoint)
 ){without_rowid};
 
--- Per end user ('' = none named) with key and model. A day admits at most console.usage_user_cap
--- users; the calls of later ones are kept under '(other)' (store::OTHER_USERS).
+-- Per end user ('' = none named) and key: one row per user and key a day (hour), so that a
+-- breakdown by user and day reads as many rows as it answers, however many models a user calls.
+-- A day admits at most console.usage_user_cap users; the calls of later ones are kept under
+-- '(other)' (store::OTHER_USERS).
 CREATE TABLE user_hour (
     hour {int} NOT NULL,
     user_id TEXT NOT NULL,
     key_id {int} NOT NULL,
-    model TEXT NOT NULL,
     calls {int} NOT NULL DEFAULT 0,
     successes {int} NOT NULL DEFAULT 0,
     failures {int} NOT NULL DEFAULT 0,
@@ -121,14 +122,13 @@ CREATE TABLE user_hour (
     l16 {int} NOT NULL DEFAULT 0,
     count_tokens {int} NOT NULL DEFAULT 0,
     cost_nanos {int} NOT NULL DEFAULT 0,
-    PRIMARY KEY (hour, user_id, key_id, model)
+    PRIMARY KEY (hour, user_id, key_id)
 ){without_rowid};
 
 CREATE TABLE user_day (
     day {int} NOT NULL,
     user_id TEXT NOT NULL,
     key_id {int} NOT NULL,
-    model TEXT NOT NULL,
     calls {int} NOT NULL DEFAULT 0,
     successes {int} NOT NULL DEFAULT 0,
     failures {int} NOT NULL DEFAULT 0,
@@ -158,7 +158,7 @@ CREATE TABLE user_day (
     l16 {int} NOT NULL DEFAULT 0,
     count_tokens {int} NOT NULL DEFAULT 0,
     cost_nanos {int} NOT NULL DEFAULT 0,
-    PRIMARY KEY (day, user_id, key_id, model)
+    PRIMARY KEY (day, user_id, key_id)
 ){without_rowid};
 
 -- How many users each local day admitted to user_day (the cap's counter, locked while admitting).
@@ -175,9 +175,9 @@ FROM agg_hour GROUP BY hour, key_id, model;
 INSERT INTO usage_day (day, key_id, model, client, provider, source, endpoint, calls, successes, failures, prompt_tokens, completion_tokens, cache_read_tokens, cache_creation_tokens, reasoning_tokens, total_tokens, duration_ms, l0, l1, l2, l3, l4, l5, l6, l7, l8, l9, l10, l11, l12, l13, l14, l15, l16, count_tokens)
 SELECT day, key_id, model, '', '', 'gateway', '', SUM(calls), SUM(successes), SUM(failures), SUM(prompt_tokens), SUM(completion_tokens), SUM(cache_read_tokens), SUM(cache_creation_tokens), SUM(reasoning_tokens), SUM(total_tokens), SUM(duration_ms), SUM(l0), SUM(l1), SUM(l2), SUM(l3), SUM(l4), SUM(l5), SUM(l6), SUM(l7), SUM(l8), SUM(l9), SUM(l10), SUM(l11), SUM(l12), SUM(l13), SUM(l14), SUM(l15), SUM(l16), SUM(count_tokens)
 FROM agg_day WHERE key_id <> -1 GROUP BY day, key_id, model;
-INSERT INTO user_hour (hour, user_id, key_id, model, calls, successes, failures, prompt_tokens, completion_tokens, cache_read_tokens, cache_creation_tokens, reasoning_tokens, total_tokens, duration_ms, l0, l1, l2, l3, l4, l5, l6, l7, l8, l9, l10, l11, l12, l13, l14, l15, l16, count_tokens)
-SELECT hour, '', key_id, model, SUM(calls), SUM(successes), SUM(failures), SUM(prompt_tokens), SUM(completion_tokens), SUM(cache_read_tokens), SUM(cache_creation_tokens), SUM(reasoning_tokens), SUM(total_tokens), SUM(duration_ms), SUM(l0), SUM(l1), SUM(l2), SUM(l3), SUM(l4), SUM(l5), SUM(l6), SUM(l7), SUM(l8), SUM(l9), SUM(l10), SUM(l11), SUM(l12), SUM(l13), SUM(l14), SUM(l15), SUM(l16), SUM(count_tokens)
-FROM agg_hour GROUP BY hour, key_id, model;
-INSERT INTO user_day (day, user_id, key_id, model, calls, successes, failures, prompt_tokens, completion_tokens, cache_read_tokens, cache_creation_tokens, reasoning_tokens, total_tokens, duration_ms, l0, l1, l2, l3, l4, l5, l6, l7, l8, l9, l10, l11, l12, l13, l14, l15, l16, count_tokens)
-SELECT day, '', key_id, model, SUM(calls), SUM(successes), SUM(failures), SUM(prompt_tokens), SUM(completion_tokens), SUM(cache_read_tokens), SUM(cache_creation_tokens), SUM(reasoning_tokens), SUM(total_tokens), SUM(duration_ms), SUM(l0), SUM(l1), SUM(l2), SUM(l3), SUM(l4), SUM(l5), SUM(l6), SUM(l7), SUM(l8), SUM(l9), SUM(l10), SUM(l11), SUM(l12), SUM(l13), SUM(l14), SUM(l15), SUM(l16), SUM(count_tokens)
-FROM agg_day WHERE key_id <> -1 GROUP BY day, key_id, model;
+INSERT INTO user_hour (hour, user_id, key_id, calls, successes, failures, prompt_tokens, completion_tokens, cache_read_tokens, cache_creation_tokens, reasoning_tokens, total_tokens, duration_ms, l0, l1, l2, l3, l4, l5, l6, l7, l8, l9, l10, l11, l12, l13, l14, l15, l16, count_tokens)
+SELECT hour, '', key_id, SUM(calls), SUM(successes), SUM(failures), SUM(prompt_tokens), SUM(completion_tokens), SUM(cache_read_tokens), SUM(cache_creation_tokens), SUM(reasoning_tokens), SUM(total_tokens), SUM(duration_ms), SUM(l0), SUM(l1), SUM(l2), SUM(l3), SUM(l4), SUM(l5), SUM(l6), SUM(l7), SUM(l8), SUM(l9), SUM(l10), SUM(l11), SUM(l12), SUM(l13), SUM(l14), SUM(l15), SUM(l16), SUM(count_tokens)
+FROM agg_hour GROUP BY hour, key_id;
+INSERT INTO user_day (day, user_id, key_id, calls, successes, failures, prompt_tokens, completion_tokens, cache_read_tokens, cache_creation_tokens, reasoning_tokens, total_tokens, duration_ms, l0, l1, l2, l3, l4, l5, l6, l7, l8, l9, l10, l11, l12, l13, l14, l15, l16, count_tokens)
+SELECT day, '', key_id, SUM(calls), SUM(successes), SUM(failures), SUM(prompt_tokens), SUM(completion_tokens), SUM(cache_read_tokens), SUM(cache_creation_tokens), SUM(reasoning_tokens), SUM(total_tokens), SUM(duration_ms), SUM(l0), SUM(l1), SUM(l2), SUM(l3), SUM(l4), SUM(l5), SUM(l6), SUM(l7), SUM(l8), SUM(l9), SUM(l10), SUM(l11), SUM(l12), SUM(l13), SUM(l14), SUM(l15), SUM(l16), SUM(count_tokens)
+FROM agg_day WHERE key_id <> -1 GROUP BY day, key_id;
