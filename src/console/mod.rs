@@ -132,8 +132,8 @@ async fn get_usage(
     State(state): State<ConsoleState>,
     ConsoleQuery(q): ConsoleQuery<UsageParams>,
 ) -> ApiResult<wire::Usage> {
-    let query = q.query()?;
-    Ok(Json(Envelope::ok(usage::usage(&state, query).await?)))
+    let (query, days) = (q.query()?, q.days()?);
+    Ok(Json(Envelope::ok(usage::usage(&state, query, days).await?)))
 }
 
 /// Recorded calls, newest first.

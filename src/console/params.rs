@@ -107,6 +107,10 @@ pub struct UsageParams {
     /// day); must be later than `from`.
     #[param(value_type = Option<String>, format = DateTime)]
     pub to: Option<String>,
+    /// Instead of `from` and `to`: the last `days` local days, today included (above 90
+    /// clamped to 90).
+    #[param(schema_with = clamped_count)]
+    pub days: Option<String>,
     /// Only this key's calls (0: calls without a valid key).
     #[param(value_type = Option<i64>)]
     pub key_id: Option<String>,
@@ -136,6 +140,19 @@ fn dim_names() -> String {
 }
 
 impl UsageParams {
+    /// `days`, when given (and then neither `from` nor `to`).
+    pub fn days(&self) -> Result<Option<u32>, ConsoleError> {
+        if get(&self.days).is_none() {
+            return Ok(None);
+        }
+        if get(&self.from).is_some() || get(&self.to).is_some() {
+            return Err(ConsoleError::BadRequest(
+                "give days or from/to, not both".to_owned(),
+            ));
+        }
+        bounded(&self.days, "days", DEFAULT_DAYS, MAX_DAYS).map(Some)
+    }
+
     /// The breakdown asked for, checked: 400 naming the allowed values for an unknown dimension
     /// or order, for a `from` not before `to`, or a pair the rollups do not keep.
     pub fn query(&self) -> Result<UsageQuery, ConsoleError> {

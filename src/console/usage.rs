@@ -8,8 +8,16 @@ use crate::error::ConsoleError;
 use crate::store::{Dim, DimValue, UsageGroup, UsageOrder, UsageQuery};
 use crate::usage::latency_quantile;
 
-/// The breakdown `query` asks for, with key names when grouped by key.
-pub async fn usage(state: &ConsoleState, query: UsageQuery) -> Result<Usage, ConsoleError> {
+/// The breakdown `query` asks for (over the last `days` local days when given), with key names
+/// when grouped by key.
+pub async fn usage(
+    state: &ConsoleState,
+    mut query: UsageQuery,
+    days: Option<u32>,
+) -> Result<Usage, ConsoleError> {
+    if let Some(days) = days {
+        query.from = Some(first_day_start(&state.config.timezone, days)?);
+    }
     let group_by = query.group_by.clone();
     let order = query.order;
     let groups = state.store.usage(query).await?;
@@ -35,6 +43,18 @@ pub async fn usage(state: &ConsoleState, query: UsageQuery) -> Result<Usage, Con
             .to_owned(),
         rows: groups.iter().map(|g| row(&group_by, g, &names)).collect(),
     })
+}
+
+/// The start of the first of the last `days` local days in `tz`, today included.
+fn first_day_start(tz: &jiff::tz::TimeZone, days: u32) -> Result<jiff::Timestamp, ConsoleError> {
+    let today = jiff::Timestamp::now().to_zoned(tz.clone());
+    let back = jiff::Span::new().days(i64::from(days.max(1)) - 1);
+    today
+        .start_of_day()
+        .and_then(|midnight| midnight.checked_sub(back))
+        .and_then(|first| first.start_of_day())
+        .map(|first| first.timestamp())
+        .map_err(|e| ConsoleError::Internal(format!("cannot find the first day: {e}")))
 }
 
 /// `YYYYMMDD` as `YYYY-MM-DD`.

@@ -304,9 +304,13 @@ async fn every_group_by_matches_an_independent_computation() {
         c.key_id.is_none()
     })
     .await;
-    check_breakdown(&console, &calls, &["hour"], "&user=%3Cb%3Ecarol%3C%2Fb%3E", |c| {
-        c.user.as_deref() == Some("<b>carol</b>")
-    })
+    check_breakdown(
+        &console,
+        &calls,
+        &["hour"],
+        "&user=%3Cb%3Ecarol%3C%2Fb%3E",
+        |c| c.user.as_deref() == Some("<b>carol</b>"),
+    )
     .await;
     check_breakdown(&console, &calls, &["client"], "&source=cliproxyapi", |c| {
         c.source == "cliproxyapi"
@@ -345,6 +349,13 @@ async fn every_group_by_matches_an_independent_computation() {
     };
     check_breakdown(&console, &calls, &["user", "day"], &days, in_days).await;
     check_breakdown(&console, &calls, &["provider"], &days, in_days).await;
+    // `days`: the last local days, today included.
+    let since = midnight - jiff::SignedDuration::from_hours(24 * 3);
+    let last_4 = |c: &CallRecord| c.ts >= since;
+    assert!(calls.iter().any(last_4) && !calls.iter().all(last_4));
+    for dims in [&["day"][..], &["user"], &["key", "model"]] {
+        check_breakdown(&console, &calls, dims, "&days=4", last_4).await;
+    }
 }
 
 #[tokio::test]
@@ -487,6 +498,11 @@ async fn bad_usage_queries_are_refused_naming_what_is_allowed() {
             "from must be earlier than to",
         ),
         ("from=yesterday", "RFC 3339"),
+        (
+            "days=3&from=2026-02-01T00:00:00Z",
+            "days or from/to, not both",
+        ),
+        ("days=0", "days must be a whole number"),
         ("key_id=abc", "key_id must be a whole number"),
         ("limit=0", "limit must be a whole number"),
     ];
