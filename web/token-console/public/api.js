@@ -92,6 +92,7 @@ export async function request(method, path, { params, body, whole = false, signa
 export const api = {
   stats: (params) => request('GET', '/stats', { params }),
   trend: (days) => request('GET', '/usage-trend', { params: { days } }),
+  usage: (params) => request('GET', '/usage', { params }),
   logs: (params, signal) => request('GET', '/logs', { params, signal }),
   keys: () => request('GET', '/keys'),
   createKey: (name, description) => request('POST', '/keys', { body: { name, description } }),
