@@ -424,7 +424,7 @@ pub fn hour_start(hour: i64) -> jiff::Timestamp {
 }
 
 /// A value of a dimension in a row of usage.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum DimValue {
     /// A key id, a day (YYYYMMDD) or an hour (hours since the epoch).
     Int(i64),

@@ -1079,31 +1079,95 @@ pub async fn usage(
             _ => format!("{} {{binary}}", dim_column(*d)),
         })
         .collect();
-    let limit = c.bind(i64::from(query.limit));
+    if !query.reads_users() {
+        // The other rollups' groups are few: one pass sums and orders them.
+        let limit = c.bind(i64::from(query.limit));
+        let sql = format!(
+            "SELECT {groups}, {sums} FROM {table}{filter} GROUP BY {groups}
+             ORDER BY {order} DESC, {ties} LIMIT {limit}",
+            groups = groups.join(", "),
+            sums = agg_sums(),
+            filter = c.clause(),
+            ties = ties.join(", "),
+        );
+        let rows = db.query(&sql, &c.params).await?;
+        return rows
+            .iter()
+            .map(|row| {
+                Ok(UsageGroup {
+                    values: group_values(row, &query.group_by)?,
+                    agg: read_aggregate(row, query.group_by.len())?,
+                })
+            })
+            .collect();
+    }
+    // End users are many: the groups are ranked by the one value they are ordered by (summing
+    // every value column of every row in the window costs ten times as much), then summed in
+    // full only for the rows of the groups kept.
+    let mut rank = Conditions {
+        sql: c.sql.clone(),
+        params: c.params.clone(),
+    };
+    let limit = rank.bind(i64::from(query.limit));
+    let ranked = db
+        .query(
+            &format!(
+                "SELECT {groups} FROM {table}{filter} GROUP BY {groups}
+                 ORDER BY {order} DESC, {ties} LIMIT {limit}",
+                groups = groups.join(", "),
+                filter = rank.clause(),
+                ties = ties.join(", "),
+            ),
+            &rank.params,
+        )
+        .await?;
+    let keys = ranked
+        .iter()
+        .map(|row| group_values(row, &query.group_by))
+        .collect::<Result<Vec<_>, _>>()?;
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    for (i, dim) in query.group_by.iter().enumerate() {
+        let distinct: BTreeSet<_> = keys.iter().map(|k| k[i].clone()).collect();
+        let marks: Vec<String> = distinct
+            .into_iter()
+            .map(|v| match v {
+                DimValue::Int(v) => c.bind(v),
+                DimValue::Text(v) => c.bind(v),
+            })
+            .collect();
+        c.sql
+            .push(format!("{} IN ({})", dim_column(*dim), marks.join(", ")));
+    }
     let sql = format!(
-        "SELECT {groups}, {sums} FROM {table}{filter} GROUP BY {groups}
-         ORDER BY {order} DESC, {ties} LIMIT {limit}",
+        "SELECT {groups}, {sums} FROM {table}{filter} GROUP BY {groups}",
         groups = groups.join(", "),
         sums = agg_sums(),
         filter = c.clause(),
-        ties = ties.join(", "),
     );
-    let rows = db.query(&sql, &c.params).await?;
-    rows.iter()
-        .map(|row| {
-            let values = query
-                .group_by
-                .iter()
-                .enumerate()
-                .map(|(i, d)| match d {
-                    Dim::Key | Dim::Day | Dim::Hour => row.int(i).map(DimValue::Int),
-                    _ => row.text(i).map(DimValue::Text),
-                })
-                .collect::<Result<_, _>>()?;
-            Ok(UsageGroup {
-                values,
-                agg: read_aggregate(row, query.group_by.len())?,
-            })
+    let mut sums: HashMap<Vec<DimValue>, Aggregate> = HashMap::new();
+    for row in db.query(&sql, &c.params).await? {
+        let values = group_values(&row, &query.group_by)?;
+        sums.insert(values, read_aggregate(&row, query.group_by.len())?);
+    }
+    Ok(keys
+        .into_iter()
+        .map(|values| {
+            let agg = sums.get(&values).copied().unwrap_or_default();
+            UsageGroup { values, agg }
+        })
+        .collect())
+}
+
+/// The values of `group_by` at the start of a row.
+fn group_values(row: &Row, group_by: &[Dim]) -> Result<Vec<DimValue>, StoreError> {
+    group_by
+        .iter()
+        .enumerate()
+        .map(|(i, d)| match d {
+            Dim::Key | Dim::Day | Dim::Hour => row.int(i).map(DimValue::Int),
+            _ => row.text(i).map(DimValue::Text),
         })
         .collect()
 }
