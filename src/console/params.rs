@@ -93,18 +93,20 @@ pub struct LogsQuery {
 #[into_params(parameter_in = Query)]
 pub struct UsageParams {
     /// One or two of `key`, `model`, `user`, `client`, `provider`, `source`, `endpoint`, `day`,
-    /// `hour`, comma-separated (default `model`); `user` goes only with `key`, `day` and
-    /// `hour` (also as filters), and `day` not with `hour`.
+    /// `hour`, comma-separated (default `model`); `user` goes only with `key` and `day` (also as
+    /// filters), `hour` with one other dimension at most (grouped or filtered) but not `user`,
+    /// and `day` not with `hour`.
     #[param(
         pattern = r"^(key|model|user|client|provider|source|endpoint|day|hour)(,(key|model|user|client|provider|source|endpoint|day|hour))?$"
     )]
     pub group_by: Option<String>,
-    /// Start of the window (widened to the start of its hour, or of its local day when grouped
-    /// by day); must be earlier than `to`.
+    /// Start of the window (widened to the start of its hour; to the start of its local day
+    /// when grouped by day or when the query names the user or two dimensions); must be earlier
+    /// than `to`.
     #[param(value_type = Option<String>, format = DateTime)]
     pub from: Option<String>,
-    /// End of the window (widened to the end of its hour, or of its local day when grouped by
-    /// day); must be later than `from`.
+    /// End of the window (widened to the end of its hour, or of its local day as `from` is);
+    /// must be later than `from`.
     #[param(value_type = Option<String>, format = DateTime)]
     pub to: Option<String>,
     /// Instead of `from` and `to`: the last `days` local days, today included (above 90

@@ -341,7 +341,7 @@ impl Dim {
 
     /// Whether the per-user rollups keep this dimension (the others keep every one but the user).
     pub fn with_users(self) -> bool {
-        matches!(self, Dim::Key | Dim::User | Dim::Day | Dim::Hour)
+        matches!(self, Dim::Key | Dim::User | Dim::Day)
     }
 }
 
@@ -363,9 +363,9 @@ pub struct UsageQuery {
     /// One or two dimensions, at most one of them `day` or `hour` (see [`UsageQuery::check`]).
     pub group_by: Vec<Dim>,
     /// Calls at or after this instant (rounded down to its hour; to its local day when grouped
-    /// by day).
+    /// by day or read from a daily rollup: see `queries::usage`).
     pub from: Option<jiff::Timestamp>,
-    /// Calls before this instant (rounded up to its hour; to its local day when grouped by day).
+    /// Calls before this instant (rounded up to its hour, or to its local day as `from` is).
     pub to: Option<jiff::Timestamp>,
     /// Only this key's calls.
     pub key_id: Option<i64>,
@@ -393,8 +393,8 @@ impl UsageQuery {
     }
 
     /// Why the rollups cannot answer the query, if they cannot: `group_by` must name one or two
-    /// distinct dimensions, not both `day` and `hour`, and the end user goes only with the key
-    /// and time.
+    /// distinct dimensions, not both `day` and `hour`; `hour` goes with one other dimension at
+    /// most (grouped or filtered), and the end user only with the key and the day.
     pub fn check(&self) -> Result<(), String> {
         let n = self.group_by.len();
         if n == 0 || n > 2 {
@@ -406,10 +406,25 @@ impl UsageQuery {
         if self.group_by.contains(&Dim::Day) && self.group_by.contains(&Dim::Hour) {
             return Err("group_by takes day or hour, not both".into());
         }
+        if self.group_by.contains(&Dim::Hour) {
+            let mut named: Vec<&str> = self
+                .dims()
+                .filter(|d| *d != Dim::Hour)
+                .map(Dim::name)
+                .collect();
+            named.sort_unstable();
+            named.dedup();
+            if named.len() > 1 || named.contains(&"user") {
+                return Err(format!(
+                    "hour goes with one other dimension at most, grouped or filtered, and not with user (by the hour, usage is kept one dimension at a time); got {}",
+                    named.join(", ")
+                ));
+            }
+        }
         if self.reads_users() {
             if let Some(other) = self.dims().find(|d| !d.with_users()) {
                 return Err(format!(
-                    "user can be grouped and filtered only with key, day and hour, not with {}",
+                    "user can be grouped and filtered only with key and day, not with {}",
                     other.name()
                 ));
             }

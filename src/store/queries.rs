@@ -656,57 +656,93 @@ struct Grouped {
     last_used: HashMap<i64, i64>,
 }
 
-/// A batch summed into the rows of `usage_hour`, `usage_day`, `user_hour` and `user_day`.
+/// A batch summed into the rows of `dim_hour`, `dim_day`, `usage_day` and `user_day`.
 #[derive(Default)]
 struct Rollups {
-    usage_hour: HashMap<RollupKey, Aggregate>,
+    dim_hour: HashMap<RollupKey, Aggregate>,
+    dim_day: HashMap<RollupKey, Aggregate>,
     usage_day: HashMap<RollupKey, Aggregate>,
-    user_hour: HashMap<RollupKey, Aggregate>,
     user_day: HashMap<RollupKey, Aggregate>,
 }
 
-/// The text dimensions of `usage_hour` and `usage_day`, after their time and key.
+/// The text dimensions of `usage_day`, after its day and key.
 const USAGE_TEXT_DIMS: [&str; 5] = ["model", "client", "provider", "source", "endpoint"];
-/// The text dimension of `user_hour` and `user_day`, after their time and key.
+/// The text dimension of `user_day`, after its day and key.
 const USER_TEXT_DIMS: [&str; 1] = ["user_id"];
+/// The text dimensions of `dim_hour` and `dim_day`, after their hour or day.
+const DIM_TEXT_DIMS: [&str; 2] = ["dim", "value"];
+
+/// The dimensions `dim_hour` and `dim_day` keep, by their name in the `dim` column.
+const ONE_DIMS: [Dim; 6] = [
+    Dim::Key,
+    Dim::Model,
+    Dim::Client,
+    Dim::Provider,
+    Dim::Source,
+    Dim::Endpoint,
+];
+
+/// A call's value of one of [`ONE_DIMS`], as `dim_hour` and `dim_day` keep it.
+fn one_dim_value(call: &CallRecord, dim: Dim) -> String {
+    match dim {
+        Dim::Key => call.key_id.unwrap_or(0).to_string(),
+        Dim::Model => call.model.clone(),
+        Dim::Client => call.client.clone(),
+        Dim::Provider => call.provider.clone(),
+        Dim::Source => call.source.clone(),
+        _ => call.endpoint.clone(),
+    }
+}
 
 impl Rollups {
     /// Adds one call, recorded under the end user `user` (after the day's cap).
     fn add(&mut self, call: &CallRecord, agg: &Aggregate, (hour, day): (i64, i64), user: &str) {
         let key_id = call.key_id.unwrap_or(0);
-        let dims = || {
-            vec![
-                call.model.clone(),
-                call.client.clone(),
-                call.provider.clone(),
-                call.source.clone(),
-                call.endpoint.clone(),
-            ]
-        };
-        let users = || vec![user.to_owned()];
-        let tables = [
-            (&mut self.usage_hour, hour, dims()),
-            (&mut self.usage_day, day, dims()),
-            (&mut self.user_hour, hour, users()),
-            (&mut self.user_day, day, users()),
-        ];
-        for (table, bucket, texts) in tables {
-            table
-                .entry((vec![bucket, key_id], texts))
-                .or_default()
-                .add(agg);
+        for dim in ONE_DIMS {
+            let texts = vec![dim.name().to_owned(), one_dim_value(call, dim)];
+            for (table, bucket) in [(&mut self.dim_hour, hour), (&mut self.dim_day, day)] {
+                table
+                    .entry((vec![bucket], texts.clone()))
+                    .or_default()
+                    .add(agg);
+            }
         }
+        let dims = vec![
+            call.model.clone(),
+            call.client.clone(),
+            call.provider.clone(),
+            call.source.clone(),
+            call.endpoint.clone(),
+        ];
+        self.usage_day
+            .entry((vec![day, key_id], dims))
+            .or_default()
+            .add(agg);
+        self.user_day
+            .entry((vec![day, key_id], vec![user.to_owned()]))
+            .or_default()
+            .add(agg);
     }
 
     async fn write(self, db: &mut impl Db) -> Result<(), StoreError> {
         let tables = [
-            ("usage_hour", "hour", &USAGE_TEXT_DIMS[..], self.usage_hour),
-            ("usage_day", "day", &USAGE_TEXT_DIMS[..], self.usage_day),
-            ("user_hour", "hour", &USER_TEXT_DIMS[..], self.user_hour),
-            ("user_day", "day", &USER_TEXT_DIMS[..], self.user_day),
+            ("dim_hour", &["hour"][..], &DIM_TEXT_DIMS[..], self.dim_hour),
+            ("dim_day", &["day"][..], &DIM_TEXT_DIMS[..], self.dim_day),
+            (
+                "usage_day",
+                &["day", "key_id"][..],
+                &USAGE_TEXT_DIMS[..],
+                self.usage_day,
+            ),
+            (
+                "user_day",
+                &["day", "key_id"][..],
+                &USER_TEXT_DIMS[..],
+                self.user_day,
+            ),
         ];
-        for (table, bucket, texts, rows) in tables {
-            upsert_rollups(db, table, &[bucket, "key_id"], texts, rows).await?;
+        for (table, ints, texts, rows) in tables {
+            upsert_rollups(db, table, ints, texts, rows).await?;
         }
         Ok(())
     }
@@ -957,43 +993,23 @@ async fn admit_day(
     Ok(())
 }
 
-/// Rebuilds `usage_day` and `user_day` from their hourly tables in the time zone `tz`, and each
-/// day's count of admitted users from `user_day`.
+/// Rebuilds `dim_day` from `dim_hour` in the time zone `tz`. (`usage_day` and `user_day` have
+/// no hourly rows to be rebuilt from: they keep the days of the zone they were recorded in.)
 pub async fn rebucket_rollups(db: &mut impl Db, tz: &jiff::tz::TimeZone) -> Result<(), StoreError> {
-    let tables = [
-        ("usage_hour", "usage_day", &USAGE_TEXT_DIMS[..]),
-        ("user_hour", "user_day", &USER_TEXT_DIMS[..]),
-    ];
-    for (hours, days_table, texts) in tables {
-        db.execute(&format!("DELETE FROM {days_table}"), &[])
-            .await?;
-        let sql = format!(
-            "SELECT hour, key_id, {}, {} FROM {hours}",
-            texts.join(", "),
-            AGG_COLUMNS.join(", ")
-        );
-        let mut days: HashMap<RollupKey, Aggregate> = HashMap::new();
-        for row in db.query(&sql, &[]).await? {
-            let day = local_day(from_ms(row.int(0)? * MS_PER_HOUR), tz);
-            let values = (0..texts.len())
-                .map(|i| row.text(2 + i))
-                .collect::<Result<Vec<_>, _>>()?;
-            let agg = read_aggregate(&row, 2 + texts.len())?;
-            days.entry((vec![day, row.int(1)?], values))
-                .or_default()
-                .add(&agg);
-        }
-        upsert_rollups(db, days_table, &["day", "key_id"], texts, days).await?;
+    db.execute("DELETE FROM dim_day", &[]).await?;
+    let sql = format!(
+        "SELECT hour, dim, value, {} FROM dim_hour",
+        AGG_COLUMNS.join(", ")
+    );
+    let mut days: HashMap<RollupKey, Aggregate> = HashMap::new();
+    for row in db.query(&sql, &[]).await? {
+        let day = local_day(from_ms(row.int(0)? * MS_PER_HOUR), tz);
+        let agg = read_aggregate(&row, 3)?;
+        days.entry((vec![day], vec![row.text(1)?, row.text(2)?]))
+            .or_default()
+            .add(&agg);
     }
-    db.execute("DELETE FROM usage_user_count", &[]).await?;
-    db.execute(
-        "INSERT INTO usage_user_count (day, users)
-         SELECT day, COUNT(DISTINCT user_id) FROM user_day
-         WHERE user_id <> '' AND user_id <> $1 GROUP BY day",
-        &[OTHER_USERS.into()],
-    )
-    .await?;
-    Ok(())
+    upsert_rollups(db, "dim_day", &["day"], &DIM_TEXT_DIMS, days).await
 }
 
 // --- Usage by any dimension ---------------------------------------------------------------------
@@ -1021,24 +1037,43 @@ fn at_midnight(ts: Option<jiff::Timestamp>, tz: &jiff::tz::TimeZone) -> bool {
     })
 }
 
-/// A breakdown of usage from the rollups: the per-user ones when the query names the user, else
-/// those of every other dimension; hourly when grouped by hour or when `from`/`to` cut a local
-/// day, else daily.
+/// A breakdown of usage from the rollups: `user_day` when the query names the end user;
+/// `dim_hour` or `dim_day` when it names one other dimension at most (grouped or filtered) —
+/// hourly when grouped by hour or when `from`/`to` cut a local day; else `usage_day`. The daily
+/// tables widen `from` and `to` to whole local days.
 pub async fn usage(
     db: &mut impl Db,
     query: &UsageQuery,
     tz: &jiff::tz::TimeZone,
 ) -> Result<Vec<UsageGroup>, StoreError> {
+    let mut named: Vec<Dim> = query
+        .dims()
+        .filter(|d| !matches!(d, Dim::Day | Dim::Hour))
+        .collect();
+    named.dedup();
+    named.sort_by_key(|d| d.name());
+    named.dedup();
+    // With no dimension but time, any one dimension's rows sum to every call: `source` has fewest.
+    let one = (!query.reads_users() && named.len() <= 1)
+        .then(|| named.first().copied().unwrap_or(Dim::Source));
     let whole_days = at_midnight(query.from, tz) && at_midnight(query.to, tz);
-    let hourly =
-        query.group_by.contains(&Dim::Hour) || !(query.group_by.contains(&Dim::Day) || whole_days);
-    let table = match (query.reads_users(), hourly) {
-        (true, true) => "user_hour",
-        (true, false) => "user_day",
-        (false, true) => "usage_hour",
-        (false, false) => "usage_day",
+    let hourly = one.is_some()
+        && (query.group_by.contains(&Dim::Hour)
+            || !(query.group_by.contains(&Dim::Day) || whole_days));
+    let table = match (one, hourly) {
+        (Some(_), true) => "dim_hour",
+        (Some(_), false) => "dim_day",
+        (None, _) if query.reads_users() => "user_day",
+        (None, _) => "usage_day",
+    };
+    let column = |d: Dim| match one {
+        Some(o) if o == d => "value",
+        _ => dim_column(d),
     };
     let mut c = Conditions::default();
+    if let Some(o) = one {
+        c.compare("dim", "=", o.name());
+    }
     if hourly {
         if let Some(from) = query.from {
             c.compare("hour", ">=", ms(from).div_euclid(MS_PER_HOUR));
@@ -1055,17 +1090,22 @@ pub async fn usage(
             c.compare("day", ">=", local_day(from, tz));
         }
         if let Some(to) = query.to {
-            let last = to - jiff::SignedDuration::from_millis(1);
+            let last = to
+                .checked_sub(jiff::SignedDuration::from_millis(1))
+                .unwrap_or(to);
             c.compare("day", "<=", local_day(last, tz));
         }
     }
     if let Some(key_id) = query.key_id {
-        c.compare("key_id", "=", key_id);
+        match one {
+            Some(Dim::Key) => c.compare("value", "=", key_id.to_string()),
+            _ => c.compare("key_id", "=", key_id),
+        }
     }
     for (dim, value) in &query.filters {
-        c.compare(dim_column(*dim), "=", value.as_str());
+        c.compare(column(*dim), "=", value.as_str());
     }
-    let groups: Vec<&str> = query.group_by.iter().map(|d| dim_column(*d)).collect();
+    let groups: Vec<&str> = query.group_by.iter().map(|d| column(*d)).collect();
     let order = match query.order {
         UsageOrder::Tokens => "SUM(total_tokens)",
         UsageOrder::Calls => "SUM(calls)",
@@ -1074,11 +1114,12 @@ pub async fn usage(
     let ties: Vec<String> = query
         .group_by
         .iter()
-        .map(|d| match d {
-            Dim::Key | Dim::Day | Dim::Hour => dim_column(*d).to_owned(),
-            _ => format!("{} {{binary}}", dim_column(*d)),
+        .map(|d| match column(*d) {
+            col @ ("key_id" | "day" | "hour") => col.to_owned(),
+            col => format!("{col} {{binary}}"),
         })
         .collect();
+    let keys_as_text = one == Some(Dim::Key);
     if !query.reads_users() {
         // The other rollups' groups are few: one pass sums and orders them.
         let limit = c.bind(i64::from(query.limit));
@@ -1095,7 +1136,7 @@ pub async fn usage(
             .iter()
             .map(|row| {
                 Ok(UsageGroup {
-                    values: group_values(row, &query.group_by)?,
+                    values: group_values(row, &query.group_by, keys_as_text)?,
                     agg: read_aggregate(row, query.group_by.len())?,
                 })
             })
@@ -1123,7 +1164,7 @@ pub async fn usage(
         .await?;
     let keys = ranked
         .iter()
-        .map(|row| group_values(row, &query.group_by))
+        .map(|row| group_values(row, &query.group_by, keys_as_text))
         .collect::<Result<Vec<_>, _>>()?;
     if keys.is_empty() {
         return Ok(Vec::new());
@@ -1138,7 +1179,7 @@ pub async fn usage(
             })
             .collect();
         c.sql
-            .push(format!("{} IN ({})", dim_column(*dim), marks.join(", ")));
+            .push(format!("{} IN ({})", column(*dim), marks.join(", ")));
     }
     let sql = format!(
         "SELECT {groups}, {sums} FROM {table}{filter} GROUP BY {groups}",
@@ -1148,7 +1189,7 @@ pub async fn usage(
     );
     let mut sums: HashMap<Vec<DimValue>, Aggregate> = HashMap::new();
     for row in db.query(&sql, &c.params).await? {
-        let values = group_values(&row, &query.group_by)?;
+        let values = group_values(&row, &query.group_by, keys_as_text)?;
         sums.insert(values, read_aggregate(&row, query.group_by.len())?);
     }
     Ok(keys
@@ -1160,12 +1201,22 @@ pub async fn usage(
         .collect())
 }
 
-/// The values of `group_by` at the start of a row.
-fn group_values(row: &Row, group_by: &[Dim]) -> Result<Vec<DimValue>, StoreError> {
+/// The values of `group_by` at the start of a row (a key id written as text in `dim_*`).
+fn group_values(
+    row: &Row,
+    group_by: &[Dim],
+    keys_as_text: bool,
+) -> Result<Vec<DimValue>, StoreError> {
     group_by
         .iter()
         .enumerate()
         .map(|(i, d)| match d {
+            Dim::Key if keys_as_text => {
+                let text = row.text(i)?;
+                text.parse()
+                    .map(DimValue::Int)
+                    .map_err(|_| StoreError::Decode(format!("key id {text:?} in dim rollups")))
+            }
             Dim::Key | Dim::Day | Dim::Hour => row.int(i).map(DimValue::Int),
             _ => row.text(i).map(DimValue::Text),
         })

@@ -151,8 +151,8 @@ async fn days_follow_the_zone_and_are_rebuilt_when_it_changes() {
     assert_eq!(got, [(20260301, 2, 8)], "rebucketed in UTC");
     assert_eq!(
         users_by_day(&store).await,
-        [("".into(), 20260301, 1), ("u".into(), 20260301, 1)],
-        "the rollups too"
+        [("".into(), 20260302, 1), ("u".into(), 20260301, 1)],
+        "users keep the days they were recorded in (no hourly rows to rebuild them from)"
     );
     let by_day = UsageQuery {
         group_by: vec![Dim::Day],
@@ -555,6 +555,29 @@ async fn migration_4_adds_anthropic_cache_tokens_to_old_rows_aggregates_and_ledg
         assert_eq!(days.len(), 1);
         assert_eq!((days[0].calls, days[0].tokens), (2, 35_126), "{key:?}");
     }
+    // The usage rollups start from the migrated aggregates: key and model known, no user.
+    let by = |group_by: Vec<Dim>| UsageQuery {
+        group_by,
+        limit: 10,
+        ..UsageQuery::default()
+    };
+    let models = store.usage(by(vec![Dim::Model, Dim::Day])).await.unwrap();
+    let figures: Vec<_> = models
+        .iter()
+        .map(|g| (g.values.clone(), g.agg.tokens.total, g.agg.calls))
+        .collect();
+    let text = |t: &str| DimValue::Text(t.into());
+    assert_eq!(
+        figures,
+        [
+            (vec![text("claude-x"), DimValue::Int(20_260_301)], 35_016, 1),
+            (vec![text("gpt-x"), DimValue::Int(20_260_301)], 110, 1)
+        ]
+    );
+    let users = store.usage(by(vec![Dim::User, Dim::Day])).await.unwrap();
+    assert_eq!(users.len(), 1);
+    assert_eq!(users[0].values[0], text(""));
+    assert_eq!((users[0].agg.calls, users[0].agg.tokens.total), (2, 35_126));
     // The ledgers grew by the 35,000 tokens now counted; key 1 keeps its lease of 500.
     let limit: u64 = 1_000_000;
     let global = store

@@ -268,7 +268,7 @@ async fn every_group_by_matches_an_independent_computation() {
         &["day"],
         &["hour"],
         &["user", "day"],
-        &["user", "hour"],
+        &["source", "day"],
         &["key", "user"],
         &["key", "model"],
         &["client", "day"],
@@ -307,7 +307,7 @@ async fn every_group_by_matches_an_independent_computation() {
     check_breakdown(
         &console,
         &calls,
-        &["hour"],
+        &["key"],
         "&user=%3Cb%3Ecarol%3C%2Fb%3E",
         |c| c.user.as_deref() == Some("<b>carol</b>"),
     )
@@ -334,9 +334,33 @@ async fn every_group_by_matches_an_independent_computation() {
     );
     let inside = |c: &CallRecord| (lo..hi).contains(&c.ts.as_millisecond());
     assert!(calls.iter().any(inside) && !calls.iter().all(inside));
-    for dims in [&["model"][..], &["user"], &["user", "hour"], &["endpoint"]] {
+    for dims in [
+        &["model"][..],
+        &["endpoint"],
+        &["client", "hour"],
+        &["key"],
+        &["hour"],
+    ] {
         check_breakdown(&console, &calls, dims, &window, inside).await;
     }
+    // Users, and pairs of other dimensions, are kept by the day: the window widens to whole days.
+    let (first, last) = (
+        from.to_zoned(tz.clone()).date(),
+        (to - jiff::SignedDuration::from_millis(1))
+            .to_zoned(tz.clone())
+            .date(),
+    );
+    let in_whole_days = |c: &CallRecord| {
+        let day = c.ts.to_zoned(tz.clone()).date();
+        first <= day && day <= last
+    };
+    check_breakdown(&console, &calls, &["user"], &window, in_whole_days).await;
+    check_breakdown(&console, &calls, &["key", "model"], &window, in_whole_days).await;
+    let query = format!("{window}&client=codex");
+    check_breakdown(&console, &calls, &["model"], &query, |c| {
+        in_whole_days(c) && c.client == "codex"
+    })
+    .await;
     // Whole local days are read by the day.
     let days = format!(
         "&from={}&to={midnight}",
@@ -487,7 +511,12 @@ async fn bad_usage_queries_are_refused_naming_what_is_allowed() {
         ("group_by=day,hour", "day or hour"),
         (
             "group_by=user,client",
-            "user can be grouped and filtered only with key, day and hour",
+            "user can be grouped and filtered only with key and day",
+        ),
+        ("group_by=user,hour", "not with user"),
+        (
+            "group_by=client,hour&model=gpt-4o",
+            "one other dimension at most",
         ),
         ("group_by=user,model", "not with model"),
         ("group_by=user&endpoint=/v1/messages", "not with endpoint"),
