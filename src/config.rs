@@ -285,6 +285,7 @@ struct RawConsole {
     max_keys: Option<u64>,
     admin_key: Option<EnvString>,
     allowed_hosts: Option<Vec<EnvString>>,
+    usage_user_cap: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -404,6 +405,9 @@ pub struct ConsoleConfig {
     pub max_logs: u64,
     /// Most live keys.
     pub max_keys: u64,
+    /// Distinct end users a local day's usage rollups keep apart; the calls of later users are
+    /// kept under `(other)`.
+    pub usage_user_cap: u64,
     /// When set, every console call needs it as a bearer token.
     pub admin_key: Option<Secret>,
     /// Host names (lowercase, without port) the console answers without an admin key, besides
@@ -626,6 +630,12 @@ impl Config {
             "console.max_keys",
             cli.max_keys.or(console_raw.max_keys).unwrap_or(100),
         )?;
+        let usage_user_cap = positive(
+            "console.usage_user_cap",
+            console_raw
+                .usage_user_cap
+                .unwrap_or(crate::store::DEFAULT_USER_CAP),
+        )?;
         let admin_key = cli
             .admin_key
             .clone()
@@ -720,6 +730,7 @@ impl Config {
                 path,
                 max_logs,
                 max_keys,
+                usage_user_cap,
                 admin_key,
                 allowed_hosts,
             },

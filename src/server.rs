@@ -322,7 +322,9 @@ async fn serve(
 /// Runs the program until SIGINT/SIGTERM, then drains requests and records and returns.
 pub async fn run(config: Config) -> Result<(), StartError> {
     let store = Store::open(&config.database, config.timezone.clone())?;
-    let writer = store.batch_writer(config.console.max_logs)?;
+    let writer = store
+        .batch_writer(config.console.max_logs)?
+        .with_user_cap(config.console.usage_user_cap);
     let recorder = Arc::new(
         Recorder::start_with(
             writer,

@@ -91,6 +91,17 @@ def console_queries(ctx, tc, retained, label):
         ("logs combined + deep page",
          f"{api}/logs?q=gpt&model=gpt-4o&status=2xx&key_id={key_id}&before_id={deep}"),
         ("logs limit=1000", f"{api}/logs?limit=1000"),
+        # /usage reads the rollups: end users (5,000 in console-fill's calls) by day, and the
+        # other dimensions.
+        ("usage user,day days=7", f"{api}/usage?group_by=user,day&days=7"),
+        ("usage user,day days=30", f"{api}/usage?group_by=user,day&days=30"),
+        ("usage user,day days=90", f"{api}/usage?group_by=user,day&days=90"),
+        ("usage user days=30", f"{api}/usage?group_by=user&days=30"),
+        ("usage user,key ?key_id", f"{api}/usage?group_by=user,key&key_id={key_id}&days=30"),
+        ("usage model,day days=90", f"{api}/usage?group_by=model,day&days=90"),
+        ("usage client,provider", f"{api}/usage?group_by=client,provider"),
+        ("usage key,model (all time)", f"{api}/usage?group_by=key,model"),
+        ("usage source,hour (one day)", f"{api}/usage?group_by=source,hour&days=1"),
     ]
     timings = []
     for name, path in queries:

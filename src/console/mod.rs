@@ -12,6 +12,7 @@ pub mod openapi;
 pub mod page;
 mod params;
 mod stats;
+mod usage;
 pub mod wire;
 
 use std::net::SocketAddr;
@@ -32,7 +33,7 @@ use auth::{Admitted, Gatekeeper, PageAccess};
 
 use params::{
     AlertsQuery, AnomaliesQuery, ConsoleJson, ConsoleQuery, ExportQuery, LogsQuery, StatsQuery,
-    TrendQuery,
+    TrendQuery, UsageParams,
 };
 use wire::{CreateKey, Done, Envelope, PatchKey};
 
@@ -75,6 +76,7 @@ pub fn router<S: Clone + Send + Sync + 'static>(state: &ConsoleState) -> Router<
     let api = Router::new()
         .route("/stats", get(get_stats))
         .route("/usage-trend", get(get_trend))
+        .route("/usage", get(get_usage))
         .route("/logs", get(get_logs))
         .route("/logs/stream", get(stream_logs))
         .route("/keys", get(list_keys).post(create_key))
@@ -130,6 +132,19 @@ async fn get_trend(
     Ok(Json(Envelope::ok(
         stats::trend(&state, days, key_id).await?,
     )))
+}
+
+/// Usage broken down by one or two dimensions (key, model, end user, client, provider, source,
+/// endpoint, day, hour), largest first; read from rollups, so it answers fast at any volume.
+#[utoipa::path(get, path = "/api/console/usage", params(UsageParams),
+    responses((status = 200, description = "The breakdown", body = Envelope<wire::Usage>),
+        (status = 400, description = "A parameter is wrong or unknown (the message names the allowed values)", body = wire::Failure)))]
+async fn get_usage(
+    State(state): State<ConsoleState>,
+    ConsoleQuery(q): ConsoleQuery<UsageParams>,
+) -> ApiResult<wire::Usage> {
+    let (query, days) = (q.query()?, q.days()?);
+    Ok(Json(Envelope::ok(usage::usage(&state, query, days).await?)))
 }
 
 /// Recorded calls, newest first.
@@ -284,7 +299,7 @@ async fn openapi() -> Response {
 
 async fn api_not_found() -> ConsoleError {
     ConsoleError::NotFound(
-        "no such console API call; see the README for /api/console/stats, /usage-trend, /logs, /logs/stream, /keys, /export, /reprice, /anomalies and /alerts".into(),
+        "no such console API call; see the README for /api/console/stats, /usage-trend, /usage, /logs, /logs/stream, /keys, /export, /reprice, /anomalies and /alerts".into(),
     )
 }
 

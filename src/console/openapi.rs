@@ -20,6 +20,7 @@ use utoipa::OpenApi;
     paths(
         super::get_stats,
         super::get_trend,
+        super::get_usage,
         super::get_logs,
         super::stream_logs,
         super::list_keys,
@@ -150,7 +151,7 @@ mod tests {
                     .map(move |(method, op)| (format!("{method} {path}"), op))
             })
             .collect();
-        assert_eq!(operations.len(), 13, "{:?}", paths.keys());
+        assert_eq!(operations.len(), 14, "{:?}", paths.keys());
         for (name, op) in operations {
             for status in ["200", "401", "403", "429"] {
                 assert!(op["responses"][status].is_object(), "{name} lacks {status}");
@@ -159,5 +160,8 @@ mod tests {
         let stats = &schemas()["Stats"];
         assert_eq!(stats["additionalProperties"], false);
         assert!(stats["properties"]["count_tokens_calls"].is_object());
+        let usage = &schemas()["UsageRow"];
+        assert_eq!(usage["additionalProperties"], false);
+        assert!(usage["properties"]["p95_latency_ms"].is_object());
     }
 }

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use crate::error::ConsoleError;
-use crate::store::{CallKind, LogQuery, StatusFilter, UsageFilter};
+use crate::store::{CallKind, Dim, LogQuery, StatusFilter, UsageFilter, UsageOrder, UsageQuery};
 
 /// Default and largest `days` of the usage trend.
 pub const DEFAULT_DAYS: u32 = 7;
@@ -114,6 +114,56 @@ pub struct AlertsQuery {
     pub limit: Option<String>,
 }
 
+/// Query of `GET /api/console/usage`. Blank parameters are absent; unknown ones are refused
+/// (the message lists the known ones).
+#[derive(Deserialize, IntoParams, Default)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct UsageParams {
+    /// One or two of `key`, `model`, `user`, `client`, `provider`, `source`, `endpoint`, `day`,
+    /// `hour`, comma-separated (default `model`); `user` goes only with `key` and `day` (also as
+    /// filters), `hour` with one other dimension at most (grouped or filtered) but not `user`,
+    /// and `day` not with `hour`.
+    #[param(
+        pattern = r"^(key|model|user|client|provider|source|endpoint|day|hour)(,(key|model|user|client|provider|source|endpoint|day|hour))?$"
+    )]
+    pub group_by: Option<String>,
+    /// Start of the window (widened to the start of its hour; to the start of its local day
+    /// when grouped by day or when the query names the user or two dimensions); must be earlier
+    /// than `to`.
+    #[param(value_type = Option<String>, format = DateTime)]
+    pub from: Option<String>,
+    /// End of the window (widened to the end of its hour, or of its local day as `from` is);
+    /// must be later than `from`.
+    #[param(value_type = Option<String>, format = DateTime)]
+    pub to: Option<String>,
+    /// Instead of `from` and `to`: the last `days` local days, today included (above 90
+    /// clamped to 90).
+    #[param(schema_with = clamped_count)]
+    pub days: Option<String>,
+    /// Only this key's calls (0: calls without a valid key).
+    #[param(value_type = Option<i64>)]
+    pub key_id: Option<String>,
+    /// Only this model's calls.
+    pub model: Option<String>,
+    /// Only this end user's calls (`(other)`: the users beyond a day's cap).
+    pub user: Option<String>,
+    /// Only this client family's calls.
+    pub client: Option<String>,
+    /// Only the calls this provider served.
+    pub provider: Option<String>,
+    /// Only this source's calls (`gateway`, or an ingested source).
+    pub source: Option<String>,
+    /// Only the calls to this path.
+    pub endpoint: Option<String>,
+    /// `tokens` (default), `cost`, `calls` or `errors`, largest first.
+    #[param(pattern = r"^(tokens|cost|calls|errors)$")]
+    pub order_by: Option<String>,
+    /// Most rows: default 100, above 1000 clamped to 1000.
+    #[param(schema_with = clamped_count)]
+    pub limit: Option<String>,
+}
+
 impl AnomaliesQuery {
     /// `hours`: default 24, above 168 clamped, below 1 or not a number rejected.
     pub fn hours(&self) -> Result<u32, ConsoleError> {
@@ -135,6 +185,89 @@ impl AlertsQuery {
     /// `limit`: default 100, above 1000 clamped, below 1 or not a number rejected.
     pub fn limit(&self) -> Result<u32, ConsoleError> {
         bounded(&self.limit, "limit", DEFAULT_ALERTS, MAX_LIMIT)
+    }
+}
+
+/// The names `group_by` takes, for messages.
+fn dim_names() -> String {
+    Dim::ALL.map(Dim::name).join(", ")
+}
+
+impl UsageParams {
+    /// `days`, when given (and then neither `from` nor `to`).
+    pub fn days(&self) -> Result<Option<u32>, ConsoleError> {
+        if get(&self.days).is_none() {
+            return Ok(None);
+        }
+        if get(&self.from).is_some() || get(&self.to).is_some() {
+            return Err(ConsoleError::BadRequest(
+                "give days or from/to, not both".to_owned(),
+            ));
+        }
+        bounded(&self.days, "days", DEFAULT_DAYS, MAX_DAYS).map(Some)
+    }
+
+    /// The breakdown asked for, checked: 400 naming the allowed values for an unknown dimension
+    /// or order, for a `from` not before `to`, or a pair the rollups do not keep.
+    pub fn query(&self) -> Result<UsageQuery, ConsoleError> {
+        let group_by = get(&self.group_by)
+            .unwrap_or("model")
+            .split(',')
+            .map(|name| {
+                let name = name.trim();
+                Dim::parse(name).ok_or_else(|| {
+                    ConsoleError::BadRequest(format!(
+                        "group_by takes one or two of {}, comma-separated; got \"{name}\"",
+                        dim_names()
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let window = StatsQuery {
+            key_id: None,
+            from: self.from.clone(),
+            to: self.to.clone(),
+        }
+        .filter()?;
+        let text = |v: &Option<String>| get(v).map(|t| t.trim().to_owned());
+        let filters = [
+            (Dim::Model, &self.model),
+            (Dim::User, &self.user),
+            (Dim::Client, &self.client),
+            (Dim::Provider, &self.provider),
+            (Dim::Source, &self.source),
+            (Dim::Endpoint, &self.endpoint),
+        ]
+        .into_iter()
+        .filter_map(|(dim, value)| text(value).map(|v| (dim, v)))
+        .collect();
+        let query = UsageQuery {
+            group_by,
+            from: window.from,
+            to: window.to,
+            key_id: id(&self.key_id, "key_id")?,
+            filters,
+            order: get(&self.order_by)
+                .map(order)
+                .transpose()?
+                .unwrap_or_default(),
+            limit: bounded(&self.limit, "limit", DEFAULT_LIMIT, MAX_LIMIT)?,
+        };
+        query.check().map_err(ConsoleError::BadRequest)?;
+        Ok(query)
+    }
+}
+
+/// `tokens`, `calls` or `errors`.
+fn order(raw: &str) -> Result<UsageOrder, ConsoleError> {
+    match raw.trim() {
+        "tokens" => Ok(UsageOrder::Tokens),
+        "calls" => Ok(UsageOrder::Calls),
+        "errors" => Ok(UsageOrder::Errors),
+        "cost" => Ok(UsageOrder::Cost),
+        _ => Err(ConsoleError::BadRequest(format!(
+            "order_by takes tokens, cost, calls or errors; got \"{raw}\""
+        ))),
     }
 }
 
@@ -339,12 +472,23 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ConsoleJson<T> {
     }
 }
 
-/// Parses a JSON body, naming the failing field in the error.
+/// Parses a JSON object body, naming the failing field in the error. Anything but an object is
+/// refused first: serde reads a struct from an array too (`[]` would be a body with no fields).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ConsoleError> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ConsoleError::BadRequest(
-            "the request body is empty; send a JSON object, e.g. {\"name\":\"my key\"}".to_owned(),
-        ));
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => {
+            return Err(ConsoleError::BadRequest(
+                "the request body is empty; send a JSON object, e.g. {\"name\":\"my key\"}"
+                    .to_owned(),
+            ))
+        }
+        Some(b'{') => {}
+        Some(_) => {
+            return Err(ConsoleError::BadRequest(
+                "the request body is not a JSON object; send one, e.g. {\"name\":\"my key\"}"
+                    .to_owned(),
+            ))
+        }
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(&mut de).map_err(|e| {
@@ -369,6 +513,20 @@ mod tests {
 
     fn some(v: Option<&str>) -> Option<String> {
         v.map(str::to_owned)
+    }
+
+    #[test]
+    fn bodies_must_be_json_objects() {
+        #[derive(serde::Deserialize, Debug)]
+        struct Body {
+            #[serde(default)]
+            _from: Option<String>,
+        }
+        for bad in ["", "  ", "[]", "[null]", "null", "1", "\"x\""] {
+            let err = parse_json::<Body>(bad.as_bytes()).unwrap_err();
+            assert!(matches!(err, ConsoleError::BadRequest(_)), "{bad:?}");
+        }
+        assert!(parse_json::<Body>(b" {} ").is_ok());
     }
 
     #[test]
@@ -411,6 +569,54 @@ mod tests {
                 ..LogsQuery::default()
             };
             assert_eq!(q.limit().ok(), want, "{given:?}");
+        }
+    }
+
+    #[test]
+    fn usage_queries_are_checked_with_messages_naming_what_is_allowed() {
+        let parse = |group_by: &str, extra: fn(&mut UsageParams)| {
+            let mut p = UsageParams {
+                group_by: some(Some(group_by)),
+                ..UsageParams::default()
+            };
+            extra(&mut p);
+            p.query().map_err(|e| e.to_string())
+        };
+        let ok = parse("user, day", |p| p.user = some(Some(" alice "))).unwrap();
+        assert_eq!(ok.group_by, [Dim::User, Dim::Day]);
+        assert_eq!(ok.filters, [(Dim::User, "alice".to_owned())]);
+        assert_eq!((ok.limit, ok.order), (DEFAULT_LIMIT, UsageOrder::Tokens));
+        let none = UsageParams::default().query().unwrap();
+        assert_eq!(none.group_by, [Dim::Model]);
+        type Case = (&'static str, fn(&mut UsageParams), &'static str);
+        let bad: [Case; 8] = [
+            (
+                "team",
+                |_| {},
+                "key, model, user, client, provider, source, endpoint, day, hour",
+            ),
+            ("model,key,day", |_| {}, "one or two"),
+            ("day,hour", |_| {}, "day or hour"),
+            ("model,model", |_| {}, "twice"),
+            ("user,client", |_| {}, "not with client"),
+            ("user", |p| p.model = some(Some("gpt-4o")), "not with model"),
+            (
+                "model",
+                |p| p.order_by = some(Some("latency")),
+                "tokens, cost, calls or errors",
+            ),
+            (
+                "model",
+                |p| {
+                    p.from = some(Some("2026-02-02T00:00:00Z"));
+                    p.to = some(Some("2026-02-01T00:00:00Z"));
+                },
+                "from must be earlier than to",
+            ),
+        ];
+        for (group_by, extra, want) in bad {
+            let err = parse(group_by, extra).err().unwrap_or_default();
+            assert!(err.contains(want), "{group_by}: {err}");
         }
     }
 

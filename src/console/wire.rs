@@ -401,6 +401,74 @@ impl From<&LoggedCall> for LogRow {
     }
 }
 
+/// `GET /api/console/usage`: usage broken down by one or two dimensions.
+#[derive(Serialize, ToSchema)]
+pub struct Usage {
+    /// The dimensions of the rows, in order (each row fills these and leaves the others `null`).
+    pub group_by: Vec<String>,
+    /// What the rows are ordered by, largest first: `tokens`, `calls` or `errors`.
+    pub order_by: String,
+    /// The time zone days are cut in.
+    pub timezone: String,
+    /// At most `limit` rows.
+    pub rows: Vec<UsageRow>,
+}
+
+/// One row of `GET /api/console/usage`: a value (or a pair of values) of `group_by` and the usage
+/// of its calls. Dimensions not grouped by are `null`; an empty text is the calls that had none
+/// (no end user named, no `User-Agent`, no provider reached).
+#[derive(Serialize, ToSchema)]
+pub struct UsageRow {
+    /// Key id (0: calls without a valid key).
+    pub key_id: Option<i64>,
+    /// The key's name (`null` for key 0 or when not grouped by key).
+    pub key_name: Option<String>,
+    /// Model.
+    pub model: Option<String>,
+    /// End user; `(other)` holds the users beyond a day's `console.usage_user_cap`.
+    pub user: Option<String>,
+    /// Client family.
+    pub client: Option<String>,
+    /// Configured provider that served the calls.
+    pub provider: Option<String>,
+    /// Source: `gateway` or an ingested source.
+    pub source: Option<String>,
+    /// Request path.
+    pub endpoint: Option<String>,
+    /// Local day, `YYYY-MM-DD`.
+    pub day: Option<String>,
+    /// UTC hour, its start as RFC 3339.
+    pub hour: Option<String>,
+    /// Calls (`count_tokens` calls not included).
+    pub calls: u64,
+    /// Calls that did not answer 2xx.
+    pub errors: u64,
+    /// `count_tokens` calls, counted apart.
+    pub count_tokens_calls: u64,
+    /// Input tokens (uncached + cache read + cache write).
+    pub prompt_tokens: u64,
+    /// Output tokens.
+    pub completion_tokens: u64,
+    /// Cache-read input tokens.
+    pub cache_read_tokens: u64,
+    /// Cache-write input tokens.
+    pub cache_creation_tokens: u64,
+    /// Reasoning output tokens.
+    pub reasoning_tokens: u64,
+    /// Total tokens.
+    pub total_tokens: u64,
+    /// Average duration, ms, 2 decimals (0 without calls).
+    pub avg_latency_ms: f64,
+    /// 95th percentile of the duration, ms, from the latency histogram; `null` without calls.
+    pub p95_latency_ms: Option<f64>,
+    /// Cost of the priced calls, USD.
+    pub cost: f64,
+    /// The same in nano-dollars (10⁻⁹ USD), exact.
+    pub cost_nanos: u64,
+    /// Calls that spent tokens without a known price (not in `cost`).
+    pub unpriced_calls: u64,
+}
+
 /// `GET /api/console/export?format=json`: what the console shows, then every call still kept.
 #[derive(Serialize, ToSchema)]
 pub struct Export {

@@ -119,7 +119,7 @@ impl Bpe {
         for i in 0..piece.len().saturating_sub(1) {
             parts[i].1 = pair_rank(&parts, i);
         }
-        while let Some((i, _)) = lowest(&parts) {
+        while let Some(i) = lowest(&parts) {
             parts.remove(i + 1);
             parts[i].1 = pair_rank(&parts, i);
             if i > 0 {
@@ -130,14 +130,20 @@ impl Bpe {
     }
 }
 
-/// The first part whose pair with the next has the lowest rank, if any pair is a token.
-fn lowest(parts: &[(usize, Rank)]) -> Option<(usize, Rank)> {
-    parts
-        .iter()
-        .enumerate()
-        .filter(|(_, &(_, rank))| rank != Rank::MAX)
-        .min_by_key(|(_, &(_, rank))| rank)
-        .map(|(i, &(_, rank))| (i, rank))
+/// The first part whose pair with the next has the lowest rank, if any pair is a token (a plain
+/// loop: this runs once per merge, and the debug build does not optimise iterator chains).
+fn lowest(parts: &[(usize, Rank)]) -> Option<usize> {
+    let mut best = None;
+    let mut best_rank = Rank::MAX;
+    let mut i = 0;
+    while i < parts.len() {
+        if parts[i].1 < best_rank {
+            best_rank = parts[i].1;
+            best = Some(i);
+        }
+        i += 1;
+    }
+    best
 }
 
 #[cfg(test)]

@@ -440,6 +440,187 @@ pub struct WindowUsage {
     pub tokens: u64,
 }
 
+/// The end user under which a day's rollups keep the calls of users beyond its cap.
+pub const OTHER_USERS: &str = "(other)";
+/// Default of `console.usage_user_cap`: distinct end users a local day's rollups keep apart.
+pub const DEFAULT_USER_CAP: u64 = 10_000;
+
+/// A dimension usage is grouped or filtered by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Dim {
+    /// The key id (0: calls without a valid key).
+    Key,
+    /// The model (`(unrouted)` for calls no provider serves).
+    Model,
+    /// The end user (`''`: none named; [`OTHER_USERS`]: beyond the day's cap).
+    User,
+    /// The client family.
+    Client,
+    /// The configured provider that served the call.
+    Provider,
+    /// Where the record came from (`gateway`, or an ingested source).
+    Source,
+    /// The request path.
+    Endpoint,
+    /// The local day (YYYYMMDD).
+    Day,
+    /// The UTC hour (hours since the epoch).
+    Hour,
+}
+
+impl Dim {
+    /// Every dimension, in the order the API documents them.
+    pub const ALL: [Dim; 9] = [
+        Dim::Key,
+        Dim::Model,
+        Dim::User,
+        Dim::Client,
+        Dim::Provider,
+        Dim::Source,
+        Dim::Endpoint,
+        Dim::Day,
+        Dim::Hour,
+    ];
+
+    /// The dimension's name in the API.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dim::Key => "key",
+            Dim::Model => "model",
+            Dim::User => "user",
+            Dim::Client => "client",
+            Dim::Provider => "provider",
+            Dim::Source => "source",
+            Dim::Endpoint => "endpoint",
+            Dim::Day => "day",
+            Dim::Hour => "hour",
+        }
+    }
+
+    /// The dimension of an API name.
+    pub fn parse(name: &str) -> Option<Dim> {
+        Dim::ALL.into_iter().find(|d| d.name() == name)
+    }
+
+    /// Whether the per-user rollups keep this dimension (the others keep every one but the user).
+    pub fn with_users(self) -> bool {
+        matches!(self, Dim::Key | Dim::User | Dim::Day)
+    }
+}
+
+/// What usage is ordered by (largest first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UsageOrder {
+    /// Total tokens.
+    #[default]
+    Tokens,
+    /// Calls.
+    Calls,
+    /// Failed calls.
+    Errors,
+    /// Cost of the priced calls.
+    Cost,
+}
+
+/// A breakdown of usage: one row per value (or pair of values) of `group_by`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UsageQuery {
+    /// One or two dimensions, at most one of them `day` or `hour` (see [`UsageQuery::check`]).
+    pub group_by: Vec<Dim>,
+    /// Calls at or after this instant (rounded down to its hour; to its local day when grouped
+    /// by day or read from a daily rollup: see `queries::usage`).
+    pub from: Option<jiff::Timestamp>,
+    /// Calls before this instant (rounded up to its hour, or to its local day as `from` is).
+    pub to: Option<jiff::Timestamp>,
+    /// Only this key's calls.
+    pub key_id: Option<i64>,
+    /// Exact values of the other dimensions (`Dim::Key`, `Day` and `Hour` excluded).
+    pub filters: Vec<(Dim, String)>,
+    /// Order of the rows.
+    pub order: UsageOrder,
+    /// Most rows.
+    pub limit: u32,
+}
+
+impl UsageQuery {
+    /// The dimensions the query names, grouped or filtered.
+    fn dims(&self) -> impl Iterator<Item = Dim> + '_ {
+        self.group_by
+            .iter()
+            .copied()
+            .chain(self.key_id.map(|_| Dim::Key))
+            .chain(self.filters.iter().map(|f| f.0))
+    }
+
+    /// Whether the per-user rollups answer it.
+    pub fn reads_users(&self) -> bool {
+        self.dims().any(|d| d == Dim::User)
+    }
+
+    /// Why the rollups cannot answer the query, if they cannot: `group_by` must name one or two
+    /// distinct dimensions, not both `day` and `hour`; `hour` goes with one other dimension at
+    /// most (grouped or filtered), and the end user only with the key and the day.
+    pub fn check(&self) -> Result<(), String> {
+        let n = self.group_by.len();
+        if n == 0 || n > 2 {
+            return Err(format!("group_by names one or two dimensions; got {n}"));
+        }
+        if n == 2 && self.group_by[0] == self.group_by[1] {
+            return Err("group_by names the same dimension twice".into());
+        }
+        if self.group_by.contains(&Dim::Day) && self.group_by.contains(&Dim::Hour) {
+            return Err("group_by takes day or hour, not both".into());
+        }
+        if self.group_by.contains(&Dim::Hour) {
+            let mut named: Vec<&str> = self
+                .dims()
+                .filter(|d| *d != Dim::Hour)
+                .map(Dim::name)
+                .collect();
+            named.sort_unstable();
+            named.dedup();
+            if named.len() > 1 || named.contains(&"user") {
+                return Err(format!(
+                    "hour goes with one other dimension at most, grouped or filtered, and not with user (by the hour, usage is kept one dimension at a time); got {}",
+                    named.join(", ")
+                ));
+            }
+        }
+        if self.reads_users() {
+            if let Some(other) = self.dims().find(|d| !d.with_users()) {
+                return Err(format!(
+                    "user can be grouped and filtered only with key and day, not with {}",
+                    other.name()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The start of an hour of the rollups (UTC hours since the epoch).
+pub fn hour_start(hour: i64) -> jiff::Timestamp {
+    queries::from_ms(hour.saturating_mul(queries::MS_PER_HOUR))
+}
+
+/// A value of a dimension in a row of usage.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DimValue {
+    /// A key id, a day (YYYYMMDD) or an hour (hours since the epoch).
+    Int(i64),
+    /// Any other dimension's value.
+    Text(String),
+}
+
+/// One row of a breakdown: the values of the query's `group_by`, in order, and their usage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageGroup {
+    /// One value per dimension of `group_by`.
+    pub values: Vec<DimValue>,
+    /// The calls' sums.
+    pub agg: Aggregate,
+}
+
 /// How the budget ledger answered a request for a lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lease {
@@ -484,6 +665,8 @@ pub struct BatchWriter {
     connection: WriterConnection,
     timezone: jiff::tz::TimeZone,
     max_logs: u64,
+    /// The end users each recent day admitted, as far as this writer has seen.
+    users: queries::KnownUsers,
 }
 
 enum WriterConnection {
@@ -497,21 +680,30 @@ impl BatchWriter {
     /// Writes the records, their aggregates and the keys' `last_used` in one transaction, trims
     /// the raw log to `max_logs`, and returns the records with their new ids.
     pub async fn write(&mut self, records: &[CallRecord]) -> Result<Vec<LoggedCall>, StoreError> {
-        let (tz, max_logs) = (&self.timezone, self.max_logs);
-        match &mut self.connection {
+        let (tz, max_logs, users) = (&self.timezone, self.max_logs, &self.users);
+        let (logged, admitted) = match &mut self.connection {
             WriterConnection::Sqlite(conn) => sqlite::in_transaction(conn, |db| {
-                sql::now(queries::write_batch(db, records, tz, max_logs))
-            }),
+                sql::now(queries::write_batch(db, records, tz, max_logs, users))
+            })?,
             WriterConnection::Postgres(pg) => {
                 let mut client = pg.client().await?;
                 let tx = client.transaction().await?;
-                let logged =
-                    queries::write_batch(&mut postgres::PgDb::new(&tx), records, tz, max_logs)
-                        .await?;
+                let db = &mut postgres::PgDb::new(&tx);
+                let written = queries::write_batch(db, records, tz, max_logs, users).await?;
                 tx.commit().await?;
-                Ok(logged)
+                written
             }
-        }
+        };
+        // Only what is committed is known: a failed batch is written again, and decided again.
+        self.users.remember(admitted);
+        Ok(logged)
+    }
+
+    /// Sets how many distinct end users a local day's rollups keep apart (default
+    /// [`DEFAULT_USER_CAP`]); the calls of later users are kept under [`OTHER_USERS`].
+    pub fn with_user_cap(mut self, cap: u64) -> Self {
+        self.users = queries::KnownUsers::new(cap);
+        self
     }
 }
 
@@ -587,6 +779,7 @@ impl Store {
             connection,
             timezone: self.timezone.clone(),
             max_logs,
+            users: queries::KnownUsers::new(DEFAULT_USER_CAP),
         })
     }
 
@@ -621,6 +814,12 @@ impl Store {
         filter: UsageFilter,
     ) -> Result<Vec<(String, Aggregate)>, StoreError> {
         run!(read, self, usage_by_model(&filter))
+    }
+
+    /// A breakdown of usage read from the rollups (`query` must pass [`UsageQuery::check`]).
+    pub async fn usage(&self, query: UsageQuery) -> Result<Vec<UsageGroup>, StoreError> {
+        let tz = self.timezone.clone();
+        run!(read, self, usage(&query, &tz))
     }
 
     /// All-time aggregates per key id (0 = calls without a key).

@@ -1,13 +1,13 @@
 //! Every query of the store, written once for both databases over [`Db`]: keys, call records and
 //! their aggregates, the budget ledgers and the instances sharing them.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use super::sql::{Bulk, Db, Lock, Param, Row, Ty, AGG_COLUMNS};
 use super::{
-    Aggregate, AlertRow, CallKind, DayTotal, Delivery, HourUsage, KeyPatch, KeyRow, Lease,
-    LedgerRow, LogQuery, NewAlert, NewKey, StatusFilter, StoreError, UsageFilter, WindowUsage,
-    ALL_KEYS, GLOBAL_SCOPE,
+    Aggregate, AlertRow, CallKind, DayTotal, Delivery, Dim, DimValue, HourUsage, KeyPatch, KeyRow,
+    Lease, LedgerRow, LogQuery, NewAlert, NewKey, StatusFilter, StoreError, UsageFilter,
+    UsageGroup, UsageOrder, UsageQuery, WindowUsage, ALL_KEYS, GLOBAL_SCOPE, OTHER_USERS,
 };
 use crate::usage::{CallRecord, LoggedCall, TokenUsage, COUNT_TOKENS_PATH, LATENCY_BUCKETS};
 
@@ -890,22 +890,40 @@ fn call_values<'a>(id: i64, call: &'a CallRecord) -> Vec<Param<'a>> {
 }
 
 /// Adds `groups` (aggregates keyed by integer dimensions and a model) to the rows of `table`,
-/// whose key is `int_dims` then `model`. Rows are written in the order of their keys, so that
-/// writers of several instances lock shared rows in the same order and cannot deadlock.
+/// whose key is `int_dims` then `model` (see [`upsert_rollups`]).
 pub async fn upsert_aggregates(
     db: &mut impl Db,
     table: &str,
     int_dims: &[&str],
     groups: impl IntoIterator<Item = (Vec<i64>, String, Aggregate)>,
 ) -> Result<(), StoreError> {
+    let groups = groups
+        .into_iter()
+        .map(|(ints, model, agg)| ((ints, vec![model]), agg));
+    upsert_rollups(db, table, int_dims, &["model"], groups).await
+}
+
+/// The key of a rollup row: its integer dimensions, then its text ones.
+pub type RollupKey = (Vec<i64>, Vec<String>);
+
+/// Adds `groups` to the rows of `table`, whose key is `int_dims` then `text_dims`. Rows are
+/// written in the order of their keys, so that writers of several instances lock shared rows in
+/// the same order and cannot deadlock.
+pub async fn upsert_rollups(
+    db: &mut impl Db,
+    table: &str,
+    int_dims: &[&str],
+    text_dims: &[&str],
+    groups: impl IntoIterator<Item = (RollupKey, Aggregate)>,
+) -> Result<(), StoreError> {
     let mut groups: Vec<_> = groups.into_iter().collect();
     if groups.is_empty() {
         return Ok(());
     }
-    groups.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    groups.sort_by(|a, b| a.0.cmp(&b.0));
     // A table's statement depends on its name only: each aggregate table has fixed dimensions.
     let keys = || -> String {
-        let keys: Vec<&str> = int_dims.iter().copied().chain(["model"]).collect();
+        let keys: Vec<&str> = int_dims.iter().chain(text_dims).copied().collect();
         keys.join(", ")
     };
     let insert = super::sql::memo("aggregate insert", table, || {
@@ -924,16 +942,16 @@ pub async fn upsert_aggregates(
         format!("ON CONFLICT ({}) DO UPDATE SET {updates}", keys())
     });
     let mut types = vec![Ty::BigInt; int_dims.len()];
-    types.push(Ty::Text);
+    types.extend(vec![Ty::Text; text_dims.len()]);
     types.extend([Ty::BigInt; AGG_COLUMNS.len()]);
     let bulk = Bulk {
         insert,
         types,
         rows: groups
             .into_iter()
-            .map(|(ints, model, agg)| {
+            .map(|((ints, texts), agg)| {
                 let mut row: Vec<Param<'static>> = ints.into_iter().map(Param::from).collect();
-                row.push(model.into());
+                row.extend(texts.into_iter().map(Param::from));
                 row.extend(aggregate_values(&agg));
                 row
             })
@@ -963,22 +981,117 @@ pub fn add_day_rollups(days: &mut HashMap<Dims, Aggregate>) {
 }
 
 /// A batch summed per hour, per local day (with each day's rollup row) and in all, each per
-/// key × model, and the latest call of each key.
+/// key × model; per hour and day by every dimension ([`Rollups`]); and the latest call of each
+/// key.
 struct Grouped {
     hours: HashMap<Dims, Aggregate>,
     days: HashMap<Dims, Aggregate>,
     totals: HashMap<(i64, String), Aggregate>,
+    rollups: Rollups,
     last_used: HashMap<i64, i64>,
 }
 
-fn group(records: &[CallRecord], tz: &jiff::tz::TimeZone) -> Grouped {
+/// A batch summed into the rows of `dim_hour`, `dim_day`, `usage_day` and `user_day`.
+#[derive(Default)]
+struct Rollups {
+    dim_hour: HashMap<RollupKey, Aggregate>,
+    dim_day: HashMap<RollupKey, Aggregate>,
+    usage_day: HashMap<RollupKey, Aggregate>,
+    user_day: HashMap<RollupKey, Aggregate>,
+}
+
+/// The text dimensions of `usage_day`, after its day and key.
+const USAGE_TEXT_DIMS: [&str; 5] = ["model", "client", "provider", "source", "endpoint"];
+/// The text dimension of `user_day`, after its day and key.
+const USER_TEXT_DIMS: [&str; 1] = ["user_id"];
+/// The text dimensions of `dim_hour` and `dim_day`, after their hour or day.
+const DIM_TEXT_DIMS: [&str; 2] = ["dim", "value"];
+
+/// The dimensions `dim_hour` and `dim_day` keep, by their name in the `dim` column.
+const ONE_DIMS: [Dim; 6] = [
+    Dim::Key,
+    Dim::Model,
+    Dim::Client,
+    Dim::Provider,
+    Dim::Source,
+    Dim::Endpoint,
+];
+
+/// A call's value of one of [`ONE_DIMS`], as `dim_hour` and `dim_day` keep it.
+fn one_dim_value(call: &CallRecord, dim: Dim) -> String {
+    match dim {
+        Dim::Key => call.key_id.unwrap_or(0).to_string(),
+        Dim::Model => call.model.clone(),
+        Dim::Client => call.client.clone(),
+        Dim::Provider => call.provider.clone(),
+        Dim::Source => call.source.clone(),
+        _ => call.endpoint.clone(),
+    }
+}
+
+impl Rollups {
+    /// Adds one call, recorded under the end user `user` (after the day's cap).
+    fn add(&mut self, call: &CallRecord, agg: &Aggregate, (hour, day): (i64, i64), user: &str) {
+        let key_id = call.key_id.unwrap_or(0);
+        for dim in ONE_DIMS {
+            let texts = vec![dim.name().to_owned(), one_dim_value(call, dim)];
+            for (table, bucket) in [(&mut self.dim_hour, hour), (&mut self.dim_day, day)] {
+                table
+                    .entry((vec![bucket], texts.clone()))
+                    .or_default()
+                    .add(agg);
+            }
+        }
+        let dims = vec![
+            call.model.clone(),
+            call.client.clone(),
+            call.provider.clone(),
+            call.source.clone(),
+            call.endpoint.clone(),
+        ];
+        self.usage_day
+            .entry((vec![day, key_id], dims))
+            .or_default()
+            .add(agg);
+        self.user_day
+            .entry((vec![day, key_id], vec![user.to_owned()]))
+            .or_default()
+            .add(agg);
+    }
+
+    async fn write(self, db: &mut impl Db) -> Result<(), StoreError> {
+        let tables = [
+            ("dim_hour", &["hour"][..], &DIM_TEXT_DIMS[..], self.dim_hour),
+            ("dim_day", &["day"][..], &DIM_TEXT_DIMS[..], self.dim_day),
+            (
+                "usage_day",
+                &["day", "key_id"][..],
+                &USAGE_TEXT_DIMS[..],
+                self.usage_day,
+            ),
+            (
+                "user_day",
+                &["day", "key_id"][..],
+                &USER_TEXT_DIMS[..],
+                self.user_day,
+            ),
+        ];
+        for (table, ints, texts, rows) in tables {
+            upsert_rollups(db, table, ints, texts, rows).await?;
+        }
+        Ok(())
+    }
+}
+
+fn group(records: &[CallRecord], users: &[&str], tz: &jiff::tz::TimeZone) -> Grouped {
     let mut g = Grouped {
         hours: HashMap::new(),
         days: HashMap::new(),
         totals: HashMap::new(),
+        rollups: Rollups::default(),
         last_used: HashMap::new(),
     };
-    for call in records {
+    for (call, user) in records.iter().zip(users) {
         let agg = Aggregate::of(call);
         let key_id = call.key_id.unwrap_or(0);
         let hour = ms(call.ts).div_euclid(MS_PER_HOUR);
@@ -994,6 +1107,7 @@ fn group(records: &[CallRecord], tz: &jiff::tz::TimeZone) -> Grouped {
             .or_default()
             .add(&agg);
         g.totals.entry((key_id, model())).or_default().add(&agg);
+        g.rollups.add(call, &agg, (hour, day), user);
         if let Some(id) = call.key_id {
             let seen = g.last_used.entry(id).or_insert(i64::MIN);
             *seen = (*seen).max(ms(call.ts));
@@ -1002,17 +1116,21 @@ fn group(records: &[CallRecord], tz: &jiff::tz::TimeZone) -> Grouped {
     g
 }
 
-/// Writes the records, their aggregates and the keys' `last_used`, trims the raw log to
-/// `max_logs`, and returns the records with their new ids. Runs in the caller's transaction.
+/// Writes the records, their aggregates and rollups and the keys' `last_used`, trims the raw
+/// log to `max_logs`, and returns the records with their new ids, and the end users admitted to
+/// days' rollups (for [`KnownUsers::remember`] once committed). Runs in the caller's transaction.
 pub async fn write_batch(
     db: &mut impl Db,
     records: &[CallRecord],
     tz: &jiff::tz::TimeZone,
     max_logs: u64,
-) -> Result<Vec<LoggedCall>, StoreError> {
+    known: &KnownUsers,
+) -> Result<(Vec<LoggedCall>, Vec<(i64, String)>), StoreError> {
     if records.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     }
+    // First, before any aggregate row: the cap's counters are the first rows a writer locks.
+    let admission = admit_users(db, records, tz, known).await?;
     let ids = db.call_ids(records.len()).await?;
     let calls = Bulk {
         insert: super::sql::memo("calls insert", "", || {
@@ -1027,7 +1145,7 @@ pub async fn write_batch(
         tail: "".into(),
     };
     db.insert(&calls).await?;
-    let g = group(records, tz);
+    let g = group(records, &admission.labels(records), tz);
     upsert_aggregates(db, "agg_hour", &["hour", "key_id"], with_dims(g.hours)).await?;
     upsert_aggregates(db, "agg_day", &["day", "key_id"], with_dims(g.days)).await?;
     let totals = g
@@ -1035,6 +1153,7 @@ pub async fn write_batch(
         .into_iter()
         .map(|((key_id, model), agg)| (vec![key_id], model, agg));
     upsert_aggregates(db, "agg_total", &["key_id"], totals).await?;
+    g.rollups.write(db).await?;
     let mut last_used: Vec<(i64, i64)> = g.last_used.into_iter().collect();
     last_used.sort_unstable();
     for (key_id, ts) in last_used {
@@ -1053,14 +1172,391 @@ pub async fn write_batch(
                 .await?;
         }
     }
-    Ok(ids
+    let logged = ids
         .into_iter()
         .zip(records)
         .map(|(id, call)| LoggedCall {
             id,
             call: call.clone(),
         })
+        .collect();
+    Ok((logged, admission.admitted))
+}
+
+// --- End users in the rollups -----------------------------------------------------------------
+
+/// Most days whose admitted users a writer remembers (the newest ones: today and the days
+/// before it, which late calls still reach).
+const KNOWN_DAYS: usize = 3;
+
+/// The cap on each local day's distinct end users, and the users recent days admitted as far as
+/// this writer has seen (other writers admit users too: one not known here is looked up).
+pub struct KnownUsers {
+    cap: u64,
+    days: BTreeMap<i64, HashSet<String>>,
+}
+
+impl KnownUsers {
+    /// Nothing known yet; at most `cap` users a day.
+    pub fn new(cap: u64) -> Self {
+        Self {
+            cap,
+            days: BTreeMap::new(),
+        }
+    }
+
+    fn knows(&self, day: i64, user: &str) -> bool {
+        self.days
+            .get(&day)
+            .is_some_and(|users| users.contains(user))
+    }
+
+    /// Notes users that committed batches admitted; forgets all but the newest days.
+    pub fn remember(&mut self, admitted: Vec<(i64, String)>) {
+        for (day, user) in admitted {
+            self.days.entry(day).or_default().insert(user);
+        }
+        while self.days.len() > KNOWN_DAYS {
+            self.days.pop_first();
+        }
+    }
+}
+
+/// Which end users of a batch its days' rollups keep apart.
+struct Admission {
+    /// The local day of each record.
+    days: Vec<i64>,
+    /// Users this batch found admitted or admitted itself, per day.
+    admitted: Vec<(i64, String)>,
+    /// Users beyond their day's cap, recorded as [`OTHER_USERS`].
+    folded: HashSet<(i64, String)>,
+}
+
+impl Admission {
+    /// The end user each record is rolled up under: `''` when it named none.
+    fn labels<'a>(&'a self, records: &'a [CallRecord]) -> Vec<&'a str> {
+        records
+            .iter()
+            .zip(&self.days)
+            .map(|(call, &day)| match call.user.as_deref() {
+                Some(user) if self.folded.contains(&(day, user.to_owned())) => OTHER_USERS,
+                Some(user) => user,
+                None => "",
+            })
+            .collect()
+    }
+}
+
+/// Decides, for each end user of the batch that this writer does not know to be admitted to the
+/// day of its call, whether the day admits it: yes if it already did (another batch, another
+/// instance), else while the day has admitted fewer than the cap. Each day's counter row is
+/// locked first, in the order of days, so concurrent writers decide one after the other.
+async fn admit_users(
+    db: &mut impl Db,
+    records: &[CallRecord],
+    tz: &jiff::tz::TimeZone,
+    known: &KnownUsers,
+) -> Result<Admission, StoreError> {
+    let days: Vec<i64> = records.iter().map(|c| local_day(c.ts, tz)).collect();
+    let mut pending: BTreeMap<i64, Vec<&str>> = BTreeMap::new();
+    let mut seen = BTreeSet::new();
+    for (call, &day) in records.iter().zip(&days) {
+        let Some(user) = call.user.as_deref() else {
+            continue;
+        };
+        if user.is_empty() || user == OTHER_USERS || known.knows(day, user) {
+            continue;
+        }
+        if seen.insert((day, user)) {
+            pending.entry(day).or_default().push(user);
+        }
+    }
+    let mut admission = Admission {
+        days,
+        admitted: Vec::new(),
+        folded: HashSet::new(),
+    };
+    for (day, users) in pending {
+        admit_day(db, day, &users, known.cap, &mut admission).await?;
+    }
+    Ok(admission)
+}
+
+/// [`admit_users`] for one day's users, in the order they came.
+async fn admit_day(
+    db: &mut impl Db,
+    day: i64,
+    users: &[&str],
+    cap: u64,
+    admission: &mut Admission,
+) -> Result<(), StoreError> {
+    db.execute(
+        "INSERT INTO usage_user_count (day, users) VALUES ($1, 0) ON CONFLICT (day) DO NOTHING",
+        &[day.into()],
+    )
+    .await?;
+    let count = db
+        .query_one(
+            "SELECT users FROM usage_user_count WHERE day = $1 {for_update}",
+            &[day.into()],
+        )
+        .await?
+        .count(0)?;
+    let mut added = 0u64;
+    for &user in users {
+        let exists = db
+            .query_opt(
+                "SELECT 1 FROM user_day WHERE day = $1 AND user_id = $2 LIMIT 1",
+                &[day.into(), user.into()],
+            )
+            .await?
+            .is_some();
+        if exists || count + added < cap {
+            added += u64::from(!exists);
+            admission.admitted.push((day, user.to_owned()));
+        } else {
+            admission.folded.insert((day, user.to_owned()));
+        }
+    }
+    if added > 0 {
+        db.execute(
+            "UPDATE usage_user_count SET users = users + $2 WHERE day = $1",
+            &[day.into(), added.into()],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Rebuilds `dim_day` from `dim_hour` in the time zone `tz`. (`usage_day` and `user_day` have
+/// no hourly rows to be rebuilt from: they keep the days of the zone they were recorded in.)
+pub async fn rebucket_rollups(db: &mut impl Db, tz: &jiff::tz::TimeZone) -> Result<(), StoreError> {
+    db.execute("DELETE FROM dim_day", &[]).await?;
+    let sql = format!(
+        "SELECT hour, dim, value, {} FROM dim_hour",
+        AGG_COLUMNS.join(", ")
+    );
+    let mut days: HashMap<RollupKey, Aggregate> = HashMap::new();
+    for row in db.query(&sql, &[]).await? {
+        let day = local_day(from_ms(row.int(0)? * MS_PER_HOUR), tz);
+        let agg = read_aggregate(&row, 3)?;
+        days.entry((vec![day], vec![row.text(1)?, row.text(2)?]))
+            .or_default()
+            .add(&agg);
+    }
+    upsert_rollups(db, "dim_day", &["day"], &DIM_TEXT_DIMS, days).await
+}
+
+// --- Usage by any dimension ---------------------------------------------------------------------
+
+/// The rollup column of a dimension.
+fn dim_column(dim: Dim) -> &'static str {
+    match dim {
+        Dim::Key => "key_id",
+        Dim::Model => "model",
+        Dim::User => "user_id",
+        Dim::Client => "client",
+        Dim::Provider => "provider",
+        Dim::Source => "source",
+        Dim::Endpoint => "endpoint",
+        Dim::Day => "day",
+        Dim::Hour => "hour",
+    }
+}
+
+/// Whether `ts` is absent or the start of its local day.
+fn at_midnight(ts: Option<jiff::Timestamp>, tz: &jiff::tz::TimeZone) -> bool {
+    ts.is_none_or(|ts| {
+        let zoned = ts.to_zoned(tz.clone());
+        zoned.start_of_day().is_ok_and(|start| start == zoned)
+    })
+}
+
+/// A breakdown of usage from the rollups: `user_day` when the query names the end user;
+/// `dim_hour` or `dim_day` when it names one other dimension at most (grouped or filtered) —
+/// hourly when grouped by hour or when `from`/`to` cut a local day; else `usage_day`. The daily
+/// tables widen `from` and `to` to whole local days.
+pub async fn usage(
+    db: &mut impl Db,
+    query: &UsageQuery,
+    tz: &jiff::tz::TimeZone,
+) -> Result<Vec<UsageGroup>, StoreError> {
+    let mut named: Vec<Dim> = query
+        .dims()
+        .filter(|d| !matches!(d, Dim::Day | Dim::Hour))
+        .collect();
+    named.dedup();
+    named.sort_by_key(|d| d.name());
+    named.dedup();
+    // With no dimension but time, any one dimension's rows sum to every call: `source` has fewest.
+    let one = (!query.reads_users() && named.len() <= 1)
+        .then(|| named.first().copied().unwrap_or(Dim::Source));
+    let whole_days = at_midnight(query.from, tz) && at_midnight(query.to, tz);
+    let hourly = one.is_some()
+        && (query.group_by.contains(&Dim::Hour)
+            || !(query.group_by.contains(&Dim::Day) || whole_days));
+    let table = match (one, hourly) {
+        (Some(_), true) => "dim_hour",
+        (Some(_), false) => "dim_day",
+        (None, _) if query.reads_users() => "user_day",
+        (None, _) => "usage_day",
+    };
+    let column = |d: Dim| match one {
+        Some(o) if o == d => "value",
+        _ => dim_column(d),
+    };
+    let mut c = Conditions::default();
+    if let Some(o) = one {
+        c.compare("dim", "=", o.name());
+    }
+    if hourly {
+        if let Some(from) = query.from {
+            c.compare("hour", ">=", ms(from).div_euclid(MS_PER_HOUR));
+        }
+        if let Some(to) = query.to {
+            c.compare(
+                "hour",
+                "<",
+                (ms(to) + MS_PER_HOUR - 1).div_euclid(MS_PER_HOUR),
+            );
+        }
+    } else {
+        if let Some(from) = query.from {
+            c.compare("day", ">=", local_day(from, tz));
+        }
+        if let Some(to) = query.to {
+            let last = to
+                .checked_sub(jiff::SignedDuration::from_millis(1))
+                .unwrap_or(to);
+            c.compare("day", "<=", local_day(last, tz));
+        }
+    }
+    if let Some(key_id) = query.key_id {
+        match one {
+            Some(Dim::Key) => c.compare("value", "=", key_id.to_string()),
+            _ => c.compare("key_id", "=", key_id),
+        }
+    }
+    for (dim, value) in &query.filters {
+        c.compare(column(*dim), "=", value.as_str());
+    }
+    let groups: Vec<&str> = query.group_by.iter().map(|d| column(*d)).collect();
+    let order = match query.order {
+        UsageOrder::Tokens => "SUM(total_tokens)",
+        UsageOrder::Calls => "SUM(calls)",
+        UsageOrder::Errors => "SUM(failures)",
+        UsageOrder::Cost => "SUM(cost_nanos)",
+    };
+    let ties: Vec<String> = query
+        .group_by
+        .iter()
+        .map(|d| match column(*d) {
+            col @ ("key_id" | "day" | "hour") => col.to_owned(),
+            col => format!("{col} {{binary}}"),
+        })
+        .collect();
+    let keys_as_text = one == Some(Dim::Key);
+    if !query.reads_users() {
+        // The other rollups' groups are few: one pass sums and orders them.
+        let limit = c.bind(i64::from(query.limit));
+        let sql = format!(
+            "SELECT {groups}, {sums} FROM {table}{filter} GROUP BY {groups}
+             ORDER BY {order} DESC, {ties} LIMIT {limit}",
+            groups = groups.join(", "),
+            sums = agg_sums(),
+            filter = c.clause(),
+            ties = ties.join(", "),
+        );
+        let rows = db.query(&sql, &c.params).await?;
+        return rows
+            .iter()
+            .map(|row| {
+                Ok(UsageGroup {
+                    values: group_values(row, &query.group_by, keys_as_text)?,
+                    agg: read_aggregate(row, query.group_by.len())?,
+                })
+            })
+            .collect();
+    }
+    // End users are many: the groups are ranked by the one value they are ordered by (summing
+    // every value column of every row in the window costs ten times as much), then summed in
+    // full only for the rows of the groups kept.
+    let mut rank = Conditions {
+        sql: c.sql.clone(),
+        params: c.params.clone(),
+    };
+    let limit = rank.bind(i64::from(query.limit));
+    let ranked = db
+        .query(
+            &format!(
+                "SELECT {groups} FROM {table}{filter} GROUP BY {groups}
+                 ORDER BY {order} DESC, {ties} LIMIT {limit}",
+                groups = groups.join(", "),
+                filter = rank.clause(),
+                ties = ties.join(", "),
+            ),
+            &rank.params,
+        )
+        .await?;
+    let keys = ranked
+        .iter()
+        .map(|row| group_values(row, &query.group_by, keys_as_text))
+        .collect::<Result<Vec<_>, _>>()?;
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    for (i, dim) in query.group_by.iter().enumerate() {
+        let distinct: BTreeSet<_> = keys.iter().map(|k| k[i].clone()).collect();
+        let marks: Vec<String> = distinct
+            .into_iter()
+            .map(|v| match v {
+                DimValue::Int(v) => c.bind(v),
+                DimValue::Text(v) => c.bind(v),
+            })
+            .collect();
+        c.sql
+            .push(format!("{} IN ({})", column(*dim), marks.join(", ")));
+    }
+    let sql = format!(
+        "SELECT {groups}, {sums} FROM {table}{filter} GROUP BY {groups}",
+        groups = groups.join(", "),
+        sums = agg_sums(),
+        filter = c.clause(),
+    );
+    let mut sums: HashMap<Vec<DimValue>, Aggregate> = HashMap::new();
+    for row in db.query(&sql, &c.params).await? {
+        let values = group_values(&row, &query.group_by, keys_as_text)?;
+        sums.insert(values, read_aggregate(&row, query.group_by.len())?);
+    }
+    Ok(keys
+        .into_iter()
+        .map(|values| {
+            let agg = sums.get(&values).copied().unwrap_or_default();
+            UsageGroup { values, agg }
+        })
         .collect())
+}
+
+/// The values of `group_by` at the start of a row (a key id written as text in `dim_*`).
+fn group_values(
+    row: &Row,
+    group_by: &[Dim],
+    keys_as_text: bool,
+) -> Result<Vec<DimValue>, StoreError> {
+    group_by
+        .iter()
+        .enumerate()
+        .map(|(i, d)| match d {
+            Dim::Key if keys_as_text => {
+                let text = row.text(i)?;
+                text.parse()
+                    .map(DimValue::Int)
+                    .map_err(|_| StoreError::Decode(format!("key id {text:?} in dim rollups")))
+            }
+            Dim::Key | Dim::Day | Dim::Hour => row.int(i).map(DimValue::Int),
+            _ => row.text(i).map(DimValue::Text),
+        })
+        .collect()
 }
 
 // --- Budget ledgers and instances -----------------------------------------------------------

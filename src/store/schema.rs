@@ -20,6 +20,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0008_dimensions.sql"),
     include_str!("migrations/0009_budget_periods.sql"),
     include_str!("migrations/0010_alerts.sql"),
+    include_str!("migrations/0011_usage_rollups.sql"),
 ];
 
 /// Aggregate columns added by later migrations: `count_tokens` (version 4), `cost_nanos` and
@@ -66,7 +67,8 @@ pub async fn prepare(db: &mut impl Db, tz: &jiff::tz::TimeZone) -> Result<(), St
     rebucket_days(db, tz).await
 }
 
-/// Rebuilds `agg_day` from `agg_hour` when the configured time zone changed since it was built.
+/// Rebuilds `agg_day` from `agg_hour` (and the usage rollups' days from their hours) when the
+/// configured time zone changed since they were built.
 async fn rebucket_days(db: &mut impl Db, tz: &jiff::tz::TimeZone) -> Result<(), StoreError> {
     let name = tz.iana_name().unwrap_or("fixed").to_owned();
     let stored = db
@@ -94,6 +96,7 @@ async fn rebucket_days(db: &mut impl Db, tz: &jiff::tz::TimeZone) -> Result<(), 
         queries::add_day_rollups(&mut days);
         queries::upsert_aggregates(db, "agg_day", &["day", "key_id"], queries::with_dims(days))
             .await?;
+        queries::rebucket_rollups(db, tz).await?;
     }
     db.execute(
         "INSERT INTO meta (name, value) VALUES ('timezone', $1)

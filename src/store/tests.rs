@@ -129,7 +129,10 @@ async fn days_follow_the_zone_and_are_rebuilt_when_it_changes() {
         let mut writer = store.batch_writer(100).unwrap();
         writer
             .write(&[
-                record(before, "m", None, 200, 3),
+                CallRecord {
+                    user: Some("u".into()),
+                    ..record(before, "m", None, 200, 3)
+                },
                 record(after, "m", None, 200, 5),
             ])
             .await
@@ -137,11 +140,31 @@ async fn days_follow_the_zone_and_are_rebuilt_when_it_changes() {
         let days = store.usage_by_day(None, 20260301, 20260302).await.unwrap();
         let got: Vec<_> = days.iter().map(|d| (d.day, d.calls, d.tokens)).collect();
         assert_eq!(got, [(20260301, 1, 3), (20260302, 1, 5)]);
+        assert_eq!(
+            users_by_day(&store).await,
+            [("".into(), 20260302, 1), ("u".into(), 20260301, 1)]
+        );
     }
     let store = open(&db, "UTC");
     let days = store.usage_by_day(None, 20260301, 20260302).await.unwrap();
     let got: Vec<_> = days.iter().map(|d| (d.day, d.calls, d.tokens)).collect();
     assert_eq!(got, [(20260301, 2, 8)], "rebucketed in UTC");
+    assert_eq!(
+        users_by_day(&store).await,
+        [("".into(), 20260302, 1), ("u".into(), 20260301, 1)],
+        "users keep the days they were recorded in (no hourly rows to rebuild them from)"
+    );
+    let by_day = UsageQuery {
+        group_by: vec![Dim::Day],
+        limit: 10,
+        ..UsageQuery::default()
+    };
+    let rows = store.usage(by_day).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (&rows[0].values[..], rows[0].agg.calls),
+        (&[DimValue::Int(20260301)][..], 2)
+    );
 }
 
 #[tokio::test]
@@ -608,6 +631,29 @@ async fn migration_4_adds_anthropic_cache_tokens_to_old_rows_aggregates_and_ledg
         assert_eq!(days.len(), 1);
         assert_eq!((days[0].calls, days[0].tokens), (2, 35_126), "{key:?}");
     }
+    // The usage rollups start from the migrated aggregates: key and model known, no user.
+    let by = |group_by: Vec<Dim>| UsageQuery {
+        group_by,
+        limit: 10,
+        ..UsageQuery::default()
+    };
+    let models = store.usage(by(vec![Dim::Model, Dim::Day])).await.unwrap();
+    let figures: Vec<_> = models
+        .iter()
+        .map(|g| (g.values.clone(), g.agg.tokens.total, g.agg.calls))
+        .collect();
+    let text = |t: &str| DimValue::Text(t.into());
+    assert_eq!(
+        figures,
+        [
+            (vec![text("claude-x"), DimValue::Int(20_260_301)], 35_016, 1),
+            (vec![text("gpt-x"), DimValue::Int(20_260_301)], 110, 1)
+        ]
+    );
+    let users = store.usage(by(vec![Dim::User, Dim::Day])).await.unwrap();
+    assert_eq!(users.len(), 1);
+    assert_eq!(users[0].values[0], text(""));
+    assert_eq!((users[0].agg.calls, users[0].agg.tokens.total), (2, 35_126));
     // The ledgers grew by the 35,000 tokens now counted; key 1 keeps its lease of 500.
     let limit: u64 = 1_000_000;
     let global = store
@@ -641,4 +687,62 @@ async fn migration_4_adds_anthropic_cache_tokens_to_old_rows_aggregates_and_ledg
         .unwrap();
     assert_eq!(newest.len(), 1);
     assert_eq!(newest[0].call.session_id.as_deref(), Some("s-1"));
+}
+
+/// `group_by=user,day` read back as (user, day, calls).
+async fn users_by_day(store: &Store) -> Vec<(String, i64, u64)> {
+    let query = UsageQuery {
+        group_by: vec![Dim::User, Dim::Day],
+        limit: 100,
+        ..UsageQuery::default()
+    };
+    let mut rows: Vec<_> = store
+        .usage(query)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|g| match &g.values[..] {
+            [DimValue::Text(user), DimValue::Int(day)] => (user.clone(), *day, g.agg.calls),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+#[tokio::test]
+async fn writers_that_never_met_share_each_days_user_cap() {
+    let db = TestDb::new();
+    let store = open(&db, "UTC");
+    let ts: jiff::Timestamp = "2026-03-01T10:00:00Z".parse().unwrap();
+    let next_day = ts + jiff::SignedDuration::from_hours(24);
+    let by = |user: &str, ts| CallRecord {
+        user: Some(user.to_owned()),
+        ..record(ts, "m", Some(1), 200, 2)
+    };
+    let mut first = store.batch_writer(100).unwrap().with_user_cap(3);
+    first
+        .write(&[by("a", ts), by("b", ts), by("a", ts)])
+        .await
+        .unwrap();
+    // A second writer (another instance, or a restart) knows nothing of what the first admitted:
+    // "a" is found admitted (not counted again), "c" takes the last place, "d" and "e" are folded;
+    // the next day starts afresh.
+    let mut second = store.batch_writer(100).unwrap().with_user_cap(3);
+    second
+        .write(&[by("d", next_day), by("a", ts), by("c", ts), by("d", ts)])
+        .await
+        .unwrap();
+    second.write(&[by("e", ts), by("c", ts)]).await.unwrap();
+    first.write(&[by("d", ts)]).await.unwrap();
+    assert_eq!(
+        users_by_day(&store).await,
+        [
+            ("(other)".to_owned(), 20260301, 3),
+            ("a".to_owned(), 20260301, 3),
+            ("b".to_owned(), 20260301, 1),
+            ("c".to_owned(), 20260301, 2),
+            ("d".to_owned(), 20260302, 1),
+        ]
+    );
 }

@@ -119,10 +119,13 @@ test('the tabs are a keyboard-usable tablist', async (t) => {
   try {
     await page.focus('#tab-dashboard');
     await page.keyboard.press('ArrowRight');
-    assert.equal(await page.evaluate(() => document.activeElement.id), 'tab-logs');
-    assert.equal(await page.getAttribute('#tab-logs', 'aria-selected'), 'true');
-    assert.equal(await page.isVisible('#panel-logs'), true);
+    assert.equal(await page.evaluate(() => document.activeElement.id), 'tab-usage');
+    assert.equal(await page.getAttribute('#tab-usage', 'aria-selected'), 'true');
+    assert.equal(await page.isVisible('#panel-usage'), true);
     assert.equal(await page.isVisible('#panel-dashboard'), false);
+    await page.keyboard.press('ArrowRight');
+    assert.equal(await page.evaluate(() => document.activeElement.id), 'tab-logs');
+    assert.equal(await page.isVisible('#panel-logs'), true);
     await page.keyboard.press('End');
     assert.equal(await page.evaluate(() => document.activeElement.id), 'tab-keys');
     await page.keyboard.press('ArrowRight');
@@ -130,7 +133,7 @@ test('the tabs are a keyboard-usable tablist', async (t) => {
     await page.keyboard.press('ArrowLeft');
     assert.equal(await page.evaluate(() => document.activeElement.id), 'tab-keys');
     // Only the selected tab is in the tab order, and Tab moves into the panel.
-    assert.deepEqual(await page.$$eval('[role="tab"]', (tabs) => tabs.map((x) => x.tabIndex)), [-1, -1, 0]);
+    assert.deepEqual(await page.$$eval('[role="tab"]', (tabs) => tabs.map((x) => x.tabIndex)), [-1, -1, -1, 0]);
     await page.keyboard.press('Tab');
     const inPanel = await page.evaluate(() => document.activeElement.closest('[role="tabpanel"]')?.id || document.activeElement.closest('.top-actions')?.className);
     assert.ok(inPanel, 'focus moved on from the tablist');

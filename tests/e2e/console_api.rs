@@ -71,7 +71,13 @@ impl Console {
         let config = Config::from_yaml(&text, &Cli::default()).unwrap();
         let store = Store::open(&config.database, config.timezone.clone()).unwrap();
         let recorder = Arc::new(
-            Recorder::start(store.batch_writer(config.console.max_logs).unwrap()).unwrap(),
+            Recorder::start(
+                store
+                    .batch_writer(config.console.max_logs)
+                    .unwrap()
+                    .with_user_cap(config.console.usage_user_cap),
+            )
+            .unwrap(),
         );
         let (_stop, stopped) = tokio::sync::watch::channel(false);
         std::mem::forget(_stop);

@@ -26,3 +26,4 @@ mod process;
 mod reliability;
 mod security;
 mod smoke;
+mod usage_api;

@@ -465,6 +465,31 @@ def _first_event(gw, path, make_call):
     raise AssertionError(f"{path} ended without an event")
 
 
+def test_end_users_the_sdks_name_are_broken_down_by_usage(oa, an, console):
+    """The SDKs' own ways of naming the end user (OpenAI `user` and `safety_identifier`,
+    Anthropic `metadata.user_id`) reach the record and `/usage`."""
+    oa.chat.completions.create(
+        model="gpt-4o", messages=[{"role": "user", "content": "hi"}], user="sdk-alice"
+    )
+    oa.chat.completions.create(
+        model="gpt-4o",
+        messages=[{"role": "user", "content": "hi"}],
+        extra_body={"safety_identifier": "sdk-bob"},
+    )
+    an.messages.create(
+        model="claude-3-haiku",
+        max_tokens=5,
+        messages=[{"role": "user", "content": "hi"}],
+        metadata={"user_id": "sdk-carol"},
+    )
+    row = console.newest(3)
+    seen = (row["user"], row["provider"], row["source"])
+    assert seen == ("sdk-carol", "mock-anthropic", "gateway"), row
+    rows = _api(console.gw, "GET", "/api/console/usage?group_by=user&limit=1000")["rows"]
+    got = {r["user"]: r["calls"] for r in rows if r["user"].startswith("sdk-")}
+    assert got == {"sdk-alice": 1, "sdk-bob": 1, "sdk-carol": 1}, rows
+
+
 def test_console_answers_agree_with_the_openapi_document(gateway, oa, an, console):
     """Every GET operation of the console API, answered from a store holding the calls of the
     tests above, validates against the schema the served document gives for it; every object
@@ -491,6 +516,12 @@ def test_console_answers_agree_with_the_openapi_document(gateway, oa, an, consol
     asked = {
         "/api/console/stats": [f"?key_id={key_id}", "?from=2020-01-01T00:00:00Z", ""],
         "/api/console/usage-trend": ["?days=3", ""],
+        "/api/console/usage": [
+            "",
+            "?group_by=user,day",
+            f"?group_by=key,hour&key_id={key_id}",
+            "?group_by=client,provider&order_by=calls",
+        ],
         "/api/console/logs": ["?limit=5", "?status=2xx&kind=call", ""],
         "/api/console/keys": [""],
         "/api/console/export": ["?format=json"],

@@ -94,6 +94,7 @@ export const api = {
   trend: (days) => request('GET', '/usage-trend', { params: { days } }),
   anomalies: (hours) => request('GET', '/anomalies', { params: { hours } }),
   alerts: (limit) => request('GET', '/alerts', { params: { limit } }),
+  usage: (params) => request('GET', '/usage', { params }),
   logs: (params, signal) => request('GET', '/logs', { params, signal }),
   keys: () => request('GET', '/keys'),
   createKey: (name, description) => request('POST', '/keys', { body: { name, description } }),

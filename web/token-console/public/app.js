@@ -1,17 +1,19 @@
 // Starts the console page: language, tabs, admin sign-in, the shared live
-// log stream, and the three views (dashboard, logs, keys).
+// log stream, and the four views (dashboard, usage, logs, keys).
 
 import { api, adminKey, setAdminKey, onUnauthorized, openLogStream, downloadExport } from './api.js';
 import { t, lang, setLang, onLangChange, applyStatic } from './i18n.js';
 import { Dashboard } from './dashboard.js';
 import { Logs } from './logs.js';
 import { Keys } from './keys.js';
+import { UsageView } from './usage.js';
 import { toast, errorText, throttle, onCurrencyChange } from './util.js';
 
-const TABS = ['dashboard', 'logs', 'keys'];
+const TABS = ['dashboard', 'usage', 'logs', 'keys'];
 
 const dashboard = new Dashboard();
 const logs = new Logs();
+const usage = new UsageView();
 const keys = new Keys({ onChange: (list) => logs.setKeys(list) });
 
 let stream = null;
@@ -42,6 +44,7 @@ onCurrencyChange(() => {
 onLangChange(() => {
   renderLangButton();
   dashboard.render();
+  usage.render();
   logs.render();
   keys.render();
   document.getElementById('signin-error').textContent = '';
@@ -63,6 +66,7 @@ function selectTab(name, { focus = false, fromHash = false } = {}) {
   if (signingIn || !started) return;
   if (name === 'dashboard' && dashboard.loadedOnce) dashboard.refresh({ quiet: true });
   if (name === 'keys') keys.load();
+  if (name === 'usage') usage.load({ quiet: usage.loadedOnce });
   if (name === 'logs' && !logs.loaded && !logs.loading) logs.load();
 }
 
@@ -95,6 +99,7 @@ function startStream() {
       if (name !== 'log') return;
       logs.onLiveRow(data);
       dashboard.refreshSoon();
+      if (currentTab === 'usage') usage.refreshSoon();
       refreshKeysSoon();
     },
     onState(state) {
@@ -212,12 +217,14 @@ function start() {
   });
   logs.load();
   keys.load();
+  if (currentTab === 'usage') usage.load();
   startStream();
 }
 
 applyStatic(document);
 renderLangButton();
 dashboard.render();
+usage.render();
 logs.render();
 keys.render();
 selectTab(location.hash.slice(1) || 'dashboard', { fromHash: true });

@@ -1,12 +1,15 @@
 //! console-fill: puts N synthetic calls into a token-console store through the real recorder
 //! (bounded queue, batch writer, aggregates, trimming to `max_logs`) and reports the recorder's
-//! sustained records per second. The calls span 50 keys, 20 models and the last 90 days,
-//! oldest first, as a gateway would have recorded them.
+//! sustained records per second. The calls span 50 keys, 20 models, 5,000 end users (a few
+//! heavy, many light; each with one key and one client family, a tenth of them from an ingested
+//! source; 1 call in 100 names no user) and the last 90 days, oldest first, as a gateway would
+//! have recorded them.
 //!
 //! The store is a SQLite file (`--db PATH`) or a PostgreSQL database (`--database-url
 //! postgres://…`, e.g. a scratch database made by `pg-scratch hold`).
 //!
-//! usage: console-fill (--db PATH | --database-url URL) [--calls N] [--max-logs N] [--keys N] [--days N]
+//! usage: console-fill (--db PATH | --database-url URL) [--calls N] [--max-logs N] [--keys N]
+//!        [--days N] [--users N]
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -40,6 +43,28 @@ const MODELS: [&str; 20] = [
     "kimi-k2",
 ];
 
+/// Client families of the users, one per user.
+const CLIENTS: [&str; 6] = [
+    "claude-cli",
+    "codex",
+    "openai-python",
+    "openai-node",
+    "curl",
+    "other",
+];
+
+/// The provider serving a model, by its family.
+fn provider(model: &str) -> &'static str {
+    match model.split('-').next().unwrap_or("") {
+        "claude" => "anthropic",
+        "deepseek" => "deepseek",
+        "qwen" => "qwen",
+        "glm" => "zhipu",
+        "kimi" => "moonshot",
+        _ => "openai",
+    }
+}
+
 /// How many records between progress lines (and throughput samples).
 const SEGMENT: u64 = 1_000_000;
 
@@ -50,6 +75,7 @@ struct Args {
     max_logs: u64,
     keys: u64,
     days: u64,
+    users: u64,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -60,6 +86,7 @@ fn parse_args() -> Result<Args, String> {
         max_logs: 1_000_000,
         keys: 50,
         days: 90,
+        users: 5_000,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -76,6 +103,7 @@ fn parse_args() -> Result<Args, String> {
             "--max-logs" => args.max_logs = number()?,
             "--keys" => args.keys = number()?.clamp(1, 1000),
             "--days" => args.days = number()?.max(1),
+            "--users" => args.users = number()?.max(1),
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -110,6 +138,7 @@ fn call(
     start_ms: i64,
     span_ms: i64,
     keys: &[(i64, String)],
+    users: u64,
 ) -> CallRecord {
     let offset = (i as f64 / n as f64 * span_ms as f64) as i64;
     let ts =
@@ -123,10 +152,12 @@ fn call(
         35..=44 => (500, Some("upstream error")),
         _ => (200, None),
     };
+    // Skewed: the product of two uniform draws favours low user numbers (heavy users).
+    let user = rng.below(users) * rng.below(users) / users;
     let key = if status == 401 {
         None
     } else {
-        keys.get(rng.below(keys.len() as u64) as usize)
+        keys.get((user % keys.len() as u64) as usize)
     };
     let success = status == 200;
     let tokens = if success {
@@ -161,8 +192,16 @@ fn call(
         stream,
         estimated: false,
         error: error.map(str::to_owned),
-        client: String::new(),
+        client: CLIENTS[(user % CLIENTS.len() as u64) as usize].to_owned(),
         session_id: None,
+        user: (rng.below(100) != 0).then(|| format!("user-{user:05}")),
+        provider: provider(model).to_owned(),
+        source: if user % 10 == 9 {
+            "cliproxyapi"
+        } else {
+            "gateway"
+        }
+        .to_owned(),
         ..CallRecord::default()
     }
 }
@@ -204,7 +243,8 @@ async fn fill(args: Args) -> Result<serde_json::Value, String> {
     }
     let writer = store
         .batch_writer(config.console.max_logs)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())?
+        .with_user_cap(config.console.usage_user_cap);
     let recorder = Arc::new(Recorder::start(writer).map_err(|e| e.to_string())?);
     let span_ms = i64::try_from(args.days * 86_400_000).unwrap_or(i64::MAX);
     let start_ms = now.as_millisecond() - span_ms;
@@ -214,7 +254,9 @@ async fn fill(args: Args) -> Result<serde_json::Value, String> {
     let mut segment_start = started;
     let mut segments = Vec::new();
     for i in 0..args.calls {
-        let mut record = call(&mut rng, i, args.calls, start_ms, span_ms, &keys);
+        let mut record = call(
+            &mut rng, i, args.calls, start_ms, span_ms, &keys, args.users,
+        );
         (record.cost_nanos, record.cost_status) =
             prices.cost_of(&record.model, record.ts, &record.tokens, false);
         recorder.record(record).await;
@@ -249,6 +291,7 @@ async fn fill(args: Args) -> Result<serde_json::Value, String> {
         "keys": args.keys,
         "models": MODELS.len(),
         "days": args.days,
+        "users": args.users,
         "max_logs": args.max_logs,
         "seconds": secs,
         "records_per_s": args.calls as f64 / secs,
