@@ -12,6 +12,7 @@ pub mod gateway;
 pub mod keys;
 pub mod metrics;
 pub mod server;
+pub mod sources;
 pub mod state;
 pub mod store;
 pub mod telemetry;

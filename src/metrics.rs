@@ -425,6 +425,7 @@ mod tests {
             client: String::new(),
             session_id: None,
             answer: Default::default(),
+            ingest: None,
         };
         metrics.observe(&call, 0.3);
         let text = metrics.render(stats());

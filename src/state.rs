@@ -13,6 +13,7 @@ use crate::gateway::{Gateway, GatewayState, Sinks};
 use crate::keys::sync::{Instance, STALE_AFTER_MS};
 use crate::keys::{Budget, KeyRegistry, Ledger, RateLimiter};
 use crate::metrics::Metrics;
+use crate::sources::Sources;
 use crate::store::Store;
 use crate::usage::Recorder;
 
@@ -37,6 +38,8 @@ pub struct AppState {
     pub gateway: GatewayState,
     /// What the console uses (it shares the store, keys and recorder above).
     pub console: ConsoleState,
+    /// The usage sources' tasks and health.
+    pub sources: Arc<Sources>,
 }
 
 impl FromRef<AppState> for GatewayState {
@@ -100,6 +103,16 @@ impl AppState {
             None => None,
         };
         let config = Arc::new(config);
+        let sources = Arc::new(Sources::start(
+            &config.sources,
+            crate::sources::Context {
+                recorder: recorder.clone(),
+                keys: keys.clone(),
+                store: store.clone(),
+                instance: instance.id.clone(),
+                shutdown: shutdown.clone(),
+            },
+        ));
         let console = ConsoleState {
             config: config.clone(),
             store: store.clone(),
@@ -108,6 +121,7 @@ impl AppState {
             gate: Arc::new(Gatekeeper::new(config.clone())),
             log_streams: Arc::default(),
             shutdown,
+            sources: sources.clone(),
         };
         let metrics = Arc::new(Metrics::default());
         let gateway = GatewayState {
@@ -131,6 +145,7 @@ impl AppState {
             gateway,
             metrics,
             console,
+            sources,
         })
     }
 }

@@ -27,6 +27,8 @@ use utoipa::OpenApi;
         super::patch_key,
         super::delete_key,
         super::export,
+        super::get_sources,
+        super::ingest,
         super::openapi,
     )
 )]

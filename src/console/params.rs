@@ -86,6 +86,37 @@ pub struct LogsQuery {
     pub session_id: Option<String>,
 }
 
+/// Query of `GET /api/console/sources`.
+#[derive(Deserialize, IntoParams, Default)]
+#[into_params(parameter_in = Query)]
+pub struct SourcesQuery {
+    /// Only this source's credentials and client keys.
+    pub source: Option<String>,
+    /// Local days of usage in the tables, ending today: default 30, above 90 clamped to 90.
+    #[param(schema_with = clamped_count)]
+    pub days: Option<String>,
+}
+
+impl SourcesQuery {
+    /// `source`, if given.
+    pub fn source(&self) -> Option<String> {
+        get(&self.source).map(|s| s.trim().to_owned())
+    }
+
+    /// `days`: default 30, above 90 clamped.
+    pub fn days(&self) -> Result<u32, ConsoleError> {
+        bounded(&self.days, "days", 30, MAX_DAYS)
+    }
+}
+
+/// Query of `POST /api/console/ingest`.
+#[derive(Deserialize, IntoParams, Default)]
+#[into_params(parameter_in = Query)]
+pub struct IngestQuery {
+    /// The records' source, shown as their calls' source: default `push`.
+    pub source: Option<String>,
+}
+
 /// Query of `GET /api/console/export`.
 #[derive(Deserialize, IntoParams, Default)]
 #[into_params(parameter_in = Query)]

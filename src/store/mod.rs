@@ -18,6 +18,8 @@ mod sqlite;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+pub use queries::{hex, local_day};
+
 use crate::config::DatabaseUrl;
 use crate::usage::{CallRecord, LoggedCall, TokenUsage, LATENCY_BUCKETS};
 
@@ -275,6 +277,19 @@ pub enum CallKind {
     Call,
     /// `count_tokens` calls only.
     CountTokens,
+}
+
+/// Ingested usage of one credential or client key of a source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceUsage {
+    /// The source's name.
+    pub source: String,
+    /// The credential's `auth_index`, or the hex SHA-256 of the client key.
+    pub ident: String,
+    /// Masked credential or the key's display form.
+    pub label: String,
+    /// Summed figures.
+    pub usage: Aggregate,
 }
 
 /// How the budget ledger answered a request for a lease.
@@ -539,6 +554,47 @@ impl Store {
             .map_err(|e| StoreError::Task(format!("the OS random source failed: {e}")))?;
         let candidate: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         run!(write, self, deployment_id(&candidate))
+    }
+
+    /// Ingested usage per credential (`dim` = `credential`) or client key (`client_key`) of
+    /// each source (or one), over the local days `[first_day, last_day]` (YYYYMMDD).
+    pub async fn source_usage(
+        &self,
+        dim: &'static str,
+        source: Option<String>,
+        first_day: i64,
+        last_day: i64,
+    ) -> Result<Vec<SourceUsage>, StoreError> {
+        run!(
+            read,
+            self,
+            source_usage(dim, source.as_deref(), first_day, last_day)
+        )
+    }
+
+    /// Takes or renews the lease of a source for `ttl_ms`; `false` while another holder's lease
+    /// runs.
+    pub async fn take_source_lease(
+        &self,
+        source: String,
+        holder: String,
+        ttl_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let now = jiff::Timestamp::now().as_millisecond();
+        run!(
+            write,
+            self,
+            take_source_lease(&source, &holder, now, now + ttl_ms)
+        )
+    }
+
+    /// Gives a source's lease up (on shutdown), so another instance takes over at once.
+    pub async fn release_source_lease(
+        &self,
+        source: String,
+        holder: String,
+    ) -> Result<(), StoreError> {
+        run!(write, self, release_source_lease(&source, &holder))
     }
 
     /// Removes this instance on shutdown.

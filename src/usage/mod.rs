@@ -125,6 +125,26 @@ pub struct CallRecord {
     /// What the provider's answer said about itself (model, finish reasons); not stored, only
     /// exported (see `telemetry`), so a record read back from the store has it empty.
     pub answer: AnswerMeta,
+    /// For a record read from a usage source or pushed to the ingest endpoint: where it came
+    /// from and what makes it unique; `None` for the gateway's own calls.
+    pub ingest: Option<Box<Ingested>>,
+}
+
+/// What an ingested record carries besides a call (see `crate::sources`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ingested {
+    /// The source's configured name (`push` or the pushed `source` for the ingest endpoint).
+    pub source: String,
+    /// SHA-256 of what identifies the record; the store keeps each key once (`ingest_keys`).
+    pub dedup_key: [u8; 32],
+    /// The upstream credential (CLIProxyAPI's `auth_index`); empty when there is none.
+    pub credential: String,
+    /// A masked form of the credential's owner (an e-mail, a project, an API key).
+    pub credential_label: String,
+    /// SHA-256 of the client's key, when one was sent.
+    pub client_key_hash: Option<[u8; 32]>,
+    /// Display form of the client's key (`cpa-…beta`); empty when none was sent.
+    pub client_key_display: String,
 }
 
 /// Longest response model name kept, in bytes.
