@@ -166,6 +166,7 @@ fn call(
         client: String::new(),
         session_id: None,
         answer: Default::default(),
+        ingest: None,
     }
 }
 

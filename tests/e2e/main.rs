@@ -21,3 +21,4 @@ mod process;
 mod reliability;
 mod security;
 mod smoke;
+mod sources;

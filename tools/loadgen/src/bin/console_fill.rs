@@ -164,6 +164,7 @@ fn call(
         client: String::new(),
         session_id: None,
         answer: Default::default(),
+        ingest: None,
     }
 }
 

@@ -684,7 +684,16 @@ async fn usage_queue(
         )
             .into_response();
     };
-    let body = format!("[{}]", f.pop(count as usize).join(","));
+    // Records are spliced in byte for byte; a payload that is not JSON goes as a JSON string.
+    let items: Vec<String> = f
+        .pop(count as usize)
+        .into_iter()
+        .map(|p| match serde_json::from_str::<Value>(&p) {
+            Ok(_) => p,
+            Err(_) => Value::String(p).to_string(),
+        })
+        .collect();
+    let body = format!("[{}]", items.join(","));
     (
         [
             ("content-type", "application/json; charset=utf-8"),
@@ -786,7 +795,15 @@ async fn stats(State(fake): State<Shared>) -> Json<Value> {
 }
 
 async fn delivered(State(fake): State<Shared>) -> Response {
-    let body = format!("[{}]", lock(&fake).delivered.join(","));
+    let items: Vec<String> = lock(&fake)
+        .delivered
+        .iter()
+        .map(|p| match serde_json::from_str::<Value>(p) {
+            Ok(_) => p.clone(),
+            Err(_) => Value::String(p.clone()).to_string(),
+        })
+        .collect();
+    let body = format!("[{}]", items.join(","));
     ([("content-type", "application/json")], body).into_response()
 }
 
