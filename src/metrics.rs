@@ -424,6 +424,9 @@ mod tests {
             error: None,
             client: String::new(),
             session_id: None,
+            user: None,
+            provider: String::new(),
+            source: "gateway".into(),
             answer: Default::default(),
             ingest: None,
         };

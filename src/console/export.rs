@@ -157,7 +157,7 @@ fn log_chunks(
 }
 
 /// The CSV's columns.
-const CSV_COLUMNS: [&str; 21] = [
+const CSV_COLUMNS: [&str; 24] = [
     "id",
     "timestamp",
     "method",
@@ -179,6 +179,9 @@ const CSV_COLUMNS: [&str; 21] = [
     "error",
     "client",
     "session_id",
+    "user",
+    "provider",
+    "source",
 ];
 
 /// Characters that make a spreadsheet cell a formula (or a DDE call) when they start it.
@@ -229,7 +232,7 @@ pub fn defuse(value: &str) -> String {
 }
 
 /// One log row's cells; every text cell defused.
-fn csv_row(row: &LogRow) -> [String; 21] {
+fn csv_row(row: &LogRow) -> [String; 24] {
     let opt = |v: Option<String>| v.unwrap_or_default();
     [
         row.id.to_string(),
@@ -253,6 +256,9 @@ fn csv_row(row: &LogRow) -> [String; 21] {
         defuse(row.error.as_deref().unwrap_or("")),
         defuse(&row.client),
         defuse(row.session_id.as_deref().unwrap_or("")),
+        defuse(row.user.as_deref().unwrap_or("")),
+        defuse(&row.provider),
+        defuse(&row.source),
     ]
 }
 

@@ -191,6 +191,13 @@ pub struct LogRow {
     pub client: String,
     /// Session id the client sent, if any.
     pub session_id: Option<String>,
+    /// End user the call was made for (`x-token-console-user`, `safety_identifier`, `user` or
+    /// `metadata.user_id`), if any.
+    pub user: Option<String>,
+    /// Configured provider that served the call; empty when none did.
+    pub provider: String,
+    /// Where the record came from: `gateway`, or an ingested source's name.
+    pub source: String,
 }
 
 impl From<&LoggedCall> for LogRow {
@@ -218,6 +225,9 @@ impl From<&LoggedCall> for LogRow {
             error: c.error.clone(),
             client: c.client.clone(),
             session_id: c.session_id.clone(),
+            user: c.user.clone(),
+            provider: c.provider.clone(),
+            source: c.source.clone(),
         }
     }
 }

@@ -27,6 +27,9 @@ const SESSION_HEADERS: [&str; 5] = [
     "x-session-id",
     "conversation_id",
 ];
+/// The header naming the end user a call is made for; it wins over the body's `user`,
+/// `safety_identifier` or `metadata.user_id`. Never forwarded (not in the allow-list).
+pub const USER_HEADER: &str = "x-token-console-user";
 /// Longest error text kept in a record.
 const MAX_ERROR_CHARS: usize = 300;
 
@@ -80,7 +83,7 @@ impl Meter {
         let sinks = state.sinks.clone();
         let method = request.method().as_str().to_owned();
         let path = request.uri().path().to_owned();
-        let (client, session_id) = client_of(request.headers());
+        let who = client_of(request.headers());
         async move {
             let slot = sinks.recorder.slot().await.map_err(|full| {
                 tracing::warn!("refused a call: {}", full.message);
@@ -88,8 +91,11 @@ impl Meter {
                     .into_protocol_response(endpoint.protocol())
             })?;
             let mut meter = Self::with_slot(sinks, slot, endpoint, &method, &path);
-            meter.record.client = client;
-            meter.record.session_id = session_id;
+            (
+                meter.record.client,
+                meter.record.session_id,
+                meter.record.user,
+            ) = who;
             Ok(meter)
         }
     }
@@ -142,6 +148,18 @@ impl Meter {
         self.record.model = model.to_owned();
         self.record.stream = stream;
         self.request = Some(request);
+    }
+
+    /// The end user the request's body names, unless the user header named one already.
+    pub fn set_user(&mut self, raw: Option<&str>) {
+        if self.record.user.is_none() {
+            self.record.user = raw.and_then(crate::usage::end_user);
+        }
+    }
+
+    /// The configured provider that serves the call.
+    pub fn set_provider(&mut self, name: &str) {
+        name.clone_into(&mut self.record.provider);
     }
 
     /// Holds the budget reservation until the call is settled.
@@ -413,14 +431,15 @@ fn is_zero(usage: &TokenUsage) -> bool {
     usage.prompt == 0 && usage.completion == 0 && usage.total == 0
 }
 
-/// The client family (from `User-Agent`) and the session id a call's headers carry.
-fn client_of(headers: &axum::http::HeaderMap) -> (String, Option<String>) {
+/// The client family (from `User-Agent`), the session id and the end user a call's headers carry.
+fn client_of(headers: &axum::http::HeaderMap) -> (String, Option<String>, Option<String>) {
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let client = crate::usage::client_family(text(axum::http::header::USER_AGENT.as_str()));
     let session = SESSION_HEADERS
         .iter()
         .find_map(|name| text(name).and_then(crate::usage::session_id));
-    (client.to_owned(), session)
+    let user = text(USER_HEADER).and_then(crate::usage::end_user);
+    (client.to_owned(), session, user)
 }
 
 fn truncate(text: &str) -> String {

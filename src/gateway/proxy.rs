@@ -354,6 +354,7 @@ async fn prepare(
     let key = authenticate(state, request.headers(), meter).await?;
     let (headers, bytes) = read_body(state, request).await?;
     let view = parse_request(&bytes)?;
+    meter.set_user(view.end_user());
     let model = match view.model.as_deref() {
         Some(m) if !m.trim().is_empty() => m,
         _ => {
@@ -372,6 +373,9 @@ async fn prepare(
         )));
     }
     let provider = state.sinks.gateway.route(endpoint, model);
+    if let Some(provider) = &provider {
+        meter.set_provider(&provider.config.name);
+    }
     // Calls and metrics are grouped by the model only once it routes to a configured provider,
     // so that names a client invents cannot grow the aggregates (see ARCHITECTURE.md).
     let label = if provider.is_some() {

@@ -1,7 +1,7 @@
 //! The client's request as the gateway reads it: one serde pass over the body's bytes that keeps
 //! the few members the gateway acts on (`model`, `stream`, `stream_options`, the token limits,
-//! `n`) — strings borrowed from the bytes, not copied — and the figures a budget reservation
-//! needs (media parts, tools, messages), without building a tree. The body itself is forwarded
+//! `n`, the end user) — strings borrowed from the bytes, not copied — and the figures a budget
+//! reservation needs (media parts, tools, messages), without building a tree. The body itself is forwarded
 //! as the bytes that came in; the tokenizer estimate reads them again only when it is needed.
 
 use std::borrow::Cow;
@@ -43,6 +43,9 @@ pub struct RequestView<'a> {
     tools: Option<(usize, u64)>,
     /// The request's image and file parts.
     pub media: Media,
+    /// The end user named by `safety_identifier`, `user` (OpenAI) and `metadata.user_id`
+    /// (Anthropic), when they are strings.
+    users: [Option<Cow<'a, str>>; 3],
 }
 
 /// The image and file parts of a request.
@@ -118,6 +121,16 @@ impl<'a> RequestView<'a> {
     pub fn tools(&self) -> Option<(usize, u64)> {
         self.tools
     }
+
+    /// The end user the request names, raw: `safety_identifier` (OpenAI's successor of `user`),
+    /// else `user`, else Anthropic's `metadata.user_id`; blank values are skipped.
+    pub fn end_user(&self) -> Option<&str> {
+        self.users
+            .iter()
+            .flatten()
+            .map(|u| u.as_ref())
+            .find(|u| !u.trim().is_empty())
+    }
 }
 
 /// A JSON scalar of interest at the top level.
@@ -155,6 +168,8 @@ struct Node<'a> {
     kind: Type,
     include_usage: Option<bool>,
     is_object: bool,
+    /// Of an object walked with [`Walk::user_id`]: its `user_id`, when that is a string.
+    user_id: Option<Cow<'a, str>>,
 }
 
 /// Walks any JSON value without keeping it, adding the media parts found in it to `media`.
@@ -162,6 +177,8 @@ struct Walk<'m> {
     media: &'m mut Media,
     /// Whether a string value is kept (copied when it has escapes).
     keep_str: bool,
+    /// Whether an object's `user_id` string is kept (Anthropic's `metadata`).
+    user_id: bool,
 }
 
 impl Walk<'_> {
@@ -277,6 +294,7 @@ impl<'de> Visitor<'de> for Walk<'_> {
         while let Some(item) = seq.next_element_seed(Walk {
             media: &mut *self.media,
             keep_str: false,
+            user_id: false,
         })? {
             len += 1;
             if item.kind == Type::Other {
@@ -296,14 +314,21 @@ impl<'de> Visitor<'de> for Walk<'_> {
         // which is known only once its `type` is read (it may come last).
         let mut inner = Media::default();
         let (mut strings, mut kind, mut bound, mut include_usage) = (0u64, Type::None, None, None);
+        let mut user_id = None;
         while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
             let is_type = key == "type";
+            let is_user_id = self.user_id && key == "user_id";
             let child = map.next_value_seed(Walk {
                 media: &mut inner,
-                keep_str: is_type,
+                keep_str: is_type || is_user_id,
+                user_id: false,
             })?;
             strings = strings.saturating_add(child.strings);
-            if is_type {
+            if is_user_id {
+                if let Scalar::Str(id) = child.scalar {
+                    user_id = Some(id);
+                }
+            } else if is_type {
                 (kind, bound) = match &child.scalar {
                     Scalar::Str(t) if t == "function" || t == "custom" => (Type::Function, None),
                     Scalar::Str(t) => (Type::Other, media_bound(t)),
@@ -328,6 +353,7 @@ impl<'de> Visitor<'de> for Walk<'_> {
             kind,
             include_usage,
             is_object: true,
+            user_id,
             ..Node::default()
         })
     }
@@ -377,10 +403,14 @@ impl<'de> Visitor<'de> for Root {
         let mut inner = Media::default();
         let (mut strings, mut bound) = (0u64, None);
         while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
-            let keep_str = key == "model" || key == "type";
+            let keep_str = matches!(
+                key.as_ref(),
+                "model" | "type" | "safety_identifier" | "user"
+            );
             let node = map.next_value_seed(Walk {
                 media: &mut inner,
                 keep_str,
+                user_id: key == "metadata",
             })?;
             strings = strings.saturating_add(node.strings);
             let whole = match &node.scalar {
@@ -388,6 +418,10 @@ impl<'de> Visitor<'de> for Root {
                 _ => None,
             };
             let not_null = !matches!(node.scalar, Scalar::Null);
+            let text = |node: Node<'de>| match node.scalar {
+                Scalar::Str(text) => Some(text),
+                _ => None,
+            };
             match key.as_ref() {
                 "model" => {
                     view.model = match node.scalar {
@@ -417,6 +451,9 @@ impl<'de> Visitor<'de> for Root {
                 }
                 "previous_response_id" => view.context[0] = not_null,
                 "conversation" => view.context[1] = not_null,
+                "safety_identifier" => view.users[0] = text(node),
+                "user" => view.users[1] = text(node),
+                "metadata" => view.users[2] = node.user_id,
                 _ => {}
             }
         }
@@ -456,6 +493,33 @@ mod tests {
             .unwrap()
             .model
             .is_none());
+    }
+
+    #[test]
+    fn reads_the_end_user_of_either_protocol() {
+        let cases: [(&[u8], Option<&str>); 7] = [
+            (br#"{"model":"m","user":"u-1"}"#, Some("u-1")),
+            (
+                br#"{"user":"old","safety_identifier":"new","model":"m"}"#,
+                Some("new"),
+            ),
+            (
+                br#"{"metadata":{"session":"x","user_id":"claude-u"},"model":"m"}"#,
+                Some("claude-u"),
+            ),
+            (br#"{"user":" ","metadata":{"user_id":"b"}}"#, Some("b")),
+            (br#"{"user":7,"metadata":{"user_id":null}}"#, None),
+            // Only the request's own `metadata`, not a `user_id` deeper down.
+            (
+                br#"{"messages":[{"metadata":{"user_id":"x"},"user_id":"y"}]}"#,
+                None,
+            ),
+            (br#"{"user":"ali"}"#, Some("ali")),
+        ];
+        for (body, want) in cases {
+            let view = RequestView::parse(body).unwrap();
+            assert_eq!(view.end_user(), want, "{}", String::from_utf8_lossy(body));
+        }
     }
 
     #[test]

@@ -307,7 +307,6 @@ fn cpa_call(r: CpaRecord, source: &str) -> Result<CallRecord, String> {
     });
     let (client_key_hash, client_key_display) = client_key(&r.api_key);
     let ingest = Ingested {
-        source: source.to_owned(),
         dedup_key: cpa_dedup_key(&request_id, &r.timestamp, &r.auth_index, &r.model),
         credential: bounded(&r.auth_index, 64),
         credential_label: mask(&r.source),
@@ -325,6 +324,8 @@ fn cpa_call(r: CpaRecord, source: &str) -> Result<CallRecord, String> {
         ttft_ms: (ttft > 0).then_some(ttft),
         error,
         client: client_family(Some(&r.user_agent)).to_owned(),
+        provider: bounded(&r.provider, 64),
+        source: source.to_owned(),
         ingest: Some(Box::new(ingest)),
         ..CallRecord::default()
     })
@@ -423,7 +424,6 @@ pub fn push_call(r: PushRecord, source: &str) -> Result<CallRecord, String> {
         h.update([0]);
     }
     let ingest = Ingested {
-        source: source.to_owned(),
         dedup_key: h.finalize().into(),
         credential: if credential.is_empty() {
             String::new()
@@ -434,7 +434,6 @@ pub fn push_call(r: PushRecord, source: &str) -> Result<CallRecord, String> {
         client_key_hash,
         client_key_display,
     };
-    let _ = r.provider;
     Ok(CallRecord {
         ts,
         method: bounded(method, 16),
@@ -452,6 +451,8 @@ pub fn push_call(r: PushRecord, source: &str) -> Result<CallRecord, String> {
         duration_ms: r.latency_ms.unwrap_or(0),
         ttft_ms: r.ttft_ms,
         error: r.error.map(|e| bounded(&e, MAX_TEXT)),
+        provider: bounded(r.provider.as_deref().unwrap_or_default(), 64),
+        source: source.to_owned(),
         ingest: Some(Box::new(ingest)),
         ..CallRecord::default()
     })

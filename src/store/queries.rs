@@ -381,7 +381,7 @@ pub async fn usage_by_day(
 
 // --- Call records ---------------------------------------------------------------------------
 
-const CALL_COLUMNS: [(&str, Ty); 21] = [
+const CALL_COLUMNS: [(&str, Ty); 24] = [
     ("id", Ty::BigInt),
     ("ts", Ty::BigInt),
     ("method", Ty::Text),
@@ -403,6 +403,9 @@ const CALL_COLUMNS: [(&str, Ty); 21] = [
     ("error", Ty::Text),
     ("client", Ty::Text),
     ("session_id", Ty::Text),
+    ("user_id", Ty::Text),
+    ("provider", Ty::Text),
+    ("source", Ty::Text),
 ];
 
 fn column_names<T>(columns: &[(&str, T)]) -> String {
@@ -439,6 +442,9 @@ fn read_call(row: &Row) -> Result<LoggedCall, StoreError> {
             error: row.opt_text(18)?,
             client: row.text(19)?,
             session_id: row.opt_text(20)?,
+            user: row.opt_text(21)?,
+            provider: row.text(22)?,
+            source: row.text(23)?,
             answer: Default::default(),
             ingest: None,
         },
@@ -541,6 +547,9 @@ fn call_values<'a>(id: i64, call: &'a CallRecord) -> Vec<Param<'a>> {
         call.error.as_deref().into(),
         call.client.as_str().into(),
         call.session_id.as_deref().into(),
+        call.user.as_deref().into(),
+        call.provider.as_str().into(),
+        call.source.as_str().into(),
     ]);
     row
 }
@@ -819,7 +828,7 @@ async fn upsert_source_aggregates(
         let agg = Aggregate::of(call);
         let mut add = |dim: &'static str, ident: String, label: &str| {
             let entry = groups
-                .entry((day, ingest.source.clone(), dim, ident))
+                .entry((day, call.source.clone(), dim, ident))
                 .or_insert_with(|| (String::new(), Aggregate::default()));
             entry.0 = label.to_owned();
             entry.1.add(&agg);

@@ -16,6 +16,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0004_clients.sql"),
     include_str!("migrations/0005_budget_leases.sql"),
     include_str!("migrations/0006_fit_max_tokens.sql"),
+    include_str!("migrations/0008_dimensions.sql"),
     include_str!("migrations/0011_sources.sql"),
 ];
 

@@ -566,8 +566,8 @@ async fn migration_4_adds_anthropic_cache_tokens_to_old_rows_aggregates_and_ledg
 
 fn ingested(ts: jiff::Timestamp, key: u8, credential: &str, client: Option<u8>) -> CallRecord {
     let mut call = record(ts, "m", None, 200, 10);
+    call.source = "cpa".into();
     call.ingest = Some(Box::new(crate::usage::Ingested {
-        source: "cpa".into(),
         dedup_key: [key; 32],
         credential: credential.into(),
         credential_label: format!("{credential}-label"),

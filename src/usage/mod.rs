@@ -90,7 +90,7 @@ impl TokenUsage {
 }
 
 /// One gateway call, as the recorder receives it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallRecord {
     /// When the call arrived.
     pub ts: jiff::Timestamp,
@@ -122,6 +122,13 @@ pub struct CallRecord {
     pub client: String,
     /// The session id the client sent (`X-Claude-Code-Session-Id`, `session_id`, …), if any.
     pub session_id: Option<String>,
+    /// The end user the call was made for (see [`end_user`]), if the request named one.
+    pub user: Option<String>,
+    /// The name of the configured provider that served the call; empty when none did.
+    pub provider: String,
+    /// Where the record came from: [`GATEWAY_SOURCE`] for the gateway's own calls, or the name
+    /// of an ingested source.
+    pub source: String,
     /// What the provider's answer said about itself (model, finish reasons); not stored, only
     /// exported (see `telemetry`), so a record read back from the store has it empty.
     pub answer: AnswerMeta,
@@ -133,8 +140,6 @@ pub struct CallRecord {
 /// What an ingested record carries besides a call (see `crate::sources`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ingested {
-    /// The source's configured name (`push` or the pushed `source` for the ingest endpoint).
-    pub source: String,
     /// SHA-256 of what identifies the record; the store keeps each key once (`ingest_keys`).
     pub dedup_key: [u8; 32],
     /// The upstream credential (CLIProxyAPI's `auth_index`); empty when there is none.
@@ -145,6 +150,36 @@ pub struct Ingested {
     pub client_key_hash: Option<[u8; 32]>,
     /// Display form of the client's key (`cpa-…beta`); empty when none was sent.
     pub client_key_display: String,
+}
+
+/// The [`CallRecord::source`] of calls made through the gateway itself.
+pub const GATEWAY_SOURCE: &str = "gateway";
+
+impl Default for CallRecord {
+    fn default() -> Self {
+        Self {
+            ts: jiff::Timestamp::default(),
+            method: String::new(),
+            endpoint: String::new(),
+            status: 0,
+            model: String::new(),
+            key_id: None,
+            key_name: None,
+            tokens: TokenUsage::default(),
+            duration_ms: 0,
+            ttft_ms: None,
+            stream: false,
+            estimated: false,
+            error: None,
+            client: String::new(),
+            session_id: None,
+            user: None,
+            provider: String::new(),
+            source: GATEWAY_SOURCE.to_owned(),
+            answer: AnswerMeta::default(),
+            ingest: None,
+        }
+    }
 }
 
 /// Longest response model name kept, in bytes.
@@ -263,6 +298,25 @@ pub fn session_id(raw: &str) -> Option<String> {
     (!id.is_empty()).then_some(id)
 }
 
+/// Longest end user id kept, in bytes: longer ids are cut (at a character boundary), not
+/// refused — the provider accepts them, and refusing would break a client over a label.
+pub const MAX_USER_BYTES: usize = 128;
+
+/// An end user id as recorded: trimmed, control characters dropped, at most
+/// [`MAX_USER_BYTES`] bytes; `None` when nothing is left. Claude Code's `metadata.user_id`
+/// (`user_<hash>_account_<uuid>_session_<uuid>`) loses its `_session_…` part: the session is
+/// recorded apart, and the user is the same across its sessions.
+pub fn end_user(raw: &str) -> Option<String> {
+    let raw = raw.trim();
+    let raw = match raw.find("_session_") {
+        Some(at) if raw.starts_with("user_") => &raw[..at],
+        _ => raw,
+    };
+    let user = bounded(raw, MAX_USER_BYTES);
+    let user = user.trim();
+    (!user.is_empty()).then(|| user.to_owned())
+}
+
 /// A stored call: the record with the id the store gave it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoggedCall {
@@ -308,6 +362,24 @@ mod tests {
             session_id(&long).map(|s| s.chars().count()),
             Some(MAX_SESSION_ID_CHARS)
         );
+    }
+
+    #[test]
+    fn end_users_are_trimmed_bounded_and_lose_claude_codes_session() {
+        assert_eq!(end_user(" alice "), Some("alice".into()));
+        assert_eq!(end_user("a\u{7}b"), Some("ab".into()));
+        assert_eq!(end_user(" \t"), None);
+        let hash = "ab".repeat(32);
+        let uuid = "0e5b1c1e-63a4-4a4c-9f0d-0c6f5c3f4f8e";
+        assert_eq!(
+            end_user(&format!("user_{hash}_account_{uuid}_session_{uuid}")),
+            Some(format!("user_{hash}_account_{uuid}"))
+        );
+        assert_eq!(end_user("ops_session_1"), Some("ops_session_1".into()));
+        let long = "é".repeat(100);
+        let cut = end_user(&long).unwrap();
+        assert_eq!(cut.len(), MAX_USER_BYTES);
+        assert!(long.starts_with(&cut));
     }
 
     #[test]

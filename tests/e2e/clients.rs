@@ -2,7 +2,8 @@
 //! meaning of tokens across protocols (Claude Code's cache-heavy usage counted and charged in
 //! full), `count_tokens` apart from calls and from the RPM limit, streams cut before their final
 //! event flagged, zero usage treated as missing, the Responses WebSocket upgrade refused with 426,
-//! and the client family and session id recorded and filterable.
+//! the client family and session id recorded and filterable, and the end user, provider and
+//! source recorded with every call.
 
 use crate::common::*;
 use crate::gateway_support::*;
@@ -418,4 +419,103 @@ async fn clients_and_sessions_are_recorded_and_filter_the_logs() {
         (&row["client"], &row["session_id"]),
         (&json!("codex"), &json!("codex-session-2"))
     );
+}
+
+/// A call's path, extra headers and body, and the end user and provider it should be recorded with.
+type UserCall<'a> = (
+    &'a str,
+    Vec<(&'a str, &'a str)>,
+    Value,
+    Option<&'a str>,
+    &'a str,
+);
+
+#[tokio::test]
+async fn end_users_providers_and_sources_are_recorded() {
+    let mock = Mock::start();
+    let (_dir, server) = start_behind(&mock, "");
+    let (_, key) = server.create_key("users").await;
+    let long = "u".repeat(300);
+    let chat = |extra: Value| {
+        let mut body = json!({"model": "gpt-4o-mini", "max_tokens": 5,
+            "messages": [{"role": "user", "content": "hi"}]});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body
+    };
+    let claude = |user_id: &str| {
+        let mut body = messages("claude-3-haiku", false);
+        body["metadata"] = json!({ "user_id": user_id });
+        body
+    };
+    let uuid = "0e5b1c1e-63a4-4a4c-9f0d-0c6f5c3f4f8e";
+    let code_user = format!("user_{}_account_{uuid}", "ab".repeat(32));
+    let calls: Vec<UserCall<'_>> = vec![
+        (
+            "/v1/chat/completions",
+            vec![],
+            chat(json!({"user": "alice"})),
+            Some("alice"),
+            "mock-openai",
+        ),
+        (
+            "/v1/chat/completions",
+            vec![],
+            chat(json!({"user": "old", "safety_identifier": "bob"})),
+            Some("bob"),
+            "mock-openai",
+        ),
+        (
+            "/v1/chat/completions",
+            vec![("x-token-console-user", "carol")],
+            chat(json!({"user": "alice"})),
+            Some("carol"),
+            "mock-openai",
+        ),
+        (
+            "/v1/messages",
+            vec![],
+            claude(&format!("{code_user}_session_{uuid}")),
+            Some(&code_user),
+            "mock-anthropic",
+        ),
+        (
+            "/v1/chat/completions",
+            vec![],
+            chat(json!({"user": long})),
+            Some(&long[..128]),
+            "mock-openai",
+        ),
+        (
+            "/v1/chat/completions",
+            vec![],
+            chat(json!({})),
+            None,
+            "mock-openai",
+        ),
+        // Refused before a provider was chosen: no provider, the user still recorded.
+        (
+            "/v1/chat/completions",
+            vec![("x-token-console-user", "dave")],
+            json!({"messages": []}),
+            Some("dave"),
+            "",
+        ),
+    ];
+    for (path, headers, body, _, _) in &calls {
+        send(&server, path, &key, headers, body).await;
+    }
+    let rows = settle(&server, calls.len() as u64).await;
+    for (row, (_, _, _, user, provider)) in rows.iter().rev().zip(&calls) {
+        assert_eq!(
+            (&row["user"], &row["provider"], &row["source"]),
+            (&json!(user), &json!(provider), &json!("gateway")),
+            "{row}"
+        );
+    }
+    // The header is the gateway's own: it never reaches the provider.
+    let requests = json!(mock.requests().await).to_string();
+    assert!(requests.contains("anthropic-version"), "{requests}");
+    assert!(!requests.contains("x-token-console-user"), "{requests}");
 }

@@ -165,6 +165,9 @@ fn call(
         error: (status >= 400).then(|| format!("failed with {status}")),
         client: String::new(),
         session_id: None,
+        user: None,
+        provider: String::new(),
+        source: "gateway".into(),
         answer: Default::default(),
         ingest: None,
     }

@@ -563,7 +563,7 @@ async fn two_instances_on_one_database_store_every_record_once() {
     let fake = Fake::start();
     let dir = tempdir();
     let yaml = source_yaml(&fake.url, "subscribe", MANAGEMENT_KEY);
-    let mut servers = vec![
+    let mut servers = [
         Server::start_on(dir.path(), &dir.path().join("a.yaml"), &yaml, &[]),
         Server::start_on(dir.path(), &dir.path().join("b.yaml"), &yaml, &[]),
     ];

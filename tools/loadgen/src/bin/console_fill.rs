@@ -163,6 +163,9 @@ fn call(
         error: error.map(str::to_owned),
         client: String::new(),
         session_id: None,
+        user: None,
+        provider: String::new(),
+        source: "gateway".into(),
         answer: Default::default(),
         ingest: None,
     }
