@@ -110,8 +110,12 @@ async fn get_stats(
     State(state): State<ConsoleState>,
     ConsoleQuery(q): ConsoleQuery<StatsQuery>,
 ) -> ApiResult<wire::Stats> {
-    let filter = q.filter()?;
-    Ok(Json(Envelope::ok(stats::stats(&state, filter).await?)))
+    let (filter, source) = (q.filter()?, q.source()?);
+    let stats = match source {
+        Some(source) => stats::stats_of_source(&state, source, filter).await?,
+        None => stats::stats(&state, filter).await?,
+    };
+    Ok(Json(Envelope::ok(stats)))
 }
 
 /// Each usage source's health, and ingested usage per credential and per client key.
@@ -264,7 +268,7 @@ async fn export(
     ConsoleQuery(q): ConsoleQuery<ExportQuery>,
 ) -> Result<Response, ConsoleError> {
     let format = export::format(q.format())?;
-    export::export(&state, format).await
+    export::export(&state, format, q.source()).await
 }
 
 /// This document.

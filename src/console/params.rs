@@ -35,6 +35,8 @@ pub struct StatsQuery {
     /// End of the window (widened to the end of its hour); must be later than `from`.
     #[param(value_type = Option<String>, format = DateTime)]
     pub to: Option<String>,
+    /// Only this source's calls: `gateway` or a usage source's name (not with `key_id`).
+    pub source: Option<String>,
 }
 
 /// Query of `GET /api/console/usage-trend`.
@@ -84,6 +86,8 @@ pub struct LogsQuery {
     pub client: Option<String>,
     /// Session id, exact.
     pub session_id: Option<String>,
+    /// Source, exact: `gateway` (the gateway's own calls) or a usage source's name.
+    pub source: Option<String>,
 }
 
 /// Query of `GET /api/console/sources`.
@@ -124,6 +128,8 @@ pub struct ExportQuery {
     /// `json` (default) or `csv`.
     #[param(pattern = r"^([jJ][sS][oO][nN]|[cC][sS][vV])$")]
     pub format: Option<String>,
+    /// Only this source's calls (and, in JSON, its statistics).
+    pub source: Option<String>,
 }
 
 /// A whole number of 1 or more, of any size (larger than the parameter's maximum is clamped).
@@ -225,6 +231,24 @@ impl ExportQuery {
     pub fn format(&self) -> Option<&str> {
         get(&self.format)
     }
+
+    /// `source`, if given.
+    pub fn source(&self) -> Option<String> {
+        get(&self.source).map(|s| s.trim().to_owned())
+    }
+}
+
+impl StatsQuery {
+    /// `source`, if given; not with `key_id` (keys are counted over every source).
+    pub fn source(&self) -> Result<Option<String>, ConsoleError> {
+        let source = get(&self.source).map(|s| s.trim().to_owned());
+        if source.is_some() && get(&self.key_id).is_some() {
+            return Err(ConsoleError::BadRequest(
+                "source and key_id cannot be combined; send one of them".into(),
+            ));
+        }
+        Ok(source)
+    }
 }
 
 /// `200` or a class such as `4xx`.
@@ -264,6 +288,7 @@ impl LogsQuery {
             kind: get(&self.kind).map(kind).transpose()?,
             client: text(&self.client),
             session_id: text(&self.session_id),
+            source: text(&self.source),
         })
     }
 }

@@ -17,6 +17,17 @@ pub async fn stats(state: &ConsoleState, filter: UsageFilter) -> Result<Stats, C
     Ok(build_stats(models, budget))
 }
 
+/// `/stats?source=`: the same figures over one source's calls (no budget: budgets are per key
+/// or global, over every source).
+pub async fn stats_of_source(
+    state: &ConsoleState,
+    source: String,
+    filter: UsageFilter,
+) -> Result<Stats, ConsoleError> {
+    let models = state.store.usage_by_model_of_source(source, filter).await?;
+    Ok(build_stats(models, None))
+}
+
 async fn key_limit(state: &ConsoleState, key_id: i64) -> Result<Option<u64>, ConsoleError> {
     let keys = state.store.list_keys().await?;
     let key = keys.iter().find(|k| k.id == key_id).ok_or_else(|| {

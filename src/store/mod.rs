@@ -268,6 +268,8 @@ pub struct LogQuery {
     pub client: Option<String>,
     /// Session id, exact.
     pub session_id: Option<String>,
+    /// Source (`gateway` or a usage source's name), exact.
+    pub source: Option<String>,
 }
 
 /// A kind filter of the logs.
@@ -473,6 +475,16 @@ impl Store {
         filter: UsageFilter,
     ) -> Result<Vec<(String, Aggregate)>, StoreError> {
         run!(read, self, usage_by_model(&filter))
+    }
+
+    /// Aggregates per model of one source's calls (`gateway` or a usage source's name) within
+    /// the filter's hours (its `key_id` is not used).
+    pub async fn usage_by_model_of_source(
+        &self,
+        source: String,
+        filter: UsageFilter,
+    ) -> Result<Vec<(String, Aggregate)>, StoreError> {
+        run!(read, self, usage_by_model_of_source(&source, &filter))
     }
 
     /// All-time aggregates per key id (0 = calls without a key).

@@ -511,6 +511,9 @@ fn log_conditions(query: &LogQuery) -> Conditions<'_> {
     if let Some(session_id) = &query.session_id {
         c.compare("session_id", "=", session_id.as_str());
     }
+    if let Some(source) = &query.source {
+        c.compare("source", "=", source.as_str());
+    }
     c
 }
 
@@ -767,6 +770,7 @@ async fn write_calls(
     };
     db.insert(&calls).await?;
     upsert_source_aggregates(db, records, tz).await?;
+    upsert_source_hours(db, records).await?;
     let g = group(records, tz);
     upsert_aggregates(db, "agg_hour", &["hour", "key_id"], with_dims(g.hours)).await?;
     upsert_aggregates(db, "agg_day", &["day", "key_id"], with_dims(g.days)).await?;
@@ -885,6 +889,83 @@ async fn upsert_source_aggregates(
         tail,
     };
     db.insert(&bulk).await
+}
+
+/// Adds every call of a batch to `agg_source_hour`, per UTC hour, source and model.
+async fn upsert_source_hours(db: &mut impl Db, records: &[CallRecord]) -> Result<(), StoreError> {
+    let mut groups: HashMap<(i64, &str, &str), Aggregate> = HashMap::new();
+    for call in records {
+        let hour = ms(call.ts).div_euclid(MS_PER_HOUR);
+        groups
+            .entry((hour, call.source.as_str(), call.model.as_str()))
+            .or_default()
+            .add(&Aggregate::of(call));
+    }
+    let mut groups: Vec<_> = groups.into_iter().collect();
+    groups.sort_by(|a, b| a.0.cmp(&b.0));
+    let insert = super::sql::memo("aggregate insert", "agg_source_hour", || {
+        format!(
+            "INSERT INTO agg_source_hour (hour, source, model, {})",
+            AGG_COLUMNS.join(", ")
+        )
+    });
+    let tail = super::sql::memo("aggregate upsert", "agg_source_hour", || {
+        let updates = AGG_COLUMNS
+            .iter()
+            .map(|c| format!("{c} = agg_source_hour.{c} + excluded.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!("ON CONFLICT (hour, source, model) DO UPDATE SET {updates}")
+    });
+    let mut types = vec![Ty::BigInt, Ty::Text, Ty::Text];
+    types.extend([Ty::BigInt; AGG_COLUMNS.len()]);
+    let bulk = Bulk {
+        insert,
+        types,
+        rows: groups
+            .into_iter()
+            .map(|((hour, source, model), agg)| {
+                let mut row: Vec<Param<'static>> = vec![
+                    hour.into(),
+                    source.to_owned().into(),
+                    model.to_owned().into(),
+                ];
+                row.extend(aggregate_values(&agg));
+                row
+            })
+            .collect(),
+        tail,
+    };
+    db.insert(&bulk).await
+}
+
+/// Aggregates per model of one source's calls, within the filter's hours.
+pub async fn usage_by_model_of_source(
+    db: &mut impl Db,
+    source: &str,
+    filter: &UsageFilter,
+) -> Result<Vec<(String, Aggregate)>, StoreError> {
+    let mut c = Conditions::default();
+    c.compare("source", "=", source);
+    if let Some(from) = filter.from {
+        c.compare("hour", ">=", ms(from).div_euclid(MS_PER_HOUR));
+    }
+    if let Some(to) = filter.to {
+        c.compare(
+            "hour",
+            "<",
+            (ms(to) + MS_PER_HOUR - 1).div_euclid(MS_PER_HOUR),
+        );
+    }
+    let sql = format!(
+        "SELECT model, {} FROM agg_source_hour{} GROUP BY model ORDER BY model {{binary}}",
+        agg_sums(),
+        c.clause()
+    );
+    let rows = db.query(&sql, &c.params).await?;
+    rows.iter()
+        .map(|row| Ok((row.text(0)?, read_aggregate(row, 1)?)))
+        .collect()
 }
 
 /// Ingested usage per source and credential (`dim` = `credential`) or client key

@@ -267,6 +267,28 @@ async fn assert_figures(server: &Server, records: &[Value], key: (i64, &str)) {
         total: n(&stats["used_tokens"]),
     };
     assert_eq!(got, e.all, "totals");
+    // The source filter of the dashboard, the logs and the export.
+    let of_source = server.data("/api/console/stats?source=cpa").await;
+    assert_eq!(of_source["used_tokens"], stats["used_tokens"]);
+    assert_eq!(of_source["models"], stats["models"]);
+    let gateway = server.data("/api/console/stats?source=gateway").await;
+    assert_eq!(gateway["api_call_count"], 0, "{gateway}");
+    let (status, both) = server.get("/api/console/stats?source=cpa&key_id=1").await;
+    assert_eq!(status, 400, "{both}");
+    let rows = server.logs("limit=5&source=cpa").await;
+    assert_eq!(rows.len(), 5);
+    assert!(rows.iter().all(|r| r["source"] == "cpa"), "{rows:?}");
+    assert!(server.logs("source=gateway").await.is_empty());
+    let csv = reqwest::get(format!(
+        "{}/api/console/export?format=csv&source=gateway",
+        server.url
+    ))
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    assert_eq!(csv.lines().count(), 1, "the header only: {csv}");
     let models: BTreeMap<String, (u64, u64)> = stats["models"]
         .as_array()
         .unwrap()

@@ -30,3 +30,14 @@ CREATE TABLE source_leases (
     holder     TEXT  NOT NULL,
     expires_at {int} NOT NULL
 ){without_rowid};
+
+-- Every call (the gateway's too, source 'gateway') per UTC hour, source and model: the
+-- dashboard's figures of one source.
+CREATE TABLE agg_source_hour (
+    hour   {int} NOT NULL,
+    source TEXT  NOT NULL,
+    model  TEXT  NOT NULL,
+    {aggregates}
+    count_tokens {int} NOT NULL DEFAULT 0,
+    PRIMARY KEY (hour, source, model)
+){without_rowid};
