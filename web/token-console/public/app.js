@@ -6,6 +6,7 @@ import { t, lang, setLang, onLangChange, applyStatic } from './i18n.js';
 import { Dashboard } from './dashboard.js';
 import { Logs } from './logs.js';
 import { Keys } from './keys.js';
+import { Sources } from './sources.js';
 import { toast, errorText, throttle } from './util.js';
 
 const TABS = ['dashboard', 'logs', 'keys'];
@@ -13,6 +14,12 @@ const TABS = ['dashboard', 'logs', 'keys'];
 const dashboard = new Dashboard();
 const logs = new Logs();
 const keys = new Keys({ onChange: (list) => logs.setKeys(list) });
+const sources = new Sources({
+  onFilter(source) {
+    dashboard.source = source;
+    dashboard.refresh({ quiet: true });
+  },
+});
 
 let stream = null;
 let signingIn = false;
@@ -39,6 +46,7 @@ onLangChange(() => {
   dashboard.render();
   logs.render();
   keys.render();
+  sources.render();
   document.getElementById('signin-error').textContent = '';
 });
 
@@ -56,7 +64,10 @@ function selectTab(name, { focus = false, fromHash = false } = {}) {
   for (const n of TABS) document.getElementById(`panel-${n}`).hidden = n !== name;
   if (!fromHash && location.hash !== `#${name}`) history.replaceState(null, '', `#${name}`);
   if (signingIn || !started) return;
-  if (name === 'dashboard' && dashboard.loadedOnce) dashboard.refresh({ quiet: true });
+  if (name === 'dashboard' && dashboard.loadedOnce) {
+    dashboard.refresh({ quiet: true });
+    sources.load();
+  }
   if (name === 'keys') keys.load();
   if (name === 'logs' && !logs.loaded && !logs.loading) logs.load();
 }
@@ -188,7 +199,7 @@ document.getElementById('export-btn').addEventListener('click', async (e) => {
   const btn = e.currentTarget;
   btn.disabled = true;
   try {
-    await downloadExport();
+    await downloadExport(dashboard.source || undefined);
     toast(t('toast.exported'), 'success');
   } catch (err) {
     if (err && err.status !== 401) toast(errorText(err), 'error');
@@ -207,6 +218,7 @@ function start() {
   });
   logs.load();
   keys.load();
+  sources.load();
   startStream();
 }
 
