@@ -431,6 +431,12 @@ impl Session<'_> {
         if let Some(task) = errors_task {
             task.abort();
         }
+        if matches!(end, End::Shutdown) {
+            // What was read ahead is stored, not dropped (what is still in the socket is lost).
+            while let Ok(Ok(reply)) = replies.try_recv() {
+                let _ = self.on_message(reply).await;
+            }
+        }
         end
     }
 
