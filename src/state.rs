@@ -98,6 +98,7 @@ impl AppState {
             budget.clone(),
             ledger,
         ));
+        recorder.on_stored(charge_ingested(keys.clone(), budget.clone()));
         let telemetry = match &config.otel {
             Some(otel) => Some(Arc::new(crate::telemetry::Telemetry::start(otel)?)),
             None => None,
@@ -148,6 +149,20 @@ impl AppState {
             sources,
         })
     }
+}
+
+/// Charges each ingested record, once stored, to the global budget and to the key it is
+/// attributed to: usage reported by a source cannot be refused, but it counts.
+fn charge_ingested(keys: Arc<KeyRegistry>, global: Arc<Budget>) -> crate::usage::StoredHook {
+    Box::new(move |rows| {
+        for row in rows.iter().filter(|r| r.call.ingest.is_some()) {
+            let tokens = row.call.tokens.total;
+            global.charge(tokens);
+            if let Some(entry) = row.call.key_id.and_then(|id| keys.get(id)) {
+                entry.budget.charge(tokens);
+            }
+        }
+    })
 }
 
 /// The budget ledger: in memory on SQLite (one instance: no request waits for the database for

@@ -447,6 +447,14 @@ impl Budget {
         Ok(())
     }
 
+    /// Charges `tokens` used without a reservation (usage reported after the fact by a usage
+    /// source): it cannot be refused, but it counts against the limit like any call's.
+    pub fn charge(&self, tokens: u64) {
+        if tokens > 0 {
+            self.settle(0, tokens);
+        }
+    }
+
     fn settle(&self, reserved: u64, actual: u64) {
         let (overdraft, used_from_slice) = {
             let mut state = self.lock();

@@ -2,7 +2,9 @@
 
 mod recorder;
 
-pub use recorder::{QueueFull, Recorder, RecorderStats, Slot, QUEUE_CAPACITY, SLOT_WAIT};
+pub use recorder::{
+    QueueFull, Recorder, RecorderStats, Slot, StoredHook, QUEUE_CAPACITY, SLOT_WAIT,
+};
 
 /// Upper bounds (inclusive, milliseconds) of the latency histogram's buckets; a last bucket holds
 /// everything slower. Fixed forever: the store keeps one column per bucket.

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::common::{on_postgres, sibling_binary, tempdir, wait_until, Server};
+use crate::common::{self, on_postgres, sibling_binary, tempdir, wait_until, Server};
 
 const MANAGEMENT_KEY: &str = "cpa-management-secret";
 const INGEST_KEY: &str = "ingest-key-0123456789abcdef";
@@ -716,4 +716,42 @@ async fn the_push_endpoint_needs_its_key_refuses_bad_fields_and_is_idempotent() 
     assert!(sources.to_string().contains("bo***@example.com"));
     assert!(!sources.to_string().contains("client-secret-123456"));
     assert_eq!(server.data("/api/console/stats").await["api_call_count"], 2);
+}
+
+#[tokio::test]
+async fn ingested_usage_counts_against_the_budget_of_its_key() {
+    let mock = common::Mock::start();
+    let (_dir, server) =
+        common::start_behind(&mock, &format!("console:\n  ingest_key: {INGEST_KEY}\n"));
+    let (id, key) = server.create_key("cpa-user").await;
+    let (status, body) = server
+        .patch(
+            &format!("/api/console/keys/{id}"),
+            &json!({"token_limit": 1_000}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let chat = json!({"model": "gpt-4o-mini", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]});
+    let first = common::call(&server.url, "/v1/chat/completions", &key, &chat).await;
+    assert_eq!(first.status().as_u16(), 200);
+    // Usage reported after the fact by a source, made with the same key: it cannot be refused,
+    // but it uses up the budget.
+    let pushed = json!([{"id": "r1", "ts": jiff::Timestamp::now().to_string(), "model": "claude-sonnet-4-5",
+        "tokens": {"input": 900, "output": 200}, "client_key": key}]);
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/console/ingest", server.url))
+        .bearer_auth(INGEST_KEY)
+        .json(&pushed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let stats = server
+        .data(&format!("/api/console/stats?key_id={id}"))
+        .await;
+    assert_eq!(stats["api_call_count"], 2, "attributed to the key: {stats}");
+    let refused = common::call(&server.url, "/v1/chat/completions", &key, &chat).await;
+    assert_eq!(refused.status().as_u16(), 429);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "insufficient_quota", "{body}");
 }

@@ -19,6 +19,7 @@ const sources = new Sources({
     dashboard.source = source;
     dashboard.refresh({ quiet: true });
   },
+  onNames: (names) => logs.setSources(names),
 });
 
 let stream = null;

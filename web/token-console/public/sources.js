@@ -9,7 +9,8 @@ import { h, clear, fmtInt, fmtMs, fmtDateTime, errorText, renderState } from './
 
 export class Sources {
   /** `onFilter(source)` is called when the dashboard's source filter changes ('' = all). */
-  constructor({ onFilter }) {
+  constructor({ onFilter, onNames }) {
+    this.onNames = onNames;
     this.data = null;
     this.error = null;
     this.source = '';
@@ -45,6 +46,7 @@ export class Sources {
 
   render() {
     this.renderFilter();
+    this.onNames(this.names());
     const box = document.getElementById('sources-box');
     const d = this.data;
     const any = d && (d.sources.length || d.credentials.length || d.client_keys.length);
