@@ -242,10 +242,15 @@ pub fn cpa_dedup_key(request_id: &str, timestamp: &str, auth_index: &str, model:
     h.finalize().into()
 }
 
-/// Reads one CLIProxyAPI payload (the text of a `usage` message) of source `source`.
+/// Reads one CLIProxyAPI payload (the text of a `usage` message) of source `source`, in one
+/// pass (no JSON tree: this runs for every record of a subscription).
 pub fn parse_cpa_text(text: &str, source: &str) -> Payload {
-    match serde_json::from_str::<serde_json::Value>(text) {
-        Ok(value) => parse_cpa_value(&value, source),
+    match serde_json::from_str::<CpaRecord>(text) {
+        Ok(record) => from_record(record, source),
+        Err(e) if e.is_data() && text.trim_start().starts_with('{') => {
+            Payload::Bad(format!("unexpected field type ({e})"))
+        }
+        Err(e) if e.is_data() => Payload::Bad("not a JSON object".into()),
         Err(e) => Payload::Bad(format!("not JSON ({e})")),
     }
 }
@@ -255,10 +260,14 @@ pub fn parse_cpa_value(value: &serde_json::Value, source: &str) -> Payload {
     if !value.is_object() {
         return Payload::Bad("not a JSON object".into());
     }
-    let record = match CpaRecord::deserialize(value) {
-        Ok(r) => r,
-        Err(e) => return Payload::Bad(format!("unexpected field type ({e})")),
-    };
+    match CpaRecord::deserialize(value) {
+        Ok(record) => from_record(record, source),
+        Err(e) => Payload::Bad(format!("unexpected field type ({e})")),
+    }
+}
+
+/// A deserialised record: a control message, a call, or bad.
+fn from_record(record: CpaRecord, source: &str) -> Payload {
     if record.request_id.is_none() && (record.support_refresh.is_some() || record.refresh.is_some())
     {
         return Payload::Control;
