@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::record::{self, Payload};
 use super::resp::{Connection, Reader, Reply, RespError};
@@ -389,7 +389,7 @@ impl Session<'_> {
         let usage_task = tokio::spawn(read_replies(reader, tx));
         let (etx, mut events) = mpsc::channel(64);
         let errors_task = errors.map(|c| tokio::spawn(read_replies(c.split().0, etx)));
-        let mut renewed = Instant::now();
+        let (renewal, mut lease) = self.renewer();
         let mut heard = Instant::now();
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -407,10 +407,8 @@ impl Session<'_> {
                         Some(Err(e)) => break End::Failed(lost(&e)),
                         None => break End::Failed(lost(&RespError::Closed)),
                     }
-                    if let Some(end) = self.keep_lease(&mut renewed).await {
-                        break end;
-                    }
                 }
+                end = &mut lease => break end.unwrap_or(End::LeaseLost),
                 Some(Ok(event)) = events.recv() => self.on_error_event(&event),
                 _ = ping.tick() => {
                     if heard.elapsed() > PING_EVERY * 3 {
@@ -421,12 +419,10 @@ impl Session<'_> {
                             break End::Failed(lost(&e));
                         }
                     }
-                    if let Some(end) = self.keep_lease(&mut renewed).await {
-                        break end;
-                    }
                 }
             }
         };
+        renewal.abort();
         usage_task.abort();
         if let Some(task) = errors_task {
             task.abort();
@@ -438,6 +434,36 @@ impl Session<'_> {
             }
         }
         end
+    }
+
+    /// Renews the lease every [`LEASE_RENEW`] on a task of its own, so that a store write waiting
+    /// for the database never holds up reading the subscription (CLIProxyAPI drops a reader that
+    /// falls 256 records behind); the receiver gets why the lease was lost.
+    fn renewer(&self) -> (tokio::task::JoinHandle<()>, oneshot::Receiver<End>) {
+        let (tx, rx) = oneshot::channel();
+        let (store, name, holder) = (
+            self.cx.store.clone(),
+            self.config.name.clone(),
+            self.cx.instance.clone(),
+        );
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(LEASE_RENEW).await;
+                let renewed = store
+                    .take_source_lease(name.clone(), holder.clone(), LEASE_TTL.as_millis() as i64)
+                    .await;
+                let end = match renewed {
+                    Ok(true) => continue,
+                    Ok(false) => End::LeaseLost,
+                    Err(e) => {
+                        End::Failed(format!("cannot renew the source's lease in the store: {e}"))
+                    }
+                };
+                let _ = tx.send(end);
+                return;
+            }
+        });
+        (task, rx)
     }
 
     /// One reply in pub/sub mode: a message, a pong, or an error.
