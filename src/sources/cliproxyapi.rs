@@ -27,8 +27,9 @@ pub const LEASE_RENEW: Duration = Duration::from_secs(2);
 pub const AUTH_RETRY: Duration = Duration::from_secs(30 * 60);
 /// Refusals after which the key is not tried again until restart (CLIProxyAPI bans at five).
 pub const MAX_AUTH_ATTEMPTS: u64 = 3;
-/// Records asked for per pop.
-const POP_BATCH: usize = 1_000;
+/// Records asked for per pop: as many as the recorder writes in one transaction, so that a pop
+/// costs one commit.
+const POP_BATCH: usize = crate::usage::MAX_BATCH;
 /// A subscription silent this long gets a `PING`; three times this without a word ends it.
 const PING_EVERY: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -3,7 +3,7 @@
 mod recorder;
 
 pub use recorder::{
-    QueueFull, Recorder, RecorderStats, Slot, StoredHook, QUEUE_CAPACITY, SLOT_WAIT,
+    QueueFull, Recorder, RecorderStats, Slot, StoredHook, MAX_BATCH, QUEUE_CAPACITY, SLOT_WAIT,
 };
 
 /// Upper bounds (inclusive, milliseconds) of the latency histogram's buckets; a last bucket holds
