@@ -270,10 +270,22 @@ fn record(i: u64, keys: &[String], now: jiff::Timestamp) -> String {
     let n = |m: u64| (i * 7919 + m * 104_729) % 97;
     let buckets = Buckets {
         uncached: 50 + n(1) as i64,
-        cache_read: if i % 3 == 0 { 0 } else { 200 + n(2) as i64 * 3 },
-        cache_write: if i % 5 == 0 { 40 + n(3) as i64 } else { 0 },
+        cache_read: if i.is_multiple_of(3) {
+            0
+        } else {
+            200 + n(2) as i64 * 3
+        },
+        cache_write: if i.is_multiple_of(5) {
+            40 + n(3) as i64
+        } else {
+            0
+        },
         output: 20 + n(4) as i64,
-        reasoning: if i % 2 == 0 { 10 + n(5) as i64 } else { 0 },
+        reasoning: if i.is_multiple_of(2) {
+            10 + n(5) as i64
+        } else {
+            0
+        },
     };
     let zero = Buckets {
         uncached: 0,
@@ -290,7 +302,7 @@ fn record(i: u64, keys: &[String], now: jiff::Timestamp) -> String {
             "independent",
             "claude-sonnet-4-5",
             "sonnet",
-            if group % 2 == 0 {
+            if group.is_multiple_of(2) {
                 "alice@example.com"
             } else {
                 "bob@example.com"
@@ -563,7 +575,7 @@ fn pop_reply(fake: &Shared, args: &[String]) -> String {
             args[0].to_ascii_lowercase()
         );
     }
-    if args[1].trim().to_ascii_lowercase() != "usage" {
+    if !args[1].trim().eq_ignore_ascii_case("usage") {
         return format!("-ERR unsupported channel '{}'\r\n", args[1]);
     }
     match args.get(2) {
