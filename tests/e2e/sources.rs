@@ -350,7 +350,7 @@ async fn ten_thousand_records(mode: &str) {
     )
     .await;
     let key = server.create_key("cpa-client").await;
-    fake.emit(0, 10_000, 4, &[&key.1, "cpa-client-beta", ""])
+    fake.emit(0, 10_000, 2, &[&key.1, "cpa-client-beta", ""])
         .await
         .unwrap();
     let records = fake.delivered().await;
@@ -400,7 +400,7 @@ async fn restarts_of_token_console_and_of_the_fake_count_nothing_twice() {
     let yaml = source_yaml(&fake.url, "subscribe", MANAGEMENT_KEY);
     let mut server = Server::start(dir.path(), &yaml);
     wait_state(&server, "subscribed").await;
-    fake.emit(0, 2_000, 4, &["k"]).await.unwrap();
+    fake.emit(0, 2_000, 2, &["k"]).await.unwrap();
     wait_stored(&server, 2_000).await;
 
     // token-console killed while records flow: what the fake emits meanwhile is queued (no
@@ -598,7 +598,7 @@ async fn two_instances_on_one_database_store_every_record_once() {
         }
     })
     .await;
-    fake.emit(0, 5_000, 4, &["k1", "k2"]).await.unwrap();
+    fake.emit(0, 5_000, 2, &["k1", "k2"]).await.unwrap();
     assert_eq!(fake.stats().await["subscribers"], 1);
     assert_eq!(fake.delivered().await.len(), 5_000);
     wait_stored(&servers[1 - consumer], 5_000).await;
@@ -606,7 +606,7 @@ async fn two_instances_on_one_database_store_every_record_once() {
     // was queued meanwhile.
     servers[consumer].kill();
     let survivor = &servers[1 - consumer];
-    fake.emit(5_000, 5_000, 4, &["k1", "k2"]).await.unwrap();
+    fake.emit(5_000, 5_000, 2, &["k1", "k2"]).await.unwrap();
     wait_state(survivor, "subscribed").await;
     wait_until("the queue emptied by the new consumer", || async {
         let s = fake.stats().await;

@@ -495,6 +495,7 @@ def test_console_answers_agree_with_the_openapi_document(gateway, oa, an, consol
         "/api/console/keys": [""],
         "/api/console/export": ["?format=json"],
         "/api/console/openapi.json": [""],
+        "/api/console/sources": ["?days=3", ""],
     }
     gets = {path for path, ops in doc["paths"].items() if "get" in ops}
     assert gets == set(asked) | {"/api/console/logs/stream"}, gets

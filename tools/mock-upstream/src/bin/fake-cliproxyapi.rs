@@ -40,6 +40,8 @@ const BAN_AFTER: u32 = 5;
 const BAN_FOR: Duration = Duration::from_secs(30 * 60);
 /// Messages buffered per subscriber before it is dropped.
 const SUBSCRIBER_BUFFER: usize = 256;
+/// Most records emitted in one tick of a paced emission.
+const MAX_BURST: u64 = 128;
 /// Longest RESP bulk string accepted.
 const MAX_BULK: usize = 1 << 20;
 
@@ -740,7 +742,9 @@ async fn emit(State(fake): State<Shared>, Query(q): Query<HashMap<String, String
             from + count
         } else {
             let owed = (started.elapsed().as_micros() as u64 * per_ms / 1000).max(1);
-            (from + owed).clamp(i + 1, from + count)
+            // At most half a subscriber's buffer at once: CLIProxyAPI's records come one by one
+            // from concurrent requests, never as a burst that fills the buffer in one go.
+            (from + owed).clamp(i + 1, (i + MAX_BURST).min(from + count))
         };
         let now = jiff::Timestamp::now();
         {
