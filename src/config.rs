@@ -191,6 +191,7 @@ struct RawConfig {
     otel: Option<RawOtel>,
     pricing: Option<RawPricing>,
     alerts: Option<RawAlerts>,
+    sources: Option<Vec<RawSource>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -269,6 +270,17 @@ impl<'de> Deserialize<'de> for HttpUrl {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawSource {
+    name: EnvString,
+    kind: SourceKind,
+    url: EnvString,
+    management_key: EnvString,
+    mode: Option<SourceMode>,
+    poll_interval_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawOtel {
     endpoint: EnvString,
     headers: Option<std::collections::BTreeMap<String, EnvString>>,
@@ -284,6 +296,7 @@ struct RawConsole {
     max_logs: Option<u64>,
     max_keys: Option<u64>,
     admin_key: Option<EnvString>,
+    ingest_key: Option<EnvString>,
     allowed_hosts: Option<Vec<EnvString>>,
     usage_user_cap: Option<u64>,
 }
@@ -410,6 +423,9 @@ pub struct ConsoleConfig {
     pub usage_user_cap: u64,
     /// When set, every console call needs it as a bearer token.
     pub admin_key: Option<Secret>,
+    /// The bearer token of `POST /api/console/ingest` (never the admin key); `None` turns the
+    /// push endpoint off.
+    pub ingest_key: Option<Secret>,
     /// Host names (lowercase, without port) the console answers without an admin key, besides
     /// loopback names and the configured host.
     pub allowed_hosts: Vec<String>,
@@ -481,6 +497,8 @@ pub struct Config {
     pub providers: Vec<ProviderConfig>,
     /// OpenTelemetry export of every call; `None` (the default) exports nothing.
     pub otel: Option<OtelConfig>,
+    /// Usage sources read besides the gateway's own calls (the `sources:` section).
+    pub sources: Vec<SourceConfig>,
     /// Alerts; `None` (the default) sends none.
     pub alerts: Option<AlertsConfig>,
     /// Price overrides and the display currency (the `pricing:` section).
@@ -496,6 +514,44 @@ pub struct PricingConfig {
     /// The page's second currency (ISO 4217 code, e.g. `CNY`), with its units per USD.
     pub display: Option<(String, f64)>,
 }
+
+/// What kind of usage source a `sources:` entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// CLIProxyAPI's usage export (its management API and RESP interface).
+    Cliproxyapi,
+}
+
+/// How a CLIProxyAPI source is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceMode {
+    /// `SUBSCRIBE usage` over RESP; falls back to popping when it is not available.
+    Subscribe,
+    /// `GET /v0/management/usage-queue` every `poll_interval_ms`.
+    Pop,
+}
+
+/// One usage source (a `sources:` entry), validated.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    /// Shown in the console as the calls' source; unique, `[A-Za-z0-9._-]`, at most 64 bytes.
+    pub name: String,
+    /// What it is.
+    pub kind: SourceKind,
+    /// Base URL without a trailing slash, `http://` or `https://`.
+    pub url: String,
+    /// CLIProxyAPI's management secret.
+    pub management_key: Secret,
+    /// Subscribe (default) or pop.
+    pub mode: SourceMode,
+    /// Pause between pops that found the queue empty.
+    pub poll_interval_ms: u64,
+}
+
+/// Longest source name, in bytes.
+pub const MAX_SOURCE_NAME: usize = 64;
 
 /// Where the OpenTelemetry GenAI spans and metrics of the calls go (the `otel:` section).
 #[derive(Debug, Clone)]
@@ -650,6 +706,26 @@ impl Config {
                 "console.admin_key (CONSOLE_ADMIN_KEY) must be at least {MIN_ADMIN_KEY_CHARS} characters long; generate one with `openssl rand -hex 24`"
             )));
         }
+        let ingest_key = console_raw
+            .ingest_key
+            .map(|k| k.0)
+            .filter(|k| !k.is_empty())
+            .map(Secret::new);
+        if let Some(key) = &ingest_key {
+            if key.expose().chars().count() < MIN_ADMIN_KEY_CHARS {
+                return Err(ConfigError::Invalid(format!(
+                    "console.ingest_key must be at least {MIN_ADMIN_KEY_CHARS} characters long; generate one with `openssl rand -hex 24`"
+                )));
+            }
+            if admin_key
+                .as_ref()
+                .is_some_and(|a| a.expose() == key.expose())
+            {
+                return Err(ConfigError::Invalid(
+                    "console.ingest_key must differ from console.admin_key: whoever pushes usage must not administer the console".into(),
+                ));
+            }
+        }
         let allowed_hosts = cli
             .console_allowed_hosts
             .clone()
@@ -732,6 +808,7 @@ impl Config {
                 max_keys,
                 usage_user_cap,
                 admin_key,
+                ingest_key,
                 allowed_hosts,
             },
             total_tokens: cli.total_tokens.or(quota.total_tokens),
@@ -748,6 +825,7 @@ impl Config {
             otel: raw.otel.map(validate_otel).transpose()?,
             pricing: validate_pricing(raw.pricing.unwrap_or_default())?,
             alerts: raw.alerts.map(validate_alerts).transpose()?,
+            sources: validate_sources(raw.sources.unwrap_or_default())?,
         })
     }
 }
@@ -1185,6 +1263,64 @@ fn validate_provider(raw: RawProvider) -> Result<ProviderConfig, ConfigError> {
     })
 }
 
+/// Longest `poll_interval_ms`: CLIProxyAPI keeps queued records 60 s by default.
+const MAX_POLL_INTERVAL_MS: u64 = 30_000;
+
+fn validate_sources(raw: Vec<RawSource>) -> Result<Vec<SourceConfig>, ConfigError> {
+    let mut out: Vec<SourceConfig> = Vec::with_capacity(raw.len());
+    for (i, source) in raw.into_iter().enumerate() {
+        let at = |field: &str, what: String| {
+            ConfigError::Invalid(format!("sources[{i}].{field}: {what}"))
+        };
+        let name = source.name.0.trim().to_owned();
+        let valid_name = !name.is_empty()
+            && name.len() <= MAX_SOURCE_NAME
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !valid_name {
+            return Err(at(
+                "name",
+                format!(
+                    "\"{name}\" must be 1 to {MAX_SOURCE_NAME} letters, digits, '.', '_' or '-'"
+                ),
+            ));
+        }
+        if name == "gateway" || out.iter().any(|s| s.name == name) {
+            return Err(at("name", format!("\"{name}\" is taken (\"gateway\" is the gateway's own calls; names are unique)")));
+        }
+        let url = source.url.0.trim().trim_end_matches('/').to_owned();
+        let valid_url = ["http://", "https://"]
+            .iter()
+            .any(|scheme| url.len() > scheme.len() && url.starts_with(scheme))
+            && url
+                .parse::<axum::http::Uri>()
+                .is_ok_and(|u| u.host().is_some());
+        if !valid_url {
+            return Err(at("url", format!("\"{url}\" must be CLIProxyAPI's http:// or https:// address, e.g. http://127.0.0.1:8317")));
+        }
+        if source.management_key.0.is_empty() {
+            return Err(at(
+                "management_key",
+                "must not be empty: set CLIProxyAPI's remote-management.secret-key here".into(),
+            ));
+        }
+        let poll_interval_ms = source.poll_interval_ms.unwrap_or(1_000);
+        if poll_interval_ms == 0 || poll_interval_ms > MAX_POLL_INTERVAL_MS {
+            return Err(at("poll_interval_ms", format!("{poll_interval_ms} must be 1 to {MAX_POLL_INTERVAL_MS}: well inside CLIProxyAPI's retention window (60 s by default)")));
+        }
+        out.push(SourceConfig {
+            name,
+            kind: source.kind,
+            url,
+            management_key: Secret::new(source.management_key.0),
+            mode: source.mode.unwrap_or(SourceMode::Subscribe),
+            poll_interval_ms,
+        });
+    }
+    Ok(out)
+}
+
 /// Providers from `OPENAI_API_KEY` / `ANTHROPIC_API_KEY` (and their `*_BASE_URL`) when the file has none.
 fn providers_from_env(env: &impl Fn(&str) -> Option<String>) -> Vec<ProviderConfig> {
     let mut providers = Vec::new();
@@ -1304,6 +1440,63 @@ mod tests {
         // The same match with another `from` is a price change, not a duplicate.
         let changed = "pricing:\n  models:\n    - match: a\n      input: 1\n      output: 1\n    - match: a\n      input: 2\n      output: 2\n      from: 2026-12-01T08:00:00+08:00\n";
         assert!(Config::from_yaml(changed, &cli()).is_ok());
+    }
+
+    #[test]
+    fn sources_are_validated_and_name_their_field() {
+        let ok = "sources:\n  - name: cpa\n    kind: cliproxyapi\n    url: http://127.0.0.1:8318/\n    management_key: secret\n";
+        let config = Config::from_yaml(ok, &cli()).unwrap();
+        assert_eq!(config.sources.len(), 1);
+        assert_eq!(config.sources[0].url, "http://127.0.0.1:8318");
+        assert_eq!(config.sources[0].mode, SourceMode::Subscribe);
+        assert_eq!(config.sources[0].poll_interval_ms, 1_000);
+        assert!(!format!("{:?}", config.sources[0]).contains("secret"));
+        let unknown = Config::from_yaml(&format!("{ok}    poll_every: 5\n"), &cli()).unwrap_err();
+        let text = unknown.to_string();
+        assert!(text.contains("poll_every") && text.contains('6'), "{text}");
+        let cases = [
+            (ok.replace("cpa", "bad name"), "sources[0].name"),
+            (ok.replace("cpa", "gateway"), "sources[0].name"),
+            (
+                ok.replace("http://127.0.0.1:8318/", "127.0.0.1:8318"),
+                "sources[0].url",
+            ),
+            (ok.replace("secret", "''"), "sources[0].management_key"),
+            (
+                format!("{ok}    poll_interval_ms: 0\n"),
+                "sources[0].poll_interval_ms",
+            ),
+            (format!("{ok}{}", &ok["sources:\n".len()..]), "is taken"),
+        ];
+        for (yaml, want) in cases {
+            let text = Config::from_yaml(&yaml, &cli()).unwrap_err().to_string();
+            assert!(text.contains(want), "{yaml}: {text}");
+        }
+        let mode = Config::from_yaml(
+            &ok.replace("kind: cliproxyapi", "kind: cliproxyapi\n    mode: sideways"),
+            &cli(),
+        );
+        assert!(mode.unwrap_err().to_string().contains("sideways"));
+    }
+
+    #[test]
+    fn the_ingest_key_is_long_and_not_the_admin_key() {
+        let same = "console: {admin_key: aaaaaaaaaaaaaaaaaaaa, ingest_key: aaaaaaaaaaaaaaaaaaaa}";
+        assert!(Config::from_yaml(same, &cli())
+            .unwrap_err()
+            .to_string()
+            .contains("differ"));
+        let short = "console: {ingest_key: short}";
+        assert!(Config::from_yaml(short, &cli())
+            .unwrap_err()
+            .to_string()
+            .contains("16"));
+        let ok = "console: {ingest_key: bbbbbbbbbbbbbbbbbbbb}";
+        assert!(Config::from_yaml(ok, &cli())
+            .unwrap()
+            .console
+            .ingest_key
+            .is_some());
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod pricing;
 pub mod reprice;
 pub mod server;
+pub mod sources;
 pub mod state;
 pub mod store;
 pub mod telemetry;

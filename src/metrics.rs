@@ -464,6 +464,7 @@ mod tests {
             source: "gateway".into(),
             cost_status: crate::pricing::CostStatus::Priced,
             answer: Default::default(),
+            ingest: None,
         };
         metrics.observe(&call, 0.3);
         let text = metrics.render(stats());

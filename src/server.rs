@@ -86,6 +86,12 @@ async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
         "keys": {
             "store_lookups": state.keys.store_lookups(),
         },
+        "sources": state
+            .sources
+            .health()
+            .into_iter()
+            .map(crate::console::wire::SourceHealth::from)
+            .collect::<Vec<_>>(),
     }))
 }
 
@@ -394,6 +400,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     if let Some(alerter) = &state.alerter {
         alerter.shutdown().await;
     }
+    // The sources stop reading (and give their leases up) before the recorder drains.
+    state.sources.stopped(Duration::from_secs(5)).await;
     state.instance.shutdown().await;
     recorder.shutdown().await;
     if let Some(telemetry) = state.telemetry.clone() {

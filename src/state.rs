@@ -14,6 +14,7 @@ use crate::gateway::{Gateway, GatewayState, Sinks};
 use crate::keys::sync::{Instance, STALE_AFTER_MS};
 use crate::keys::{ledger_row, Budget, KeyRegistry, Ledger, LocalRows, RateLimiter};
 use crate::metrics::Metrics;
+use crate::sources::Sources;
 use crate::store::Store;
 use crate::usage::Recorder;
 
@@ -40,6 +41,8 @@ pub struct AppState {
     pub gateway: GatewayState,
     /// What the console uses (it shares the store, keys and recorder above).
     pub console: ConsoleState,
+    /// The usage sources' tasks and health.
+    pub sources: Arc<Sources>,
 }
 
 impl FromRef<AppState> for GatewayState {
@@ -114,6 +117,10 @@ impl AppState {
             [budget.clone(), cost_budget.clone()],
             ledger,
         ));
+        recorder.on_stored(charge_ingested(
+            keys.clone(),
+            [budget.clone(), cost_budget.clone()],
+        ));
         let telemetry = match &config.otel {
             Some(otel) => Some(Arc::new(crate::telemetry::Telemetry::start(otel)?)),
             None => None,
@@ -131,6 +138,17 @@ impl AppState {
         )
         .map_err(crate::error::StartError::Io)?
         .map(Arc::new);
+        let sources = Arc::new(Sources::start(
+            &config.sources,
+            crate::sources::Context {
+                recorder: recorder.clone(),
+                keys: keys.clone(),
+                store: store.clone(),
+                instance: instance.id.clone(),
+                shutdown: shutdown.clone(),
+                prices: prices.clone(),
+            },
+        ));
         let console = ConsoleState {
             prices: prices.clone(),
             repricing: Arc::default(),
@@ -142,6 +160,7 @@ impl AppState {
             log_streams: Arc::default(),
             shutdown,
             clock: clock.clone(),
+            sources: sources.clone(),
         };
         let metrics = Arc::new(Metrics::default());
         let gateway = GatewayState {
@@ -169,8 +188,33 @@ impl AppState {
             gateway,
             metrics,
             console,
+            sources,
         })
     }
+}
+
+/// Charges each ingested record, once stored, to the global token and money budgets and to
+/// those of the key it is attributed to, in the period of its instant: usage reported by a
+/// source cannot be refused, but it counts.
+fn charge_ingested(
+    keys: Arc<KeyRegistry>,
+    [tokens_budget, money_budget]: [Arc<Budget>; 2],
+) -> crate::usage::StoredHook {
+    Box::new(move |rows| {
+        for row in rows.iter().filter(|r| r.call.ingest.is_some()) {
+            let (tokens, nanos, at) = (
+                row.call.tokens.total,
+                row.call.cost_nanos.unwrap_or(0),
+                row.call.ts,
+            );
+            tokens_budget.charge(tokens, at);
+            money_budget.charge(nanos, at);
+            if let Some(entry) = row.call.key_id.and_then(|id| keys.get(id)) {
+                entry.budget.charge(tokens, at);
+                entry.cost_budget.charge(nanos, at);
+            }
+        }
+    })
 }
 
 /// The budget ledger: in memory on SQLite (one instance: no request waits for the database for

@@ -16,6 +16,7 @@ port 0 first). Sections:
 5. profile of the gateway under load (perf cpu-clock sampling, and callgrind);
 1c. pricing: the time to price one call (tools/loadgen price-bench) over the gateway's CPU per call
    at saturation in section 1, as a share and as the ratio with/without;
+8. usage sources: records of the fake CLIProxyAPI ingested per second, popped and subscribed;
 with --postgres, on scratch databases of the PostgreSQL server of TC_TEST_POSTGRES_URL (default
 postgres://postgres@127.0.0.1:5432/postgres; made and dropped by `pg-scratch hold`):
    section 1 gains a target, token-console recording into PostgreSQL ("tc-postgres");
@@ -47,10 +48,12 @@ from .pricing import pricing_share
 from .profile import callgrind_profile, perf_profile
 from .report import print_report
 from .scale import pg_scale
+from .sources import sources_section
 from .streaming import streaming
 from .systems import create_key, gateway_config, start_mock, start_tc
 
-SECTIONS = {"overhead", "wrk", "stream", "console", "profile", "pg-overhead", "pg-scale", "pg-console"}
+SECTIONS = {"overhead", "wrk", "stream", "console", "profile", "sources", "pg-overhead", "pg-scale",
+            "pg-console"}
 
 
 def parse_args():
@@ -61,7 +64,7 @@ def parse_args():
     ap.add_argument("--postgres", action="store_true",
                     help="also the PostgreSQL runs: pg-overhead (a target in section 1), pg-scale, pg-console "
                          "(server: TC_TEST_POSTGRES_URL, default postgres://postgres@127.0.0.1:5432/postgres)")
-    ap.add_argument("--skip", default="", help="comma list of sections to skip: overhead,wrk,stream,console,"
+    ap.add_argument("--skip", default="", help="comma list of sections to skip: overhead,wrk,stream,console,sources,"
                                                "profile and, with --postgres, pg-overhead,pg-scale,pg-console")
     a = ap.parse_args()
     skip = set(filter(None, a.skip.split(",")))
@@ -111,7 +114,7 @@ def main():
     res = {"started": started.isoformat(timespec="seconds"), "quick": a.quick, "command": "bench/run "
            + " ".join(sys.argv[1:]), "commit": results.commit(), "environment": results.machine(ctx, a.litellm),
            "overhead": None, "independent": None, "streaming": None, "console": None, "nothing_lost": [],
-           "profile": {}, "pg_scale": None, "pg_console": None, "pricing": None}
+           "profile": {}, "pg_scale": None, "pg_console": None, "pricing": None, "sources": None}
     if a.postgres:
         pg_env = pg_environment()
         res["environment"]["postgres"] = pg_env
@@ -152,6 +155,9 @@ def main():
         tc.stop()
         if "profile" not in skip:
             res["profile"]["callgrind"] = callgrind_profile(ctx, mock)
+        if "sources" not in skip:
+            log("8. usage sources: CLIProxyAPI records ingested per second")
+            res["sources"] = sources_section(ctx)
         if "pg-scale" not in skip:
             log("6. PostgreSQL: two instances behind nginx against one")
             res["pg_scale"] = pg_scale(ctx, mock)

@@ -169,6 +169,12 @@ def print_overhead(o):
 
 def print_rest(res):
     p = print
+    src = res.get("sources")
+    if src:
+        p("\n8. Usage sources: fake CLIProxyAPI records ingested (stored and counted by the console)")
+        for r in src["runs"]:
+            p(f"  {r['mode']:<10} {r['stored']:>8,} of {r['records']:,} records in {r['seconds']:.2f} s: "
+              f"{r['records_per_s']:,} records/s; lost to a slow subscriber {r['lost_to_slow_subscribers']}")
     s = res["streaming"]
     if s:
         d, g = s["direct"], s["token_console"]

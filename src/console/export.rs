@@ -37,17 +37,25 @@ pub fn format(raw: Option<&str>) -> Result<Format, ConsoleError> {
 }
 
 /// The export response with its download file name.
-pub async fn export(state: &ConsoleState, format: Format) -> Result<Response, ConsoleError> {
+pub async fn export(
+    state: &ConsoleState,
+    format: Format,
+    source: Option<String>,
+) -> Result<Response, ConsoleError> {
     let today = jiff::Timestamp::now()
         .to_zoned(state.config.timezone.clone())
         .date()
         .strftime("%Y%m%d")
         .to_string();
     let (head, content_type, ext) = match format {
-        Format::Json => (json_head(state).await?, "application/json", "json"),
+        Format::Json => (
+            json_head(state, source.clone()).await?,
+            "application/json",
+            "json",
+        ),
         Format::Csv => (csv_head()?, "text/csv; charset=utf-8", "csv"),
     };
-    let body = Body::from_stream(log_chunks(state.clone(), format, head));
+    let body = Body::from_stream(log_chunks(state.clone(), format, head, source));
     let disposition = format!("attachment; filename=\"token-stats-{today}.{ext}\"");
     let mut response = body.into_response();
     let headers = response.headers_mut();
@@ -58,8 +66,11 @@ pub async fn export(state: &ConsoleState, format: Format) -> Result<Response, Co
     Ok(response)
 }
 
-async fn json_head(state: &ConsoleState) -> Result<String, ConsoleError> {
-    let stats = stats::stats(state, UsageFilter::default()).await?;
+async fn json_head(state: &ConsoleState, source: Option<String>) -> Result<String, ConsoleError> {
+    let stats = match source {
+        Some(source) => stats::stats_of_source(state, source, UsageFilter::default()).await?,
+        None => stats::stats(state, UsageFilter::default()).await?,
+    };
     let head = Export {
         exported_at: rfc3339(jiff::Timestamp::now()),
         models: stats.models.clone(),
@@ -76,6 +87,7 @@ async fn json_head(state: &ConsoleState) -> Result<String, ConsoleError> {
 
 struct Cursor {
     state: ConsoleState,
+    source: Option<String>,
     format: Format,
     head: Option<String>,
     before_id: Option<i64>,
@@ -88,9 +100,11 @@ fn log_chunks(
     state: ConsoleState,
     format: Format,
     head: String,
+    source: Option<String>,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
     let cursor = Cursor {
         state,
+        source,
         format,
         head: Some(head),
         before_id: None,
@@ -107,6 +121,7 @@ fn log_chunks(
         let query = LogQuery {
             limit: PAGE,
             before_id: cursor.before_id,
+            source: cursor.source.clone(),
             ..LogQuery::default()
         };
         let rows = match cursor.state.store.logs(query).await {

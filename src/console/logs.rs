@@ -125,6 +125,7 @@ pub fn matches(query: &LogQuery, logged: &LoggedCall) -> bool {
             .session_id
             .as_ref()
             .is_none_or(|s| c.session_id.as_ref() == Some(s)),
+        query.source.as_ref().is_none_or(|s| *s == c.source),
     ];
     checks.iter().all(|&ok| ok)
 }

@@ -11,6 +11,7 @@ pub mod logs;
 pub mod openapi;
 pub mod page;
 mod params;
+mod sources;
 mod stats;
 mod usage;
 pub mod wire;
@@ -32,8 +33,8 @@ use crate::usage::Recorder;
 use auth::{Admitted, Gatekeeper, PageAccess};
 
 use params::{
-    AlertsQuery, AnomaliesQuery, ConsoleJson, ConsoleQuery, ExportQuery, LogsQuery, StatsQuery,
-    TrendQuery, UsageParams,
+    AlertsQuery, AnomaliesQuery, ConsoleJson, ConsoleQuery, ExportQuery, IngestQuery, LogsQuery,
+    SourcesQuery, StatsQuery, TrendQuery, UsageParams,
 };
 use wire::{CreateKey, Done, Envelope, PatchKey};
 
@@ -63,6 +64,8 @@ pub struct ConsoleState {
     pub prices: Arc<crate::pricing::PriceBook>,
     /// Held while a repricing runs (one at a time).
     pub repricing: Arc<tokio::sync::Mutex<()>>,
+    /// The usage sources, for their health.
+    pub sources: Arc<crate::sources::Sources>,
 }
 
 impl FromRef<ConsoleState> for Arc<Gatekeeper> {
@@ -88,6 +91,7 @@ pub fn router<S: Clone + Send + Sync + 'static>(state: &ConsoleState) -> Router<
         .route("/reprice", axum::routing::post(reprice))
         .route("/anomalies", get(get_anomalies))
         .route("/alerts", get(get_alerts))
+        .route("/sources", get(get_sources))
         .route("/openapi.json", get(openapi))
         .fallback(api_not_found)
         .route_layer(middleware::from_extractor_with_state::<Admitted, _>(
@@ -97,6 +101,8 @@ pub fn router<S: Clone + Send + Sync + 'static>(state: &ConsoleState) -> Router<
     let path = state.config.console.path.clone();
     let with_slash = format!("{path}/");
     Router::new()
+        // The push endpoint admits by the ingest key, not the admin key: outside `api`'s gate.
+        .route("/api/console/ingest", axum::routing::post(ingest))
         .nest("/api/console", api)
         .route(
             &path,
@@ -116,8 +122,49 @@ async fn get_stats(
     State(state): State<ConsoleState>,
     ConsoleQuery(q): ConsoleQuery<StatsQuery>,
 ) -> ApiResult<wire::Stats> {
-    let filter = q.filter()?;
-    Ok(Json(Envelope::ok(stats::stats(&state, filter).await?)))
+    let (filter, source) = (q.filter()?, q.source()?);
+    let stats = match source {
+        Some(source) => stats::stats_of_source(&state, source, filter).await?,
+        None => stats::stats(&state, filter).await?,
+    };
+    Ok(Json(Envelope::ok(stats)))
+}
+
+/// Each usage source's health, and ingested usage per credential and per client key.
+#[utoipa::path(get, path = "/api/console/sources", params(SourcesQuery),
+    responses((status = 200, description = "Sources", body = Envelope<wire::Sources>),
+        (status = 400, description = "A parameter is wrong", body = wire::Failure)))]
+async fn get_sources(
+    State(state): State<ConsoleState>,
+    ConsoleQuery(q): ConsoleQuery<SourcesQuery>,
+) -> ApiResult<wire::Sources> {
+    let (source, days) = (q.source(), q.days()?);
+    Ok(Json(Envelope::ok(
+        sources::overview(&state, source, days).await?,
+    )))
+}
+
+/// Stores usage records pushed by anything that can report usage: a JSON array of records in
+/// token-console's shape (see the README) or CLIProxyAPI's. Needs `Authorization: Bearer
+/// <console.ingest_key>` (the admin key is refused). A record whose `id` (CLIProxyAPI's:
+/// `request_id`, `timestamp`, `auth_index`, `model`) was stored before is stored once, so a
+/// retried push counts once. The answer comes once the records are committed.
+#[utoipa::path(post, path = "/api/console/ingest", params(IngestQuery),
+    request_body(content = Vec<Object>, description = "Usage records"),
+    responses((status = 200, description = "Stored", body = Envelope<wire::Ingested>),
+        (status = 400, description = "A record is wrong; the message names it and its field", body = wire::Failure),
+        (status = 401, description = "No ingest key, or a wrong one", body = wire::Failure),
+        (status = 404, description = "The push endpoint is off (no console.ingest_key)", body = wire::Failure)))]
+async fn ingest(
+    State(state): State<ConsoleState>,
+    headers: axum::http::HeaderMap,
+    ConsoleQuery(q): ConsoleQuery<IngestQuery>,
+    body: axum::body::Bytes,
+) -> ApiResult<wire::Ingested> {
+    sources::check_ingest_key(&state, &headers)?;
+    let source = sources::push_source(q.source.as_deref())?;
+    let calls = sources::parse_push(&body, &source)?;
+    Ok(Json(Envelope::ok(sources::push(&state, calls).await)))
 }
 
 /// Calls and tokens per local day, oldest first.
@@ -274,7 +321,7 @@ async fn export(
     ConsoleQuery(q): ConsoleQuery<ExportQuery>,
 ) -> Result<Response, ConsoleError> {
     let format = export::format(q.format())?;
-    export::export(&state, format).await
+    export::export(&state, format, q.source()).await
 }
 
 /// Recomputes the stored cost of recorded calls (raw rows and aggregates) from their stored

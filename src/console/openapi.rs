@@ -31,10 +31,15 @@ use utoipa::OpenApi;
         super::reprice,
         super::get_anomalies,
         super::get_alerts,
+        super::get_sources,
+        super::ingest,
         super::openapi,
     )
 )]
 struct ApiDoc;
+
+/// The push endpoint, which the ingest key admits instead of the console's gate.
+const INGEST_PATH: &str = "/api/console/ingest";
 
 /// The refusals of the access check (`auth::Admitted`), which guards every operation.
 const REFUSALS: [(&str, &str); 3] = [
@@ -63,12 +68,25 @@ fn apply_rules(doc: &mut Value) {
             "type": "http",
             "scheme": "bearer",
             "description": "console.admin_key / CONSOLE_ADMIN_KEY"
+        },
+        "ingestKey": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "console.ingest_key (the push endpoint only; the admin key is refused)"
         }
     });
     if let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) {
-        for operation in paths.values_mut().filter_map(Value::as_object_mut) {
+        for (path, operation) in paths.iter_mut() {
+            let Some(operation) = operation.as_object_mut() else {
+                continue;
+            };
             for op in operation.values_mut() {
-                add_refusals(op);
+                if path == INGEST_PATH {
+                    // Admitted by the ingest key, not by the console's gate.
+                    op["security"] = json!([{ "ingestKey": [] }]);
+                } else {
+                    add_refusals(op);
+                }
                 empty_means_absent(op);
             }
         }
@@ -151,9 +169,14 @@ mod tests {
                     .map(move |(method, op)| (format!("{method} {path}"), op))
             })
             .collect();
-        assert_eq!(operations.len(), 14, "{:?}", paths.keys());
+        assert_eq!(operations.len(), 16, "{:?}", paths.keys());
         for (name, op) in operations {
-            for status in ["200", "401", "403", "429"] {
+            let statuses: &[&str] = if name.ends_with(INGEST_PATH) {
+                &["200", "400", "401", "404"]
+            } else {
+                &["200", "401", "403", "429"]
+            };
+            for status in statuses {
                 assert!(op["responses"][status].is_object(), "{name} lacks {status}");
             }
         }

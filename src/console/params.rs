@@ -35,6 +35,8 @@ pub struct StatsQuery {
     /// End of the window (widened to the end of its hour); must be later than `from`.
     #[param(value_type = Option<String>, format = DateTime)]
     pub to: Option<String>,
+    /// Only this source's calls: `gateway` or a usage source's name (not with `key_id`).
+    pub source: Option<String>,
 }
 
 /// Query of `GET /api/console/usage-trend`.
@@ -84,6 +86,39 @@ pub struct LogsQuery {
     pub client: Option<String>,
     /// Session id, exact.
     pub session_id: Option<String>,
+    /// Source, exact: `gateway` (the gateway's own calls) or a usage source's name.
+    pub source: Option<String>,
+}
+
+/// Query of `GET /api/console/sources`.
+#[derive(Deserialize, IntoParams, Default)]
+#[into_params(parameter_in = Query)]
+pub struct SourcesQuery {
+    /// Only this source's credentials and client keys.
+    pub source: Option<String>,
+    /// Local days of usage in the tables, ending today: default 30, above 90 clamped to 90.
+    #[param(schema_with = clamped_count)]
+    pub days: Option<String>,
+}
+
+impl SourcesQuery {
+    /// `source`, if given.
+    pub fn source(&self) -> Option<String> {
+        get(&self.source).map(|s| s.trim().to_owned())
+    }
+
+    /// `days`: default 30, above 90 clamped.
+    pub fn days(&self) -> Result<u32, ConsoleError> {
+        bounded(&self.days, "days", 30, MAX_DAYS)
+    }
+}
+
+/// Query of `POST /api/console/ingest`.
+#[derive(Deserialize, IntoParams, Default)]
+#[into_params(parameter_in = Query)]
+pub struct IngestQuery {
+    /// The records' source, shown as their calls' source: default `push`.
+    pub source: Option<String>,
 }
 
 /// Default hours examined for anomalies.
@@ -227,6 +262,7 @@ impl UsageParams {
             key_id: None,
             from: self.from.clone(),
             to: self.to.clone(),
+            source: None,
         }
         .filter()?;
         let text = |v: &Option<String>| get(v).map(|t| t.trim().to_owned());
@@ -278,6 +314,8 @@ pub struct ExportQuery {
     /// `json` (default) or `csv`.
     #[param(pattern = r"^([jJ][sS][oO][nN]|[cC][sS][vV])$")]
     pub format: Option<String>,
+    /// Only this source's calls (and, in JSON, its statistics).
+    pub source: Option<String>,
 }
 
 /// A whole number of 1 or more, of any size (larger than the parameter's maximum is clamped).
@@ -379,6 +417,24 @@ impl ExportQuery {
     pub fn format(&self) -> Option<&str> {
         get(&self.format)
     }
+
+    /// `source`, if given.
+    pub fn source(&self) -> Option<String> {
+        get(&self.source).map(|s| s.trim().to_owned())
+    }
+}
+
+impl StatsQuery {
+    /// `source`, if given; not with `key_id` (keys are counted over every source).
+    pub fn source(&self) -> Result<Option<String>, ConsoleError> {
+        let source = get(&self.source).map(|s| s.trim().to_owned());
+        if source.is_some() && get(&self.key_id).is_some() {
+            return Err(ConsoleError::BadRequest(
+                "source and key_id cannot be combined; send one of them".into(),
+            ));
+        }
+        Ok(source)
+    }
 }
 
 /// `200` or a class such as `4xx`.
@@ -418,6 +474,7 @@ impl LogsQuery {
             kind: get(&self.kind).map(kind).transpose()?,
             client: text(&self.client),
             session_id: text(&self.session_id),
+            source: text(&self.source),
         })
     }
 }

@@ -36,7 +36,7 @@ pub async fn stats(state: &ConsoleState, filter: UsageFilter) -> Result<Stats, C
         None => None,
     };
     let forecast = Forecast::new(&super::insights::budget_of(state, filter.key_id).await?);
-    let mut stats = build_stats(models, budget, current, forecast);
+    let mut stats = build_stats(models, budget, current, Some(forecast));
     stats.cost_limit = cost_limit.map(usd);
     stats.display_currency =
         state
@@ -49,6 +49,17 @@ pub async fn stats(state: &ConsoleState, filter: UsageFilter) -> Result<Stats, C
                 rate: *rate,
             });
     Ok(stats)
+}
+
+/// `/stats?source=`: the same figures over one source's calls (no budget: budgets are per key
+/// or global, over every source).
+pub async fn stats_of_source(
+    state: &ConsoleState,
+    source: String,
+    filter: UsageFilter,
+) -> Result<Stats, ConsoleError> {
+    let models = state.store.usage_by_model_of_source(source, filter).await?;
+    Ok(build_stats(models, None, None, None))
 }
 
 /// A key's token and money limits and how often they reset.
@@ -110,7 +121,7 @@ pub fn build_stats(
     models: Vec<(String, Aggregate)>,
     budget: Option<u64>,
     period: Option<(Period, PeriodUse)>,
-    forecast: Forecast,
+    forecast: Option<Forecast>,
 ) -> Stats {
     let mut total = Aggregate::default();
     for (_, agg) in &models {
@@ -291,7 +302,7 @@ mod tests {
             ("a".to_owned(), agg(3, 2, 300, 1000)),
             ("b".to_owned(), agg(1, 1, 100, 7)),
         ];
-        let s = build_stats(models.clone(), Some(1000), None, forecast());
+        let s = build_stats(models.clone(), Some(1000), None, Some(forecast()));
         assert_eq!(s.total_tokens, Some(1000));
         assert_eq!(s.used_tokens, 400);
         assert_eq!(s.remaining_tokens, Some(600));
@@ -312,7 +323,7 @@ mod tests {
                     resets_at: Some("2026-04-01T00:00:00Z".parse().unwrap()),
                 },
             )),
-            forecast(),
+            Some(forecast()),
         );
         assert_eq!(monthly.used_tokens, 400, "all the calls the filter covers");
         assert_eq!(
@@ -329,11 +340,11 @@ mod tests {
             monthly.period_resets_at.as_deref(),
             Some("2026-04-01T00:00:00Z")
         );
-        let unlimited = build_stats(models, None, None, forecast());
+        let unlimited = build_stats(models, None, None, Some(forecast()));
         assert_eq!(unlimited.total_tokens, None);
         assert_eq!(unlimited.remaining_tokens, None);
         assert_eq!(unlimited.usage_percent, None);
-        let empty = build_stats(Vec::new(), None, None, forecast());
+        let empty = build_stats(Vec::new(), None, None, Some(forecast()));
         assert_eq!(empty.api_call_count, 0);
         assert_eq!(empty.latency_ms.p50, None);
     }

@@ -174,8 +174,9 @@ pub struct Stats {
     pub unpriced_calls: u64,
     /// The second currency the page shows costs in, when configured.
     pub display_currency: Option<DisplayCurrency>,
-    /// The budget's recent spend rate and when it runs out at that rate.
-    pub forecast: Forecast,
+    /// The budget's recent spend rate and when it runs out at that rate; `null` for one
+    /// source's figures (`source=`: budgets count every source).
+    pub forecast: Option<Forecast>,
 }
 
 /// A budget's forecast: the rate it was spent at over the last days, and when it runs out at
@@ -830,4 +831,125 @@ mod tests {
             assert!(!e.to_string().is_empty());
         }
     }
+}
+
+/// One usage source's health (`GET /api/console/sources`, and `/healthz`).
+#[derive(Serialize, Clone, ToSchema)]
+pub struct SourceHealth {
+    /// The source's name, as its calls show it.
+    pub name: String,
+    /// `subscribe` or `pop`, as configured.
+    pub mode: &'static str,
+    /// `standby` (another instance consumes it), `connecting`, `subscribed`, `polling` or
+    /// `stopped` (the management key was refused).
+    pub state: &'static str,
+    /// Whether a connection is up.
+    pub connected: bool,
+    /// When the last record arrived; `null` before the first.
+    pub last_record_at: Option<String>,
+    /// Records read since this instance started (before de-duplication).
+    pub records_ingested: u64,
+    /// Payloads skipped as not usage records (not JSON, no `request_id`, negative tokens…).
+    pub bad_records: u64,
+    /// Why the last one was skipped, with its first bytes.
+    pub last_bad_record: Option<String>,
+    /// CLIProxyAPI control messages received.
+    pub control_messages: u64,
+    /// Events received on CLIProxyAPI's `errors` channel.
+    pub error_events: u64,
+    /// Milliseconds from the last record's start to its arrival here.
+    pub lag_ms: Option<u64>,
+    /// The last error (e.g. "management key rejected …"); `null` while records flow.
+    pub last_error: Option<String>,
+    /// When it happened.
+    pub last_error_at: Option<String>,
+    /// Times the management key was refused since start.
+    pub auth_failures: u64,
+}
+
+impl From<crate::sources::Health> for SourceHealth {
+    fn from(h: crate::sources::Health) -> Self {
+        Self {
+            name: h.name,
+            mode: h.mode,
+            state: h.state.as_str(),
+            connected: h.connected,
+            last_record_at: h.last_record_at.map(rfc3339),
+            records_ingested: h.records_ingested,
+            bad_records: h.bad_records,
+            last_bad_record: h.last_bad_record,
+            control_messages: h.control_messages,
+            error_events: h.error_events,
+            lag_ms: h.lag_ms,
+            last_error: h.last_error,
+            last_error_at: h.last_error_at.map(rfc3339),
+            auth_failures: h.auth_failures,
+        }
+    }
+}
+
+/// Ingested usage of one credential or client key of a source.
+#[derive(Serialize, Clone, ToSchema)]
+pub struct SourceUsageRow {
+    /// The source.
+    pub source: String,
+    /// The credential's `auth_index`, or the hex SHA-256 of the client key.
+    pub id: String,
+    /// The masked credential (`al***@example.com`) or the key's display form.
+    pub label: String,
+    /// Calls.
+    pub call_count: u64,
+    /// Failed calls (status not 2xx).
+    pub error_count: u64,
+    /// Input tokens (uncached + cache read + cache write).
+    pub prompt_tokens: u64,
+    /// Output tokens (reasoning included).
+    pub completion_tokens: u64,
+    /// Cache-read input tokens.
+    pub cache_read_tokens: u64,
+    /// Cache-write input tokens.
+    pub cache_creation_tokens: u64,
+    /// Reasoning output tokens.
+    pub reasoning_tokens: u64,
+    /// All tokens (unclassified ones included).
+    pub token_count: u64,
+}
+
+impl From<crate::store::SourceUsage> for SourceUsageRow {
+    fn from(s: crate::store::SourceUsage) -> Self {
+        let t = s.usage.tokens;
+        Self {
+            source: s.source,
+            id: s.ident,
+            label: s.label,
+            call_count: s.usage.calls,
+            error_count: s.usage.failures,
+            prompt_tokens: t.prompt,
+            completion_tokens: t.completion,
+            cache_read_tokens: t.cache_read,
+            cache_creation_tokens: t.cache_creation,
+            reasoning_tokens: t.reasoning,
+            token_count: t.total,
+        }
+    }
+}
+
+/// `GET /api/console/sources`: each source's health and its usage per credential and per
+/// client key.
+#[derive(Serialize, Clone, ToSchema)]
+pub struct Sources {
+    /// The configured sources, in configuration order.
+    pub sources: Vec<SourceHealth>,
+    /// Usage per upstream credential, most tokens first (at most 1000 rows).
+    pub credentials: Vec<SourceUsageRow>,
+    /// Usage per client key, most tokens first (at most 1000 rows).
+    pub client_keys: Vec<SourceUsageRow>,
+}
+
+/// `POST /api/console/ingest`'s answer.
+#[derive(Serialize, Clone, ToSchema)]
+pub struct Ingested {
+    /// Records accepted and committed (a record whose `id` was stored before is accepted and
+    /// stored once).
+    pub accepted: u64,
 }

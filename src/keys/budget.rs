@@ -697,6 +697,17 @@ impl Budget {
         Ok(())
     }
 
+    /// Charges `tokens` used without a reservation (usage reported after the fact by a usage
+    /// source): it cannot be refused, but it counts against the limit like any call's.
+    /// It is charged to the period `at` (the call's instant) falls in.
+    pub fn charge(&self, tokens: u64, at: Timestamp) {
+        if tokens > 0 {
+            let period = self.lock().period;
+            let row = self.ledger.row(self.scope, self.unit, period, at);
+            self.settle(Part { row, backed: false }, 0, tokens, at);
+        }
+    }
+
     fn settle(&self, part: Part, reserved: u64, actual: u64, at: Timestamp) {
         let mut returned = 0;
         let charge = {

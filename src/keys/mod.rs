@@ -204,6 +204,11 @@ impl KeyRegistry {
         self.by_hash.read().ok()?.get(&hash).cloned()
     }
 
+    /// Finds a live key by its hash (a client key reported by a usage source).
+    pub fn find_by_hash(&self, hash: &[u8; 32]) -> Option<Arc<KeyEntry>> {
+        self.by_hash.read().ok()?.get(hash).cloned()
+    }
+
     /// Finds a live key by its full value; a key this instance does not know is looked up in a
     /// shared (PostgreSQL) store before it is refused — the key changes made since the last poll
     /// are read and applied at once — so a key just created through another instance works at

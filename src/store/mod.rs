@@ -18,6 +18,8 @@ mod sqlite;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+pub use queries::{hex, local_day};
+
 use crate::config::DatabaseUrl;
 use crate::usage::{CallRecord, LoggedCall, TokenUsage, LATENCY_BUCKETS};
 
@@ -346,6 +348,8 @@ pub struct LogQuery {
     pub client: Option<String>,
     /// Session id, exact.
     pub session_id: Option<String>,
+    /// Source (`gateway` or a usage source's name), exact.
+    pub source: Option<String>,
 }
 
 /// A kind filter of the logs.
@@ -621,6 +625,19 @@ pub struct UsageGroup {
     pub agg: Aggregate,
 }
 
+/// Ingested usage of one credential or client key of a source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceUsage {
+    /// The source's name.
+    pub source: String,
+    /// The credential's `auth_index`, or the hex SHA-256 of the client key.
+    pub ident: String,
+    /// Masked credential or the key's display form.
+    pub label: String,
+    /// Summed figures.
+    pub usage: Aggregate,
+}
+
 /// How the budget ledger answered a request for a lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lease {
@@ -822,6 +839,16 @@ impl Store {
         run!(read, self, usage(&query, &tz))
     }
 
+    /// Aggregates per model of one source's calls (`gateway` or a usage source's name) within
+    /// the filter's hours (its `key_id` is not used).
+    pub async fn usage_by_model_of_source(
+        &self,
+        source: String,
+        filter: UsageFilter,
+    ) -> Result<Vec<(String, Aggregate)>, StoreError> {
+        run!(read, self, usage_by_model_of_source(&source, &filter))
+    }
+
     /// All-time aggregates per key id (0 = calls without a key).
     pub async fn usage_by_key(&self) -> Result<HashMap<i64, Aggregate>, StoreError> {
         run!(read, self, usage_by_key())
@@ -991,6 +1018,47 @@ impl Store {
     ) -> Result<Repriced, StoreError> {
         let tz = self.timezone.clone();
         run!(write, self, reprice_hours(first, end, &tz, &pricer))
+    }
+
+    /// Ingested usage per credential (`dim` = `credential`) or client key (`client_key`) of
+    /// each source (or one), over the local days `[first_day, last_day]` (YYYYMMDD).
+    pub async fn source_usage(
+        &self,
+        dim: &'static str,
+        source: Option<String>,
+        first_day: i64,
+        last_day: i64,
+    ) -> Result<Vec<SourceUsage>, StoreError> {
+        run!(
+            read,
+            self,
+            source_usage(dim, source.as_deref(), first_day, last_day)
+        )
+    }
+
+    /// Takes or renews the lease of a source for `ttl_ms`; `false` while another holder's lease
+    /// runs.
+    pub async fn take_source_lease(
+        &self,
+        source: String,
+        holder: String,
+        ttl_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let now = jiff::Timestamp::now().as_millisecond();
+        run!(
+            write,
+            self,
+            take_source_lease(&source, &holder, now, now + ttl_ms)
+        )
+    }
+
+    /// Gives a source's lease up (on shutdown), so another instance takes over at once.
+    pub async fn release_source_lease(
+        &self,
+        source: String,
+        holder: String,
+    ) -> Result<(), StoreError> {
+        run!(write, self, release_source_lease(&source, &holder))
     }
 
     /// Removes this instance on shutdown.

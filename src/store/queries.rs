@@ -780,6 +780,7 @@ fn read_call(row: &Row) -> Result<LoggedCall, StoreError> {
             cost_nanos: row.opt_int(24)?.map(|v| v.max(0) as u64),
             cost_status: crate::pricing::CostStatus::parse(&row.text(25)?),
             answer: Default::default(),
+            ingest: None,
         },
     })
 }
@@ -843,6 +844,9 @@ fn log_conditions(query: &LogQuery) -> Conditions<'_> {
     }
     if let Some(session_id) = &query.session_id {
         c.compare("session_id", "=", session_id.as_str());
+    }
+    if let Some(source) = &query.source {
+        c.compare("source", "=", source.as_str());
     }
     c
 }
@@ -1119,6 +1123,8 @@ fn group(records: &[CallRecord], users: &[&str], tz: &jiff::tz::TimeZone) -> Gro
 /// Writes the records, their aggregates and rollups and the keys' `last_used`, trims the raw
 /// log to `max_logs`, and returns the records with their new ids, and the end users admitted to
 /// days' rollups (for [`KnownUsers::remember`] once committed). Runs in the caller's transaction.
+/// An ingested record whose de-duplication key is already stored (by this instance or another,
+/// now or before a restart) is left out: it is not in the returned list.
 pub async fn write_batch(
     db: &mut impl Db,
     records: &[CallRecord],
@@ -1129,9 +1135,86 @@ pub async fn write_batch(
     if records.is_empty() {
         return Ok((Vec::new(), Vec::new()));
     }
-    // First, before any aggregate row: the cap's counters are the first rows a writer locks.
-    let admission = admit_users(db, records, tz, known).await?;
     let ids = db.call_ids(records.len()).await?;
+    let deduplicated: Vec<CallRecord>;
+    let (ids, records) = if records.iter().any(|r| r.ingest.is_some()) {
+        let (ids, kept) = keep_new(db, ids, records).await?;
+        deduplicated = kept.into_iter().cloned().collect();
+        (ids, deduplicated.as_slice())
+    } else {
+        (ids, records)
+    };
+    // Before any aggregate row: the cap's counters are the first rollup rows a writer locks.
+    let admission = admit_users(db, records, tz, known).await?;
+    let logged = write_calls(db, ids, records, tz, max_logs, &admission).await?;
+    Ok((logged, admission.admitted))
+}
+
+/// The records (with their ids) that are not ingested ones already stored: each ingested
+/// record's key goes into `ingest_keys` unless it is there, and the ids whose key went in are
+/// read back. Two writers with one key: the second waits for the first's commit (the unique
+/// index), then leaves its copy out.
+async fn keep_new<'r>(
+    db: &mut impl Db,
+    ids: Vec<i64>,
+    records: &'r [CallRecord],
+) -> Result<(Vec<i64>, Vec<&'r CallRecord>), StoreError> {
+    let mut keys: Vec<(String, i64)> = ids
+        .iter()
+        .zip(records)
+        .filter_map(|(id, r)| r.ingest.as_ref().map(|i| (hex(&i.dedup_key), *id)))
+        .collect();
+    // Rows in key order: writers of several instances lock them in one order.
+    keys.sort();
+    let (first, last) = (
+        keys.iter().map(|k| k.1).min().unwrap_or(0),
+        keys.iter().map(|k| k.1).max().unwrap_or(0),
+    );
+    let bulk = Bulk {
+        insert: "INSERT INTO ingest_keys (dedup_key, call_id)".into(),
+        types: vec![Ty::Text, Ty::BigInt],
+        rows: keys
+            .into_iter()
+            .map(|(key, id)| vec![Param::from(key), Param::from(id)])
+            .collect(),
+        tail: "ON CONFLICT (dedup_key) DO NOTHING".into(),
+    };
+    db.insert(&bulk).await?;
+    let rows = db
+        .query(
+            "SELECT call_id FROM ingest_keys WHERE call_id BETWEEN $1 AND $2",
+            &[first.into(), last.into()],
+        )
+        .await?;
+    let stored: std::collections::HashSet<i64> =
+        rows.iter().map(|r| r.int(0)).collect::<Result<_, _>>()?;
+    Ok(ids
+        .into_iter()
+        .zip(records)
+        .filter(|(id, r)| r.ingest.is_none() || stored.contains(id))
+        .unzip())
+}
+
+/// Lowercase hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// De-duplication keys kept: those of the newest this many calls (a record delivered again
+/// after so many newer calls were stored would be stored twice).
+pub const INGEST_KEYS_KEPT: i64 = 1_000_000;
+
+async fn write_calls(
+    db: &mut impl Db,
+    ids: Vec<i64>,
+    records: &[CallRecord],
+    tz: &jiff::tz::TimeZone,
+    max_logs: u64,
+    admission: &Admission,
+) -> Result<Vec<LoggedCall>, StoreError> {
+    if records.is_empty() {
+        return Ok(Vec::new());
+    }
     let calls = Bulk {
         insert: super::sql::memo("calls insert", "", || {
             format!("INSERT INTO calls ({})", column_names(&CALL_COLUMNS))
@@ -1145,6 +1228,8 @@ pub async fn write_batch(
         tail: "".into(),
     };
     db.insert(&calls).await?;
+    upsert_source_aggregates(db, records, tz).await?;
+    upsert_source_hours(db, records).await?;
     let g = group(records, &admission.labels(records), tz);
     upsert_aggregates(db, "agg_hour", &["hour", "key_id"], with_dims(g.hours)).await?;
     upsert_aggregates(db, "agg_day", &["day", "key_id"], with_dims(g.days)).await?;
@@ -1171,6 +1256,14 @@ pub async fn write_batch(
             db.execute("DELETE FROM calls WHERE id <= $1", &[threshold.into()])
                 .await?;
         }
+        if records.iter().any(|r| r.ingest.is_some()) && last % 64 == 0 {
+            // Now and then, not every batch: the index makes it cheap, but not free.
+            db.execute(
+                "DELETE FROM ingest_keys WHERE call_id <= $1",
+                &[(last - INGEST_KEYS_KEPT).into()],
+            )
+            .await?;
+        }
     }
     let logged = ids
         .into_iter()
@@ -1180,7 +1273,7 @@ pub async fn write_batch(
             call: call.clone(),
         })
         .collect();
-    Ok((logged, admission.admitted))
+    Ok(logged)
 }
 
 // --- End users in the rollups -----------------------------------------------------------------
@@ -1557,6 +1650,228 @@ fn group_values(
             _ => row.text(i).map(DimValue::Text),
         })
         .collect()
+}
+
+// --- Ingested usage -------------------------------------------------------------------------
+
+/// Adds the ingested records of a batch to `agg_source`, per local day, source, and credential
+/// or client key.
+async fn upsert_source_aggregates(
+    db: &mut impl Db,
+    records: &[CallRecord],
+    tz: &jiff::tz::TimeZone,
+) -> Result<(), StoreError> {
+    type Ident = (i64, String, &'static str, String);
+    let mut groups: HashMap<Ident, (String, Aggregate)> = HashMap::new();
+    for call in records {
+        let Some(ingest) = &call.ingest else { continue };
+        let day = local_day(call.ts, tz);
+        let agg = Aggregate::of(call);
+        let mut add = |dim: &'static str, ident: String, label: &str| {
+            let entry = groups
+                .entry((day, call.source.clone(), dim, ident))
+                .or_insert_with(|| (String::new(), Aggregate::default()));
+            entry.0 = label.to_owned();
+            entry.1.add(&agg);
+        };
+        add(
+            "credential",
+            ingest.credential.clone(),
+            &ingest.credential_label,
+        );
+        if let Some(hash) = &ingest.client_key_hash {
+            add("client_key", hex(hash), &ingest.client_key_display);
+        }
+    }
+    if groups.is_empty() {
+        return Ok(());
+    }
+    let mut groups: Vec<_> = groups.into_iter().collect();
+    groups.sort_by(|a, b| a.0.cmp(&b.0));
+    let insert = super::sql::memo("aggregate insert", "agg_source", || {
+        format!(
+            "INSERT INTO agg_source (day, source, dim, ident, label, {})",
+            AGG_COLUMNS.join(", ")
+        )
+    });
+    let tail = super::sql::memo("aggregate upsert", "agg_source", || {
+        let updates = AGG_COLUMNS
+            .iter()
+            .map(|c| format!("{c} = agg_source.{c} + excluded.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            "ON CONFLICT (day, source, dim, ident) DO UPDATE SET label = excluded.label, {updates}"
+        )
+    });
+    let mut types = vec![Ty::BigInt, Ty::Text, Ty::Text, Ty::Text, Ty::Text];
+    types.extend([Ty::BigInt; AGG_COLUMNS.len()]);
+    let bulk = Bulk {
+        insert,
+        types,
+        rows: groups
+            .into_iter()
+            .map(|((day, source, dim, ident), (label, agg))| {
+                let mut row: Vec<Param<'static>> = vec![
+                    day.into(),
+                    source.into(),
+                    dim.into(),
+                    ident.into(),
+                    label.into(),
+                ];
+                row.extend(aggregate_values(&agg));
+                row
+            })
+            .collect(),
+        tail,
+    };
+    db.insert(&bulk).await
+}
+
+/// Adds every call of a batch to `agg_source_hour`, per UTC hour, source and model.
+async fn upsert_source_hours(db: &mut impl Db, records: &[CallRecord]) -> Result<(), StoreError> {
+    let mut groups: HashMap<(i64, &str, &str), Aggregate> = HashMap::new();
+    for call in records {
+        let hour = ms(call.ts).div_euclid(MS_PER_HOUR);
+        groups
+            .entry((hour, call.source.as_str(), call.model.as_str()))
+            .or_default()
+            .add(&Aggregate::of(call));
+    }
+    let mut groups: Vec<_> = groups.into_iter().collect();
+    groups.sort_by(|a, b| a.0.cmp(&b.0));
+    let insert = super::sql::memo("aggregate insert", "agg_source_hour", || {
+        format!(
+            "INSERT INTO agg_source_hour (hour, source, model, {})",
+            AGG_COLUMNS.join(", ")
+        )
+    });
+    let tail = super::sql::memo("aggregate upsert", "agg_source_hour", || {
+        let updates = AGG_COLUMNS
+            .iter()
+            .map(|c| format!("{c} = agg_source_hour.{c} + excluded.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!("ON CONFLICT (hour, source, model) DO UPDATE SET {updates}")
+    });
+    let mut types = vec![Ty::BigInt, Ty::Text, Ty::Text];
+    types.extend([Ty::BigInt; AGG_COLUMNS.len()]);
+    let bulk = Bulk {
+        insert,
+        types,
+        rows: groups
+            .into_iter()
+            .map(|((hour, source, model), agg)| {
+                let mut row: Vec<Param<'static>> = vec![
+                    hour.into(),
+                    source.to_owned().into(),
+                    model.to_owned().into(),
+                ];
+                row.extend(aggregate_values(&agg));
+                row
+            })
+            .collect(),
+        tail,
+    };
+    db.insert(&bulk).await
+}
+
+/// Aggregates per model of one source's calls, within the filter's hours.
+pub async fn usage_by_model_of_source(
+    db: &mut impl Db,
+    source: &str,
+    filter: &UsageFilter,
+) -> Result<Vec<(String, Aggregate)>, StoreError> {
+    let mut c = Conditions::default();
+    c.compare("source", "=", source);
+    if let Some(from) = filter.from {
+        c.compare("hour", ">=", ms(from).div_euclid(MS_PER_HOUR));
+    }
+    if let Some(to) = filter.to {
+        c.compare(
+            "hour",
+            "<",
+            (ms(to) + MS_PER_HOUR - 1).div_euclid(MS_PER_HOUR),
+        );
+    }
+    let sql = format!(
+        "SELECT model, {} FROM agg_source_hour{} GROUP BY model ORDER BY model {{binary}}",
+        agg_sums(),
+        c.clause()
+    );
+    let rows = db.query(&sql, &c.params).await?;
+    rows.iter()
+        .map(|row| Ok((row.text(0)?, read_aggregate(row, 1)?)))
+        .collect()
+}
+
+/// Ingested usage per source and credential (`dim` = `credential`) or client key
+/// (`client_key`), over the local days `[first_day, last_day]`, most tokens first.
+pub async fn source_usage(
+    db: &mut impl Db,
+    dim: &str,
+    source: Option<&str>,
+    first_day: i64,
+    last_day: i64,
+) -> Result<Vec<super::SourceUsage>, StoreError> {
+    let mut c = Conditions::default();
+    c.compare("dim", "=", dim);
+    c.compare("day", ">=", first_day);
+    c.compare("day", "<=", last_day);
+    if let Some(source) = source {
+        c.compare("source", "=", source);
+    }
+    let sql = format!(
+        "SELECT source, ident, MAX(label), {} FROM agg_source{} GROUP BY source, ident \
+         ORDER BY 12 DESC, source {{binary}}, ident {{binary}} LIMIT 1000",
+        agg_sums(),
+        c.clause()
+    );
+    let rows = db.query(&sql, &c.params).await?;
+    rows.iter()
+        .map(|row| {
+            Ok(super::SourceUsage {
+                source: row.text(0)?,
+                ident: row.text(1)?,
+                label: row.text(2)?,
+                usage: read_aggregate(row, 3)?,
+            })
+        })
+        .collect()
+}
+
+/// Takes or renews the lease of `source` for `holder` until `expires_at` (ms): succeeds when
+/// nobody holds it, `holder` does, or the holder's lease ran out before `now`.
+pub async fn take_source_lease(
+    db: &mut impl Db,
+    source: &str,
+    holder: &str,
+    now: i64,
+    expires_at: i64,
+) -> Result<bool, StoreError> {
+    let changed = db
+        .execute(
+            "INSERT INTO source_leases (source, holder, expires_at) VALUES ($1, $2, $3)
+             ON CONFLICT (source) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
+             WHERE source_leases.holder = excluded.holder OR source_leases.expires_at < $4",
+            &[source.into(), holder.into(), expires_at.into(), now.into()],
+        )
+        .await?;
+    Ok(changed == 1)
+}
+
+/// Gives the lease of `source` up, if `holder` has it.
+pub async fn release_source_lease(
+    db: &mut impl Db,
+    source: &str,
+    holder: &str,
+) -> Result<(), StoreError> {
+    db.execute(
+        "DELETE FROM source_leases WHERE source = $1 AND holder = $2",
+        &[source.into(), holder.into()],
+    )
+    .await?;
+    Ok(())
 }
 
 // --- Budget ledgers and instances -----------------------------------------------------------

@@ -21,6 +21,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0009_budget_periods.sql"),
     include_str!("migrations/0010_alerts.sql"),
     include_str!("migrations/0011_usage_rollups.sql"),
+    include_str!("migrations/0012_sources.sql"),
 ];
 
 /// Aggregate columns added by later migrations: `count_tokens` (version 4), `cost_nanos` and

@@ -746,3 +746,116 @@ async fn writers_that_never_met_share_each_days_user_cap() {
         ]
     );
 }
+
+fn ingested(ts: jiff::Timestamp, key: u8, credential: &str, client: Option<u8>) -> CallRecord {
+    let mut call = record(ts, "m", None, 200, 10);
+    call.source = "cpa".into();
+    call.ingest = Some(Box::new(crate::usage::Ingested {
+        dedup_key: [key; 32],
+        credential: credential.into(),
+        credential_label: format!("{credential}-label"),
+        client_key_hash: client.map(|c| [c; 32]),
+        client_key_display: client.map(|c| format!("key-{c}")).unwrap_or_default(),
+    }));
+    call
+}
+
+#[tokio::test]
+async fn an_ingested_record_is_stored_once_across_batches_writers_and_reopening() {
+    let db = TestDb::new();
+    let ts = jiff::Timestamp::now();
+    {
+        let store = open(&db, "UTC");
+        let mut writer = store.batch_writer(100).unwrap();
+        // One batch holding a record twice, and a gateway call (never de-duplicated).
+        let logged = writer
+            .write(&[
+                ingested(ts, 1, "a", Some(9)),
+                ingested(ts, 1, "a", Some(9)),
+                record(ts, "g", None, 200, 5),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(logged.len(), 2);
+    }
+    let store = open(&db, "UTC");
+    let mut first = store.batch_writer(100).unwrap();
+    let mut second = store.batch_writer(100).unwrap();
+    let batch_a = [ingested(ts, 1, "a", Some(9)), ingested(ts, 2, "b", None)];
+    let batch_b = [ingested(ts, 2, "b", None), ingested(ts, 3, "a", Some(9))];
+    let a = first.write(&batch_a);
+    let b = second.write(&batch_b);
+    let (a, b) = if store.kind() == "sqlite" {
+        // SQLite's writers take turns on one file.
+        (a.await.unwrap(), b.await.unwrap())
+    } else {
+        let (a, b) = tokio::join!(a, b);
+        (a.unwrap(), b.unwrap())
+    };
+    assert_eq!(a.len() + b.len(), 2, "records 2 and 3 only: {a:?} {b:?}");
+    let models = store.usage_by_model(UsageFilter::default()).await.unwrap();
+    let m = models.iter().find(|(name, _)| name == "m").unwrap();
+    assert_eq!(m.1.calls, 3);
+    let day = crate::store::local_day(ts, &jiff::tz::TimeZone::UTC);
+    let credentials = store
+        .source_usage("credential", None, day, day)
+        .await
+        .unwrap();
+    let rows: Vec<_> = credentials
+        .iter()
+        .map(|r| {
+            (
+                r.ident.as_str(),
+                r.label.as_str(),
+                r.usage.calls,
+                r.usage.tokens.total,
+            )
+        })
+        .collect();
+    assert_eq!(rows, [("a", "a-label", 2, 20), ("b", "b-label", 1, 10)]);
+    let keys = store
+        .source_usage("client_key", Some("cpa".into()), day, day)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(
+        (keys[0].ident.as_str(), keys[0].usage.calls),
+        (&*crate::store::hex(&[9; 32]), 2)
+    );
+    assert!(store
+        .source_usage("credential", Some("other".into()), day, day)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+#[tokio::test]
+async fn a_source_lease_has_one_holder_until_it_expires_or_is_given_up() {
+    let db = TestDb::new();
+    let store = open(&db, "UTC");
+    let take = |holder: &str, ttl: i64| store.take_source_lease("cpa".into(), holder.into(), ttl);
+    assert!(take("one", 60_000).await.unwrap());
+    assert!(!take("two", 60_000).await.unwrap());
+    assert!(take("one", 60_000).await.unwrap(), "the holder renews");
+    assert!(
+        take("one", -1).await.unwrap(),
+        "renewed into the past: expired"
+    );
+    assert!(
+        take("two", 60_000).await.unwrap(),
+        "an expired lease is taken over"
+    );
+    store
+        .release_source_lease("cpa".into(), "one".into())
+        .await
+        .unwrap();
+    assert!(
+        !take("one", 60_000).await.unwrap(),
+        "only the holder gives it up"
+    );
+    store
+        .release_source_lease("cpa".into(), "two".into())
+        .await
+        .unwrap();
+    assert!(take("one", 60_000).await.unwrap());
+}

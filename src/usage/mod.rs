@@ -2,7 +2,9 @@
 
 mod recorder;
 
-pub use recorder::{QueueFull, Recorder, RecorderStats, Slot, QUEUE_CAPACITY, SLOT_WAIT};
+pub use recorder::{
+    QueueFull, Recorder, RecorderStats, Slot, StoredHook, MAX_BATCH, QUEUE_CAPACITY, SLOT_WAIT,
+};
 
 /// Upper bounds (inclusive, milliseconds) of the latency histogram's buckets; a last bucket holds
 /// everything slower. Fixed forever: the store keeps one column per bucket.
@@ -136,6 +138,24 @@ pub struct CallRecord {
     /// What the provider's answer said about itself (model, finish reasons); not stored, only
     /// exported (see `telemetry`), so a record read back from the store has it empty.
     pub answer: AnswerMeta,
+    /// For a record read from a usage source or pushed to the ingest endpoint: where it came
+    /// from and what makes it unique; `None` for the gateway's own calls.
+    pub ingest: Option<Box<Ingested>>,
+}
+
+/// What an ingested record carries besides a call (see `crate::sources`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ingested {
+    /// SHA-256 of what identifies the record; the store keeps each key once (`ingest_keys`).
+    pub dedup_key: [u8; 32],
+    /// The upstream credential (CLIProxyAPI's `auth_index`); empty when there is none.
+    pub credential: String,
+    /// A masked form of the credential's owner (an e-mail, a project, an API key).
+    pub credential_label: String,
+    /// SHA-256 of the client's key, when one was sent.
+    pub client_key_hash: Option<[u8; 32]>,
+    /// Display form of the client's key (`cpa-…beta`); empty when none was sent.
+    pub client_key_display: String,
 }
 
 /// The [`CallRecord::source`] of calls made through the gateway itself.
@@ -165,6 +185,7 @@ impl Default for CallRecord {
             cost_nanos: None,
             cost_status: crate::pricing::CostStatus::default(),
             answer: AnswerMeta::default(),
+            ingest: None,
         }
     }
 }

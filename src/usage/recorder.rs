@@ -17,7 +17,7 @@
 //! queue is closed and drained before the thread exits.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
@@ -88,8 +88,13 @@ struct Counters {
     last_error: Mutex<Option<String>>,
 }
 
+/// Called on the writer thread with each batch of records just committed (ingested records are
+/// charged to budgets there: only the ones stored, so a record delivered twice is charged once).
+pub type StoredHook = Box<dyn Fn(&[LoggedCall]) + Send + Sync>;
+
 /// Hands call records to the writer thread; cheap to share behind an `Arc`.
 pub struct Recorder {
+    hook: Arc<OnceLock<StoredHook>>,
     tx: mpsc::UnboundedSender<Message>,
     slots: Arc<Semaphore>,
     capacity: usize,
@@ -120,7 +125,9 @@ impl Recorder {
         let (live, _) = broadcast::channel(BROADCAST_CAPACITY);
         let counters = Arc::new(Counters::default());
         let shutdown = Arc::new(Notify::new());
+        let hook = Arc::new(OnceLock::new());
         let worker = Worker {
+            hook: hook.clone(),
             rx,
             writer,
             live: live.clone(),
@@ -132,6 +139,7 @@ impl Recorder {
             .name("recorder".into())
             .spawn(move || runtime.block_on(worker.run()))?;
         Ok(Self {
+            hook,
             tx,
             slots: Arc::new(Semaphore::new(capacity)),
             capacity,
@@ -225,6 +233,11 @@ impl Recorder {
         }
     }
 
+    /// Sets the function called with each committed batch; `false` when one is set already.
+    pub fn on_stored(&self, hook: StoredHook) -> bool {
+        self.hook.set(hook).is_ok()
+    }
+
     /// Receives every record as soon as it is stored.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<LoggedCall>> {
         self.live.subscribe()
@@ -273,6 +286,7 @@ fn has_flush(messages: &[Message]) -> bool {
 }
 
 struct Worker {
+    hook: Arc<OnceLock<StoredHook>>,
     rx: mpsc::UnboundedReceiver<Message>,
     writer: BatchWriter,
     live: broadcast::Sender<Arc<LoggedCall>>,
@@ -385,6 +399,9 @@ impl Worker {
         }
         c.written.fetch_add(logged.len() as u64, Ordering::Relaxed);
         c.batches.fetch_add(1, Ordering::Relaxed);
+        if let Some(hook) = self.hook.get() {
+            hook(&logged);
+        }
         for call in logged {
             // No subscriber is fine: nobody is watching the live log.
             let _ = self.live.send(Arc::new(call));

@@ -207,6 +207,7 @@ pub(crate) fn call(
         cost_nanos: Some(prompt * 3 + completion * 5),
         cost_status: token_console::pricing::CostStatus::Priced,
         answer: Default::default(),
+        ingest: None,
     }
 }
 

@@ -26,4 +26,5 @@ mod process;
 mod reliability;
 mod security;
 mod smoke;
+mod sources;
 mod usage_api;

@@ -712,8 +712,12 @@ async fn gateway_made_errors_carry_the_overhead_header_and_no_provider_url() {
             assert!(text.contains("broken"), "the provider is named: {text}");
         }
     }
-    let rows = server.logs("limit=100").await;
-    let broken_row = rows.iter().find(|r| r["status"] == 502).unwrap();
+    // The record is written in the recorder's next batch: wait for it, not for a time.
+    let broken_row = wait_until("the 502 call recorded", || async {
+        let rows = server.logs("limit=100").await;
+        rows.into_iter().find(|r| r["status"] == 502)
+    })
+    .await;
     let error = broken_row["error"].as_str().unwrap();
     assert!(
         !error.contains(&broken.port().to_string()) && !error.contains("http://"),

@@ -46,6 +46,12 @@ fn record(ts: jiff::Timestamp, d: &Dims, status: u16, i: u64) -> CallRecord {
         user: d.user.map(str::to_owned),
         provider: d.provider.into(),
         source: d.source.into(),
+        // Every ninth call unpriced; count_tokens calls cost nothing.
+        cost_nanos: if d.endpoint == "/v1/messages/count_tokens" {
+            Some(0)
+        } else {
+            (i % 9 != 4).then_some(prompt * 13 + completion * 29)
+        },
         ..CallRecord::default()
     }
 }
@@ -122,6 +128,8 @@ struct Expected {
     tokens: [u64; 6],
     duration: u64,
     latency: [u64; 17],
+    cost_nanos: u64,
+    unpriced: u64,
 }
 
 impl Expected {
@@ -137,6 +145,8 @@ impl Expected {
         }
         self.duration += c.duration_ms;
         self.latency[latency_bucket(c.duration_ms)] += 1;
+        self.cost_nanos += c.cost_nanos.unwrap_or(0);
+        self.unpriced += u64::from(c.cost_nanos.is_none());
     }
 
     fn check(&self, row: &Value, what: &str) {
@@ -149,6 +159,8 @@ impl Expected {
             "total_tokens",
         ];
         assert_eq!(row["calls"], self.calls, "{what}: {row}");
+        assert_eq!(row["cost_nanos"], self.cost_nanos, "{what}: {row}");
+        assert_eq!(row["unpriced_calls"], self.unpriced, "{what}: {row}");
         assert_eq!(row["errors"], self.errors, "{what}: {row}");
         assert_eq!(
             row["count_tokens_calls"], self.count_tokens,
@@ -393,6 +405,7 @@ async fn order_and_limit_pick_the_largest_groups() {
         ("calls", "calls"),
         ("errors", "errors"),
         ("tokens", "total_tokens"),
+        ("cost", "cost_nanos"),
     ] {
         let all = console
             .data(&format!(
@@ -492,6 +505,14 @@ async fn the_user_cap_folds_the_tail_into_other_and_totals_still_match_stats() {
     assert_eq!(sum("total_tokens"), stats["used_tokens"].as_u64().unwrap());
     assert_eq!(sum("calls"), stats["api_call_count"].as_u64().unwrap());
     assert_eq!(sum("errors"), stats["error_count"].as_u64().unwrap());
+    assert_eq!(
+        sum("cost_nanos"),
+        stats["total_cost_nanos"].as_u64().unwrap()
+    );
+    assert_eq!(
+        sum("unpriced_calls"),
+        stats["unpriced_calls"].as_u64().unwrap()
+    );
     // The folded users are one filterable row.
     let other = console
         .data("/api/console/usage?group_by=day&user=(other)")
@@ -521,7 +542,7 @@ async fn bad_usage_queries_are_refused_naming_what_is_allowed() {
         ("group_by=user,model", "not with model"),
         ("group_by=user&endpoint=/v1/messages", "not with endpoint"),
         ("group_by=model&team=a", "group_by"),
-        ("order_by=cost", "tokens, calls or errors"),
+        ("order_by=latency", "tokens, cost, calls or errors"),
         (
             "from=2026-02-02T00:00:00Z&to=2026-02-01T00:00:00Z",
             "from must be earlier than to",

@@ -42,12 +42,14 @@ trap cleanup EXIT
 
 # No providers are needed: only the console API is driven. max_keys is high so that the keys
 # schemathesis creates never run into the limit (that 409 is tested in tests/console_api.rs).
+# The push endpoint is on (its key unknown to schemathesis: every push is refused with 401).
 cat > "$work/config.yaml" <<YAML
 host: 127.0.0.1
 port: 0
 database_url: sqlite://$work/tc.db
 console:
   max_keys: 100000
+  ingest_key: schemathesis-ingest-key-0123456789
 YAML
 
 (cd "$work" && exec env -u CONSOLE_ADMIN_KEY -u OPENAI_API_KEY -u ANTHROPIC_API_KEY RUST_LOG=warn \

@@ -528,6 +528,7 @@ def test_console_answers_agree_with_the_openapi_document(gateway, oa, an, consol
         "/api/console/openapi.json": [""],
         "/api/console/anomalies": ["?hours=2", ""],
         "/api/console/alerts": ["?limit=5"],
+        "/api/console/sources": ["?days=3", ""],
     }
     # Nothing anomalous happens here and no alerts are configured: their rows are checked
     # against the same schemas by the Rust suite (tests/e2e/alerts.rs), here only the envelope.

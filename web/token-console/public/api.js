@@ -97,6 +97,7 @@ export const api = {
   usage: (params) => request('GET', '/usage', { params }),
   logs: (params, signal) => request('GET', '/logs', { params, signal }),
   keys: () => request('GET', '/keys'),
+  sources: () => request('GET', '/sources'),
   createKey: (name, description) => request('POST', '/keys', { body: { name, description } }),
   updateKey: (id, patch) => request('PATCH', `/keys/${encodeURIComponent(id)}`, { body: patch }),
   deleteKey: (id) => request('DELETE', `/keys/${encodeURIComponent(id)}`, { whole: true }),
@@ -106,10 +107,10 @@ export const api = {
  * Downloads the export file. It needs the auth header, so it is fetched and
  * handed to the browser as a blob rather than linked directly.
  */
-export async function downloadExport() {
+export async function downloadExport(source) {
   let res;
   try {
-    res = await fetch(`${BASE}/export`, { headers: authHeaders(), cache: 'no-store' });
+    res = await fetch(`${BASE}/export${query({ source })}`, { headers: authHeaders(), cache: 'no-store' });
   } catch {
     throw new ApiError(0, '');
   }

@@ -6,6 +6,7 @@ import { t, lang, setLang, onLangChange, applyStatic } from './i18n.js';
 import { Dashboard } from './dashboard.js';
 import { Logs } from './logs.js';
 import { Keys } from './keys.js';
+import { Sources } from './sources.js';
 import { UsageView } from './usage.js';
 import { toast, errorText, throttle, onCurrencyChange } from './util.js';
 
@@ -15,6 +16,13 @@ const dashboard = new Dashboard();
 const logs = new Logs();
 const usage = new UsageView();
 const keys = new Keys({ onChange: (list) => logs.setKeys(list) });
+const sources = new Sources({
+  onFilter(source) {
+    dashboard.source = source;
+    dashboard.refresh({ quiet: true });
+  },
+  onNames: (names) => logs.setSources(names),
+});
 
 let stream = null;
 let signingIn = false;
@@ -47,6 +55,7 @@ onLangChange(() => {
   usage.render();
   logs.render();
   keys.render();
+  sources.render();
   document.getElementById('signin-error').textContent = '';
 });
 
@@ -64,7 +73,10 @@ function selectTab(name, { focus = false, fromHash = false } = {}) {
   for (const n of TABS) document.getElementById(`panel-${n}`).hidden = n !== name;
   if (!fromHash && location.hash !== `#${name}`) history.replaceState(null, '', `#${name}`);
   if (signingIn || !started) return;
-  if (name === 'dashboard' && dashboard.loadedOnce) dashboard.refresh({ quiet: true });
+  if (name === 'dashboard' && dashboard.loadedOnce) {
+    dashboard.refresh({ quiet: true });
+    sources.load();
+  }
   if (name === 'keys') keys.load();
   if (name === 'usage') usage.load({ quiet: usage.loadedOnce });
   if (name === 'logs' && !logs.loaded && !logs.loading) logs.load();
@@ -198,7 +210,7 @@ document.getElementById('export-btn').addEventListener('click', async (e) => {
   const btn = e.currentTarget;
   btn.disabled = true;
   try {
-    await downloadExport();
+    await downloadExport(dashboard.source || undefined);
     toast(t('toast.exported'), 'success');
   } catch (err) {
     if (err && err.status !== 401) toast(errorText(err), 'error');
@@ -218,6 +230,7 @@ function start() {
   logs.load();
   keys.load();
   if (currentTab === 'usage') usage.load();
+  sources.load();
   startStream();
 }
 

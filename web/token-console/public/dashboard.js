@@ -28,6 +28,7 @@ export class Dashboard {
     this.chart = new TrendChart(document.getElementById('trend-chart'), { preferredHeight: () => this.chartHeight() });
     this.refreshSoon = throttle(() => this.refresh({ quiet: true }), 700);
     this.loadedOnce = false;
+    this.source = '';
     this.bind();
     this.renderRange();
   }
@@ -68,7 +69,7 @@ export class Dashboard {
   async loadStats(quiet) {
     if (!quiet && !this.stats) renderState(document.getElementById('models-state'), 'loading');
     try {
-      this.stats = await api.stats();
+      this.stats = await api.stats(this.source ? { source: this.source } : undefined);
       setDisplayCurrency(this.stats.display_currency);
       this.statsError = null;
     } catch (err) {

@@ -33,7 +33,7 @@ export class Logs {
     this.paused = false;
     this.pending = [];
     this.streamState = 'connecting';
-    this.filters = { q: '', model: '', key_id: '', status: '', client: '', kind: '' };
+    this.filters = { q: '', model: '', key_id: '', status: '', client: '', kind: '', source: '' };
     this.knownModels = new Set();
     this.keys = [];
     this.seq = 0;
@@ -60,7 +60,7 @@ export class Logs {
         this.searchSoon();
       }
     });
-    for (const [id, field] of [['filter-model', 'model'], ['filter-key', 'key_id'], ['filter-status', 'status'], ['filter-client', 'client'], ['filter-kind', 'kind']]) {
+    for (const [id, field] of [['filter-model', 'model'], ['filter-key', 'key_id'], ['filter-status', 'status'], ['filter-client', 'client'], ['filter-kind', 'kind'], ['filter-source', 'source']]) {
       document.getElementById(id).addEventListener('change', (e) => {
         this.filters[field] = e.target.value;
         this.render();
@@ -88,6 +88,7 @@ export class Logs {
     if (this.filters.status) p.status = this.filters.status;
     if (this.filters.client) p.client = this.filters.client;
     if (this.filters.kind) p.kind = this.filters.kind;
+    if (this.filters.source) p.source = this.filters.source;
     if (q) {
       // The server's `q` matches endpoint, method, status and model as substrings, like
       // `matches()` below; a status class ("4xx") is not a substring, so it goes as `status`.
@@ -104,6 +105,7 @@ export class Logs {
     if (f.key_id && String(row.key_id) !== String(f.key_id)) return false;
     if (f.status && statusClass(row.status) !== f.status) return false;
     if (f.client && row.client !== f.client) return false;
+    if (f.source && row.source !== f.source) return false;
     if (f.kind && (row.endpoint === COUNT_TOKENS) !== (f.kind === 'count_tokens')) return false;
     const q = f.q.toLowerCase();
     if (!q) return true;
@@ -266,6 +268,17 @@ export class Logs {
     if (!name || this.knownModels.has(name)) return;
     this.knownModels.add(name);
     this.renderModelOptions();
+  }
+
+  /** The source names offered by the source filter (the gateway and every known source). */
+  setSources(names) {
+    const select = document.getElementById('filter-source');
+    const current = this.filters.source;
+    for (const option of [...select.options].slice(1)) option.remove();
+    for (const name of names) {
+      select.append(h('option', { value: name, text: name === 'gateway' ? t('sources.gateway') : name }));
+    }
+    select.value = current;
   }
 
   setModels(names) {
