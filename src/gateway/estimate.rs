@@ -84,10 +84,18 @@ fn count_sample(text: &str) -> u64 {
     let Some(bpe) = tokenizer() else {
         return (text.len() as u64).div_ceil(4);
     };
-    let encode = |piece: &str| {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| bpe.count(piece)))
-            .unwrap_or_else(|_| (piece.len() as u64).div_ceil(4))
-    };
+    // A long run is cut into equal pieces: the last piece's count is kept, so that a word
+    // repeated over kilobytes is merged once, not once per piece.
+    fn encode<'t>(bpe: &Bpe, last: &mut (&'t str, u64), piece: &'t str) -> u64 {
+        if !piece.is_empty() && piece == last.0 {
+            return last.1;
+        }
+        let n = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| bpe.count(piece)))
+            .unwrap_or_else(|_| (piece.len() as u64).div_ceil(4));
+        *last = (piece, n);
+        n
+    }
+    let mut last = ("", 0);
     let mut tokens = 0;
     let mut start = 0;
     let mut run_start = 0;
@@ -98,12 +106,12 @@ fn count_sample(text: &str) -> u64 {
             run_space = Some(space);
             run_start = at;
         } else if at - run_start >= RUN_BYTES {
-            tokens += encode(&text[start..at]);
+            tokens += encode(bpe, &mut last, &text[start..at]);
             start = at;
             run_start = at;
         }
     }
-    tokens + encode(&text[start..])
+    tokens + encode(bpe, &mut last, &text[start..])
 }
 
 fn message_count(request: &serde_json::Value) -> u64 {
