@@ -151,6 +151,17 @@ fn day_number(date: Date) -> i64 {
     i64::from(date.year()) * 10_000 + i64::from(date.month()) * 100 + i64::from(date.day())
 }
 
+/// An instant as the API and the alerts write it, as the guide does: RFC 3339 in UTC to the
+/// second, `2026-02-20T18:45:32Z`.
+pub fn rfc3339(ts: Timestamp) -> String {
+    ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// Serialises an instant as [`rfc3339`] writes it.
+pub fn serialize_rfc3339<S: serde::Serializer>(ts: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&rfc3339(*ts))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,7 +18,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use crate::config::{AlertsConfig, Config};
 use crate::insights::{anomaly, budgets, hour_start};
-use crate::store::{Delivery, NewAlert, Store, StoreError};
+use crate::store::{AlertHeading, Delivery, NewAlert, Store, StoreError};
 use crate::usage::Recorder;
 use payload::AnomalyFigures;
 use rules::{Context, Raised};
@@ -338,12 +338,14 @@ impl Engine {
             .collect();
         NewAlert {
             dedup: raised.dedup.clone(),
-            rule: raised.payload.rule.clone(),
-            event: raised.payload.event.clone(),
-            key_id: raised.payload.key_id,
-            subject: raised.subject.clone(),
-            period: raised.payload.period.clone(),
-            message: raised.payload.event_message.clone(),
+            heading: AlertHeading {
+                rule: raised.payload.rule.clone(),
+                event: raised.payload.event.clone(),
+                key_id: raised.payload.key_id,
+                subject: raised.subject.clone(),
+                period: raised.payload.period.clone(),
+                message: raised.payload.event_message.clone(),
+            },
             payload,
             created_at: jiff::Timestamp::now(),
             instance: self.instance.clone(),

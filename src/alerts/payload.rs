@@ -84,15 +84,12 @@ pub struct AnomalyFigures {
     pub threshold: f64,
 }
 
-/// Rounds to two decimals.
+/// Rounds to two decimals, as the guide's `avg_time`, `success_rate` and `usage_percent`.
 pub fn round2(value: f64) -> f64 {
     (value * 100.0).round() / 100.0
 }
 
-/// RFC 3339 in UTC to the second.
-pub fn rfc3339(ts: jiff::Timestamp) -> String {
-    ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
-}
+pub use crate::clock::rfc3339;
 
 impl AnomalyFigures {
     /// The figures of `anomaly`, its key named `key_name`.

@@ -91,7 +91,45 @@ fn apply_rules(doc: &mut Value) {
             }
         }
     }
+    merge_flattened(doc);
     close_objects(doc);
+}
+
+/// Writes each `allOf` of objects — what `#[serde(flatten)]` becomes — as the one object it
+/// describes, so that closing objects closes the whole (a closed part would refuse the other
+/// parts' properties).
+fn merge_flattened(doc: &mut Value) {
+    let schemas = doc["components"]["schemas"].clone();
+    let Some(named) = doc["components"]["schemas"].as_object_mut() else {
+        return;
+    };
+    for schema in named.values_mut() {
+        let Some(parts) = schema.get("allOf").and_then(Value::as_array).cloned() else {
+            continue;
+        };
+        let (mut properties, mut required) = (Map::new(), Vec::new());
+        for part in &parts {
+            let part = match part["$ref"].as_str() {
+                Some(r) => &schemas[r.trim_start_matches("#/components/schemas/")],
+                None => part,
+            };
+            if let Some(p) = part["properties"].as_object() {
+                properties.extend(p.clone());
+            }
+            if let Some(r) = part["required"].as_array() {
+                required.extend(r.iter().cloned());
+            }
+        }
+        let mut merged = json!({
+            "type": "object",
+            "properties": properties,
+            "required": required,
+        });
+        if let Some(description) = schema.get("description") {
+            merged["description"] = description.clone();
+        }
+        *schema = merged;
+    }
 }
 
 fn add_refusals(operation: &mut Value) {
@@ -185,6 +223,14 @@ mod tests {
         assert!(stats["properties"]["count_tokens_calls"].is_object());
         let usage = &schemas()["UsageRow"];
         assert_eq!(usage["additionalProperties"], false);
+        // A flattened part is merged into the object that holds it, which is closed as one.
+        let alert = &schemas()["AlertView"];
+        assert_eq!(alert["additionalProperties"], false);
+        assert!(alert.get("allOf").is_none());
+        for field in ["rule", "subject", "message", "deliveries"] {
+            assert!(alert["properties"][field].is_object(), "{field}: {alert}");
+            assert!(alert["required"].as_array().unwrap().contains(&json!(field)));
+        }
         assert!(usage["properties"]["p95_latency_ms"].is_object());
     }
 }

@@ -4,24 +4,15 @@
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::ToSchema;
 
-pub use crate::alerts::payload::{AlertPayload, AnomalyFigures};
+pub use crate::alerts::payload::{round2, AlertPayload, AnomalyFigures};
+pub use crate::clock::rfc3339;
 use crate::insights::budgets::BudgetUse;
 use crate::pricing::{usd, CostStatus};
-use crate::store::{Aggregate, AlertRow, KeyRow};
+use crate::store::{Aggregate, AlertHeading, AlertRow, Delivery, KeyRow};
 use crate::usage::LoggedCall;
 
 /// The guide's "never used" timestamp.
 pub const NEVER: &str = "0001-01-01T00:00:00Z";
-
-/// RFC 3339 in UTC to the second, as the guide writes it: `2026-02-20T18:45:32Z`.
-pub fn rfc3339(ts: jiff::Timestamp) -> String {
-    ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
-}
-
-/// Rounds to two decimals, as the guide's `avg_time`, `success_rate` and `usage_percent`.
-pub fn round2(value: f64) -> f64 {
-    (value * 100.0).round() / 100.0
-}
 
 /// Success envelope: `{"code":0,"data":…}`.
 #[derive(Serialize, ToSchema)]
@@ -212,46 +203,18 @@ impl Forecast {
 pub struct AlertView {
     /// Row id.
     pub id: i64,
-    /// The rule that raised it.
-    pub rule: String,
-    /// The event (`threshold_crossed`, `budget_crossed`, `projected_limit_exceeded`,
-    /// `anomaly_detected`, `recorder_degraded`).
-    pub event: String,
-    /// The key it is about.
-    pub key_id: Option<i64>,
-    /// What it is about (`global`, `key:7`, `key:7/model`, `instance:…`).
-    pub subject: String,
-    /// The period it was raised for.
-    pub period: String,
-    /// One line for people.
-    pub message: String,
+    /// What it is about.
+    #[serde(flatten)]
+    pub heading: AlertHeading,
     /// When it was raised.
     pub created_at: String,
     /// The instance that raised and delivered it.
     pub instance: String,
     /// The generic webhook's JSON, as sent.
     pub payload: AlertPayload,
-    /// One per target.
-    pub deliveries: Vec<DeliveryView>,
-}
-
-/// An alert's delivery to one target.
-#[derive(Serialize, Clone, ToSchema)]
-pub struct DeliveryView {
-    /// The target's name.
-    pub target: String,
-    /// `webhook`, `slack`, `feishu`, `dingtalk` or `wecom`.
-    pub kind: String,
-    /// `pending` (being tried), `sent`, `failed` (after the last try) or `skipped`.
-    pub status: String,
-    /// Tries made.
-    pub attempts: u32,
-    /// HTTP status of the last answer.
-    pub http_status: Option<u16>,
-    /// Why the last try failed, or why it was skipped.
-    pub error: Option<String>,
-    /// When this last changed.
-    pub updated_at: String,
+    /// One per target: `pending` (being tried), `sent`, `failed` (after the last try) or
+    /// `skipped`.
+    pub deliveries: Vec<Delivery>,
 }
 
 impl AlertView {
@@ -261,28 +224,11 @@ impl AlertView {
         let a = &row.alert;
         Some(Self {
             id: row.id,
-            rule: a.rule.clone(),
-            event: a.event.clone(),
-            key_id: a.key_id,
-            subject: a.subject.clone(),
-            period: a.period.clone(),
-            message: a.message.clone(),
+            heading: a.heading.clone(),
             created_at: rfc3339(a.created_at),
             instance: a.instance.clone(),
             payload: serde_json::from_str(&a.payload).ok()?,
-            deliveries: a
-                .deliveries
-                .iter()
-                .map(|d| DeliveryView {
-                    target: d.target.clone(),
-                    kind: d.kind.clone(),
-                    status: d.status.clone(),
-                    attempts: d.attempts,
-                    http_status: d.http_status,
-                    error: d.error.clone(),
-                    updated_at: rfc3339(d.updated_at),
-                })
-                .collect(),
+            deliveries: a.deliveries.clone(),
         })
     }
 }

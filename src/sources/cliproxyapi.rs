@@ -23,6 +23,13 @@ use crate::config::{SourceConfig, SourceMode};
 pub const LEASE_TTL: Duration = Duration::from_secs(10);
 /// How often the holder renews its lease and a standby instance tries to take it.
 pub const LEASE_RENEW: Duration = Duration::from_secs(2);
+
+/// Whether a lease last renewed at `renewed` still runs at the next try: a renewal that failed
+/// (a store busy for a moment — SQLite's writer waits at most its busy timeout) is tried again
+/// rather than ending the session, which would drop what the subscription had read ahead.
+fn lease_outlasts_a_retry(renewed: Instant) -> bool {
+    renewed.elapsed() + LEASE_RENEW < LEASE_TTL
+}
 /// First wait after a refused management key.
 pub const AUTH_RETRY: Duration = Duration::from_secs(30 * 60);
 /// Refusals after which the key is not tried again until restart (CLIProxyAPI bans at five).
@@ -191,6 +198,10 @@ impl Session<'_> {
                 None
             }
             Ok(false) => Some(End::LeaseLost),
+            Err(e) if lease_outlasts_a_retry(*renewed) => {
+                tracing::warn!(source = %self.config.name, "{e}; trying again");
+                None
+            }
             Err(e) => Some(End::Failed(e)),
         }
     }
@@ -449,14 +460,22 @@ impl Session<'_> {
             self.cx.instance.clone(),
         );
         let task = tokio::spawn(async move {
+            let mut renewed = Instant::now();
             loop {
                 tokio::time::sleep(LEASE_RENEW).await;
-                let renewed = store
+                let answer = store
                     .take_source_lease(name.clone(), holder.clone(), LEASE_TTL.as_millis() as i64)
                     .await;
-                let end = match renewed {
-                    Ok(true) => continue,
+                let end = match answer {
+                    Ok(true) => {
+                        renewed = Instant::now();
+                        continue;
+                    }
                     Ok(false) => End::LeaseLost,
+                    Err(e) if lease_outlasts_a_retry(renewed) => {
+                        tracing::warn!(source = %name, "cannot renew the lease ({e}); trying again");
+                        continue;
+                    }
                     Err(e) => {
                         End::Failed(format!("cannot renew the source's lease in the store: {e}"))
                     }

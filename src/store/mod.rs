@@ -11,6 +11,7 @@
 
 mod postgres;
 mod queries;
+mod row;
 mod schema;
 mod sql;
 mod sqlite;
@@ -361,23 +362,31 @@ pub enum CallKind {
     CountTokens,
 }
 
-/// An alert to raise once: stored only if no alert with its `dedup` exists.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewAlert {
-    /// Rule, subject and period: unique among alerts.
-    pub dedup: String,
+/// What an alert is about, as stored and as `GET /api/console/alerts` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct AlertHeading {
     /// The rule that raised it (`budget_80`, `forecast`, `anomaly`, `recorder_degraded`).
     pub rule: String,
-    /// The event as the payload names it (`threshold_crossed`, …).
+    /// The event as the payload names it (`threshold_crossed`, `budget_crossed`,
+    /// `projected_limit_exceeded`, `anomaly_detected`, `recorder_degraded`).
     pub event: String,
     /// The key it is about, if any.
     pub key_id: Option<i64>,
-    /// What it is about (`global`, `key:7`, `key:7/gpt-4o`, an instance).
+    /// What it is about (`global`, `key:7`, `key:7/gpt-4o`, `instance:…`).
     pub subject: String,
     /// The period it holds for (`total` for all-time budgets, a day, an episode).
     pub period: String,
     /// One line for people.
     pub message: String,
+}
+
+/// An alert to raise once: stored only if no alert with its `dedup` exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewAlert {
+    /// Rule, subject and period: unique among alerts.
+    pub dedup: String,
+    /// What it is about.
+    pub heading: AlertHeading,
     /// The generic webhook's JSON.
     pub payload: String,
     /// When it was raised.
@@ -389,7 +398,7 @@ pub struct NewAlert {
 }
 
 /// The state of one alert's delivery to one target.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Delivery {
     /// The target's name.
     pub target: String,
@@ -404,6 +413,8 @@ pub struct Delivery {
     /// Why the last try failed, or why the delivery was skipped.
     pub error: Option<String>,
     /// When this row last changed.
+    #[serde(serialize_with = "crate::clock::serialize_rfc3339")]
+    #[schema(value_type = String)]
     pub updated_at: jiff::Timestamp,
 }
 

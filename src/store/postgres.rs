@@ -211,16 +211,13 @@ impl<C: GenericClient> Db for PgDb<'_, C> {
 
     async fn call_ids(&mut self, n: usize) -> Result<Vec<i64>, StoreError> {
         let n = i64::try_from(n).unwrap_or(i64::MAX);
-        let rows = self
-            .query(
+        let rows: Vec<(i64,)> = self
+            .fetch(
                 "SELECT nextval('calls_id_seq') FROM generate_series(1, $1::BIGINT)",
                 &[n.into()],
             )
             .await?;
-        let mut ids = rows
-            .iter()
-            .map(|r| r.int(0))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut ids: Vec<i64> = rows.into_iter().map(|(id,)| id).collect();
         ids.sort_unstable();
         Ok(ids)
     }
@@ -244,13 +241,13 @@ impl<C: GenericClient> Db for PgDb<'_, C> {
              )",
         )
         .await?;
-        let row = self
-            .query_one(
+        let version: i64 = self
+            .fetch_value(
                 "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
                 &[],
             )
             .await?;
-        Ok(usize::try_from(row.int(0)?).unwrap_or(0))
+        Ok(usize::try_from(version).unwrap_or(0))
     }
 
     async fn set_schema_version(&mut self, version: usize) -> Result<(), StoreError> {

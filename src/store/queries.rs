@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
+use super::row::{from_columns, Columns, FromColumns};
 use super::sql::{Bulk, Db, Lock, Param, Row, Ty, AGG_COLUMNS};
 use super::{
     Aggregate, AlertRow, CallKind, DayTotal, Delivery, Dim, DimValue, HourUsage, KeyPatch, KeyRow,
@@ -71,46 +72,39 @@ const KEY_SELECT: &str = "SELECT id, name, description, key_hash, display, creat
     enabled, token_limit, rpm_limit, allowed_models, expires_at, deleted_at, version,
     fit_max_tokens, limit_period, cost_limit_nanos FROM api_keys";
 
-fn read_key(row: &Row) -> Result<KeyRow, StoreError> {
-    let mut hash = [0u8; 32];
-    let stored = row.bytes(3)?;
-    if stored.len() == 32 {
-        hash.copy_from_slice(stored);
+impl FromColumns for KeyRow {
+    fn take(c: &mut Columns<'_>) -> Result<Self, StoreError> {
+        Ok(KeyRow {
+            id: c.next()?,
+            name: c.next()?,
+            description: c.next()?,
+            hash: c.next::<Vec<u8>>()?.try_into().unwrap_or([0; 32]),
+            display: c.next()?,
+            created_at: c.next()?,
+            last_used: c.next()?,
+            enabled: c.next()?,
+            token_limit: c.next::<Option<i64>>()?.map(|v| v.max(0) as u64),
+            rpm_limit: c
+                .next::<Option<i64>>()?
+                .map(|v| u32::try_from(v.max(0)).unwrap_or(u32::MAX)),
+            allowed_models: c
+                .next::<Option<String>>()?
+                .and_then(|text| serde_json::from_str(&text).ok()),
+            expires_at: c.next()?,
+            deleted: c.next::<Option<i64>>()?.is_some(),
+            version: c.next()?,
+            fit_max_tokens: c.next()?,
+            limit_period: c
+                .next::<Option<String>>()?
+                .and_then(|name| crate::clock::Period::parse(&name)),
+            cost_limit_nanos: c.next::<Option<i64>>()?.map(|v| v.max(0) as u64),
+        })
     }
-    Ok(KeyRow {
-        id: row.int(0)?,
-        name: row.text(1)?,
-        description: row.text(2)?,
-        hash,
-        display: row.text(4)?,
-        created_at: from_ms(row.int(5)?),
-        last_used: row.opt_int(6)?.map(from_ms),
-        enabled: row.bool(7)?,
-        token_limit: row.opt_int(8)?.map(|v| v.max(0) as u64),
-        rpm_limit: row
-            .opt_int(9)?
-            .map(|v| u32::try_from(v.max(0)).unwrap_or(u32::MAX)),
-        allowed_models: row
-            .opt_text(10)?
-            .and_then(|text| serde_json::from_str(&text).ok()),
-        expires_at: row.opt_int(11)?.map(from_ms),
-        deleted: row.opt_int(12)?.is_some(),
-        version: row.int(13)?,
-        fit_max_tokens: row.bool(14)?,
-        limit_period: row
-            .opt_text(15)?
-            .and_then(|name| crate::clock::Period::parse(&name)),
-        cost_limit_nanos: row.opt_int(16)?.map(|v| v.max(0) as u64),
-    })
 }
 
 async fn select_key(db: &mut impl Db, id: i64) -> Result<Option<KeyRow>, StoreError> {
-    let sql = format!("{KEY_SELECT} WHERE id = $1");
-    db.query_opt(&sql, &[id.into()])
-        .await?
-        .as_ref()
-        .map(read_key)
-        .transpose()
+    db.fetch_opt(&format!("{KEY_SELECT} WHERE id = $1"), &[id.into()])
+        .await
 }
 
 /// A broken uniqueness constraint on the key's name becomes [`StoreError::NameTaken`].
@@ -128,18 +122,17 @@ pub async fn insert_key(
     max_keys: u64,
 ) -> Result<KeyRow, StoreError> {
     db.lock(Lock::Keys).await?;
-    let live = db
-        .query_one(
+    let live: u64 = db
+        .fetch_value(
             "SELECT COUNT(*) FROM api_keys WHERE deleted_at IS NULL",
             &[],
         )
-        .await?
-        .count(0)?;
+        .await?;
     if live >= max_keys {
         return Err(StoreError::KeyLimit(max_keys));
     }
     let inserted = db
-        .query_one(
+        .fetch_value(
             "INSERT INTO api_keys (name, description, key_hash, display, created_at, limit_period,
              version)
              VALUES ($1, $2, $3, $4, $5, $6, (SELECT COALESCE(MAX(version), 0) + 1 FROM api_keys))
@@ -154,7 +147,7 @@ pub async fn insert_key(
             ],
         )
         .await;
-    let id = name_taken(inserted, &key.name)?.int(0)?;
+    let id = name_taken(inserted, &key.name)?;
     select_key(db, id)
         .await?
         .ok_or(StoreError::Task("inserted key vanished".into()))
@@ -162,15 +155,13 @@ pub async fn insert_key(
 
 /// All keys, deleted ones included, oldest first.
 pub async fn list_keys(db: &mut impl Db) -> Result<Vec<KeyRow>, StoreError> {
-    let rows = db.query(&format!("{KEY_SELECT} ORDER BY id"), &[]).await?;
-    rows.iter().map(read_key).collect()
+    db.fetch(&format!("{KEY_SELECT} ORDER BY id"), &[]).await
 }
 
 /// Keys changed after `version`, in the order of their changes.
 pub async fn keys_changed_since(db: &mut impl Db, version: i64) -> Result<Vec<KeyRow>, StoreError> {
     let sql = format!("{KEY_SELECT} WHERE version > $1 ORDER BY version");
-    let rows = db.query(&sql, &[version.into()]).await?;
-    rows.iter().map(read_key).collect()
+    db.fetch(&sql, &[version.into()]).await
 }
 
 fn apply_patch(key: &mut KeyRow, patch: &KeyPatch) {
@@ -292,31 +283,41 @@ fn agg_sums() -> String {
         .join(", ")
 }
 
+/// An [`Aggregate`] from its columns in [`AGG_COLUMNS`] order.
+impl FromColumns for Aggregate {
+    fn take(c: &mut Columns<'_>) -> Result<Self, StoreError> {
+        let (calls, successes, failures) = c.next()?;
+        let (prompt, completion, cache_read, cache_creation, reasoning) = c.next()?;
+        let (total, duration_ms) = c.next()?;
+        let mut latency = [0u64; LATENCY_BUCKETS];
+        for slot in &mut latency {
+            *slot = c.next()?;
+        }
+        let (count_tokens, cost_nanos, unpriced_calls) = c.next()?;
+        Ok(Aggregate {
+            calls,
+            successes,
+            failures,
+            tokens: TokenUsage {
+                prompt,
+                completion,
+                cache_read,
+                cache_creation,
+                reasoning,
+                total,
+            },
+            duration_ms,
+            latency,
+            count_tokens,
+            cost_nanos,
+            unpriced_calls,
+        })
+    }
+}
+
 /// Reads an [`Aggregate`] from `row`, its columns in [`AGG_COLUMNS`] order from `start`.
 pub fn read_aggregate(row: &Row, start: usize) -> Result<Aggregate, StoreError> {
-    let get = |i: usize| row.count(start + i);
-    let mut latency = [0u64; LATENCY_BUCKETS];
-    for (i, slot) in latency.iter_mut().enumerate() {
-        *slot = get(10 + i)?;
-    }
-    Ok(Aggregate {
-        calls: get(0)?,
-        successes: get(1)?,
-        failures: get(2)?,
-        tokens: TokenUsage {
-            prompt: get(3)?,
-            completion: get(4)?,
-            cache_read: get(5)?,
-            cache_creation: get(6)?,
-            reasoning: get(7)?,
-            total: get(8)?,
-        },
-        duration_ms: get(9)?,
-        latency,
-        count_tokens: get(10 + LATENCY_BUCKETS)?,
-        cost_nanos: get(11 + LATENCY_BUCKETS)?,
-        unpriced_calls: get(12 + LATENCY_BUCKETS)?,
-    })
+    Columns::at(row, start).next()
 }
 
 /// The values of an [`Aggregate`] in [`AGG_COLUMNS`] order.
@@ -356,10 +357,7 @@ pub async fn usage_by_model(
         agg_sums(),
         conditions.clause()
     );
-    let rows = db.query(&sql, &conditions.params).await?;
-    rows.iter()
-        .map(|row| Ok((row.text(0)?, read_aggregate(row, 1)?)))
-        .collect()
+    db.fetch(&sql, &conditions.params).await
 }
 
 /// All-time aggregates per key id (0 = calls without a key).
@@ -368,23 +366,20 @@ pub async fn usage_by_key(db: &mut impl Db) -> Result<HashMap<i64, Aggregate>, S
         "SELECT key_id, {} FROM agg_total GROUP BY key_id",
         agg_sums()
     );
-    let rows = db.query(&sql, &[]).await?;
-    rows.iter()
-        .map(|row| Ok((row.int(0)?, read_aggregate(row, 1)?)))
-        .collect()
+    let rows: Vec<(i64, Aggregate)> = db.fetch(&sql, &[]).await?;
+    Ok(rows.into_iter().collect())
 }
 
 /// All-time aggregate of one key (zero when it made no call).
 pub async fn usage_of_key(db: &mut impl Db, key_id: i64) -> Result<Aggregate, StoreError> {
     let sql = format!(
-        "SELECT key_id, {} FROM agg_total WHERE key_id = $1 GROUP BY key_id",
+        "SELECT {} FROM agg_total WHERE key_id = $1 GROUP BY key_id",
         agg_sums()
     );
-    let rows = db.query(&sql, &[key_id.into()]).await?;
-    match rows.first() {
-        Some(row) => read_aggregate(row, 1),
-        None => Ok(Aggregate::default()),
-    }
+    Ok(db
+        .fetch_opt(&sql, &[key_id.into()])
+        .await?
+        .unwrap_or_default())
 }
 
 /// Tokens and nano-dollars per key id on local days from `first_day` on; every key's under
@@ -393,23 +388,22 @@ pub async fn usage_since_day(
     db: &mut impl Db,
     first_day: i64,
 ) -> Result<HashMap<i64, (u64, u64)>, StoreError> {
-    let rows = db
-        .query(
+    let rows: Vec<(i64, u64, u64)> = db
+        .fetch(
             "SELECT key_id, CAST(SUM(total_tokens) AS BIGINT), CAST(SUM(cost_nanos) AS BIGINT)
              FROM agg_day WHERE day >= $1 GROUP BY key_id",
             &[first_day.into()],
         )
         .await?;
-    let mut used = HashMap::new();
-    for row in rows {
-        let key_id = match row.int(0)? {
-            ALL_KEYS => GLOBAL_SCOPE,
-            GLOBAL_SCOPE => continue,
-            id => id,
-        };
-        used.insert(key_id, (row.count(1)?, row.count(2)?));
-    }
-    Ok(used)
+    let scope = |key_id| match key_id {
+        ALL_KEYS => Some(GLOBAL_SCOPE),
+        GLOBAL_SCOPE => None,
+        id => Some(id),
+    };
+    Ok(rows
+        .into_iter()
+        .filter_map(|(key_id, tokens, cost)| Some((scope(key_id)?, (tokens, cost))))
+        .collect())
 }
 
 /// Calls and tokens per local day in `[first_day, last_day]`, days with calls only.
@@ -419,52 +413,42 @@ pub async fn usage_by_day(
     first_day: i64,
     last_day: i64,
 ) -> Result<Vec<DayTotal>, StoreError> {
-    let rows = db
-        .query(
-            "SELECT day, CAST(SUM(calls) AS BIGINT), CAST(SUM(total_tokens) AS BIGINT),
-             CAST(SUM(cost_nanos) AS BIGINT)
-             FROM agg_day WHERE key_id = $1 AND day BETWEEN $2 AND $3 GROUP BY day ORDER BY day",
-            &[
-                key_id.unwrap_or(ALL_KEYS).into(),
-                first_day.into(),
-                last_day.into(),
-            ],
-        )
-        .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(DayTotal {
-                day: row.int(0)?,
-                calls: row.count(1)?,
-                tokens: row.count(2)?,
-                cost_nanos: row.count(3)?,
-            })
-        })
-        .collect()
+    db.fetch(
+        "SELECT day, CAST(SUM(calls) AS BIGINT), CAST(SUM(total_tokens) AS BIGINT),
+         CAST(SUM(cost_nanos) AS BIGINT)
+         FROM agg_day WHERE key_id = $1 AND day BETWEEN $2 AND $3 GROUP BY day ORDER BY day",
+        &[
+            key_id.unwrap_or(ALL_KEYS).into(),
+            first_day.into(),
+            last_day.into(),
+        ],
+    )
+    .await
 }
+from_columns!(DayTotal {
+    day,
+    calls,
+    tokens,
+    cost_nanos
+});
 
 /// Tokens per key from `from_hour` on, with each key's first hour with calls.
 pub async fn usage_since_hour(
     db: &mut impl Db,
     from_hour: i64,
 ) -> Result<Vec<WindowUsage>, StoreError> {
-    let rows = db
-        .query(
-            "SELECT key_id, MIN(hour), CAST(COALESCE(SUM(total_tokens), 0) AS BIGINT)
-             FROM agg_hour WHERE hour >= $1 AND calls > 0 GROUP BY key_id ORDER BY key_id",
-            &[from_hour.into()],
-        )
-        .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(WindowUsage {
-                key_id: row.int(0)?,
-                first_hour: row.int(1)?,
-                tokens: row.count(2)?,
-            })
-        })
-        .collect()
+    db.fetch(
+        "SELECT key_id, MIN(hour), CAST(COALESCE(SUM(total_tokens), 0) AS BIGINT)
+         FROM agg_hour WHERE hour >= $1 AND calls > 0 GROUP BY key_id ORDER BY key_id",
+        &[from_hour.into()],
+    )
+    .await
 }
+from_columns!(WindowUsage {
+    key_id,
+    first_hour,
+    tokens
+});
 
 /// The rows of `agg_hour` from `from_hour` on (of one key, or all) of the key × model pairs with
 /// calls at or after `active_from`, by key, model and hour.
@@ -492,49 +476,44 @@ pub async fn hourly_usage(
          ORDER BY key_id, model {{binary}}, hour",
         c.clause()
     );
-    let rows = db.query(&sql, &c.params).await?;
-    rows.iter()
-        .map(|row| {
-            Ok(HourUsage {
-                hour: row.int(0)?,
-                key_id: row.int(1)?,
-                model: row.text(2)?,
-                calls: row.count(3)?,
-                failures: row.count(4)?,
-                tokens: row.count(5)?,
-            })
-        })
-        .collect()
+    db.fetch(&sql, &c.params).await
 }
+from_columns!(HourUsage {
+    hour,
+    key_id,
+    model,
+    calls,
+    failures,
+    tokens
+});
 
 // --- Alerts ---------------------------------------------------------------------------------
 
 /// Stores an alert and its deliveries unless one with its `dedup` exists (the unique constraint
 /// decides between instances): `Some(id)` when this call stored it.
 pub async fn claim_alert(db: &mut impl Db, alert: &NewAlert) -> Result<Option<i64>, StoreError> {
-    let inserted = db
-        .query_opt(
+    let inserted: Option<(i64,)> = db
+        .fetch_opt(
             "INSERT INTO alerts (dedup, rule, event, key_id, subject, period, message, payload,
              created_at, instance) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
              ON CONFLICT (dedup) DO NOTHING RETURNING id",
             &[
                 alert.dedup.as_str().into(),
-                alert.rule.as_str().into(),
-                alert.event.as_str().into(),
-                alert.key_id.into(),
-                alert.subject.as_str().into(),
-                alert.period.as_str().into(),
-                alert.message.as_str().into(),
+                alert.heading.rule.as_str().into(),
+                alert.heading.event.as_str().into(),
+                alert.heading.key_id.into(),
+                alert.heading.subject.as_str().into(),
+                alert.heading.period.as_str().into(),
+                alert.heading.message.as_str().into(),
                 alert.payload.as_str().into(),
                 ms(alert.created_at).into(),
                 alert.instance.as_str().into(),
             ],
         )
         .await?;
-    let Some(row) = inserted else {
+    let Some((id,)) = inserted else {
         return Ok(None);
     };
-    let id = row.int(0)?;
     for delivery in &alert.deliveries {
         db.execute(
             "INSERT INTO alert_deliveries (alert_id, target, kind, status, attempts, http_status,
@@ -578,64 +557,54 @@ pub async fn update_delivery(
     Ok(())
 }
 
-fn read_delivery(row: &Row) -> Result<(i64, Delivery), StoreError> {
-    Ok((
-        row.int(0)?,
-        Delivery {
-            target: row.text(1)?,
-            kind: row.text(2)?,
-            status: row.text(3)?,
-            attempts: u32::try_from(row.count(4)?).unwrap_or(u32::MAX),
-            http_status: row.opt_int(5)?.and_then(|s| u16::try_from(s).ok()),
-            error: row.opt_text(6)?,
-            updated_at: from_ms(row.int(7)?),
-        },
-    ))
-}
+from_columns!(Delivery {
+    target,
+    kind,
+    status,
+    attempts,
+    http_status,
+    error,
+    updated_at
+});
+from_columns!(super::AlertHeading {
+    rule,
+    event,
+    key_id,
+    subject,
+    period,
+    message
+});
+from_columns!(NewAlert {
+    dedup,
+    heading,
+    payload,
+    created_at,
+    instance;
+    deliveries: Vec::new()
+});
+from_columns!(AlertRow { id, alert });
 
 /// The newest `limit` alerts with their deliveries, newest first.
 pub async fn alerts(db: &mut impl Db, limit: u32) -> Result<Vec<AlertRow>, StoreError> {
-    let rows = db
-        .query(
+    let mut alerts: Vec<AlertRow> = db
+        .fetch(
             "SELECT id, dedup, rule, event, key_id, subject, period, message, payload, created_at,
              instance FROM alerts ORDER BY id DESC LIMIT $1",
             &[i64::from(limit).into()],
         )
         .await?;
-    let mut alerts = rows
-        .iter()
-        .map(|row| {
-            Ok(AlertRow {
-                id: row.int(0)?,
-                alert: NewAlert {
-                    dedup: row.text(1)?,
-                    rule: row.text(2)?,
-                    event: row.text(3)?,
-                    key_id: row.opt_int(4)?,
-                    subject: row.text(5)?,
-                    period: row.text(6)?,
-                    message: row.text(7)?,
-                    payload: row.text(8)?,
-                    created_at: from_ms(row.int(9)?),
-                    instance: row.text(10)?,
-                    deliveries: Vec::new(),
-                },
-            })
-        })
-        .collect::<Result<Vec<_>, StoreError>>()?;
     let Some(oldest) = alerts.last().map(|a| a.id) else {
         return Ok(alerts);
     };
-    let deliveries = db
-        .query(
+    let deliveries: Vec<(i64, Delivery)> = db
+        .fetch(
             "SELECT alert_id, target, kind, status, attempts, http_status, error, updated_at
              FROM alert_deliveries WHERE alert_id >= $1 ORDER BY alert_id, target {binary}",
             &[oldest.into()],
         )
         .await?;
     let mut by_alert: HashMap<i64, Vec<Delivery>> = HashMap::new();
-    for row in &deliveries {
-        let (id, delivery) = read_delivery(row)?;
+    for (id, delivery) in deliveries {
         by_alert.entry(id).or_default().push(delivery);
     }
     for alert in &mut alerts {
@@ -653,8 +622,8 @@ pub async fn take_stale_deliveries(
     stale_before: jiff::Timestamp,
     now: jiff::Timestamp,
 ) -> Result<Vec<(i64, String, Delivery)>, StoreError> {
-    let rows = db
-        .query(
+    let rows: Vec<(i64, Delivery, String)> = db
+        .fetch(
             "SELECT d.alert_id, d.target, d.kind, d.status, d.attempts, d.http_status, d.error,
              d.updated_at, a.payload FROM alert_deliveries d JOIN alerts a ON a.id = d.alert_id
              WHERE d.status = 'pending' AND d.updated_at < $1 ORDER BY d.alert_id LIMIT 100",
@@ -662,8 +631,7 @@ pub async fn take_stale_deliveries(
         )
         .await?;
     let mut taken = Vec::new();
-    for row in &rows {
-        let (alert_id, mut delivery) = read_delivery(row)?;
+    for (alert_id, mut delivery, payload) in rows {
         let changed = db
             .execute(
                 "UPDATE alert_deliveries SET updated_at = $3
@@ -678,7 +646,7 @@ pub async fn take_stale_deliveries(
             .await?;
         if changed == 1 {
             delivery.updated_at = now;
-            taken.push((alert_id, row.text(8)?, delivery));
+            taken.push((alert_id, payload, delivery));
         }
     }
     Ok(taken)
@@ -748,42 +716,45 @@ fn column_names<T>(columns: &[(&str, T)]) -> String {
         .join(", ")
 }
 
-fn read_call(row: &Row) -> Result<LoggedCall, StoreError> {
-    Ok(LoggedCall {
-        id: row.int(0)?,
-        call: CallRecord {
-            ts: from_ms(row.int(1)?),
-            method: row.text(2)?,
-            endpoint: row.text(3)?,
-            status: u16::try_from(row.int(4)?).unwrap_or(0),
-            model: row.text(5)?,
-            key_id: row.opt_int(6)?,
-            key_name: row.opt_text(7)?,
-            tokens: TokenUsage {
-                prompt: row.count(8)?,
-                completion: row.count(9)?,
-                cache_read: row.count(10)?,
-                cache_creation: row.count(11)?,
-                reasoning: row.count(12)?,
-                total: row.count(13)?,
-            },
-            duration_ms: row.count(14)?,
-            ttft_ms: row.opt_int(15)?.map(|v| v.max(0) as u64),
-            stream: row.bool(16)?,
-            estimated: row.bool(17)?,
-            error: row.opt_text(18)?,
-            client: row.text(19)?,
-            session_id: row.opt_text(20)?,
-            user: row.opt_text(21)?,
-            provider: row.text(22)?,
-            source: row.text(23)?,
-            cost_nanos: row.opt_int(24)?.map(|v| v.max(0) as u64),
-            cost_status: crate::pricing::CostStatus::parse(&row.text(25)?),
+from_columns!(TokenUsage {
+    prompt,
+    completion,
+    cache_read,
+    cache_creation,
+    reasoning,
+    total
+});
+
+/// A call as [`CALL_COLUMNS`] lists its columns.
+impl FromColumns for CallRecord {
+    fn take(c: &mut Columns<'_>) -> Result<Self, StoreError> {
+        Ok(CallRecord {
+            ts: c.next()?,
+            method: c.next()?,
+            endpoint: c.next()?,
+            status: c.next()?,
+            model: c.next()?,
+            key_id: c.next()?,
+            key_name: c.next()?,
+            tokens: c.next()?,
+            duration_ms: c.next()?,
+            ttft_ms: c.next()?,
+            stream: c.next()?,
+            estimated: c.next()?,
+            error: c.next()?,
+            client: c.next()?,
+            session_id: c.next()?,
+            user: c.next()?,
+            provider: c.next()?,
+            source: c.next()?,
+            cost_nanos: c.next()?,
+            cost_status: crate::pricing::CostStatus::parse(&c.next::<String>()?),
             answer: Default::default(),
             ingest: None,
-        },
-    })
+        })
+    }
 }
+from_columns!(LoggedCall { id, call });
 
 /// Escapes `%`, `_` and `\` for a `LIKE … ESCAPE '\'` pattern.
 fn like_pattern(text: &str) -> String {
@@ -860,8 +831,7 @@ pub async fn logs(db: &mut impl Db, query: &LogQuery) -> Result<Vec<LoggedCall>,
         column_names(&CALL_COLUMNS),
         c.clause()
     );
-    let rows = db.query(&sql, &c.params).await?;
-    rows.iter().map(read_call).collect()
+    db.fetch(&sql, &c.params).await
 }
 
 fn call_values<'a>(id: i64, call: &'a CallRecord) -> Vec<Param<'a>> {
@@ -1180,14 +1150,15 @@ async fn keep_new<'r>(
         tail: "ON CONFLICT (dedup_key) DO NOTHING".into(),
     };
     db.insert(&bulk).await?;
-    let rows = db
-        .query(
+    let stored: HashSet<i64> = db
+        .fetch::<(i64,)>(
             "SELECT call_id FROM ingest_keys WHERE call_id BETWEEN $1 AND $2",
             &[first.into(), last.into()],
         )
-        .await?;
-    let stored: std::collections::HashSet<i64> =
-        rows.iter().map(|r| r.int(0)).collect::<Result<_, _>>()?;
+        .await?
+        .into_iter()
+        .map(|(id,)| id)
+        .collect();
     Ok(ids
         .into_iter()
         .zip(records)
@@ -1388,13 +1359,12 @@ async fn admit_day(
         &[day.into()],
     )
     .await?;
-    let count = db
-        .query_one(
+    let count: u64 = db
+        .fetch_value(
             "SELECT users FROM usage_user_count WHERE day = $1 {for_update}",
             &[day.into()],
         )
-        .await?
-        .count(0)?;
+        .await?;
     let mut added = 0u64;
     for &user in users {
         let exists = db
@@ -1430,10 +1400,10 @@ pub async fn rebucket_rollups(db: &mut impl Db, tz: &jiff::tz::TimeZone) -> Resu
         AGG_COLUMNS.join(", ")
     );
     let mut days: HashMap<RollupKey, Aggregate> = HashMap::new();
-    for row in db.query(&sql, &[]).await? {
-        let day = local_day(from_ms(row.int(0)? * MS_PER_HOUR), tz);
-        let agg = read_aggregate(&row, 3)?;
-        days.entry((vec![day], vec![row.text(1)?, row.text(2)?]))
+    let rows: Vec<(i64, String, String, Aggregate)> = db.fetch(&sql, &[]).await?;
+    for (hour, dim, value, agg) in rows {
+        let day = local_day(from_ms(hour * MS_PER_HOUR), tz);
+        days.entry((vec![day], vec![dim, value]))
             .or_default()
             .add(&agg);
     }
@@ -1442,18 +1412,12 @@ pub async fn rebucket_rollups(db: &mut impl Db, tz: &jiff::tz::TimeZone) -> Resu
 
 // --- Usage by any dimension ---------------------------------------------------------------------
 
-/// The rollup column of a dimension.
+/// The rollup column of a dimension: its API name but for the two ids.
 fn dim_column(dim: Dim) -> &'static str {
     match dim {
         Dim::Key => "key_id",
-        Dim::Model => "model",
         Dim::User => "user_id",
-        Dim::Client => "client",
-        Dim::Provider => "provider",
-        Dim::Source => "source",
-        Dim::Endpoint => "endpoint",
-        Dim::Day => "day",
-        Dim::Hour => "hour",
+        other => other.name(),
     }
 }
 
@@ -1563,12 +1527,7 @@ pub async fn usage(
         let rows = db.query(&sql, &c.params).await?;
         return rows
             .iter()
-            .map(|row| {
-                Ok(UsageGroup {
-                    values: group_values(row, &query.group_by, keys_as_text)?,
-                    agg: read_aggregate(row, query.group_by.len())?,
-                })
-            })
+            .map(|row| usage_group(row, &query.group_by, keys_as_text))
             .collect();
     }
     // End users are many: the groups are ranked by the one value they are ordered by (summing
@@ -1618,8 +1577,8 @@ pub async fn usage(
     );
     let mut sums: HashMap<Vec<DimValue>, Aggregate> = HashMap::new();
     for row in db.query(&sql, &c.params).await? {
-        let values = group_values(&row, &query.group_by, keys_as_text)?;
-        sums.insert(values, read_aggregate(&row, query.group_by.len())?);
+        let UsageGroup { values, agg } = usage_group(&row, &query.group_by, keys_as_text)?;
+        sums.insert(values, agg);
     }
     Ok(keys
         .into_iter()
@@ -1628,6 +1587,14 @@ pub async fn usage(
             UsageGroup { values, agg }
         })
         .collect())
+}
+
+/// A row of `group_by`'s values followed by the aggregate columns.
+fn usage_group(row: &Row, group_by: &[Dim], keys_as_text: bool) -> Result<UsageGroup, StoreError> {
+    Ok(UsageGroup {
+        values: group_values(row, group_by, keys_as_text)?,
+        agg: read_aggregate(row, group_by.len())?,
+    })
 }
 
 /// The values of `group_by` at the start of a row (a key id written as text in `dim_*`).
@@ -1799,10 +1766,7 @@ pub async fn usage_by_model_of_source(
         agg_sums(),
         c.clause()
     );
-    let rows = db.query(&sql, &c.params).await?;
-    rows.iter()
-        .map(|row| Ok((row.text(0)?, read_aggregate(row, 1)?)))
-        .collect()
+    db.fetch(&sql, &c.params).await
 }
 
 /// Ingested usage per source and credential (`dim` = `credential`) or client key
@@ -1827,18 +1791,14 @@ pub async fn source_usage(
         agg_sums(),
         c.clause()
     );
-    let rows = db.query(&sql, &c.params).await?;
-    rows.iter()
-        .map(|row| {
-            Ok(super::SourceUsage {
-                source: row.text(0)?,
-                ident: row.text(1)?,
-                label: row.text(2)?,
-                usage: read_aggregate(row, 3)?,
-            })
-        })
-        .collect()
+    db.fetch(&sql, &c.params).await
 }
+from_columns!(super::SourceUsage {
+    source,
+    ident,
+    label,
+    usage
+});
 
 /// Takes or renews the lease of `source` for `holder` until `expires_at` (ms): succeeds when
 /// nobody holds it, `holder` does, or the holder's lease ran out before `now`.
@@ -1896,31 +1856,30 @@ async fn recorded_use(db: &mut impl Db, row: &LedgerRow) -> Result<u64, StoreErr
     } else {
         "total_tokens"
     };
-    let found = if row.period == 0 {
-        db.query_one(
-            &format!(
-                "SELECT CAST(COALESCE(SUM({column}), 0) AS BIGINT) FROM agg_total
-                 WHERE CAST($1 AS BIGINT) = CAST($2 AS BIGINT) OR key_id = $1"
-            ),
-            &[row.scope.into(), GLOBAL_SCOPE.into()],
-        )
-        .await?
+    if row.period == 0 {
+        return db
+            .fetch_value(
+                &format!(
+                    "SELECT CAST(COALESCE(SUM({column}), 0) AS BIGINT) FROM agg_total
+                     WHERE CAST($1 AS BIGINT) = CAST($2 AS BIGINT) OR key_id = $1"
+                ),
+                &[row.scope.into(), GLOBAL_SCOPE.into()],
+            )
+            .await;
+    }
+    let key_id = if row.scope == GLOBAL_SCOPE {
+        ALL_KEYS
     } else {
-        let key_id = if row.scope == GLOBAL_SCOPE {
-            ALL_KEYS
-        } else {
-            row.scope
-        };
-        db.query_one(
-            &format!(
-                "SELECT CAST(COALESCE(SUM({column}), 0) AS BIGINT) FROM agg_day
-                 WHERE key_id = $1 AND day BETWEEN $2 AND $3"
-            ),
-            &[key_id.into(), row.first_day.into(), row.last_day.into()],
-        )
-        .await?
+        row.scope
     };
-    found.count(0)
+    db.fetch_value(
+        &format!(
+            "SELECT CAST(COALESCE(SUM({column}), 0) AS BIGINT) FROM agg_day
+             WHERE key_id = $1 AND day BETWEEN $2 AND $3"
+        ),
+        &[key_id.into(), row.first_day.into(), row.last_day.into()],
+    )
+    .await
 }
 
 /// Leases tokens of a budget to `instance` (see [`super::Store::lease`]).
@@ -1933,8 +1892,8 @@ pub async fn lease(
     want: u64,
 ) -> Result<Lease, StoreError> {
     let select = format!("SELECT taken FROM budgets WHERE {LEDGER_ROW} {{for_update}}");
-    let taken = match db.query_opt(&select, &row_params(&row)).await? {
-        Some(found) => found.count(0)?,
+    let taken = match db.fetch_opt::<(u64,)>(&select, &row_params(&row)).await? {
+        Some((taken,)) => taken,
         None => {
             let used = recorded_use(db, &row).await?;
             let mut params = row_params(&row);
@@ -1945,7 +1904,7 @@ pub async fn lease(
                 &params,
             )
             .await?;
-            db.query_one(&select, &row_params(&row)).await?.count(0)?
+            db.fetch_value(&select, &row_params(&row)).await?
         }
     };
     let lease = super::grant(limit, taken, need, want);
@@ -2038,8 +1997,8 @@ async fn forget_stale(db: &mut impl Db, stale_ms: i64) -> Result<(), StoreError>
 /// returns the tokens given back.
 pub async fn reap_instances(db: &mut impl Db, stale_ms: i64) -> Result<u64, StoreError> {
     forget_stale(db, stale_ms).await?;
-    let dead = db
-        .query(
+    let dead: Vec<((i64, i64, i64, i64), u64)> = db
+        .fetch(
             "SELECT scope, unit, period, period_start, CAST(SUM(held) AS BIGINT)
              FROM budget_leases WHERE instance NOT IN (SELECT id FROM instances)
              GROUP BY scope, unit, period, period_start ORDER BY scope, unit, period, period_start",
@@ -2047,12 +2006,14 @@ pub async fn reap_instances(db: &mut impl Db, stale_ms: i64) -> Result<u64, Stor
         )
         .await?;
     let mut returned = 0u64;
-    for found in dead {
-        let held = found.count(4)?;
-        let mut params: Vec<Param> = (0..4)
-            .map(|i| found.int(i).map(Into::into))
-            .collect::<Result<_, _>>()?;
-        params.push(held.into());
+    for ((scope, unit, period, period_start), held) in dead {
+        let params: Vec<Param> = vec![
+            scope.into(),
+            unit.into(),
+            period.into(),
+            period_start.into(),
+            held.into(),
+        ];
         let changed = db
             .execute(
                 &format!(
@@ -2081,13 +2042,12 @@ pub async fn register_instance(
     stale_ms: i64,
 ) -> Result<u64, StoreError> {
     forget_stale(db, stale_ms).await?;
-    let others = db
-        .query_one(
+    let others: u64 = db
+        .fetch_value(
             "SELECT COUNT(*) FROM instances WHERE id <> $1",
             &[id.into()],
         )
-        .await?
-        .count(0)?;
+        .await?;
     if others == 0 {
         db.execute("DELETE FROM budgets", &[]).await?;
         db.execute("DELETE FROM budget_leases", &[]).await?;
@@ -2121,9 +2081,10 @@ pub async fn deployment_id(db: &mut impl Db, candidate: &str) -> Result<String, 
         &[candidate.into()],
     )
     .await?;
-    db.query_one("SELECT value FROM meta WHERE name = 'deployment'", &[])
-        .await?
-        .text(0)
+    let (id,) = db
+        .fetch_one("SELECT value FROM meta WHERE name = 'deployment'", &[])
+        .await?;
+    Ok(id)
 }
 
 // --- Repricing -----------------------------------------------------------------------------
@@ -2131,13 +2092,13 @@ pub async fn deployment_id(db: &mut impl Db, candidate: &str) -> Result<String, 
 /// The first and last hour (UTC hours since the epoch) of `agg_hour` rows at or after
 /// `from_hour`; `None` when there are none.
 pub async fn hour_span(db: &mut impl Db, from_hour: i64) -> Result<Option<(i64, i64)>, StoreError> {
-    let row = db
-        .query_one(
+    let (first, last): (Option<i64>, Option<i64>) = db
+        .fetch_one(
             "SELECT MIN(hour), MAX(hour) FROM agg_hour WHERE hour >= $1",
             &[from_hour.into()],
         )
         .await?;
-    Ok(row.opt_int(0)?.zip(row.opt_int(1)?))
+    Ok(first.zip(last))
 }
 
 /// One `agg_hour` row as repricing reads it.
@@ -2148,6 +2109,37 @@ struct HourRow {
     cost_nanos: u64,
     unpriced_calls: u64,
 }
+from_columns!(HourRow {
+    dims,
+    calls,
+    tokens,
+    cost_nanos,
+    unpriced_calls
+});
+
+/// A stored call as repricing reads it.
+struct PricedCall {
+    id: i64,
+    ts: jiff::Timestamp,
+    model: String,
+    key_id: Option<i64>,
+    endpoint: String,
+    tokens: TokenUsage,
+    estimated: bool,
+    cost_nanos: Option<u64>,
+    cost_status: String,
+}
+from_columns!(PricedCall {
+    id,
+    ts,
+    model,
+    key_id,
+    endpoint,
+    tokens,
+    estimated,
+    cost_nanos,
+    cost_status
+});
 
 /// The raw calls of one `agg_hour` row, repriced: how many, their cost, how many unpriced.
 #[derive(Default)]
@@ -2241,33 +2233,14 @@ async fn read_hour_rows(
     first: i64,
     end: i64,
 ) -> Result<Vec<HourRow>, StoreError> {
-    let rows = db
-        .query(
-            "SELECT hour, key_id, model, calls, prompt_tokens, completion_tokens,
-             cache_read_tokens, cache_creation_tokens, reasoning_tokens, total_tokens,
-             cost_nanos, unpriced_calls FROM agg_hour WHERE hour >= $1 AND hour < $2
-             ORDER BY hour, key_id, model {for_update}",
-            &[first.into(), end.into()],
-        )
-        .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(HourRow {
-                dims: (row.int(0)?, row.int(1)?, row.text(2)?),
-                calls: row.count(3)?,
-                tokens: TokenUsage {
-                    prompt: row.count(4)?,
-                    completion: row.count(5)?,
-                    cache_read: row.count(6)?,
-                    cache_creation: row.count(7)?,
-                    reasoning: row.count(8)?,
-                    total: row.count(9)?,
-                },
-                cost_nanos: row.count(10)?,
-                unpriced_calls: row.count(11)?,
-            })
-        })
-        .collect()
+    db.fetch(
+        "SELECT hour, key_id, model, calls, prompt_tokens, completion_tokens,
+         cache_read_tokens, cache_creation_tokens, reasoning_tokens, total_tokens,
+         cost_nanos, unpriced_calls FROM agg_hour WHERE hour >= $1 AND hour < $2
+         ORDER BY hour, key_id, model {for_update}",
+        &[first.into(), end.into()],
+    )
+    .await
 }
 
 /// Reprices the raw calls of hours `[first, end)`, updating those whose cost changed; returns
@@ -2279,8 +2252,8 @@ async fn reprice_calls(
     end: i64,
     pricer: &super::Pricer,
 ) -> Result<(HashMap<Dims, RawSums>, u64), StoreError> {
-    let rows = db
-        .query(
+    let rows: Vec<PricedCall> = db
+        .fetch(
             "SELECT id, ts, model, key_id, endpoint, prompt_tokens, completion_tokens,
              cache_read_tokens, cache_creation_tokens, reasoning_tokens, total_tokens, estimated,
              cost_nanos, cost_status FROM calls WHERE ts >= $1 AND ts < $2",
@@ -2289,34 +2262,22 @@ async fn reprice_calls(
         .await?;
     let mut sums: HashMap<Dims, RawSums> = HashMap::new();
     let mut changed = 0u64;
-    for row in &rows {
-        let ts = from_ms(row.int(1)?);
-        let model = row.text(2)?;
-        let tokens = TokenUsage {
-            prompt: row.count(5)?,
-            completion: row.count(6)?,
-            cache_read: row.count(7)?,
-            cache_creation: row.count(8)?,
-            reasoning: row.count(9)?,
-            total: row.count(10)?,
-        };
-        let (cost, status) = pricer(&model, ts, &tokens, row.bool(11)?);
-        let stored = row.opt_int(12)?.map(|v| v.max(0) as u64);
-        if (stored, status.as_str()) != (cost, row.text(13)?.as_str()) {
+    for call in rows {
+        let (cost, status) = pricer(&call.model, call.ts, &call.tokens, call.estimated);
+        if (call.cost_nanos, status.as_str()) != (cost, call.cost_status.as_str()) {
             db.execute(
                 "UPDATE calls SET cost_nanos = $2, cost_status = $3 WHERE id = $1",
-                &[row.int(0)?.into(), cost.into(), status.as_str().into()],
+                &[call.id.into(), cost.into(), status.as_str().into()],
             )
             .await?;
             changed += 1;
         }
-        if row.text(4)? == COUNT_TOKENS_PATH {
+        if call.endpoint == COUNT_TOKENS_PATH {
             continue;
         }
-        let hour = ms(ts).div_euclid(MS_PER_HOUR);
-        let sum = sums
-            .entry((hour, row.opt_int(3)?.unwrap_or(0), model))
-            .or_default();
+        let hour = ms(call.ts).div_euclid(MS_PER_HOUR);
+        let dims = (hour, call.key_id.unwrap_or(0), call.model);
+        let sum = sums.entry(dims).or_default();
         sum.calls += 1;
         sum.cost_nanos += cost.unwrap_or(0);
         sum.unpriced_calls += u64::from(cost.is_none());

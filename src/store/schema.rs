@@ -7,8 +7,8 @@ use super::queries::{self, MS_PER_HOUR};
 use super::sql::{Db, Lock, AGG_COLUMNS};
 use super::{Aggregate, StoreError};
 
-/// Versioned migrations, in [`super::sql::render`]'s spelling plus `{aggregates}`, the value
-/// columns of the first schema's aggregate tables.
+/// Versioned migrations, in [`super::sql::render`]'s spelling plus what [`expand`] writes out:
+/// `{aggregates}`, `{agg_names}`, `{agg_sums}` and `CREATE ROLLUP TABLE` lines.
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_init.sql"),
     include_str!("migrations/0002_instances.sql"),
@@ -25,22 +25,76 @@ const MIGRATIONS: &[&str] = &[
 ];
 
 /// Aggregate columns added by later migrations: `count_tokens` (version 4), `cost_nanos` and
-/// `unpriced_calls` (version 7).
+/// `unpriced_calls` (version 7). A value column added after these is added to every aggregate
+/// table by its own migration, so what the placeholders below write out never changes.
 const LATER_AGGREGATES: [&str; 3] = ["count_tokens", "cost_nanos", "unpriced_calls"];
+
+/// The aggregate columns of version 1, in [`AGG_COLUMNS`] order.
+fn first_columns() -> impl Iterator<Item = &'static str> {
+    AGG_COLUMNS
+        .iter()
+        .copied()
+        .filter(|c| !LATER_AGGREGATES.contains(c))
+}
+
+/// The aggregate columns of version 7: version 1's and the [`LATER_AGGREGATES`].
+fn priced_columns() -> impl Iterator<Item = &'static str> {
+    first_columns().chain(LATER_AGGREGATES)
+}
 
 /// `calls {int} NOT NULL, …, l16 {int} NOT NULL,` — the aggregate columns of version 1.
 fn first_aggregates() -> String {
-    AGG_COLUMNS
-        .iter()
-        .filter(|c| !LATER_AGGREGATES.contains(c))
+    first_columns()
         .map(|c| format!("{c} {{int}} NOT NULL,"))
         .collect::<Vec<_>>()
         .join(" ")
 }
 
-/// A migration with `{aggregates}` expanded, for [`Db::execute_batch`] to render.
+/// `CREATE ROLLUP TABLE name (key columns; other columns);` written out: a table keyed by its
+/// key columns, every column `NOT NULL`, with the aggregate columns of version 7.
+fn rollup_table(line: &str) -> Option<String> {
+    let rest = line.trim().strip_prefix("CREATE ROLLUP TABLE ")?;
+    let (name, columns) = rest.split_once(" (")?;
+    let columns = columns.strip_suffix(");")?;
+    let (keys, others) = columns.split_once("; ").unwrap_or((columns, ""));
+    let keys: Vec<&str> = keys.split(", ").collect();
+    let others: Vec<&str> = others.split(", ").filter(|c| !c.is_empty()).collect();
+    let declared: String = keys
+        .iter()
+        .chain(&others)
+        .map(|c| format!("    {c} NOT NULL,\n"))
+        .collect();
+    let key_names: Vec<&str> = keys.iter().filter_map(|c| c.split(' ').next()).collect();
+    Some(format!(
+        "CREATE TABLE {name} (\n{declared}    {{aggregates}}\n{later}    PRIMARY KEY ({})\n){{without_rowid}};",
+        key_names.join(", "),
+        later = LATER_AGGREGATES
+            .iter()
+            .map(|c| format!("    {c} {{int}} NOT NULL DEFAULT 0,\n"))
+            .collect::<String>(),
+    ))
+}
+
+/// A migration written out for [`Db::execute_batch`] to render: `CREATE ROLLUP TABLE` lines
+/// (see [`rollup_table`]), `{aggregates}` (version 1's aggregate columns, declared),
+/// `{agg_names}` and `{agg_sums}` (version 7's, named and summed).
 fn expand(migration: &str) -> String {
-    migration.replace("{aggregates}", &first_aggregates())
+    let tables = migration
+        .lines()
+        .map(|line| rollup_table(line).unwrap_or_else(|| line.to_owned()))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let sums = priced_columns()
+        .map(|c| format!("SUM({c})"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    tables
+        .replace("{aggregates}", &first_aggregates())
+        .replace(
+            "{agg_names}",
+            &priced_columns().collect::<Vec<_>>().join(", "),
+        )
+        .replace("{agg_sums}", &sums)
 }
 
 /// Migration `version` (1-based) in `dialect`'s SQL, for tests that build old databases.
@@ -72,11 +126,10 @@ pub async fn prepare(db: &mut impl Db, tz: &jiff::tz::TimeZone) -> Result<(), St
 /// configured time zone changed since they were built.
 async fn rebucket_days(db: &mut impl Db, tz: &jiff::tz::TimeZone) -> Result<(), StoreError> {
     let name = tz.iana_name().unwrap_or("fixed").to_owned();
-    let stored = db
-        .query_opt("SELECT value FROM meta WHERE name = 'timezone'", &[])
-        .await?
-        .map(|row| row.text(0))
-        .transpose()?;
+    let stored: Option<(String,)> = db
+        .fetch_opt("SELECT value FROM meta WHERE name = 'timezone'", &[])
+        .await?;
+    let stored = stored.map(|(name,)| name);
     if stored.as_deref() == Some(name.as_str()) {
         return Ok(());
     }
@@ -87,12 +140,10 @@ async fn rebucket_days(db: &mut impl Db, tz: &jiff::tz::TimeZone) -> Result<(), 
             AGG_COLUMNS.join(", ")
         );
         let mut days: HashMap<queries::Dims, Aggregate> = HashMap::new();
-        for row in db.query(&sql, &[]).await? {
-            let day = queries::local_day(queries::from_ms(row.int(0)? * MS_PER_HOUR), tz);
-            let agg = queries::read_aggregate(&row, 3)?;
-            days.entry((day, row.int(1)?, row.text(2)?))
-                .or_default()
-                .add(&agg);
+        let rows: Vec<(i64, i64, String, Aggregate)> = db.fetch(&sql, &[]).await?;
+        for (hour, key_id, model, agg) in rows {
+            let day = queries::local_day(queries::from_ms(hour * MS_PER_HOUR), tz);
+            days.entry((day, key_id, model)).or_default().add(&agg);
         }
         queries::add_day_rollups(&mut days);
         queries::upsert_aggregates(db, "agg_day", &["day", "key_id"], queries::with_dims(days))

@@ -11,6 +11,7 @@
 use std::borrow::Cow;
 use std::future::Future;
 
+pub use super::row::{Cell, FromColumns, Row};
 use super::StoreError;
 
 /// The SQL dialects the store speaks.
@@ -257,82 +258,6 @@ pub struct Bulk<'a> {
     pub tail: std::sync::Arc<str>,
 }
 
-/// One value read from a row.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Cell {
-    /// SQL NULL.
-    Null,
-    /// An integer (booleans read as 0 or 1).
-    Int(i64),
-    /// Text.
-    Text(String),
-    /// Bytes.
-    Bytes(Vec<u8>),
-}
-
-/// A row read back, the same whichever database it came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Row(pub Vec<Cell>);
-
-impl Row {
-    fn cell(&self, i: usize) -> Result<&Cell, StoreError> {
-        self.0
-            .get(i)
-            .ok_or_else(|| StoreError::Decode(format!("no column {i}")))
-    }
-
-    fn mismatch(&self, i: usize, wanted: &str) -> StoreError {
-        StoreError::Decode(format!("column {i} is {:?}, not {wanted}", self.0.get(i)))
-    }
-
-    /// An integer column; NULL is an error.
-    pub fn int(&self, i: usize) -> Result<i64, StoreError> {
-        self.opt_int(i)?
-            .ok_or_else(|| self.mismatch(i, "an integer"))
-    }
-
-    /// A nullable integer column.
-    pub fn opt_int(&self, i: usize) -> Result<Option<i64>, StoreError> {
-        match self.cell(i)? {
-            Cell::Null => Ok(None),
-            Cell::Int(v) => Ok(Some(*v)),
-            _ => Err(self.mismatch(i, "an integer")),
-        }
-    }
-
-    /// A count: an integer column read as `u64`, NULL and negatives as 0.
-    pub fn count(&self, i: usize) -> Result<u64, StoreError> {
-        Ok(self.opt_int(i)?.unwrap_or(0).max(0) as u64)
-    }
-
-    /// A boolean column.
-    pub fn bool(&self, i: usize) -> Result<bool, StoreError> {
-        Ok(self.int(i)? != 0)
-    }
-
-    /// A nullable text column.
-    pub fn opt_text(&self, i: usize) -> Result<Option<String>, StoreError> {
-        match self.cell(i)? {
-            Cell::Null => Ok(None),
-            Cell::Text(v) => Ok(Some(v.clone())),
-            _ => Err(self.mismatch(i, "text")),
-        }
-    }
-
-    /// A text column; NULL is an error.
-    pub fn text(&self, i: usize) -> Result<String, StoreError> {
-        self.opt_text(i)?.ok_or_else(|| self.mismatch(i, "text"))
-    }
-
-    /// A bytes column; NULL is an error.
-    pub fn bytes(&self, i: usize) -> Result<&[u8], StoreError> {
-        match self.cell(i)? {
-            Cell::Bytes(v) => Ok(v),
-            _ => Err(self.mismatch(i, "bytes")),
-        }
-    }
-}
-
 /// Writers that must not interleave on PostgreSQL (SQLite's write transactions are serialised by
 /// `BEGIN IMMEDIATE` already).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -389,6 +314,50 @@ pub trait Db {
             .await?
             .ok_or_else(|| StoreError::Decode(format!("no row from: {sql}")))
     }
+
+    /// The rows of a query, each read as a `T`.
+    async fn fetch<T: FromColumns>(
+        &mut self,
+        sql: &str,
+        params: &[Param<'_>],
+    ) -> Result<Vec<T>, StoreError> {
+        self.query(sql, params)
+            .await?
+            .iter()
+            .map(T::from_row)
+            .collect()
+    }
+
+    /// The first row of a query read as a `T`, if any.
+    async fn fetch_opt<T: FromColumns>(
+        &mut self,
+        sql: &str,
+        params: &[Param<'_>],
+    ) -> Result<Option<T>, StoreError> {
+        self.query_opt(sql, params)
+            .await?
+            .as_ref()
+            .map(T::from_row)
+            .transpose()
+    }
+
+    /// The first column of the first row of a query; no row is an error.
+    async fn fetch_value<T: FromColumns>(
+        &mut self,
+        sql: &str,
+        params: &[Param<'_>],
+    ) -> Result<T, StoreError> {
+        Ok(self.fetch_one::<(T,)>(sql, params).await?.0)
+    }
+
+    /// The first row of a query read as a `T`; no row is an error.
+    async fn fetch_one<T: FromColumns>(
+        &mut self,
+        sql: &str,
+        params: &[Param<'_>],
+    ) -> Result<T, StoreError> {
+        T::from_row(&self.query_one(sql, params).await?)
+    }
 }
 
 /// Completes a future that never waits — a store operation on SQLite, whose [`Db`] methods are
@@ -438,23 +407,5 @@ mod tests {
             &*rendered(Dialect::Postgres, sql),
             render(Dialect::Postgres, sql)
         );
-    }
-
-    #[test]
-    fn rows_read_counts_and_refuse_the_wrong_type() {
-        let row = Row(vec![
-            Cell::Int(-3),
-            Cell::Null,
-            Cell::Text("a".into()),
-            Cell::Bytes(vec![1]),
-        ]);
-        assert_eq!(row.count(0).unwrap(), 0);
-        assert_eq!(row.count(1).unwrap(), 0);
-        assert_eq!(row.opt_int(1).unwrap(), None);
-        assert_eq!(row.text(2).unwrap(), "a");
-        assert_eq!(row.bytes(3).unwrap(), [1]);
-        assert!(row.int(2).is_err());
-        assert!(row.text(1).is_err());
-        assert!(row.int(9).is_err());
     }
 }

@@ -58,6 +58,16 @@ async fn granted(store: &Store, instance: String, limit: u64, need: u64, want: u
         .granted
 }
 
+/// `instance` gives back tokens of the global budget: `taken` off the ledger, `held` off its
+/// slice.
+async fn give_back(store: &Store, instance: &str, taken: i64, held: i64) {
+    let row = LedgerRow::tokens(GLOBAL_SCOPE);
+    store
+        .adjust_budgets(instance.into(), vec![(row, -taken, -held)])
+        .await
+        .unwrap();
+}
+
 /// The newest `limit` call records.
 async fn newest(store: &Store, limit: u32) -> Vec<LoggedCall> {
     store
@@ -259,13 +269,7 @@ async fn the_ledger_leases_what_is_left_and_starts_from_recorded_usage() {
     assert_eq!(both(global(10, 50).await.unwrap()), (20, 0));
     assert_eq!(global(1, 1).await.unwrap().granted, 0, "nothing left");
     // Unused tokens given back can be leased again.
-    store
-        .adjust_budgets(
-            "a".into(),
-            vec![(LedgerRow::tokens(GLOBAL_SCOPE), -15, -15)],
-        )
-        .await
-        .unwrap();
+    give_back(&store, "a", 15, 15).await;
     assert_eq!(
         global(20, 20).await.unwrap().granted,
         0,
@@ -386,13 +390,7 @@ async fn the_slices_of_a_dead_instance_go_back_to_the_ledger() {
     store.register_instance("b".into(), 60_000).await.unwrap();
     assert_eq!(granted(&store, "a".into(), 100, 60, 60).await, 60);
     // a used 10 of its 60 and gave 20 back: it holds 30.
-    store
-        .adjust_budgets(
-            "a".into(),
-            vec![(LedgerRow::tokens(GLOBAL_SCOPE), -20, -30)],
-        )
-        .await
-        .unwrap();
+    give_back(&store, "a", 20, 30).await;
     store
         .lease("b".into(), LedgerRow::tokens(GLOBAL_SCOPE), 100, 10, 10)
         .await
@@ -650,6 +648,22 @@ async fn migration_4_adds_anthropic_cache_tokens_to_old_rows_aggregates_and_ledg
             (vec![text("gpt-x"), DimValue::Int(20_260_301)], 110, 1)
         ]
     );
+    // Each dimension of the hourly and daily rollups: the key and model known, the rest blank
+    // but the source.
+    for (dim, want) in [
+        (Dim::Key, DimValue::Int(1)),
+        (Dim::Source, text("gateway")),
+        (Dim::Client, text("")),
+        (Dim::Endpoint, text("")),
+    ] {
+        for with in [Dim::Day, Dim::Hour] {
+            let rows = store.usage(by(vec![dim, with])).await.unwrap();
+            let calls: u64 = rows.iter().map(|g| g.agg.calls).sum();
+            let tokens: u64 = rows.iter().map(|g| g.agg.tokens.total).sum();
+            assert!(rows.iter().all(|g| g.values[0] == want), "{dim:?} {rows:?}");
+            assert_eq!((calls, tokens), (2, 35_126), "{dim:?} by {with:?}");
+        }
+    }
     let users = store.usage(by(vec![Dim::User, Dim::Day])).await.unwrap();
     assert_eq!(users.len(), 1);
     assert_eq!(users[0].values[0], text(""));

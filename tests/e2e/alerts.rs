@@ -451,12 +451,14 @@ fn left_pending(
 ) -> token_console::store::NewAlert {
     token_console::store::NewAlert {
         dedup: dedup.to_owned(),
-        rule: "budget_80".into(),
-        event: "threshold_crossed".into(),
-        key_id: None,
-        subject: "global".into(),
-        period: "total".into(),
-        message: payload["event_message"].as_str().unwrap().to_owned(),
+        heading: token_console::store::AlertHeading {
+            rule: "budget_80".into(),
+            event: "threshold_crossed".into(),
+            key_id: None,
+            subject: "global".into(),
+            period: "total".into(),
+            message: payload["event_message"].as_str().unwrap().to_owned(),
+        },
         payload: payload.to_string(),
         created_at: changed,
         instance: "dead-instance".into(),

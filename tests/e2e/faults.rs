@@ -628,15 +628,6 @@ fn integrity(db: &std::path::Path) -> String {
         .unwrap()
 }
 
-async fn health(server: &Server) -> Value {
-    reqwest::get(format!("{}/healthz", server.url))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 /// The database's disk fills up (a 2 MiB tmpfs): calls are still answered, `/healthz` says
 /// degraded with SQLite's reason, and once space is freed every record waiting in memory is
 /// written and the database is intact. Needs root to mount the tmpfs; says so and skips when the
@@ -674,7 +665,7 @@ async fn a_full_disk_delays_records_and_loses_none() {
             assert_eq!(r.status(), 200, "calls are answered while the disk is full");
             made += 1;
         }
-        let h = health(&server).await;
+        let h = server.healthz().await;
         if h["status"] == "degraded" {
             break h;
         }
@@ -699,11 +690,11 @@ async fn a_full_disk_delays_records_and_loses_none() {
         "every record was written: {stats}"
     );
     wait_until("healthz ok again", || async {
-        let h = health(&server).await;
+        let h = server.healthz().await;
         (h["status"] == "ok").then_some(())
     })
     .await;
-    let h = health(&server).await;
+    let h = server.healthz().await;
     assert_eq!(h["recorder"]["dropped"], 0, "{h}");
     assert!(
         server.stderr().contains("cannot write call records"),

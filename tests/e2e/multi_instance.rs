@@ -167,19 +167,9 @@ async fn key_changes_on_one_instance_reach_the_other_within_a_second() {
     assert!(listed.as_array().unwrap().is_empty(), "{listed}");
 }
 
-/// What `/healthz` of `server` says.
-async fn health(server: &Server) -> Value {
-    reqwest::get(format!("{}/healthz", server.url))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 /// The store lookups of unknown keys `server` made so far.
 async fn store_lookups(server: &Server) -> u64 {
-    health(server).await["keys"]["store_lookups"]
+    server.healthz().await["keys"]["store_lookups"]
         .as_u64()
         .unwrap()
 }

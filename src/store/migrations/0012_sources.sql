@@ -12,18 +12,7 @@ CREATE INDEX ingest_keys_call ON ingest_keys (call_id);
 -- Ingested usage per local day, source, and credential (dim 'credential', ident = auth_index)
 -- or client key (dim 'client_key', ident = hex SHA-256 of the key). `label` is the masked
 -- credential or the key's display form, as last seen.
-CREATE TABLE agg_source (
-    day    {int} NOT NULL,
-    source TEXT  NOT NULL,
-    dim    TEXT  NOT NULL,
-    ident  TEXT  NOT NULL,
-    label  TEXT  NOT NULL,
-    {aggregates}
-    count_tokens {int} NOT NULL DEFAULT 0,
-    cost_nanos {int} NOT NULL DEFAULT 0,
-    unpriced_calls {int} NOT NULL DEFAULT 0,
-    PRIMARY KEY (day, source, dim, ident)
-){without_rowid};
+CREATE ROLLUP TABLE agg_source (day {int}, source TEXT, dim TEXT, ident TEXT; label TEXT);
 
 -- Which instance consumes each source (CLIProxyAPI's queue is destructive: one reader at a
 -- time). A holder renews its row; an expired row may be taken by another instance.
@@ -35,13 +24,4 @@ CREATE TABLE source_leases (
 
 -- Every call (the gateway's too, source 'gateway') per UTC hour, source and model: the
 -- dashboard's figures of one source.
-CREATE TABLE agg_source_hour (
-    hour   {int} NOT NULL,
-    source TEXT  NOT NULL,
-    model  TEXT  NOT NULL,
-    {aggregates}
-    count_tokens {int} NOT NULL DEFAULT 0,
-    cost_nanos {int} NOT NULL DEFAULT 0,
-    unpriced_calls {int} NOT NULL DEFAULT 0,
-    PRIMARY KEY (hour, source, model)
-){without_rowid};
+CREATE ROLLUP TABLE agg_source_hour (hour {int}, source TEXT, model TEXT);

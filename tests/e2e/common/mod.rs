@@ -452,6 +452,13 @@ impl Server {
         r.text().await.unwrap()
     }
 
+    /// What `/healthz` says.
+    pub async fn healthz(&self) -> Value {
+        let (status, body) = self.get("/healthz").await;
+        assert_eq!(status, 200, "/healthz: {body}");
+        body
+    }
+
     /// `data` of a successful GET.
     pub async fn data(&self, path: &str) -> Value {
         let (status, body) = self.get(path).await;
