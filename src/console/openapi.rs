@@ -229,7 +229,10 @@ mod tests {
         assert!(alert.get("allOf").is_none());
         for field in ["rule", "subject", "message", "deliveries"] {
             assert!(alert["properties"][field].is_object(), "{field}: {alert}");
-            assert!(alert["required"].as_array().unwrap().contains(&json!(field)));
+            assert!(alert["required"]
+                .as_array()
+                .unwrap()
+                .contains(&json!(field)));
         }
         assert!(usage["properties"]["p95_latency_ms"].is_object());
     }

@@ -56,6 +56,17 @@ impl<'a> Conditions<'a> {
         self.sql.push(format!("{column} {op} {n}"));
     }
 
+    /// Limits `hour` (UTC hours since the epoch) to the hours that overlap `[from, to)`.
+    fn hours(&mut self, from: Option<jiff::Timestamp>, to: Option<jiff::Timestamp>) {
+        if let Some(from) = from {
+            self.compare("hour", ">=", ms(from).div_euclid(MS_PER_HOUR));
+        }
+        if let Some(to) = to {
+            let end = (ms(to) + MS_PER_HOUR - 1).div_euclid(MS_PER_HOUR);
+            self.compare("hour", "<", end);
+        }
+    }
+
     /// ` WHERE a AND b`, or nothing.
     fn clause(&self) -> String {
         if self.sql.is_empty() {
@@ -69,42 +80,63 @@ impl<'a> Conditions<'a> {
 // --- Keys -----------------------------------------------------------------------------------
 
 const KEY_SELECT: &str = "SELECT id, name, description, key_hash, display, created_at, last_used,
-    enabled, token_limit, rpm_limit, allowed_models, expires_at, deleted_at, version,
+    enabled, token_limit, rpm_limit, allowed_models, expires_at, deleted_at IS NOT NULL, version,
     fit_max_tokens, limit_period, cost_limit_nanos FROM api_keys";
 
-impl FromColumns for KeyRow {
-    fn take(c: &mut Columns<'_>) -> Result<Self, StoreError> {
-        Ok(KeyRow {
-            id: c.next()?,
-            name: c.next()?,
-            description: c.next()?,
-            hash: c.next::<Vec<u8>>()?.try_into().unwrap_or([0; 32]),
-            display: c.next()?,
-            created_at: c.next()?,
-            last_used: c.next()?,
-            enabled: c.next()?,
-            token_limit: c.next::<Option<i64>>()?.map(|v| v.max(0) as u64),
-            rpm_limit: c
-                .next::<Option<i64>>()?
-                .map(|v| u32::try_from(v.max(0)).unwrap_or(u32::MAX)),
-            allowed_models: c
-                .next::<Option<String>>()?
-                .and_then(|text| serde_json::from_str(&text).ok()),
-            expires_at: c.next()?,
-            deleted: c.next::<Option<i64>>()?.is_some(),
-            version: c.next()?,
-            fit_max_tokens: c.next()?,
-            limit_period: c
-                .next::<Option<String>>()?
-                .and_then(|name| crate::clock::Period::parse(&name)),
-            cost_limit_nanos: c.next::<Option<i64>>()?.map(|v| v.max(0) as u64),
-        })
-    }
-}
+from_columns!(KeyRow {
+    id,
+    name,
+    description,
+    hash,
+    display,
+    created_at,
+    last_used,
+    enabled,
+    token_limit,
+    rpm_limit,
+    allowed_models,
+    expires_at,
+    deleted,
+    version,
+    fit_max_tokens,
+    limit_period,
+    cost_limit_nanos
+});
 
 async fn select_key(db: &mut impl Db, id: i64) -> Result<Option<KeyRow>, StoreError> {
     db.fetch_opt(&format!("{KEY_SELECT} WHERE id = $1"), &[id.into()])
         .await
+}
+
+/// A key's hash; one of another length (never written) reads as zeros.
+impl FromColumns for [u8; 32] {
+    fn take(c: &mut Columns<'_>) -> Result<Self, StoreError> {
+        Ok(c.next::<Vec<u8>>()?.try_into().unwrap_or([0; 32]))
+    }
+}
+
+/// An RPM limit, saturating.
+impl FromColumns for Option<u32> {
+    fn take(c: &mut Columns<'_>) -> Result<Self, StoreError> {
+        Ok(c.next::<Option<u64>>()?
+            .map(|v| u32::try_from(v).unwrap_or(u32::MAX)))
+    }
+}
+
+/// Allowed model patterns, stored as a JSON array (anything else reads as all models).
+impl FromColumns for Option<Vec<String>> {
+    fn take(c: &mut Columns<'_>) -> Result<Self, StoreError> {
+        Ok(c.next::<Option<String>>()?
+            .and_then(|text| serde_json::from_str(&text).ok()))
+    }
+}
+
+/// A budget period by its name (an unknown name reads as none).
+impl FromColumns for Option<crate::clock::Period> {
+    fn take(c: &mut Columns<'_>) -> Result<Self, StoreError> {
+        Ok(c.next::<Option<String>>()?
+            .and_then(|name| crate::clock::Period::parse(&name)))
+    }
 }
 
 /// A broken uniqueness constraint on the key's name becomes [`StoreError::NameTaken`].
@@ -338,13 +370,7 @@ pub async fn usage_by_model(
 ) -> Result<Vec<(String, Aggregate)>, StoreError> {
     let mut conditions = Conditions::default();
     let table = if filter.from.is_some() || filter.to.is_some() {
-        if let Some(from) = filter.from {
-            conditions.compare("hour", ">=", ms(from).div_euclid(MS_PER_HOUR));
-        }
-        if let Some(to) = filter.to {
-            let hour = (ms(to) + MS_PER_HOUR - 1).div_euclid(MS_PER_HOUR);
-            conditions.compare("hour", "<", hour);
-        }
+        conditions.hours(filter.from, filter.to);
         "agg_hour"
     } else {
         "agg_total"
@@ -518,20 +544,26 @@ pub async fn claim_alert(db: &mut impl Db, alert: &NewAlert) -> Result<Option<i6
         db.execute(
             "INSERT INTO alert_deliveries (alert_id, target, kind, status, attempts, http_status,
              error, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            &[
-                id.into(),
-                delivery.target.as_str().into(),
-                delivery.kind.as_str().into(),
-                delivery.status.as_str().into(),
-                i64::from(delivery.attempts).into(),
-                delivery.http_status.map(i64::from).into(),
-                delivery.error.as_deref().into(),
-                ms(delivery.updated_at).into(),
-            ],
+            &delivery_params(id, delivery),
         )
         .await?;
     }
     Ok(Some(id))
+}
+
+/// A delivery's columns as `$1`…`$8`: alert id, target, kind, status, attempts, HTTP status,
+/// error, changed at.
+fn delivery_params(alert_id: i64, delivery: &Delivery) -> [Param<'_>; 8] {
+    [
+        alert_id.into(),
+        delivery.target.as_str().into(),
+        delivery.kind.as_str().into(),
+        delivery.status.as_str().into(),
+        i64::from(delivery.attempts).into(),
+        delivery.http_status.map(i64::from).into(),
+        delivery.error.as_deref().into(),
+        ms(delivery.updated_at).into(),
+    ]
 }
 
 /// Notes the outcome of a delivery.
@@ -541,17 +573,9 @@ pub async fn update_delivery(
     delivery: &Delivery,
 ) -> Result<(), StoreError> {
     db.execute(
-        "UPDATE alert_deliveries SET status = $3, attempts = $4, http_status = $5, error = $6,
-         updated_at = $7 WHERE alert_id = $1 AND target = $2",
-        &[
-            alert_id.into(),
-            delivery.target.as_str().into(),
-            delivery.status.as_str().into(),
-            i64::from(delivery.attempts).into(),
-            delivery.http_status.map(i64::from).into(),
-            delivery.error.as_deref().into(),
-            ms(delivery.updated_at).into(),
-        ],
+        "UPDATE alert_deliveries SET kind = $3, status = $4, attempts = $5, http_status = $6,
+         error = $7, updated_at = $8 WHERE alert_id = $1 AND target = $2",
+        &delivery_params(alert_id, delivery),
     )
     .await?;
     Ok(())
@@ -725,33 +749,35 @@ from_columns!(TokenUsage {
     total
 });
 
-/// A call as [`CALL_COLUMNS`] lists its columns.
-impl FromColumns for CallRecord {
+from_columns!(CallRecord {
+    ts,
+    method,
+    endpoint,
+    status,
+    model,
+    key_id,
+    key_name,
+    tokens,
+    duration_ms,
+    ttft_ms,
+    stream,
+    estimated,
+    error,
+    client,
+    session_id,
+    user,
+    provider,
+    source,
+    cost_nanos,
+    cost_status;
+    answer: Default::default(),
+    ingest: None
+});
+
+/// A cost status by its stored spelling.
+impl FromColumns for crate::pricing::CostStatus {
     fn take(c: &mut Columns<'_>) -> Result<Self, StoreError> {
-        Ok(CallRecord {
-            ts: c.next()?,
-            method: c.next()?,
-            endpoint: c.next()?,
-            status: c.next()?,
-            model: c.next()?,
-            key_id: c.next()?,
-            key_name: c.next()?,
-            tokens: c.next()?,
-            duration_ms: c.next()?,
-            ttft_ms: c.next()?,
-            stream: c.next()?,
-            estimated: c.next()?,
-            error: c.next()?,
-            client: c.next()?,
-            session_id: c.next()?,
-            user: c.next()?,
-            provider: c.next()?,
-            source: c.next()?,
-            cost_nanos: c.next()?,
-            cost_status: crate::pricing::CostStatus::parse(&c.next::<String>()?),
-            answer: Default::default(),
-            ingest: None,
-        })
+        Ok(Self::parse(&c.next::<String>()?))
     }
 }
 from_columns!(LoggedCall { id, call });
@@ -890,6 +916,22 @@ pub async fn upsert_rollups(
     text_dims: &[&str],
     groups: impl IntoIterator<Item = (RollupKey, Aggregate)>,
 ) -> Result<(), StoreError> {
+    let groups = groups
+        .into_iter()
+        .map(|(key, agg)| (key, (Vec::new(), agg)));
+    upsert_labelled(db, (table, int_dims, text_dims, &[]), groups).await
+}
+
+/// A rollup table: its name, integer and text key columns, and the text columns that keep the
+/// last value written (labels).
+type RollupTable<'a> = (&'a str, &'a [&'a str], &'a [&'a str], &'a [&'a str]);
+
+/// [`upsert_rollups`] for a table with labels: each group's labels replace the row's.
+async fn upsert_labelled(
+    db: &mut impl Db,
+    (table, int_dims, text_dims, labels): RollupTable<'_>,
+    groups: impl IntoIterator<Item = (RollupKey, (Vec<String>, Aggregate))>,
+) -> Result<(), StoreError> {
     let mut groups: Vec<_> = groups.into_iter().collect();
     if groups.is_empty() {
         return Ok(());
@@ -901,31 +943,39 @@ pub async fn upsert_rollups(
         keys.join(", ")
     };
     let insert = super::sql::memo("aggregate insert", table, || {
-        format!(
-            "INSERT INTO {table} ({}, {})",
-            keys(),
-            AGG_COLUMNS.join(", ")
-        )
+        let columns: Vec<&str> = int_dims
+            .iter()
+            .chain(text_dims)
+            .chain(labels)
+            .chain(&AGG_COLUMNS)
+            .copied()
+            .collect();
+        format!("INSERT INTO {table} ({})", columns.join(", "))
     });
     let tail = super::sql::memo("aggregate upsert", table, || {
-        let updates = AGG_COLUMNS
+        let updates = labels
             .iter()
-            .map(|c| format!("{c} = {table}.{c} + excluded.{c}"))
+            .map(|c| format!("{c} = excluded.{c}"))
+            .chain(
+                AGG_COLUMNS
+                    .iter()
+                    .map(|c| format!("{c} = {table}.{c} + excluded.{c}")),
+            )
             .collect::<Vec<_>>()
             .join(", ");
         format!("ON CONFLICT ({}) DO UPDATE SET {updates}", keys())
     });
     let mut types = vec![Ty::BigInt; int_dims.len()];
-    types.extend(vec![Ty::Text; text_dims.len()]);
+    types.extend(vec![Ty::Text; text_dims.len() + labels.len()]);
     types.extend([Ty::BigInt; AGG_COLUMNS.len()]);
     let bulk = Bulk {
         insert,
         types,
         rows: groups
             .into_iter()
-            .map(|((ints, texts), agg)| {
+            .map(|((ints, texts), (labels, agg))| {
                 let mut row: Vec<Param<'static>> = ints.into_iter().map(Param::from).collect();
-                row.extend(texts.into_iter().map(Param::from));
+                row.extend(texts.into_iter().chain(labels).map(Param::from));
                 row.extend(aggregate_values(&agg));
                 row
             })
@@ -1368,7 +1418,7 @@ async fn admit_day(
     let mut added = 0u64;
     for &user in users {
         let exists = db
-            .query_opt(
+            .fetch_opt::<(i64,)>(
                 "SELECT 1 FROM user_day WHERE day = $1 AND user_id = $2 LIMIT 1",
                 &[day.into(), user.into()],
             )
@@ -1467,16 +1517,7 @@ pub async fn usage(
         c.compare("dim", "=", o.name());
     }
     if hourly {
-        if let Some(from) = query.from {
-            c.compare("hour", ">=", ms(from).div_euclid(MS_PER_HOUR));
-        }
-        if let Some(to) = query.to {
-            c.compare(
-                "hour",
-                "<",
-                (ms(to) + MS_PER_HOUR - 1).div_euclid(MS_PER_HOUR),
-            );
-        }
+        c.hours(query.from, query.to);
     } else {
         if let Some(from) = query.from {
             c.compare("day", ">=", local_day(from, tz));
@@ -1622,23 +1663,21 @@ fn group_values(
 // --- Ingested usage -------------------------------------------------------------------------
 
 /// Adds the ingested records of a batch to `agg_source`, per local day, source, and credential
-/// or client key.
+/// or client key (labelled with the masked credential or the key's display form, as last seen).
 async fn upsert_source_aggregates(
     db: &mut impl Db,
     records: &[CallRecord],
     tz: &jiff::tz::TimeZone,
 ) -> Result<(), StoreError> {
-    type Ident = (i64, String, &'static str, String);
-    let mut groups: HashMap<Ident, (String, Aggregate)> = HashMap::new();
+    let mut groups: HashMap<RollupKey, (Vec<String>, Aggregate)> = HashMap::new();
     for call in records {
         let Some(ingest) = &call.ingest else { continue };
         let day = local_day(call.ts, tz);
         let agg = Aggregate::of(call);
-        let mut add = |dim: &'static str, ident: String, label: &str| {
-            let entry = groups
-                .entry((day, call.source.clone(), dim, ident))
-                .or_insert_with(|| (String::new(), Aggregate::default()));
-            entry.0 = label.to_owned();
+        let mut add = |dim: &str, ident: String, label: &str| {
+            let texts = vec![call.source.clone(), dim.to_owned(), ident];
+            let entry = groups.entry((vec![day], texts)).or_default();
+            entry.0 = vec![label.to_owned()];
             entry.1.add(&agg);
         };
         add(
@@ -1650,97 +1689,33 @@ async fn upsert_source_aggregates(
             add("client_key", hex(hash), &ingest.client_key_display);
         }
     }
-    if groups.is_empty() {
-        return Ok(());
-    }
-    let mut groups: Vec<_> = groups.into_iter().collect();
-    groups.sort_by(|a, b| a.0.cmp(&b.0));
-    let insert = super::sql::memo("aggregate insert", "agg_source", || {
-        format!(
-            "INSERT INTO agg_source (day, source, dim, ident, label, {})",
-            AGG_COLUMNS.join(", ")
-        )
-    });
-    let tail = super::sql::memo("aggregate upsert", "agg_source", || {
-        let updates = AGG_COLUMNS
-            .iter()
-            .map(|c| format!("{c} = agg_source.{c} + excluded.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        format!(
-            "ON CONFLICT (day, source, dim, ident) DO UPDATE SET label = excluded.label, {updates}"
-        )
-    });
-    let mut types = vec![Ty::BigInt, Ty::Text, Ty::Text, Ty::Text, Ty::Text];
-    types.extend([Ty::BigInt; AGG_COLUMNS.len()]);
-    let bulk = Bulk {
-        insert,
-        types,
-        rows: groups
-            .into_iter()
-            .map(|((day, source, dim, ident), (label, agg))| {
-                let mut row: Vec<Param<'static>> = vec![
-                    day.into(),
-                    source.into(),
-                    dim.into(),
-                    ident.into(),
-                    label.into(),
-                ];
-                row.extend(aggregate_values(&agg));
-                row
-            })
-            .collect(),
-        tail,
-    };
-    db.insert(&bulk).await
+    let table = (
+        "agg_source",
+        &["day"][..],
+        &["source", "dim", "ident"][..],
+        &["label"][..],
+    );
+    upsert_labelled(db, table, groups).await
 }
 
 /// Adds every call of a batch to `agg_source_hour`, per UTC hour, source and model.
 async fn upsert_source_hours(db: &mut impl Db, records: &[CallRecord]) -> Result<(), StoreError> {
-    let mut groups: HashMap<(i64, &str, &str), Aggregate> = HashMap::new();
+    let mut groups: HashMap<RollupKey, Aggregate> = HashMap::new();
     for call in records {
         let hour = ms(call.ts).div_euclid(MS_PER_HOUR);
         groups
-            .entry((hour, call.source.as_str(), call.model.as_str()))
+            .entry((vec![hour], vec![call.source.clone(), call.model.clone()]))
             .or_default()
             .add(&Aggregate::of(call));
     }
-    let mut groups: Vec<_> = groups.into_iter().collect();
-    groups.sort_by(|a, b| a.0.cmp(&b.0));
-    let insert = super::sql::memo("aggregate insert", "agg_source_hour", || {
-        format!(
-            "INSERT INTO agg_source_hour (hour, source, model, {})",
-            AGG_COLUMNS.join(", ")
-        )
-    });
-    let tail = super::sql::memo("aggregate upsert", "agg_source_hour", || {
-        let updates = AGG_COLUMNS
-            .iter()
-            .map(|c| format!("{c} = agg_source_hour.{c} + excluded.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        format!("ON CONFLICT (hour, source, model) DO UPDATE SET {updates}")
-    });
-    let mut types = vec![Ty::BigInt, Ty::Text, Ty::Text];
-    types.extend([Ty::BigInt; AGG_COLUMNS.len()]);
-    let bulk = Bulk {
-        insert,
-        types,
-        rows: groups
-            .into_iter()
-            .map(|((hour, source, model), agg)| {
-                let mut row: Vec<Param<'static>> = vec![
-                    hour.into(),
-                    source.to_owned().into(),
-                    model.to_owned().into(),
-                ];
-                row.extend(aggregate_values(&agg));
-                row
-            })
-            .collect(),
-        tail,
-    };
-    db.insert(&bulk).await
+    upsert_rollups(
+        db,
+        "agg_source_hour",
+        &["hour"],
+        &["source", "model"],
+        groups,
+    )
+    .await
 }
 
 /// Aggregates per model of one source's calls, within the filter's hours.
@@ -1751,16 +1726,7 @@ pub async fn usage_by_model_of_source(
 ) -> Result<Vec<(String, Aggregate)>, StoreError> {
     let mut c = Conditions::default();
     c.compare("source", "=", source);
-    if let Some(from) = filter.from {
-        c.compare("hour", ">=", ms(from).div_euclid(MS_PER_HOUR));
-    }
-    if let Some(to) = filter.to {
-        c.compare(
-            "hour",
-            "<",
-            (ms(to) + MS_PER_HOUR - 1).div_euclid(MS_PER_HOUR),
-        );
-    }
+    c.hours(filter.from, filter.to);
     let sql = format!(
         "SELECT model, {} FROM agg_source_hour{} GROUP BY model ORDER BY model {{binary}}",
         agg_sums(),
@@ -2081,10 +2047,8 @@ pub async fn deployment_id(db: &mut impl Db, candidate: &str) -> Result<String, 
         &[candidate.into()],
     )
     .await?;
-    let (id,) = db
-        .fetch_one("SELECT value FROM meta WHERE name = 'deployment'", &[])
-        .await?;
-    Ok(id)
+    db.fetch_value("SELECT value FROM meta WHERE name = 'deployment'", &[])
+        .await
 }
 
 // --- Repricing -----------------------------------------------------------------------------
@@ -2092,13 +2056,13 @@ pub async fn deployment_id(db: &mut impl Db, candidate: &str) -> Result<String, 
 /// The first and last hour (UTC hours since the epoch) of `agg_hour` rows at or after
 /// `from_hour`; `None` when there are none.
 pub async fn hour_span(db: &mut impl Db, from_hour: i64) -> Result<Option<(i64, i64)>, StoreError> {
-    let (first, last): (Option<i64>, Option<i64>) = db
-        .fetch_one(
+    let span: Option<(Option<i64>, Option<i64>)> = db
+        .fetch_opt(
             "SELECT MIN(hour), MAX(hour) FROM agg_hour WHERE hour >= $1",
             &[from_hour.into()],
         )
         .await?;
-    Ok(first.zip(last))
+    Ok(span.and_then(|(first, last)| first.zip(last)))
 }
 
 /// One `agg_hour` row as repricing reads it.

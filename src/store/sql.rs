@@ -299,22 +299,6 @@ pub trait Db {
     /// Notes that migration `version` (1-based) is applied.
     async fn set_schema_version(&mut self, version: usize) -> Result<(), StoreError>;
 
-    /// The first row of a query, if any.
-    async fn query_opt(
-        &mut self,
-        sql: &str,
-        params: &[Param<'_>],
-    ) -> Result<Option<Row>, StoreError> {
-        Ok(self.query(sql, params).await?.into_iter().next())
-    }
-
-    /// The first row of a query; no row is an error.
-    async fn query_one(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Row, StoreError> {
-        self.query_opt(sql, params)
-            .await?
-            .ok_or_else(|| StoreError::Decode(format!("no row from: {sql}")))
-    }
-
     /// The rows of a query, each read as a `T`.
     async fn fetch<T: FromColumns>(
         &mut self,
@@ -334,11 +318,7 @@ pub trait Db {
         sql: &str,
         params: &[Param<'_>],
     ) -> Result<Option<T>, StoreError> {
-        self.query_opt(sql, params)
-            .await?
-            .as_ref()
-            .map(T::from_row)
-            .transpose()
+        Ok(self.fetch(sql, params).await?.into_iter().next())
     }
 
     /// The first column of the first row of a query; no row is an error.
@@ -347,16 +327,10 @@ pub trait Db {
         sql: &str,
         params: &[Param<'_>],
     ) -> Result<T, StoreError> {
-        Ok(self.fetch_one::<(T,)>(sql, params).await?.0)
-    }
-
-    /// The first row of a query read as a `T`; no row is an error.
-    async fn fetch_one<T: FromColumns>(
-        &mut self,
-        sql: &str,
-        params: &[Param<'_>],
-    ) -> Result<T, StoreError> {
-        T::from_row(&self.query_one(sql, params).await?)
+        match self.fetch_opt::<(T,)>(sql, params).await? {
+            Some((value,)) => Ok(value),
+            None => Err(StoreError::Decode(format!("no row from: {sql}"))),
+        }
     }
 }
 

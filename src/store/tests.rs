@@ -181,14 +181,7 @@ async fn days_follow_the_zone_and_are_rebuilt_when_it_changes() {
 async fn names_are_unique_among_live_keys_only() {
     let db = TestDb::new();
     let store = open(&db, "UTC");
-    let key = |name: &str, byte: u8| NewKey {
-        name: name.into(),
-        description: String::new(),
-        hash: [byte; 32],
-        display: "sk-tc-x…y".into(),
-        created_at: jiff::Timestamp::now(),
-        limit_period: None,
-    };
+    let key = new_key;
     let first = store.insert_key(key("a", 1), 10).await.unwrap();
     assert!(matches!(
         store.insert_key(key("a", 2), 10).await,

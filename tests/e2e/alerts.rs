@@ -239,7 +239,7 @@ async fn a_receiver_gets_one_payload_per_threshold_crossing() {
     for alert in &alerts {
         agrees(&doc, "AlertView", alert);
         agrees(&doc, "AlertPayload", &alert["payload"]);
-        agrees(&doc, "DeliveryView", &alert["deliveries"][0]);
+        agrees(&doc, "Delivery", &alert["deliveries"][0]);
     }
     let (status, body) = console
         .json("GET", "/api/console/alerts?limit=0", None)
