@@ -711,7 +711,7 @@ pub async fn prune_alerts(
 
 // --- Call records ---------------------------------------------------------------------------
 
-const CALL_COLUMNS: [(&str, Ty); 26] = [
+const CALL_COLUMNS: [(&str, Ty); 29] = [
     ("id", Ty::BigInt),
     ("ts", Ty::BigInt),
     ("method", Ty::Text),
@@ -738,6 +738,9 @@ const CALL_COLUMNS: [(&str, Ty); 26] = [
     ("source", Ty::Text),
     ("cost_nanos", Ty::BigInt),
     ("cost_status", Ty::Text),
+    ("alias", Ty::Text),
+    ("reasoning_effort", Ty::Text),
+    ("service_tier", Ty::Text),
 ];
 
 fn column_names<T>(columns: &[(&str, T)]) -> String {
@@ -779,6 +782,9 @@ fn read_call(row: &Row) -> Result<LoggedCall, StoreError> {
             source: row.text(23)?,
             cost_nanos: row.opt_int(24)?.map(|v| v.max(0) as u64),
             cost_status: crate::pricing::CostStatus::parse(&row.text(25)?),
+            alias: row.opt_text(26)?,
+            reasoning_effort: row.opt_text(27)?,
+            service_tier: row.opt_text(28)?,
             answer: Default::default(),
             ingest: None,
         },
@@ -889,6 +895,9 @@ fn call_values<'a>(id: i64, call: &'a CallRecord) -> Vec<Param<'a>> {
         call.source.as_str().into(),
         call.cost_nanos.into(),
         call.cost_status.as_str().into(),
+        call.alias.as_deref().into(),
+        call.reasoning_effort.as_deref().into(),
+        call.service_tier.as_deref().into(),
     ]);
     row
 }

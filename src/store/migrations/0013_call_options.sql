@@ -1,0 +1,12 @@
+-- token-console schema: what a call asked for besides its model.
+
+-- The model name the client asked for when it was mapped to another (CLIProxyAPI's `alias`),
+-- at most 256 bytes; NULL when none.
+ALTER TABLE calls ADD COLUMN alias TEXT;
+-- The reasoning effort asked for (OpenAI's `reasoning_effort` / `reasoning.effort`, CLIProxyAPI's
+-- `reasoning_effort`), at most 32 bytes; NULL when none.
+ALTER TABLE calls ADD COLUMN reasoning_effort TEXT;
+-- The service tier asked for (`service_tier` of OpenAI, Anthropic and CLIProxyAPI), at most 32
+-- bytes; NULL when none.
+ALTER TABLE calls ADD COLUMN service_tier TEXT;
+
