@@ -67,7 +67,7 @@ pub async fn export(
 }
 
 async fn json_head(state: &ConsoleState, source: Option<String>) -> Result<String, ConsoleError> {
-    let stats = match source {
+    let stats = match source.clone() {
         Some(source) => stats::stats_of_source(state, source, UsageFilter::default()).await?,
         None => stats::stats(state, UsageFilter::default()).await?,
     };
@@ -75,7 +75,7 @@ async fn json_head(state: &ConsoleState, source: Option<String>) -> Result<Strin
         exported_at: rfc3339(jiff::Timestamp::now()),
         models: stats.models.clone(),
         stats,
-        trend: stats::trend(state, 90, None).await?,
+        trend: stats::trend(state, 90, None, source).await?,
         keys: keys::list(state).await?,
         logs: Vec::new(),
     };

@@ -175,9 +175,9 @@ async fn get_trend(
     State(state): State<ConsoleState>,
     ConsoleQuery(q): ConsoleQuery<TrendQuery>,
 ) -> ApiResult<wire::Trend> {
-    let (days, key_id) = (q.days()?, q.key_id()?);
+    let (days, key_id, source) = (q.days()?, q.key_id()?, q.source()?);
     Ok(Json(Envelope::ok(
-        stats::trend(&state, days, key_id).await?,
+        stats::trend(&state, days, key_id, source).await?,
     )))
 }
 

@@ -859,14 +859,20 @@ impl Store {
         run!(read, self, usage_of_key(key_id))
     }
 
-    /// Calls and tokens per local day in `[first_day, last_day]` (YYYYMMDD), days with calls only.
+    /// Calls and tokens per local day in `[first_day, last_day]` (YYYYMMDD), days with calls
+    /// only: of every call, of one key's (`key_id`), or of one source's (`source`, which wins).
     pub async fn usage_by_day(
         &self,
         key_id: Option<i64>,
+        source: Option<String>,
         first_day: i64,
         last_day: i64,
     ) -> Result<Vec<DayTotal>, StoreError> {
-        run!(read, self, usage_by_day(key_id, first_day, last_day))
+        run!(
+            read,
+            self,
+            usage_by_day(key_id, source.as_deref(), first_day, last_day)
+        )
     }
 
     /// Tokens per key from `from_hour` (UTC hours since the epoch) on, with each key's first

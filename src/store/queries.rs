@@ -412,24 +412,26 @@ pub async fn usage_since_day(
     Ok(used)
 }
 
-/// Calls and tokens per local day in `[first_day, last_day]`, days with calls only.
+/// Calls and tokens per local day in `[first_day, last_day]`, days with calls only: of every
+/// call, of one key's (`agg_day`), or of one source's (`dim_day`, its `source` rows).
 pub async fn usage_by_day(
     db: &mut impl Db,
     key_id: Option<i64>,
+    source: Option<&str>,
     first_day: i64,
     last_day: i64,
 ) -> Result<Vec<DayTotal>, StoreError> {
+    let (table, scope): (&str, Param) = match source {
+        Some(source) => ("dim_day WHERE dim = 'source' AND value = $1", source.into()),
+        None => ("agg_day WHERE key_id = $1", key_id.unwrap_or(ALL_KEYS).into()),
+    };
+    let sql = format!(
+        "SELECT day, CAST(SUM(calls) AS BIGINT), CAST(SUM(total_tokens) AS BIGINT),
+         CAST(SUM(cost_nanos) AS BIGINT)
+         FROM {table} AND day BETWEEN $2 AND $3 GROUP BY day ORDER BY day"
+    );
     let rows = db
-        .query(
-            "SELECT day, CAST(SUM(calls) AS BIGINT), CAST(SUM(total_tokens) AS BIGINT),
-             CAST(SUM(cost_nanos) AS BIGINT)
-             FROM agg_day WHERE key_id = $1 AND day BETWEEN $2 AND $3 GROUP BY day ORDER BY day",
-            &[
-                key_id.unwrap_or(ALL_KEYS).into(),
-                first_day.into(),
-                last_day.into(),
-            ],
-        )
+        .query(&sql, &[scope, first_day.into(), last_day.into()])
         .await?;
     rows.iter()
         .map(|row| {
