@@ -625,6 +625,15 @@ pub struct UsageGroup {
     pub agg: Aggregate,
 }
 
+/// Whether the push endpoint may store records under a source name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushSource {
+    /// Configured, admitted before, or admitted now.
+    Admitted,
+    /// New, and the cap's names are taken: these ones (configured names left out).
+    Full(Vec<String>),
+}
+
 /// Ingested usage of one credential or client key of a source.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceUsage {
@@ -1039,6 +1048,26 @@ impl Store {
             read,
             self,
             source_usage(dim, source.as_deref(), first_day, last_day)
+        )
+    }
+
+    /// Admits `name` as a source of the push endpoint: a `configured` one always, one admitted
+    /// before (by any instance), or a new one while fewer than `cap` names (configured ones
+    /// left out) are admitted.
+    pub async fn admit_push_source(
+        &self,
+        name: String,
+        configured: Vec<String>,
+        cap: u64,
+    ) -> Result<PushSource, StoreError> {
+        if configured.contains(&name) {
+            return Ok(PushSource::Admitted);
+        }
+        let now = jiff::Timestamp::now().as_millisecond();
+        run!(
+            write,
+            self,
+            admit_push_source(&name, &configured, cap, now)
         )
     }
 

@@ -1851,6 +1851,44 @@ pub async fn source_usage(
         .collect()
 }
 
+/// Admits `name` as a push source (see [`super::Store::admit_push_source`]); a new name is
+/// admitted under a lock, so that instances admitting together do not pass the cap.
+pub async fn admit_push_source(
+    db: &mut impl Db,
+    name: &str,
+    configured: &[String],
+    cap: u64,
+    now: i64,
+) -> Result<super::PushSource, StoreError> {
+    let known = "SELECT name FROM push_sources WHERE name = $1";
+    if db.query_opt(known, &[name.into()]).await?.is_some() {
+        return Ok(super::PushSource::Admitted);
+    }
+    db.lock(Lock::PushSources).await?;
+    if db.query_opt(known, &[name.into()]).await?.is_some() {
+        return Ok(super::PushSource::Admitted);
+    }
+    let names = db
+        .query("SELECT name FROM push_sources ORDER BY name {binary}", &[])
+        .await?
+        .iter()
+        .map(|row| row.text(0))
+        .collect::<Result<Vec<_>, _>>()?;
+    let taken: Vec<String> = names
+        .into_iter()
+        .filter(|n| !configured.contains(n))
+        .collect();
+    if taken.len() as u64 >= cap {
+        return Ok(super::PushSource::Full(taken));
+    }
+    db.execute(
+        "INSERT INTO push_sources (name, first_seen) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+        &[name.into(), now.into()],
+    )
+    .await?;
+    Ok(super::PushSource::Admitted)
+}
+
 /// Takes or renews the lease of `source` for `holder` until `expires_at` (ms): succeeds when
 /// nobody holds it, `holder` does, or the holder's lease ran out before `now`.
 pub async fn take_source_lease(
