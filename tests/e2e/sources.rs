@@ -876,7 +876,7 @@ async fn push_source_names_are_bounded_by_the_cap() {
     let dir = tempdir();
     // A configured source, unreachable: its name is admitted whatever the cap.
     let yaml = format!(
-        "console:\n  ingest_key: {INGEST_KEY}\n  push_source_cap: 2\nsources:\n  - {{name: cpa, kind: cliproxyapi, url: 'http://127.0.0.1:9', management_key: k, mode: pop, poll_interval_ms: 60000}}\n"
+        "console:\n  ingest_key: {INGEST_KEY}\n  push_source_cap: 2\nsources:\n  - {{name: cpa, kind: cliproxyapi, url: 'http://127.0.0.1:9', management_key: k, mode: pop, poll_interval_ms: 30000}}\n"
     );
     let mut server = Server::start(dir.path(), &yaml);
     let mut id = 0;
