@@ -415,7 +415,7 @@ async fn assert_trend(server: &Server, records: &[Value]) {
     let e = expected(records);
     let sums = |trend: &Value| {
         let total = |field: &str| -> u64 { trend[field].as_array().unwrap().iter().map(n).sum() };
-        (total("call_data"), total("token_data"))
+        (total("callData"), total("tokenData"))
     };
     let of_source = server.data("/api/console/usage-trend?days=7&source=cpa").await;
     assert_eq!(sums(&of_source), (e.all.calls, e.all.total), "{of_source}");
