@@ -137,7 +137,12 @@ pub fn push_source(raw: Option<&str>) -> Result<String, ConsoleError> {
 /// new one while fewer than `console.push_source_cap` names are taken; otherwise a 400 naming
 /// the cap and the names taken (a push client cannot grow the sources without bound).
 pub async fn admit_source(state: &ConsoleState, source: &str) -> Result<(), ConsoleError> {
-    let configured = state.config.sources.iter().map(|s| s.name.clone()).collect();
+    let configured = state
+        .config
+        .sources
+        .iter()
+        .map(|s| s.name.clone())
+        .collect();
     let cap = state.config.console.push_source_cap;
     match state
         .store

@@ -477,9 +477,7 @@ pub fn push_call(r: PushRecord, source: &str) -> Result<CallRecord, String> {
         provider: bounded(r.provider.as_deref().unwrap_or_default(), 64),
         source: source.to_owned(),
         alias: r.alias.and_then(|a| label(&a, MAX_ALIAS_BYTES)),
-        reasoning_effort: r
-            .reasoning_effort
-            .and_then(|e| label(&e, MAX_OPTION_BYTES)),
+        reasoning_effort: r.reasoning_effort.and_then(|e| label(&e, MAX_OPTION_BYTES)),
         service_tier: r.service_tier.and_then(|t| label(&t, MAX_OPTION_BYTES)),
         ingest: Some(Box::new(ingest)),
         ..CallRecord::default()
@@ -768,7 +766,11 @@ mod tests {
             "te***@example.com"
         );
         assert_eq!(
-            (c.alias.as_deref(), c.reasoning_effort, c.service_tier.as_deref()),
+            (
+                c.alias.as_deref(),
+                c.reasoning_effort,
+                c.service_tier.as_deref()
+            ),
             (Some("gpt-4o-latest"), None, Some("flex"))
         );
         let same = push_call(ok(), "push").unwrap();

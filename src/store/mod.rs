@@ -1064,11 +1064,7 @@ impl Store {
             return Ok(PushSource::Admitted);
         }
         let now = jiff::Timestamp::now().as_millisecond();
-        run!(
-            write,
-            self,
-            admit_push_source(&name, &configured, cap, now)
-        )
+        run!(write, self, admit_push_source(&name, &configured, cap, now))
     }
 
     /// Takes or renews the lease of a source for `ttl_ms`; `false` while another holder's lease

@@ -423,7 +423,10 @@ pub async fn usage_by_day(
 ) -> Result<Vec<DayTotal>, StoreError> {
     let (table, scope): (&str, Param) = match source {
         Some(source) => ("dim_day WHERE dim = 'source' AND value = $1", source.into()),
-        None => ("agg_day WHERE key_id = $1", key_id.unwrap_or(ALL_KEYS).into()),
+        None => (
+            "agg_day WHERE key_id = $1",
+            key_id.unwrap_or(ALL_KEYS).into(),
+        ),
     };
     let sql = format!(
         "SELECT day, CAST(SUM(calls) AS BIGINT), CAST(SUM(total_tokens) AS BIGINT),

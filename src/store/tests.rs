@@ -137,7 +137,10 @@ async fn days_follow_the_zone_and_are_rebuilt_when_it_changes() {
             ])
             .await
             .unwrap();
-        let days = store.usage_by_day(None, None, 20260301, 20260302).await.unwrap();
+        let days = store
+            .usage_by_day(None, None, 20260301, 20260302)
+            .await
+            .unwrap();
         let got: Vec<_> = days.iter().map(|d| (d.day, d.calls, d.tokens)).collect();
         assert_eq!(got, [(20260301, 1, 3), (20260302, 1, 5)]);
         assert_eq!(
@@ -146,7 +149,10 @@ async fn days_follow_the_zone_and_are_rebuilt_when_it_changes() {
         );
     }
     let store = open(&db, "UTC");
-    let days = store.usage_by_day(None, None, 20260301, 20260302).await.unwrap();
+    let days = store
+        .usage_by_day(None, None, 20260301, 20260302)
+        .await
+        .unwrap();
     let got: Vec<_> = days.iter().map(|d| (d.day, d.calls, d.tokens)).collect();
     assert_eq!(got, [(20260301, 2, 8)], "rebucketed in UTC");
     assert_eq!(

@@ -580,7 +580,9 @@ async fn ingested_usage_fires_one_alert_per_budget_threshold() {
         let list = server.data("/api/console/alerts").await;
         let list = list.as_array().cloned().unwrap_or_default();
         let settled = list.iter().all(|a| a["deliveries"][0]["status"] == "sent");
-        (list.len() == 6 && settled).then_some(list.clone()).ok_or(format!("{list:?}"))
+        (list.len() == 6 && settled)
+            .then_some(list.clone())
+            .ok_or(format!("{list:?}"))
     })
     .await;
     let mut got: Vec<(String, String)> = hook

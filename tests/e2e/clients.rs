@@ -536,7 +536,12 @@ async fn reasoning_effort_and_service_tier_are_recorded_as_asked() {
         ("/v1/chat/completions", chat, Some("high"), Some("flex")),
         ("/v1/responses", responses, Some("low"), Some("priority")),
         ("/v1/messages", claude, None, Some("standard_only")),
-        ("/v1/messages", messages("claude-3-haiku", false), None, None),
+        (
+            "/v1/messages",
+            messages("claude-3-haiku", false),
+            None,
+            None,
+        ),
     ];
     for (path, body, _, _) in &calls {
         let (status, raw) = send(&server, path, &key, &[], body).await;
@@ -545,7 +550,11 @@ async fn reasoning_effort_and_service_tier_are_recorded_as_asked() {
     let rows = settle(&server, calls.len() as u64).await;
     for (row, (path, _, effort, tier)) in rows.iter().rev().zip(&calls) {
         assert_eq!(
-            (&row["reasoning_effort"], &row["service_tier"], &row["alias"]),
+            (
+                &row["reasoning_effort"],
+                &row["service_tier"],
+                &row["alias"]
+            ),
             (&json!(effort), &json!(tier), &Value::Null),
             "{path}: {row}"
         );

@@ -417,7 +417,9 @@ async fn assert_trend(server: &Server, records: &[Value]) {
         let total = |field: &str| -> u64 { trend[field].as_array().unwrap().iter().map(n).sum() };
         (total("callData"), total("tokenData"))
     };
-    let of_source = server.data("/api/console/usage-trend?days=7&source=cpa").await;
+    let of_source = server
+        .data("/api/console/usage-trend?days=7&source=cpa")
+        .await;
     assert_eq!(sums(&of_source), (e.all.calls, e.all.total), "{of_source}");
     let all = server.data("/api/console/usage-trend?days=7").await;
     assert_eq!(sums(&all), sums(&of_source));
