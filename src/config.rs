@@ -299,6 +299,7 @@ struct RawConsole {
     ingest_key: Option<EnvString>,
     allowed_hosts: Option<Vec<EnvString>>,
     usage_user_cap: Option<u64>,
+    push_source_cap: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -421,6 +422,9 @@ pub struct ConsoleConfig {
     /// Distinct end users a local day's usage rollups keep apart; the calls of later users are
     /// kept under `(other)`.
     pub usage_user_cap: u64,
+    /// Most source names the push endpoint admits besides the configured sources; a push under
+    /// a new name past them is refused.
+    pub push_source_cap: u64,
     /// When set, every console call needs it as a bearer token.
     pub admin_key: Option<Secret>,
     /// The bearer token of `POST /api/console/ingest` (never the admin key); `None` turns the
@@ -552,6 +556,8 @@ pub struct SourceConfig {
 
 /// Longest source name, in bytes.
 pub const MAX_SOURCE_NAME: usize = 64;
+/// Default of `console.push_source_cap`.
+pub const DEFAULT_PUSH_SOURCE_CAP: u64 = 20;
 
 /// Where the OpenTelemetry GenAI spans and metrics of the calls go (the `otel:` section).
 #[derive(Debug, Clone)]
@@ -692,6 +698,12 @@ impl Config {
                 .usage_user_cap
                 .unwrap_or(crate::store::DEFAULT_USER_CAP),
         )?;
+        let push_source_cap = positive(
+            "console.push_source_cap",
+            console_raw
+                .push_source_cap
+                .unwrap_or(DEFAULT_PUSH_SOURCE_CAP),
+        )?;
         let admin_key = cli
             .admin_key
             .clone()
@@ -807,6 +819,7 @@ impl Config {
                 max_logs,
                 max_keys,
                 usage_user_cap,
+                push_source_cap,
                 admin_key,
                 ingest_key,
                 allowed_hosts,

@@ -135,6 +135,7 @@ impl AppState {
             store.clone(),
             recorder.clone(),
             instance_id,
+            clock.clone(),
         )
         .map_err(crate::error::StartError::Io)?
         .map(Arc::new);

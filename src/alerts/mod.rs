@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
+use crate::clock::Clock;
 use crate::config::{AlertsConfig, Config};
 use crate::insights::{anomaly, budgets, hour_start};
 use crate::store::{AlertHeading, Delivery, NewAlert, Store, StoreError};
@@ -40,12 +41,14 @@ pub struct Alerter {
 }
 
 impl Alerter {
-    /// Starts evaluating the rules of `config.alerts`; `None` when no alerts are configured.
+    /// Starts evaluating the rules of `config.alerts` at the instants `clock` reads (the clock
+    /// calls are stamped and budget periods cut by); `None` when no alerts are configured.
     pub fn start(
         config: Arc<Config>,
         store: Store,
         recorder: Arc<Recorder>,
         instance: String,
+        clock: Clock,
     ) -> Result<Option<Self>, String> {
         let Some(alerts) = config.alerts.clone() else {
             return Ok(None);
@@ -62,6 +65,7 @@ impl Alerter {
             store,
             recorder,
             instance,
+            clock,
             client,
             deliveries: JoinSet::new(),
             degraded: None,
@@ -98,6 +102,8 @@ struct Engine {
     store: Store,
     recorder: Arc<Recorder>,
     instance: String,
+    /// What evaluations take as now: a budget's period and spend, the hours of anomalies.
+    clock: Clock,
     client: reqwest::Client,
     deliveries: JoinSet<()>,
     degraded: Option<Outage>,
@@ -135,7 +141,7 @@ impl Engine {
 
     /// Raises what the budgets and anomalies call for now.
     async fn evaluate(&mut self) -> Result<(), StoreError> {
-        let now = jiff::Timestamp::now();
+        let now = self.clock.now();
         let rules = self.alerts.rules.clone();
         let global = budgets::Global {
             limit: self.config.total_tokens,

@@ -67,7 +67,7 @@ pub async fn export(
 }
 
 async fn json_head(state: &ConsoleState, source: Option<String>) -> Result<String, ConsoleError> {
-    let stats = match source {
+    let stats = match source.clone() {
         Some(source) => stats::stats_of_source(state, source, UsageFilter::default()).await?,
         None => stats::stats(state, UsageFilter::default()).await?,
     };
@@ -75,7 +75,7 @@ async fn json_head(state: &ConsoleState, source: Option<String>) -> Result<Strin
         exported_at: rfc3339(jiff::Timestamp::now()),
         models: stats.models.clone(),
         stats,
-        trend: stats::trend(state, 90, None).await?,
+        trend: stats::trend(state, 90, None, source).await?,
         keys: keys::list(state).await?,
         logs: Vec::new(),
     };
@@ -172,7 +172,7 @@ fn log_chunks(
 }
 
 /// The CSV's columns.
-const CSV_COLUMNS: [&str; 27] = [
+const CSV_COLUMNS: [&str; 30] = [
     "id",
     "timestamp",
     "method",
@@ -197,6 +197,9 @@ const CSV_COLUMNS: [&str; 27] = [
     "user",
     "provider",
     "source",
+    "alias",
+    "reasoning_effort",
+    "service_tier",
     "cost",
     "cost_nanos",
     "cost_status",
@@ -250,7 +253,7 @@ pub fn defuse(value: &str) -> String {
 }
 
 /// One log row's cells; every text cell defused.
-fn csv_row(row: &LogRow) -> [String; 27] {
+fn csv_row(row: &LogRow) -> [String; 30] {
     let opt = |v: Option<String>| v.unwrap_or_default();
     [
         row.id.to_string(),
@@ -277,6 +280,9 @@ fn csv_row(row: &LogRow) -> [String; 27] {
         defuse(row.user.as_deref().unwrap_or("")),
         defuse(&row.provider),
         defuse(&row.source),
+        defuse(row.alias.as_deref().unwrap_or("")),
+        defuse(row.reasoning_effort.as_deref().unwrap_or("")),
+        defuse(row.service_tier.as_deref().unwrap_or("")),
         opt(row.cost_nanos.map(crate::pricing::usd_text)),
         opt(row.cost_nanos.map(|n| n.to_string())),
         row.cost_status.to_owned(),

@@ -152,7 +152,7 @@ async fn get_sources(
 #[utoipa::path(post, path = "/api/console/ingest", params(IngestQuery),
     request_body(content = Vec<Object>, description = "Usage records"),
     responses((status = 200, description = "Stored", body = Envelope<wire::Ingested>),
-        (status = 400, description = "A record is wrong; the message names it and its field", body = wire::Failure),
+        (status = 400, description = "A record is wrong (the message names it and its field), or the source is new and console.push_source_cap names are taken (the message names the cap and them)", body = wire::Failure),
         (status = 401, description = "No ingest key, or a wrong one", body = wire::Failure),
         (status = 404, description = "The push endpoint is off (no console.ingest_key)", body = wire::Failure)))]
 async fn ingest(
@@ -164,10 +164,11 @@ async fn ingest(
     sources::check_ingest_key(&state, &headers)?;
     let source = sources::push_source(q.source.as_deref())?;
     let calls = sources::parse_push(&body, &source)?;
+    sources::admit_source(&state, &source).await?;
     Ok(Json(Envelope::ok(sources::push(&state, calls).await)))
 }
 
-/// Calls and tokens per local day, oldest first.
+/// Calls and tokens per local day, oldest first: of every call, one key's or one source's.
 #[utoipa::path(get, path = "/api/console/usage-trend", params(TrendQuery),
     responses((status = 200, description = "The trend", body = Envelope<wire::Trend>),
         (status = 400, description = "A parameter is wrong", body = wire::Failure)))]
@@ -175,9 +176,9 @@ async fn get_trend(
     State(state): State<ConsoleState>,
     ConsoleQuery(q): ConsoleQuery<TrendQuery>,
 ) -> ApiResult<wire::Trend> {
-    let (days, key_id) = (q.days()?, q.key_id()?);
+    let (days, key_id, source) = (q.days()?, q.key_id()?, q.source()?);
     Ok(Json(Envelope::ok(
-        stats::trend(&state, days, key_id).await?,
+        stats::trend(&state, days, key_id, source).await?,
     )))
 }
 

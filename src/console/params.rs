@@ -49,6 +49,8 @@ pub struct TrendQuery {
     /// Only this key's calls.
     #[param(value_type = Option<i64>)]
     pub key_id: Option<String>,
+    /// Only this source's calls: `gateway` or a usage source's name (not with `key_id`).
+    pub source: Option<String>,
 }
 
 /// Query of `GET /api/console/logs` and `/logs/stream`: filters, all combined.
@@ -410,6 +412,11 @@ impl TrendQuery {
     pub fn key_id(&self) -> Result<Option<i64>, ConsoleError> {
         id(&self.key_id, "key_id")
     }
+
+    /// `source`, if given; not with `key_id` (keys are counted over every source).
+    pub fn source(&self) -> Result<Option<String>, ConsoleError> {
+        source_alone(&self.source, &self.key_id)
+    }
 }
 
 impl ExportQuery {
@@ -427,14 +434,22 @@ impl ExportQuery {
 impl StatsQuery {
     /// `source`, if given; not with `key_id` (keys are counted over every source).
     pub fn source(&self) -> Result<Option<String>, ConsoleError> {
-        let source = get(&self.source).map(|s| s.trim().to_owned());
-        if source.is_some() && get(&self.key_id).is_some() {
-            return Err(ConsoleError::BadRequest(
-                "source and key_id cannot be combined; send one of them".into(),
-            ));
-        }
-        Ok(source)
+        source_alone(&self.source, &self.key_id)
     }
+}
+
+/// `source`, trimmed, refused together with `key_id`.
+fn source_alone(
+    source: &Option<String>,
+    key_id: &Option<String>,
+) -> Result<Option<String>, ConsoleError> {
+    let source = get(source).map(|s| s.trim().to_owned());
+    if source.is_some() && get(key_id).is_some() {
+        return Err(ConsoleError::BadRequest(
+            "source and key_id cannot be combined; send one of them".into(),
+        ));
+    }
+    Ok(source)
 }
 
 /// `200` or a class such as `4xx`.

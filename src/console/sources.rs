@@ -8,6 +8,7 @@ use subtle::ConstantTimeEq;
 use super::{wire, ConsoleState};
 use crate::error::ConsoleError;
 use crate::sources::record::{self, Payload, PushRecord};
+use crate::store::PushSource;
 use crate::usage::CallRecord;
 
 /// Most records in one push.
@@ -130,6 +131,31 @@ pub fn push_source(raw: Option<&str>) -> Result<String, ConsoleError> {
         )));
     }
     Ok(name.to_owned())
+}
+
+/// Admits `source` as a source of pushed records: a configured source, one pushed before, or a
+/// new one while fewer than `console.push_source_cap` names are taken; otherwise a 400 naming
+/// the cap and the names taken (a push client cannot grow the sources without bound).
+pub async fn admit_source(state: &ConsoleState, source: &str) -> Result<(), ConsoleError> {
+    let configured = state
+        .config
+        .sources
+        .iter()
+        .map(|s| s.name.clone())
+        .collect();
+    let cap = state.config.console.push_source_cap;
+    match state
+        .store
+        .admit_push_source(source.to_owned(), configured, cap)
+        .await?
+    {
+        PushSource::Admitted => Ok(()),
+        PushSource::Full(taken) => Err(ConsoleError::BadRequest(format!(
+            "source \"{source}\" is new, and the push endpoint takes at most {cap} source names \
+             (console.push_source_cap), all taken: {}; push under one of them or raise the cap",
+            taken.join(", ")
+        ))),
+    }
 }
 
 /// Stores pushed records and waits for their commit; a record whose id was stored before is

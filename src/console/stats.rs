@@ -220,8 +220,11 @@ pub async fn trend(
     state: &ConsoleState,
     days: u32,
     key_id: Option<i64>,
+    source: Option<String>,
 ) -> Result<Trend, ConsoleError> {
-    let today = jiff::Timestamp::now()
+    let today = state
+        .clock
+        .now()
         .to_zoned(state.config.timezone.clone())
         .date();
     let dates = trend_dates(today, days);
@@ -229,7 +232,10 @@ pub async fn trend(
         (Some(f), Some(l)) => (day_number(*f), day_number(*l)),
         _ => return Err(ConsoleError::BadRequest("days must be at least 1".into())),
     };
-    let rows = state.store.usage_by_day(key_id, first, last).await?;
+    let rows = state
+        .store
+        .usage_by_day(key_id, source, first, last)
+        .await?;
     Ok(build_trend(&dates, &rows, &state.config.timezone_name))
 }
 

@@ -303,6 +303,15 @@ pub struct LogRow {
     pub provider: String,
     /// Where the record came from: `gateway`, or an ingested source's name.
     pub source: String,
+    /// The model name the client asked for when it was mapped to `model` (an ingested record's
+    /// `alias`; the gateway never renames a model, so its own calls have `null`).
+    pub alias: Option<String>,
+    /// The reasoning effort the request asked for (`reasoning_effort` or `reasoning.effort`;
+    /// e.g. `low`, `high`), at most 32 bytes; `null` when none.
+    pub reasoning_effort: Option<String>,
+    /// The service tier the request asked for (`service_tier`; e.g. `auto`, `flex`,
+    /// `priority`), at most 32 bytes; `null` when none.
+    pub service_tier: Option<String>,
     /// Cost in USD; `null` when no price is known for the model (`cost_status` `unpriced`).
     pub cost: Option<f64>,
     /// The same in nano-dollars (10⁻⁹ USD), exact.
@@ -341,6 +350,9 @@ impl From<&LoggedCall> for LogRow {
             user: c.user.clone(),
             provider: c.provider.clone(),
             source: c.source.clone(),
+            alias: c.alias.clone(),
+            reasoning_effort: c.reasoning_effort.clone(),
+            service_tier: c.service_tier.clone(),
             cost: c.cost_nanos.map(usd),
             cost_nanos: c.cost_nanos,
             cost_status: cost_status(c.cost_status),

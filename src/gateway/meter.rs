@@ -172,6 +172,13 @@ impl Meter {
         }
     }
 
+    /// The reasoning effort and service tier the request asks for (raw; recorded as labels).
+    pub fn set_options(&mut self, reasoning_effort: Option<&str>, service_tier: Option<&str>) {
+        use crate::usage::{label, MAX_OPTION_BYTES};
+        self.record.reasoning_effort = reasoning_effort.and_then(|e| label(e, MAX_OPTION_BYTES));
+        self.record.service_tier = service_tier.and_then(|t| label(t, MAX_OPTION_BYTES));
+    }
+
     /// The configured provider that serves the call.
     pub fn set_provider(&mut self, name: &str) {
         name.clone_into(&mut self.record.provider);

@@ -487,6 +487,7 @@ async fn prepare(
     let (headers, bytes) = read_body(state, request).await?;
     let view = parse_request(&bytes)?;
     meter.set_user(view.end_user());
+    meter.set_options(view.reasoning_effort(), view.service_tier.as_deref());
     let model = match view.model.as_deref() {
         Some(m) if !m.trim().is_empty() => m,
         _ => {

@@ -1,6 +1,6 @@
 //! The client's request as the gateway reads it: one serde pass over the body's bytes that keeps
 //! the few members the gateway acts on (`model`, `stream`, `stream_options`, the token limits,
-//! `n`, the end user) — strings borrowed from the bytes, not copied — and the figures a budget
+//! `n`, the end user, the reasoning effort and service tier) — strings borrowed from the bytes, not copied — and the figures a budget
 //! reservation needs (media parts, tools, messages), without building a tree. The body itself is forwarded
 //! as the bytes that came in; the tokenizer estimate reads them again only when it is needed.
 
@@ -46,6 +46,11 @@ pub struct RequestView<'a> {
     /// The end user named by `safety_identifier`, `user` (OpenAI) and `metadata.user_id`
     /// (Anthropic), when they are strings.
     users: [Option<Cow<'a, str>>; 3],
+    /// The reasoning effort: `reasoning_effort` (Chat Completions), `reasoning.effort`
+    /// (Responses), when they are strings.
+    efforts: [Option<Cow<'a, str>>; 2],
+    /// `service_tier` (OpenAI and Anthropic), when it is a string.
+    pub service_tier: Option<Cow<'a, str>>,
 }
 
 /// The image and file parts of a request.
@@ -122,15 +127,26 @@ impl<'a> RequestView<'a> {
         self.tools
     }
 
+    /// The reasoning effort the request asks for, raw: `reasoning_effort`, else
+    /// `reasoning.effort`.
+    pub fn reasoning_effort(&self) -> Option<&str> {
+        first_text(&self.efforts)
+    }
+
     /// The end user the request names, raw: `safety_identifier` (OpenAI's successor of `user`),
     /// else `user`, else Anthropic's `metadata.user_id`; blank values are skipped.
     pub fn end_user(&self) -> Option<&str> {
-        self.users
-            .iter()
-            .flatten()
-            .map(|u| u.as_ref())
-            .find(|u| !u.trim().is_empty())
+        first_text(&self.users)
     }
+}
+
+/// The first of `values` that is present and not blank.
+fn first_text<'s>(values: &'s [Option<Cow<'_, str>>]) -> Option<&'s str> {
+    values
+        .iter()
+        .flatten()
+        .map(|v| v.as_ref())
+        .find(|v| !v.trim().is_empty())
 }
 
 /// A JSON scalar of interest at the top level.
@@ -168,8 +184,8 @@ struct Node<'a> {
     kind: Type,
     include_usage: Option<bool>,
     is_object: bool,
-    /// Of an object walked with [`Walk::user_id`]: its `user_id`, when that is a string.
-    user_id: Option<Cow<'a, str>>,
+    /// Of an object walked with [`Walk::member`]: that member, when it is a string.
+    member: Option<Cow<'a, str>>,
 }
 
 /// Walks any JSON value without keeping it, adding the media parts found in it to `media`.
@@ -177,8 +193,9 @@ struct Walk<'m> {
     media: &'m mut Media,
     /// Whether a string value is kept (copied when it has escapes).
     keep_str: bool,
-    /// Whether an object's `user_id` string is kept (Anthropic's `metadata`).
-    user_id: bool,
+    /// The member of an object whose string is kept: `user_id` of Anthropic's `metadata`,
+    /// `effort` of OpenAI's `reasoning`.
+    member: Option<&'static str>,
 }
 
 impl Walk<'_> {
@@ -294,7 +311,7 @@ impl<'de> Visitor<'de> for Walk<'_> {
         while let Some(item) = seq.next_element_seed(Walk {
             media: &mut *self.media,
             keep_str: false,
-            user_id: false,
+            member: None,
         })? {
             len += 1;
             if item.kind == Type::Other {
@@ -314,19 +331,19 @@ impl<'de> Visitor<'de> for Walk<'_> {
         // which is known only once its `type` is read (it may come last).
         let mut inner = Media::default();
         let (mut strings, mut kind, mut bound, mut include_usage) = (0u64, Type::None, None, None);
-        let mut user_id = None;
+        let mut member = None;
         while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
             let is_type = key == "type";
-            let is_user_id = self.user_id && key == "user_id";
+            let is_member = self.member == Some(key.as_ref());
             let child = map.next_value_seed(Walk {
                 media: &mut inner,
-                keep_str: is_type || is_user_id,
-                user_id: false,
+                keep_str: is_type || is_member,
+                member: None,
             })?;
             strings = strings.saturating_add(child.strings);
-            if is_user_id {
-                if let Scalar::Str(id) = child.scalar {
-                    user_id = Some(id);
+            if is_member {
+                if let Scalar::Str(value) = child.scalar {
+                    member = Some(value);
                 }
             } else if is_type {
                 (kind, bound) = match &child.scalar {
@@ -353,7 +370,7 @@ impl<'de> Visitor<'de> for Walk<'_> {
             kind,
             include_usage,
             is_object: true,
-            user_id,
+            member,
             ..Node::default()
         })
     }
@@ -405,12 +422,22 @@ impl<'de> Visitor<'de> for Root {
         while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
             let keep_str = matches!(
                 key.as_ref(),
-                "model" | "type" | "safety_identifier" | "user"
+                "model"
+                    | "type"
+                    | "safety_identifier"
+                    | "user"
+                    | "reasoning_effort"
+                    | "service_tier"
             );
+            let member = match key.as_ref() {
+                "metadata" => Some("user_id"),
+                "reasoning" => Some("effort"),
+                _ => None,
+            };
             let node = map.next_value_seed(Walk {
                 media: &mut inner,
                 keep_str,
-                user_id: key == "metadata",
+                member,
             })?;
             strings = strings.saturating_add(node.strings);
             let whole = match &node.scalar {
@@ -453,7 +480,10 @@ impl<'de> Visitor<'de> for Root {
                 "conversation" => view.context[1] = not_null,
                 "safety_identifier" => view.users[0] = text(node),
                 "user" => view.users[1] = text(node),
-                "metadata" => view.users[2] = node.user_id,
+                "metadata" => view.users[2] = node.member,
+                "reasoning_effort" => view.efforts[0] = text(node),
+                "reasoning" => view.efforts[1] = node.member,
+                "service_tier" => view.service_tier = text(node),
                 _ => {}
             }
         }
@@ -519,6 +549,46 @@ mod tests {
         for (body, want) in cases {
             let view = RequestView::parse(body).unwrap();
             assert_eq!(view.end_user(), want, "{}", String::from_utf8_lossy(body));
+        }
+    }
+
+    #[test]
+    fn reads_the_reasoning_effort_and_service_tier() {
+        let cases: [(&[u8], Option<&str>, Option<&str>); 6] = [
+            (
+                br#"{"model":"o3","reasoning_effort":"high","service_tier":"flex"}"#,
+                Some("high"),
+                Some("flex"),
+            ),
+            (
+                br#"{"reasoning":{"summary":"auto","effort":"low"},"model":"gpt-5"}"#,
+                Some("low"),
+                None,
+            ),
+            (
+                br#"{"reasoning_effort":"minimal","reasoning":{"effort":"low"}}"#,
+                Some("minimal"),
+                None,
+            ),
+            // Anthropic's tier; an effort that is not a string is none.
+            (
+                br#"{"model":"claude","service_tier":"standard_only","reasoning":{"effort":3}}"#,
+                None,
+                Some("standard_only"),
+            ),
+            // Only the request's own `reasoning`, not an `effort` deeper down.
+            (
+                br#"{"messages":[{"reasoning":{"effort":"x"},"effort":"y","service_tier":"z"}]}"#,
+                None,
+                None,
+            ),
+            (br#"{"service_tier":null,"reasoning":null}"#, None, None),
+        ];
+        for (body, effort, tier) in cases {
+            let view = RequestView::parse(body).unwrap();
+            let text = String::from_utf8_lossy(body);
+            assert_eq!(view.reasoning_effort(), effort, "{text}");
+            assert_eq!(view.service_tier.as_deref(), tier, "{text}");
         }
     }
 

@@ -5,7 +5,9 @@
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::usage::{client_family, CallRecord, Ingested, TokenUsage};
+use crate::usage::{
+    client_family, label, CallRecord, Ingested, TokenUsage, MAX_ALIAS_BYTES, MAX_OPTION_BYTES,
+};
 
 /// Longest text kept from a record's strings (model, endpoint, error), in bytes.
 const MAX_TEXT: usize = 256;
@@ -85,8 +87,11 @@ pub struct CpaRecord {
     token_breakdown: Option<Breakdown>,
     provider: String,
     model: String,
+    alias: String,
     endpoint: String,
     api_key: String,
+    reasoning_effort: String,
+    service_tier: String,
     request_id: Option<String>,
     user_agent: String,
     support_refresh: Option<bool>,
@@ -335,6 +340,9 @@ fn cpa_call(r: CpaRecord, source: &str) -> Result<CallRecord, String> {
         client: client_family(Some(&r.user_agent)).to_owned(),
         provider: bounded(&r.provider, 64),
         source: source.to_owned(),
+        alias: label(&r.alias, MAX_ALIAS_BYTES),
+        reasoning_effort: label(&r.reasoning_effort, MAX_OPTION_BYTES),
+        service_tier: label(&r.service_tier, MAX_OPTION_BYTES),
         ingest: Some(Box::new(ingest)),
         ..CallRecord::default()
     })
@@ -376,6 +384,12 @@ pub struct PushRecord {
     /// What went wrong, for a failed call.
     #[serde(default)]
     pub error: Option<String>,
+    /// The model name the client asked for, when it was mapped to `model` (absent: none).
+    pub alias: Option<String>,
+    /// The reasoning effort asked for (`low`, `high`, …; absent: none).
+    pub reasoning_effort: Option<String>,
+    /// The service tier asked for (`auto`, `flex`, `priority`, …; absent: none).
+    pub service_tier: Option<String>,
 }
 
 /// Tokens of a pushed record; `input` includes cache reads and writes, `output` reasoning.
@@ -462,6 +476,9 @@ pub fn push_call(r: PushRecord, source: &str) -> Result<CallRecord, String> {
         error: r.error.map(|e| bounded(&e, MAX_TEXT)),
         provider: bounded(r.provider.as_deref().unwrap_or_default(), 64),
         source: source.to_owned(),
+        alias: r.alias.and_then(|a| label(&a, MAX_ALIAS_BYTES)),
+        reasoning_effort: r.reasoning_effort.and_then(|e| label(&e, MAX_OPTION_BYTES)),
+        service_tier: r.service_tier.and_then(|t| label(&t, MAX_OPTION_BYTES)),
         ingest: Some(Box::new(ingest)),
         ..CallRecord::default()
     })
@@ -652,6 +669,28 @@ mod tests {
     }
 
     #[test]
+    fn alias_reasoning_effort_and_service_tier_are_read() {
+        let c = call(record(
+            json!({"reasoning_effort": "high", "service_tier": "priority"}),
+        ));
+        assert_eq!(
+            (
+                c.alias.as_deref(),
+                c.reasoning_effort.as_deref(),
+                c.service_tier.as_deref()
+            ),
+            (Some("sonnet"), Some("high"), Some("priority"))
+        );
+        // Empty strings (no effort asked; records of servers before the fields) are none, and a
+        // long value is cut.
+        let c = call(record(
+            json!({"alias": "", "reasoning_effort": "", "service_tier": "x".repeat(100)}),
+        ));
+        assert_eq!((c.alias, c.reasoning_effort), (None, None));
+        assert_eq!(c.service_tier.map(|t| t.len()), Some(MAX_OPTION_BYTES));
+    }
+
+    #[test]
     fn the_dedup_key_tells_apart_what_shares_a_request_id() {
         let base = call(record(json!({})));
         let key = |c: &CallRecord| c.ingest.as_ref().unwrap().dedup_key;
@@ -713,6 +752,9 @@ mod tests {
             credential: Some("team-a@example.com".into()),
             client_key: None,
             error: None,
+            alias: Some("gpt-4o-latest".into()),
+            reasoning_effort: None,
+            service_tier: Some(" flex ".into()),
         };
         let c = push_call(ok(), "push").unwrap();
         assert_eq!(
@@ -722,6 +764,14 @@ mod tests {
         assert_eq!(
             c.ingest.as_ref().unwrap().credential_label,
             "te***@example.com"
+        );
+        assert_eq!(
+            (
+                c.alias.as_deref(),
+                c.reasoning_effort,
+                c.service_tier.as_deref()
+            ),
+            (Some("gpt-4o-latest"), None, Some("flex"))
         );
         let same = push_call(ok(), "push").unwrap();
         assert_eq!(

@@ -636,6 +636,15 @@ pub struct UsageGroup {
     pub agg: Aggregate,
 }
 
+/// Whether the push endpoint may store records under a source name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushSource {
+    /// Configured, admitted before, or admitted now.
+    Admitted,
+    /// New, and the cap's names are taken: these ones (configured names left out).
+    Full(Vec<String>),
+}
+
 /// Ingested usage of one credential or client key of a source.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceUsage {
@@ -870,14 +879,20 @@ impl Store {
         run!(read, self, usage_of_key(key_id))
     }
 
-    /// Calls and tokens per local day in `[first_day, last_day]` (YYYYMMDD), days with calls only.
+    /// Calls and tokens per local day in `[first_day, last_day]` (YYYYMMDD), days with calls
+    /// only: of every call, of one key's (`key_id`), or of one source's (`source`, which wins).
     pub async fn usage_by_day(
         &self,
         key_id: Option<i64>,
+        source: Option<String>,
         first_day: i64,
         last_day: i64,
     ) -> Result<Vec<DayTotal>, StoreError> {
-        run!(read, self, usage_by_day(key_id, first_day, last_day))
+        run!(
+            read,
+            self,
+            usage_by_day(key_id, source.as_deref(), first_day, last_day)
+        )
     }
 
     /// Tokens per key from `from_hour` (UTC hours since the epoch) on, with each key's first
@@ -1045,6 +1060,22 @@ impl Store {
             self,
             source_usage(dim, source.as_deref(), first_day, last_day)
         )
+    }
+
+    /// Admits `name` as a source of the push endpoint: a `configured` one always, one admitted
+    /// before (by any instance), or a new one while fewer than `cap` names (configured ones
+    /// left out) are admitted.
+    pub async fn admit_push_source(
+        &self,
+        name: String,
+        configured: Vec<String>,
+        cap: u64,
+    ) -> Result<PushSource, StoreError> {
+        if configured.contains(&name) {
+            return Ok(PushSource::Admitted);
+        }
+        let now = jiff::Timestamp::now().as_millisecond();
+        run!(write, self, admit_push_source(&name, &configured, cap, now))
     }
 
     /// Takes or renews the lease of a source for `ttl_ms`; `false` while another holder's lease

@@ -227,6 +227,7 @@ impl<C: GenericClient> Db for PgDb<'_, C> {
             Lock::Migrations => 0x746f_6b65_6e00_0001,
             Lock::Keys => 0x746f_6b65_6e00_0002,
             Lock::Instances => 0x746f_6b65_6e00_0003,
+            Lock::PushSources => 0x746f_6b65_6e00_0004,
         };
         self.execute("SELECT pg_advisory_xact_lock($1)", &[id.into()])
             .await?;

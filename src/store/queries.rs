@@ -432,24 +432,29 @@ pub async fn usage_since_day(
         .collect())
 }
 
-/// Calls and tokens per local day in `[first_day, last_day]`, days with calls only.
+/// Calls and tokens per local day in `[first_day, last_day]`, days with calls only: of every
+/// call, of one key's (`agg_day`), or of one source's (`dim_day`, its `source` rows).
 pub async fn usage_by_day(
     db: &mut impl Db,
     key_id: Option<i64>,
+    source: Option<&str>,
     first_day: i64,
     last_day: i64,
 ) -> Result<Vec<DayTotal>, StoreError> {
-    db.fetch(
+    let (table, scope): (&str, Param) = match source {
+        Some(source) => ("dim_day WHERE dim = 'source' AND value = $1", source.into()),
+        None => (
+            "agg_day WHERE key_id = $1",
+            key_id.unwrap_or(ALL_KEYS).into(),
+        ),
+    };
+    let sql = format!(
         "SELECT day, CAST(SUM(calls) AS BIGINT), CAST(SUM(total_tokens) AS BIGINT),
          CAST(SUM(cost_nanos) AS BIGINT)
-         FROM agg_day WHERE key_id = $1 AND day BETWEEN $2 AND $3 GROUP BY day ORDER BY day",
-        &[
-            key_id.unwrap_or(ALL_KEYS).into(),
-            first_day.into(),
-            last_day.into(),
-        ],
-    )
-    .await
+         FROM {table} AND day BETWEEN $2 AND $3 GROUP BY day ORDER BY day"
+    );
+    db.fetch(&sql, &[scope, first_day.into(), last_day.into()])
+        .await
 }
 from_columns!(DayTotal {
     day,
@@ -703,7 +708,7 @@ pub async fn prune_alerts(
 
 // --- Call records ---------------------------------------------------------------------------
 
-const CALL_COLUMNS: [(&str, Ty); 26] = [
+const CALL_COLUMNS: [(&str, Ty); 29] = [
     ("id", Ty::BigInt),
     ("ts", Ty::BigInt),
     ("method", Ty::Text),
@@ -730,6 +735,9 @@ const CALL_COLUMNS: [(&str, Ty); 26] = [
     ("source", Ty::Text),
     ("cost_nanos", Ty::BigInt),
     ("cost_status", Ty::Text),
+    ("alias", Ty::Text),
+    ("reasoning_effort", Ty::Text),
+    ("service_tier", Ty::Text),
 ];
 
 fn column_names<T>(columns: &[(&str, T)]) -> String {
@@ -769,7 +777,10 @@ from_columns!(CallRecord {
     provider,
     source,
     cost_nanos,
-    cost_status;
+    cost_status,
+    alias,
+    reasoning_effort,
+    service_tier;
     answer: Default::default(),
     ingest: None
 });
@@ -885,6 +896,9 @@ fn call_values<'a>(id: i64, call: &'a CallRecord) -> Vec<Param<'a>> {
         call.source.as_str().into(),
         call.cost_nanos.into(),
         call.cost_status.as_str().into(),
+        call.alias.as_deref().into(),
+        call.reasoning_effort.as_deref().into(),
+        call.service_tier.as_deref().into(),
     ]);
     row
 }
@@ -1765,6 +1779,50 @@ from_columns!(super::SourceUsage {
     label,
     usage
 });
+
+/// Admits `name` as a push source (see [`super::Store::admit_push_source`]); a new name is
+/// admitted under a lock, so that instances admitting together do not pass the cap.
+pub async fn admit_push_source(
+    db: &mut impl Db,
+    name: &str,
+    configured: &[String],
+    cap: u64,
+    now: i64,
+) -> Result<super::PushSource, StoreError> {
+    let known = "SELECT name FROM push_sources WHERE name = $1";
+    if db
+        .fetch_opt::<(String,)>(known, &[name.into()])
+        .await?
+        .is_some()
+    {
+        return Ok(super::PushSource::Admitted);
+    }
+    db.lock(Lock::PushSources).await?;
+    if db
+        .fetch_opt::<(String,)>(known, &[name.into()])
+        .await?
+        .is_some()
+    {
+        return Ok(super::PushSource::Admitted);
+    }
+    let names: Vec<(String,)> = db
+        .fetch("SELECT name FROM push_sources ORDER BY name {binary}", &[])
+        .await?;
+    let taken: Vec<String> = names
+        .into_iter()
+        .map(|(n,)| n)
+        .filter(|n| !configured.contains(n))
+        .collect();
+    if taken.len() as u64 >= cap {
+        return Ok(super::PushSource::Full(taken));
+    }
+    db.execute(
+        "INSERT INTO push_sources (name, first_seen) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+        &[name.into(), now.into()],
+    )
+    .await?;
+    Ok(super::PushSource::Admitted)
+}
 
 /// Takes or renews the lease of `source` for `holder` until `expires_at` (ms): succeeds when
 /// nobody holds it, `holder` does, or the holder's lease ran out before `now`.

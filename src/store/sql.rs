@@ -268,6 +268,8 @@ pub enum Lock {
     Keys,
     /// Registering and reaping instances.
     Instances,
+    /// Admitting a new source name of the push endpoint.
+    PushSources,
 }
 
 /// A connection or transaction of either backend. SQLite's implementation never waits, so its

@@ -147,7 +147,10 @@ async fn days_follow_the_zone_and_are_rebuilt_when_it_changes() {
             ])
             .await
             .unwrap();
-        let days = store.usage_by_day(None, 20260301, 20260302).await.unwrap();
+        let days = store
+            .usage_by_day(None, None, 20260301, 20260302)
+            .await
+            .unwrap();
         let got: Vec<_> = days.iter().map(|d| (d.day, d.calls, d.tokens)).collect();
         assert_eq!(got, [(20260301, 1, 3), (20260302, 1, 5)]);
         assert_eq!(
@@ -156,7 +159,10 @@ async fn days_follow_the_zone_and_are_rebuilt_when_it_changes() {
         );
     }
     let store = open(&db, "UTC");
-    let days = store.usage_by_day(None, 20260301, 20260302).await.unwrap();
+    let days = store
+        .usage_by_day(None, None, 20260301, 20260302)
+        .await
+        .unwrap();
     let got: Vec<_> = days.iter().map(|d| (d.day, d.calls, d.tokens)).collect();
     assert_eq!(got, [(20260301, 2, 8)], "rebucketed in UTC");
     assert_eq!(
@@ -616,7 +622,7 @@ async fn migration_4_adds_anthropic_cache_tokens_to_old_rows_aggregates_and_ledg
     assert_eq!(store.usage_by_key().await.unwrap()[&1].tokens.total, 35_126);
     for key in [None, Some(1)] {
         let days = store
-            .usage_by_day(key, 20_260_301, 20_260_301)
+            .usage_by_day(key, None, 20_260_301, 20_260_301)
             .await
             .unwrap();
         assert_eq!(days.len(), 1);

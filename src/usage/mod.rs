@@ -131,6 +131,13 @@ pub struct CallRecord {
     /// Where the record came from: [`GATEWAY_SOURCE`] for the gateway's own calls, or the name
     /// of an ingested source.
     pub source: String,
+    /// The model name the client asked for, when it was mapped to another (`model`): an
+    /// ingested record's `alias`. The gateway never renames a model, so its own calls have none.
+    pub alias: Option<String>,
+    /// The reasoning effort the request asked for (`reasoning_effort`, `reasoning.effort`).
+    pub reasoning_effort: Option<String>,
+    /// The service tier the request asked for (`service_tier`).
+    pub service_tier: Option<String>,
     /// What the call cost in nano-dollars; `None` when its model has no price.
     pub cost_nanos: Option<u64>,
     /// How the cost was found.
@@ -182,6 +189,9 @@ impl Default for CallRecord {
             user: None,
             provider: String::new(),
             source: GATEWAY_SOURCE.to_owned(),
+            alias: None,
+            reasoning_effort: None,
+            service_tier: None,
             cost_nanos: None,
             cost_status: crate::pricing::CostStatus::default(),
             answer: AnswerMeta::default(),
@@ -304,6 +314,20 @@ pub fn session_id(raw: &str) -> Option<String> {
         .take(MAX_SESSION_ID_CHARS)
         .collect();
     (!id.is_empty()).then_some(id)
+}
+
+/// Longest reasoning effort or service tier kept, in bytes (the values are short words such
+/// as `high` or `priority`).
+pub const MAX_OPTION_BYTES: usize = 32;
+/// Longest alias kept, in bytes (as a model name).
+pub const MAX_ALIAS_BYTES: usize = 256;
+
+/// A short label of a request (reasoning effort, service tier, alias) as recorded: trimmed,
+/// control characters dropped, at most `max` bytes; `None` when nothing is left.
+pub fn label(raw: &str, max: usize) -> Option<String> {
+    let text = bounded(raw.trim(), max);
+    let text = text.trim();
+    (!text.is_empty()).then(|| text.to_owned())
 }
 
 /// Longest end user id kept, in bytes: longer ids are cut (at a character boundary), not

@@ -527,3 +527,98 @@ async fn a_delivery_left_pending_by_a_dead_instance_is_taken_over() {
     assert_eq!(waiting["status"], "pending");
     assert_eq!(hook.payloads().len(), 1);
 }
+
+/// Usage pushed to the ingest endpoint (records of another proxy: it cannot be refused, but it
+/// counts) crosses a key's and the global budget's thresholds: one payload per threshold. The
+/// process runs at a `CONSOLE_TEST_NOW` far from today with a daily global budget, so alerts
+/// evaluated at the wall clock's instant would look at a day without usage and send nothing.
+#[tokio::test]
+async fn ingested_usage_fires_one_alert_per_budget_threshold() {
+    const INGEST_KEY: &str = "ingest-key-for-alerts-0123";
+    const NOW: &str = "2031-03-14T12:00:00Z";
+    let hook = receiver(200).await;
+    let yaml = format!(
+        "console:\n  ingest_key: {INGEST_KEY}\nquota:\n  total_tokens: 2000\n  limit_period: day\n{}",
+        alerts_yaml(&[("hook", &hook)], "")
+    );
+    let dir = tempdir();
+    let server = Server::start_with(dir.path(), &yaml, &[("CONSOLE_TEST_NOW", NOW)]);
+    let (key_id, key) = server.create_limited_key("cpa-team", 1000).await;
+    let http = reqwest::Client::new();
+    let mut pushed = 0;
+    let mut push = |tokens: u64, client_key: Option<&str>| {
+        pushed += 1;
+        let record = json!([{"id": format!("r{pushed}"), "ts": NOW, "model": "gpt-4o",
+            "tokens": {"input": tokens * 3 / 4, "output": tokens - tokens * 3 / 4},
+            "client_key": client_key}]);
+        let request = http
+            .post(format!("{}/api/console/ingest?source=cpa", server.url))
+            .bearer_auth(INGEST_KEY)
+            .json(&record);
+        async move {
+            let r = request.send().await.unwrap();
+            assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+        }
+    };
+    // (tokens, with the key, the alert it raises: group, rule)
+    let steps = [
+        (600, true, ("key", "budget_50")),
+        (250, true, ("key", "budget_80")),
+        (150, true, ("proxy", "budget_50")),
+        (600, false, ("proxy", "budget_80")),
+        (400, false, ("proxy", "budget_100")),
+    ];
+    let mut want = Vec::new();
+    for (i, (tokens, keyed, alert)) in steps.into_iter().enumerate() {
+        push(tokens, keyed.then_some(key.as_str())).await;
+        want.push(alert);
+        if i == 2 {
+            // The key's 100 % and the global 50 % are crossed by the same record.
+            want.insert(2, ("key", "budget_100"));
+        }
+        hook.wait_for(want.len()).await;
+    }
+    let alerts = wait_until("6 alerts with settled deliveries", || async {
+        let list = server.data("/api/console/alerts").await;
+        let list = list.as_array().cloned().unwrap_or_default();
+        let settled = list.iter().all(|a| a["deliveries"][0]["status"] == "sent");
+        (list.len() == 6 && settled)
+            .then_some(list.clone())
+            .ok_or(format!("{list:?}"))
+    })
+    .await;
+    let mut got: Vec<(String, String)> = hook
+        .payloads()
+        .iter()
+        .map(|p| {
+            (
+                p["event_group"].as_str().unwrap().to_owned(),
+                p["rule"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let mut want: Vec<(String, String)> = want
+        .iter()
+        .map(|(g, r)| (g.to_string(), r.to_string()))
+        .collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "exactly one payload per threshold");
+    assert_eq!(alerts.len(), 6);
+    let key_alert = hook
+        .payloads()
+        .into_iter()
+        .find(|p| p["rule"] == "budget_100" && p["event_group"] == "key")
+        .unwrap();
+    assert_eq!(key_alert["key_id"], key_id, "{key_alert}");
+    assert_eq!(key_alert["spend"], 1000, "{key_alert}");
+    let global = hook
+        .payloads()
+        .into_iter()
+        .find(|p| p["rule"] == "budget_100" && p["event_group"] == "proxy")
+        .unwrap();
+    assert_eq!(global["spend"], 2000, "{global}");
+    // The period of the process's clock, not of the wall clock's today.
+    let period = global["period"].as_str().unwrap();
+    assert!(period.starts_with("day:203103"), "{global}");
+}

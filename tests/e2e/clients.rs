@@ -519,3 +519,44 @@ async fn end_users_providers_and_sources_are_recorded() {
     assert!(requests.contains("anthropic-version"), "{requests}");
     assert!(!requests.contains("x-token-console-user"), "{requests}");
 }
+
+#[tokio::test]
+async fn reasoning_effort_and_service_tier_are_recorded_as_asked() {
+    let mock = Mock::start();
+    let (_dir, server) = start_behind(&mock, "");
+    let (_, key) = server.create_key("options").await;
+    let chat = json!({"model": "gpt-4o-mini", "max_tokens": 5, "reasoning_effort": "high",
+        "service_tier": "flex", "messages": [{"role": "user", "content": "hi"}]});
+    let responses = json!({"model": "gpt-4o-mini", "max_output_tokens": 5, "input": "hi",
+        "reasoning": {"effort": "low", "summary": "auto"}, "service_tier": "priority"});
+    let mut claude = messages("claude-3-haiku", false);
+    claude["service_tier"] = json!("standard_only");
+    // (path, body, reasoning effort, service tier)
+    let calls = [
+        ("/v1/chat/completions", chat, Some("high"), Some("flex")),
+        ("/v1/responses", responses, Some("low"), Some("priority")),
+        ("/v1/messages", claude, None, Some("standard_only")),
+        (
+            "/v1/messages",
+            messages("claude-3-haiku", false),
+            None,
+            None,
+        ),
+    ];
+    for (path, body, _, _) in &calls {
+        let (status, raw) = send(&server, path, &key, &[], body).await;
+        assert_eq!(status, 200, "{path}: {raw}");
+    }
+    let rows = settle(&server, calls.len() as u64).await;
+    for (row, (path, _, effort, tier)) in rows.iter().rev().zip(&calls) {
+        assert_eq!(
+            (
+                &row["reasoning_effort"],
+                &row["service_tier"],
+                &row["alias"]
+            ),
+            (&json!(effort), &json!(tier), &Value::Null),
+            "{path}: {row}"
+        );
+    }
+}

@@ -335,6 +335,104 @@ async fn assert_figures(server: &Server, records: &[Value], key: (i64, &str)) {
     assert!(want.calls > 0);
 }
 
+/// A record's `(model, alias, reasoning_effort, service_tier)` as stored: an empty or absent
+/// string is none.
+type Options = (String, Option<String>, Option<String>, Option<String>);
+
+fn options_of(model: &Value, alias: &Value, effort: &Value, tier: &Value) -> Options {
+    let text = |v: &Value| v.as_str().filter(|s| !s.is_empty()).map(str::to_owned);
+    (text(model).unwrap(), text(alias), text(effort), text(tier))
+}
+
+fn count_options(items: impl Iterator<Item = Options>) -> BTreeMap<Options, u64> {
+    let mut counts = BTreeMap::new();
+    for o in items {
+        *counts.entry(o).or_default() += 1;
+    }
+    counts
+}
+
+/// Each record's alias, reasoning effort and service tier, in the logs API, the JSON export
+/// and the CSV export, against the records the fake emitted.
+async fn assert_options(server: &Server, records: &[Value]) {
+    let want = count_options(records.iter().map(|r| {
+        options_of(
+            &r["model"],
+            &r["alias"],
+            &r["reasoning_effort"],
+            &r["service_tier"],
+        )
+    }));
+    assert!(
+        want.keys().any(|o| o.2.is_some()) && want.keys().any(|o| o.2.is_none()),
+        "records with and without an effort: {want:?}"
+    );
+    let stored = |rows: &[Value]| {
+        count_options(rows.iter().map(|r| {
+            options_of(
+                &r["model"],
+                &r["alias"],
+                &r["reasoning_effort"],
+                &r["service_tier"],
+            )
+        }))
+    };
+    let export: Value =
+        serde_json::from_str(&server.text("/api/console/export?source=cpa").await).unwrap();
+    let rows = export["logs"].as_array().unwrap();
+    assert_eq!(stored(rows), want, "the JSON export");
+    let page = server.logs("limit=1000&source=cpa").await;
+    let ids: std::collections::HashSet<i64> =
+        page.iter().map(|r| r["id"].as_i64().unwrap()).collect();
+    let same: Vec<Value> = rows
+        .iter()
+        .filter(|r| ids.contains(&r["id"].as_i64().unwrap()))
+        .cloned()
+        .collect();
+    assert_eq!(stored(&page), stored(&same), "the logs API, as exported");
+    let csv = server
+        .text("/api/console/export?format=csv&source=cpa")
+        .await;
+    let mut reader = csv::Reader::from_reader(csv.as_bytes());
+    let head = reader.headers().unwrap().clone();
+    let col = |name: &str| head.iter().position(|h| h == name).unwrap();
+    let (m, a, e, t) = (
+        col("model"),
+        col("alias"),
+        col("reasoning_effort"),
+        col("service_tier"),
+    );
+    let cells = reader.records().map(|r| {
+        let r = r.unwrap();
+        let v = |i: usize| Value::from(r.get(i).unwrap());
+        options_of(&v(m), &v(a), &v(e), &v(t))
+    });
+    assert_eq!(count_options(cells), want, "the CSV export");
+}
+
+/// The dashboard's trend of the source: every record, and nothing under `gateway`.
+async fn assert_trend(server: &Server, records: &[Value]) {
+    let e = expected(records);
+    let sums = |trend: &Value| {
+        let total = |field: &str| -> u64 { trend[field].as_array().unwrap().iter().map(n).sum() };
+        (total("callData"), total("tokenData"))
+    };
+    let of_source = server
+        .data("/api/console/usage-trend?days=7&source=cpa")
+        .await;
+    assert_eq!(sums(&of_source), (e.all.calls, e.all.total), "{of_source}");
+    let all = server.data("/api/console/usage-trend?days=7").await;
+    assert_eq!(sums(&all), sums(&of_source));
+    let gateway = server
+        .data("/api/console/usage-trend?days=7&source=gateway")
+        .await;
+    assert_eq!(sums(&gateway), (0, 0), "{gateway}");
+    let (status, both) = server
+        .get("/api/console/usage-trend?source=cpa&key_id=1")
+        .await;
+    assert_eq!(status, 400, "{both}");
+}
+
 /// 10,000 records across families, attributed, in `mode`.
 async fn ten_thousand_records(mode: &str) {
     let fake = Fake::start();
@@ -375,6 +473,8 @@ async fn ten_thousand_records(mode: &str) {
         assert_eq!(s["published"], 0, "{s}");
     }
     assert_figures(&server, &records, (key.0, &key.1)).await;
+    assert_options(&server, &records).await;
+    assert_trend(&server, &records).await;
     let h = health(&server).await;
     assert_eq!(h["records_ingested"], 10_000, "{h}");
     assert_eq!(h["bad_records"], 0, "{h}");
@@ -725,14 +825,7 @@ async fn ingested_usage_counts_against_the_budget_of_its_key() {
     let mock = common::Mock::start();
     let (_dir, server) =
         common::start_behind(&mock, &format!("console:\n  ingest_key: {INGEST_KEY}\n"));
-    let (id, key) = server.create_key("cpa-user").await;
-    let (status, body) = server
-        .patch(
-            &format!("/api/console/keys/{id}"),
-            &json!({"token_limit": 10_000}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    let (id, key) = server.create_limited_key("cpa-user", 10_000).await;
     let chat = json!({"model": "gpt-4o-mini", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]});
     let first = common::call(&server.url, "/v1/chat/completions", &key, &chat).await;
     assert_eq!(first.status().as_u16(), 200);
@@ -777,4 +870,50 @@ async fn ingested_usage_counts_against_the_budget_of_its_key() {
             "one instance's budget is charged at once"
         );
     }
+}
+
+/// A push client cannot grow the sources without bound: names past `console.push_source_cap`
+/// are refused with a 400 that names the cap and the names taken; names admitted before, and
+/// configured sources, stay open — across a restart.
+#[tokio::test]
+async fn push_source_names_are_bounded_by_the_cap() {
+    let dir = tempdir();
+    // A configured source, unreachable: its name is admitted whatever the cap.
+    let yaml = format!(
+        "console:\n  ingest_key: {INGEST_KEY}\n  push_source_cap: 2\nsources:\n  - {{name: cpa, kind: cliproxyapi, url: 'http://127.0.0.1:9', management_key: k, mode: pop, poll_interval_ms: 30000}}\n"
+    );
+    let mut server = Server::start(dir.path(), &yaml);
+    let mut id = 0;
+    let mut push = |server: &Server, source: &str| {
+        id += 1;
+        let body = json!([{"id": format!("r{id}"), "ts": jiff::Timestamp::now().to_string(),
+            "model": "m", "tokens": {"input": 1, "output": 1}}]);
+        let request = reqwest::Client::new()
+            .post(format!("{}/api/console/ingest?source={source}", server.url))
+            .bearer_auth(INGEST_KEY)
+            .json(&body);
+        async move {
+            let r = request.send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    assert_eq!(push(&server, "tool-a").await.0, 200);
+    assert_eq!(push(&server, "tool-b").await.0, 200);
+    let (status, body) = push(&server, "tool-c").await;
+    assert_eq!(status, 400, "{body}");
+    let msg = body["msg"].as_str().unwrap();
+    assert!(
+        msg.contains("console.push_source_cap") && msg.contains("at most 2"),
+        "{msg}"
+    );
+    assert!(msg.contains("tool-a, tool-b"), "{msg}");
+    assert_eq!(push(&server, "tool-a").await.0, 200);
+    assert_eq!(push(&server, "cpa").await.0, 200, "a configured source");
+    let of_c = server.data("/api/console/stats?source=tool-c").await;
+    assert_eq!(of_c["api_call_count"], 0, "a refused push stores nothing");
+    server.terminate();
+    let server = Server::start(dir.path(), &yaml);
+    assert_eq!(push(&server, "tool-d").await.0, 400, "the names are stored");
+    assert_eq!(push(&server, "tool-b").await.0, 200);
+    assert_eq!(server.data("/api/console/stats").await["api_call_count"], 5);
 }

@@ -517,6 +517,19 @@ impl Server {
         )
     }
 
+    /// Creates a key with a token limit and returns (id, full key).
+    pub async fn create_limited_key(&self, name: &str, token_limit: u64) -> (i64, String) {
+        let (id, key) = self.create_key(name).await;
+        let (status, body) = self
+            .patch(
+                &format!("/api/console/keys/{id}"),
+                &serde_json::json!({ "token_limit": token_limit }),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        (id, key)
+    }
+
     /// Waits until the store has at least `n` calls (polling the console; fails after the deadline).
     pub async fn wait_for_calls(&self, n: u64) -> Value {
         wait_until(&format!("{n} recorded calls"), || async {

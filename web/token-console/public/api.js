@@ -91,7 +91,7 @@ export async function request(method, path, { params, body, whole = false, signa
 
 export const api = {
   stats: (params) => request('GET', '/stats', { params }),
-  trend: (days) => request('GET', '/usage-trend', { params: { days } }),
+  trend: (days, source) => request('GET', '/usage-trend', { params: source ? { days, source } : { days } }),
   anomalies: (hours) => request('GET', '/anomalies', { params: { hours } }),
   alerts: (limit) => request('GET', '/alerts', { params: { limit } }),
   usage: (params) => request('GET', '/usage', { params }),

@@ -95,18 +95,19 @@ export class Dashboard {
   async loadTrend(quiet) {
     const chartBox = document.getElementById('trend-chart');
     const days = this.days;
+    const source = this.source;
     if (!quiet || !this.trend) {
       this.trend = null;
       this.chart.data = null;
       renderState(chartBox, 'loading');
     }
     try {
-      const trend = await api.trend(days);
-      if (days !== this.days) return;
+      const trend = await api.trend(days, source || undefined);
+      if (days !== this.days || source !== this.source) return;
       this.trend = trend;
       this.trendError = null;
     } catch (err) {
-      if (days !== this.days) return;
+      if (days !== this.days || source !== this.source) return;
       this.trendError = err;
     }
     this.renderTrend();

@@ -423,8 +423,8 @@ fn record(i: u64, keys: &[String], now: jiff::Timestamp) -> String {
         "provider": provider, "executor_type": executor, "model": model, "alias": alias,
         "endpoint": if provider == "claude" { "POST /v1/messages" } else { "POST /v1/responses" },
         "auth_type": auth_type, "api_key": api_key, "request_id": request_id,
-        "reasoning_effort": if kind == 1 { "high" } else { "" },
-        "service_tier": if provider == "claude" { "default" } else { "auto" }
+        "reasoning_effort": match kind { 1 => "high", 5..=7 => "medium", _ => "" },
+        "service_tier": match kind { 5..=7 => "priority", _ if provider == "claude" => "default", _ => "auto" }
     });
     if auth_type == "oauth" {
         rec["access_token_sha256"] = json!(format!("{}{}", auth, auth).repeat(2));
