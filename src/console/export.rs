@@ -9,7 +9,7 @@ use futures_util::stream;
 
 use super::ConsoleState;
 use crate::error::ConsoleError;
-use crate::store::{LogQuery, UsageFilter};
+use crate::store::{CallMatch, LogQuery, UsageFilter};
 
 use super::wire::{rfc3339, Export, LogRow};
 use super::{keys, stats};
@@ -121,7 +121,12 @@ fn log_chunks(
         let query = LogQuery {
             limit: PAGE,
             before_id: cursor.before_id,
-            source: cursor.source.clone(),
+            matches: cursor
+                .source
+                .clone()
+                .map(CallMatch::Source)
+                .into_iter()
+                .collect(),
             ..LogQuery::default()
         };
         let rows = match cursor.state.store.logs(query).await {

@@ -102,17 +102,11 @@ pub fn matches(query: &LogQuery, logged: &LoggedCall) -> bool {
         }
     }
     let checks = [
-        query
-            .method
-            .as_ref()
-            .is_none_or(|m| m.eq_ignore_ascii_case(&c.method)),
         match query.status {
             Some(StatusFilter::Exact(code)) => c.status == code,
             Some(StatusFilter::Class(class)) => c.status / 100 == class,
             None => true,
         },
-        query.model.as_ref().is_none_or(|m| *m == c.model),
-        query.key_id.is_none_or(|k| c.key_id == Some(k)),
         query.since.is_none_or(|s| c.ts >= s),
         query.until.is_none_or(|u| c.ts < u),
         match query.kind {
@@ -120,12 +114,7 @@ pub fn matches(query: &LogQuery, logged: &LoggedCall) -> bool {
             Some(CallKind::CountTokens) => c.is_count_tokens(),
             None => true,
         },
-        query.client.as_ref().is_none_or(|k| *k == c.client),
-        query
-            .session_id
-            .as_ref()
-            .is_none_or(|s| c.session_id.as_ref() == Some(s)),
-        query.source.as_ref().is_none_or(|s| *s == c.source),
+        query.matches.iter().all(|m| m.holds(c)),
     ];
     checks.iter().all(|&ok| ok)
 }

@@ -11,7 +11,9 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use crate::error::ConsoleError;
-use crate::store::{CallKind, Dim, LogQuery, StatusFilter, UsageFilter, UsageOrder, UsageQuery};
+use crate::store::{
+    CallKind, CallMatch, Dim, LogQuery, StatusFilter, UsageFilter, UsageOrder, UsageQuery,
+};
 
 /// Default and largest `days` of the usage trend.
 pub const DEFAULT_DAYS: u32 = 7;
@@ -476,20 +478,23 @@ impl LogsQuery {
     /// Every filter of the logs.
     pub fn query(&self) -> Result<LogQuery, ConsoleError> {
         let text = |v: &Option<String>| get(v).map(|t| t.trim().to_owned());
+        let matches = [
+            text(&self.method).map(CallMatch::Method),
+            text(&self.model).map(CallMatch::Model),
+            id(&self.key_id, "key_id")?.map(CallMatch::Key),
+            text(&self.client).map(CallMatch::Client),
+            text(&self.session_id).map(CallMatch::Session),
+            text(&self.source).map(CallMatch::Source),
+        ];
         Ok(LogQuery {
             limit: self.limit()?,
-            q: text(&self.q),
-            method: text(&self.method),
-            status: get(&self.status).map(status).transpose()?,
-            model: text(&self.model),
-            key_id: id(&self.key_id, "key_id")?,
+            before_id: id(&self.before_id, "before_id")?,
             since: optional_instant(&self.since, "since")?,
             until: optional_instant(&self.until, "until")?,
-            before_id: id(&self.before_id, "before_id")?,
+            q: text(&self.q),
+            status: get(&self.status).map(status).transpose()?,
             kind: get(&self.kind).map(kind).transpose()?,
-            client: text(&self.client),
-            session_id: text(&self.session_id),
-            source: text(&self.source),
+            matches: matches.into_iter().flatten().collect(),
         })
     }
 }

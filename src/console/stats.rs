@@ -5,7 +5,7 @@ use super::wire::PeriodUse;
 use super::ConsoleState;
 use crate::clock::Period;
 use crate::error::ConsoleError;
-use crate::store::{Aggregate, DayTotal, UsageFilter, GLOBAL_SCOPE};
+use crate::store::{Aggregate, DayScope, DayTotal, UsageFilter, GLOBAL_SCOPE};
 use crate::usage::latency_quantile;
 
 use super::wire::{
@@ -232,10 +232,12 @@ pub async fn trend(
         (Some(f), Some(l)) => (day_number(*f), day_number(*l)),
         _ => return Err(ConsoleError::BadRequest("days must be at least 1".into())),
     };
-    let rows = state
-        .store
-        .usage_by_day(key_id, source, first, last)
-        .await?;
+    let scope = match (source, key_id) {
+        (Some(source), _) => DayScope::Source(source),
+        (None, Some(key_id)) => DayScope::Key(key_id),
+        (None, None) => DayScope::All,
+    };
+    let rows = state.store.usage_by_day(scope, first, last).await?;
     Ok(build_trend(&dates, &rows, &state.config.timezone_name))
 }
 

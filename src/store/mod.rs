@@ -313,6 +313,17 @@ pub struct DayTotal {
     pub cost_nanos: u64,
 }
 
+/// Whose calls a day's totals count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DayScope {
+    /// Every call.
+    All,
+    /// One key's calls.
+    Key(i64),
+    /// One source's calls (`gateway` or a usage source's name).
+    Source(String),
+}
+
 /// A status filter of the logs: one code or a class such as `4xx`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StatusFilter {
@@ -327,30 +338,52 @@ pub enum StatusFilter {
 pub struct LogQuery {
     /// Most rows returned.
     pub limit: u32,
-    /// Substring of the endpoint or model.
-    pub q: Option<String>,
-    /// HTTP method, exact (case-insensitive).
-    pub method: Option<String>,
-    /// Status code or class.
-    pub status: Option<StatusFilter>,
-    /// Model, exact.
-    pub model: Option<String>,
-    /// Key id.
-    pub key_id: Option<i64>,
+    /// Rows with a smaller id only (the next page).
+    pub before_id: Option<i64>,
     /// Calls at or after this instant.
     pub since: Option<jiff::Timestamp>,
     /// Calls before this instant.
     pub until: Option<jiff::Timestamp>,
-    /// Rows with a smaller id only (the next page).
-    pub before_id: Option<i64>,
+    /// Substring of the endpoint, model, method or status.
+    pub q: Option<String>,
+    /// Status code or class.
+    pub status: Option<StatusFilter>,
     /// Calls or `count_tokens` calls only.
     pub kind: Option<CallKind>,
+    /// Fields the calls must have, all of them.
+    pub matches: Vec<CallMatch>,
+}
+
+/// A field a call of the logs must have. The store tests it in SQL, the live log in memory
+/// ([`CallMatch::holds`]): both read this one list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallMatch {
+    /// HTTP method, case-insensitive.
+    Method(String),
+    /// Model, exact.
+    Model(String),
+    /// Key id.
+    Key(i64),
     /// Client family, exact (see [`crate::usage::client_family`]).
-    pub client: Option<String>,
+    Client(String),
     /// Session id, exact.
-    pub session_id: Option<String>,
+    Session(String),
     /// Source (`gateway` or a usage source's name), exact.
-    pub source: Option<String>,
+    Source(String),
+}
+
+impl CallMatch {
+    /// Whether `call` has the field.
+    pub fn holds(&self, call: &CallRecord) -> bool {
+        match self {
+            CallMatch::Method(m) => m.eq_ignore_ascii_case(&call.method),
+            CallMatch::Model(m) => *m == call.model,
+            CallMatch::Key(k) => call.key_id == Some(*k),
+            CallMatch::Client(c) => *c == call.client,
+            CallMatch::Session(s) => call.session_id.as_ref() == Some(s),
+            CallMatch::Source(s) => *s == call.source,
+        }
+    }
 }
 
 /// A kind filter of the logs.
@@ -879,20 +912,15 @@ impl Store {
         run!(read, self, usage_of_key(key_id))
     }
 
-    /// Calls and tokens per local day in `[first_day, last_day]` (YYYYMMDD), days with calls
-    /// only: of every call, of one key's (`key_id`), or of one source's (`source`, which wins).
+    /// Calls and tokens per local day in `[first_day, last_day]` (YYYYMMDD) of the calls of
+    /// `scope`, days with calls only.
     pub async fn usage_by_day(
         &self,
-        key_id: Option<i64>,
-        source: Option<String>,
+        scope: DayScope,
         first_day: i64,
         last_day: i64,
     ) -> Result<Vec<DayTotal>, StoreError> {
-        run!(
-            read,
-            self,
-            usage_by_day(key_id, source.as_deref(), first_day, last_day)
-        )
+        run!(read, self, usage_by_day(&scope, first_day, last_day))
     }
 
     /// Tokens per key from `from_hour` (UTC hours since the epoch) on, with each key's first

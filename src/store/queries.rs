@@ -6,9 +6,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use super::row::{from_columns, Columns, FromColumns};
 use super::sql::{Bulk, Db, Lock, Param, Row, Ty, AGG_COLUMNS};
 use super::{
-    Aggregate, AlertRow, CallKind, DayTotal, Delivery, Dim, DimValue, HourUsage, KeyPatch, KeyRow,
-    Lease, LedgerRow, LogQuery, NewAlert, NewKey, StatusFilter, StoreError, UsageFilter,
-    UsageGroup, UsageOrder, UsageQuery, WindowUsage, ALL_KEYS, GLOBAL_SCOPE, OTHER_USERS,
+    Aggregate, AlertRow, CallKind, CallMatch, DayScope, DayTotal, Delivery, Dim, DimValue,
+    HourUsage, KeyPatch, KeyRow, Lease, LedgerRow, LogQuery, NewAlert, NewKey, StatusFilter,
+    StoreError, UsageFilter, UsageGroup, UsageOrder, UsageQuery, WindowUsage, ALL_KEYS,
+    GLOBAL_SCOPE, OTHER_USERS,
 };
 use crate::usage::{CallRecord, LoggedCall, TokenUsage, COUNT_TOKENS_PATH, LATENCY_BUCKETS};
 
@@ -436,17 +437,17 @@ pub async fn usage_since_day(
 /// call, of one key's (`agg_day`), or of one source's (`dim_day`, its `source` rows).
 pub async fn usage_by_day(
     db: &mut impl Db,
-    key_id: Option<i64>,
-    source: Option<&str>,
+    scope: &DayScope,
     first_day: i64,
     last_day: i64,
 ) -> Result<Vec<DayTotal>, StoreError> {
-    let (table, scope): (&str, Param) = match source {
-        Some(source) => ("dim_day WHERE dim = 'source' AND value = $1", source.into()),
-        None => (
-            "agg_day WHERE key_id = $1",
-            key_id.unwrap_or(ALL_KEYS).into(),
+    let (table, scope): (&str, Param) = match scope {
+        DayScope::Source(source) => (
+            "dim_day WHERE dim = 'source' AND value = $1",
+            source.as_str().into(),
         ),
+        DayScope::Key(key_id) => ("agg_day WHERE key_id = $1", (*key_id).into()),
+        DayScope::All => ("agg_day WHERE key_id = $1", ALL_KEYS.into()),
     };
     let sql = format!(
         "SELECT day, CAST(SUM(calls) AS BIGINT), CAST(SUM(total_tokens) AS BIGINT),
@@ -817,21 +818,11 @@ fn log_conditions(query: &LogQuery) -> Conditions<'_> {
              OR method {{ilike}} {n} ESCAPE '\\' OR CAST(status AS TEXT) LIKE {n} ESCAPE '\\')"
         ));
     }
-    if let Some(method) = &query.method {
-        let n = c.bind(method.as_str());
-        c.sql.push(format!("lower(method) = lower({n})"));
-    }
     match query.status {
         Some(StatusFilter::Exact(code)) => c.compare("status", "=", i64::from(code)),
         // Matches the index on (status / 100, id): rows of the class come newest first.
         Some(StatusFilter::Class(class)) => c.compare("status / 100", "=", i64::from(class)),
         None => {}
-    }
-    if let Some(model) = &query.model {
-        c.compare("model", "=", model.as_str());
-    }
-    if let Some(key_id) = query.key_id {
-        c.compare("key_id", "=", key_id);
     }
     if let Some(since) = query.since {
         c.compare("ts", ">=", ms(since));
@@ -847,14 +838,18 @@ fn log_conditions(query: &LogQuery) -> Conditions<'_> {
         Some(CallKind::CountTokens) => c.compare("endpoint", "=", COUNT_TOKENS_PATH),
         None => {}
     }
-    if let Some(client) = &query.client {
-        c.compare("client", "=", client.as_str());
-    }
-    if let Some(session_id) = &query.session_id {
-        c.compare("session_id", "=", session_id.as_str());
-    }
-    if let Some(source) = &query.source {
-        c.compare("source", "=", source.as_str());
+    for m in &query.matches {
+        match m {
+            CallMatch::Method(method) => {
+                let n = c.bind(method.as_str());
+                c.sql.push(format!("lower(method) = lower({n})"));
+            }
+            CallMatch::Model(model) => c.compare("model", "=", model.as_str()),
+            CallMatch::Key(key_id) => c.compare("key_id", "=", *key_id),
+            CallMatch::Client(client) => c.compare("client", "=", client.as_str()),
+            CallMatch::Session(id) => c.compare("session_id", "=", id.as_str()),
+            CallMatch::Source(source) => c.compare("source", "=", source.as_str()),
+        }
     }
     c
 }

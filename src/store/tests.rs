@@ -148,7 +148,7 @@ async fn days_follow_the_zone_and_are_rebuilt_when_it_changes() {
             .await
             .unwrap();
         let days = store
-            .usage_by_day(None, None, 20260301, 20260302)
+            .usage_by_day(DayScope::All, 20260301, 20260302)
             .await
             .unwrap();
         let got: Vec<_> = days.iter().map(|d| (d.day, d.calls, d.tokens)).collect();
@@ -160,7 +160,7 @@ async fn days_follow_the_zone_and_are_rebuilt_when_it_changes() {
     }
     let store = open(&db, "UTC");
     let days = store
-        .usage_by_day(None, None, 20260301, 20260302)
+        .usage_by_day(DayScope::All, 20260301, 20260302)
         .await
         .unwrap();
     let got: Vec<_> = days.iter().map(|d| (d.day, d.calls, d.tokens)).collect();
@@ -620,9 +620,9 @@ async fn migration_4_adds_anthropic_cache_tokens_to_old_rows_aggregates_and_ledg
         );
     }
     assert_eq!(store.usage_by_key().await.unwrap()[&1].tokens.total, 35_126);
-    for key in [None, Some(1)] {
+    for key in [DayScope::All, DayScope::Key(1)] {
         let days = store
-            .usage_by_day(key, None, 20_260_301, 20_260_301)
+            .usage_by_day(key.clone(), 20_260_301, 20_260_301)
             .await
             .unwrap();
         assert_eq!(days.len(), 1);
@@ -692,8 +692,10 @@ async fn migration_4_adds_anthropic_cache_tokens_to_old_rows_aggregates_and_ledg
     let newest = store
         .logs(LogQuery {
             limit: 1,
-            client: Some("claude-cli".into()),
-            session_id: Some("s-1".into()),
+            matches: vec![
+                CallMatch::Client("claude-cli".into()),
+                CallMatch::Session("s-1".into()),
+            ],
             ..LogQuery::default()
         })
         .await
