@@ -1510,13 +1510,14 @@ pub async fn usage(
         (None, _) if query.reads_users() => "user_day",
         (None, _) => "usage_day",
     };
-    // Grouped by user and day, each row of `user_total_day` is a group (see `rows_as_groups`).
+    // Grouped by user and day, each row of `user_total_day` is a group: they are ranked without
+    // grouping. Ordered by tokens, the window's days are compared as `+day`, which no index
+    // answers: SQLite would otherwise read the window by the primary key and sort every row of
+    // it, where reading the index of tokens (which holds the groups' keys) from its largest stops
+    // at the limit.
     let rows_are_groups = table == "user_total_day"
         && query.group_by.contains(&Dim::User)
         && query.group_by.contains(&Dim::Day);
-    // There, ordered by tokens, the window's days are compared as `+day`, which no index answers:
-    // SQLite would otherwise read the window by the primary key and sort every row of it, where
-    // reading the index of tokens from its largest stops at the limit.
     let day = if rows_are_groups && query.order == UsageOrder::Tokens {
         "+day"
     } else {
@@ -1568,7 +1569,11 @@ pub async fn usage(
         UsageOrder::Errors => "failures",
         UsageOrder::Cost => "cost_nanos",
     };
-    let order = format!("SUM({order_column})");
+    let order = if rows_are_groups {
+        order_column.to_owned()
+    } else {
+        format!("SUM({order_column})")
+    };
     let ties: Vec<String> = query
         .group_by
         .iter()
@@ -1578,9 +1583,6 @@ pub async fn usage(
         })
         .collect();
     let keys_as_text = one == Some(Dim::Key);
-    if rows_are_groups {
-        return rows_as_groups(db, query, &groups, order_column, &ties, c).await;
-    }
     if !query.reads_users() {
         // The other rollups' groups are few: one pass sums and orders them.
         let limit = c.bind(i64::from(query.limit));
@@ -1611,10 +1613,15 @@ pub async fn usage(
         params: c.params.clone(),
     };
     let limit = rank.bind(i64::from(query.limit));
+    let grouping = if rows_are_groups {
+        String::new()
+    } else {
+        format!(" GROUP BY {}", groups.join(", "))
+    };
     let ranked = db
         .query(
             &format!(
-                "SELECT {groups} FROM {table}{filter} GROUP BY {groups}
+                "SELECT {groups} FROM {table}{filter}{grouping}
                  ORDER BY {order} DESC, {ties} LIMIT {limit}",
                 groups = groups.join(", "),
                 filter = rank.clause(),
@@ -1660,37 +1667,6 @@ pub async fn usage(
             UsageGroup { values, agg }
         })
         .collect())
-}
-
-/// [`usage`] grouped by user and day, without a key: the rows of `user_total_day` within the
-/// conditions `c`, the largest by `order_column` first (by tokens: read from the index of tokens,
-/// largest first, up to the limit).
-async fn rows_as_groups(
-    db: &mut impl Db,
-    query: &UsageQuery,
-    groups: &[&str],
-    order_column: &str,
-    ties: &[String],
-    mut c: Conditions<'_>,
-) -> Result<Vec<UsageGroup>, StoreError> {
-    let limit = c.bind(i64::from(query.limit));
-    let sql = format!(
-        "SELECT {groups}, {values} FROM user_total_day{filter}
-         ORDER BY {order_column} DESC, {ties} LIMIT {limit}",
-        groups = groups.join(", "),
-        values = AGG_COLUMNS.join(", "),
-        filter = c.clause(),
-        ties = ties.join(", "),
-    );
-    let rows = db.query(&sql, &c.params).await?;
-    rows.iter()
-        .map(|row| {
-            Ok(UsageGroup {
-                values: group_values(row, &query.group_by, false)?,
-                agg: read_aggregate(row, query.group_by.len())?,
-            })
-        })
-        .collect()
 }
 
 /// The values of `group_by` at the start of a row (a key id written as text in `dim_*`).
