@@ -91,12 +91,18 @@ def console_queries(ctx, tc, retained, label):
         ("logs combined + deep page",
          f"{api}/logs?q=gpt&model=gpt-4o&status=2xx&key_id={key_id}&before_id={deep}"),
         ("logs limit=1000", f"{api}/logs?limit=1000"),
-        # /usage reads the rollups: end users (5,000 in console-fill's calls) by day, and the
-        # other dimensions.
+        # /usage reads the rollups: end users (5,000 in console-fill's calls) by day (a row of
+        # user_total_day per user and day, read in the order asked), by user over a window, and
+        # the other dimensions.
         ("usage user,day days=7", f"{api}/usage?group_by=user,day&days=7"),
         ("usage user,day days=30", f"{api}/usage?group_by=user,day&days=30"),
         ("usage user,day days=90", f"{api}/usage?group_by=user,day&days=90"),
+        ("usage day,user days=90", f"{api}/usage?group_by=day,user&days=90"),
+        ("usage user,day cost days=90", f"{api}/usage?group_by=user,day&days=90&order_by=cost"),
+        ("usage user,day ?user days=90", f"{api}/usage?group_by=user,day&days=90&user=user-00042"),
+        ("usage user days=7", f"{api}/usage?group_by=user&days=7"),
         ("usage user days=30", f"{api}/usage?group_by=user&days=30"),
+        ("usage user days=90", f"{api}/usage?group_by=user&days=90"),
         ("usage user,key ?key_id", f"{api}/usage?group_by=user,key&key_id={key_id}&days=30"),
         ("usage model,day days=90", f"{api}/usage?group_by=model,day&days=90"),
         ("usage client,provider", f"{api}/usage?group_by=client,provider"),

@@ -1024,18 +1024,20 @@ struct Grouped {
     last_used: HashMap<i64, i64>,
 }
 
-/// A batch summed into the rows of `dim_hour`, `dim_day`, `usage_day` and `user_day`.
+/// A batch summed into the rows of `dim_hour`, `dim_day`, `usage_day`, `user_day` and
+/// `user_total_day`.
 #[derive(Default)]
 struct Rollups {
     dim_hour: HashMap<RollupKey, Aggregate>,
     dim_day: HashMap<RollupKey, Aggregate>,
     usage_day: HashMap<RollupKey, Aggregate>,
     user_day: HashMap<RollupKey, Aggregate>,
+    user_total_day: HashMap<RollupKey, Aggregate>,
 }
 
 /// The text dimensions of `usage_day`, after its day and key.
 const USAGE_TEXT_DIMS: [&str; 5] = ["model", "client", "provider", "source", "endpoint"];
-/// The text dimension of `user_day`, after its day and key.
+/// The text dimension of `user_day` and `user_total_day`, after their day (and key).
 const USER_TEXT_DIMS: [&str; 1] = ["user_id"];
 /// The text dimensions of `dim_hour` and `dim_day`, after their hour or day.
 const DIM_TEXT_DIMS: [&str; 2] = ["dim", "value"];
@@ -1090,6 +1092,10 @@ impl Rollups {
             .entry((vec![day, key_id], vec![user.to_owned()]))
             .or_default()
             .add(agg);
+        self.user_total_day
+            .entry((vec![day], vec![user.to_owned()]))
+            .or_default()
+            .add(agg);
     }
 
     async fn write(self, db: &mut impl Db) -> Result<(), StoreError> {
@@ -1107,6 +1113,12 @@ impl Rollups {
                 &["day", "key_id"][..],
                 &USER_TEXT_DIMS[..],
                 self.user_day,
+            ),
+            (
+                "user_total_day",
+                &["day"][..],
+                &USER_TEXT_DIMS[..],
+                self.user_total_day,
             ),
         ];
         for (table, ints, texts, rows) in tables {
@@ -1488,8 +1500,9 @@ fn at_midnight(ts: Option<jiff::Timestamp>, tz: &jiff::tz::TimeZone) -> bool {
     })
 }
 
-/// A breakdown of usage from the rollups: `user_day` when the query names the end user;
-/// `dim_hour` or `dim_day` when it names one other dimension at most (grouped or filtered) —
+/// A breakdown of usage from the rollups: `user_total_day` when the query names the end user but
+/// not the key, `user_day` when it names both; `dim_hour` or `dim_day` when it names one other
+/// dimension at most (grouped or filtered) —
 /// hourly when grouped by hour or when `from`/`to` cut a local day; else `usage_day`. The daily
 /// tables widen `from` and `to` to whole local days.
 pub async fn usage(
@@ -1514,8 +1527,24 @@ pub async fn usage(
     let table = match (one, hourly) {
         (Some(_), true) => "dim_hour",
         (Some(_), false) => "dim_day",
+        (None, _) if query.reads_users() && !query.dims().any(|d| d == Dim::Key) => {
+            "user_total_day"
+        }
         (None, _) if query.reads_users() => "user_day",
         (None, _) => "usage_day",
+    };
+    // Grouped by user and day, each row of `user_total_day` is a group: they are ranked without
+    // grouping. Ordered by tokens, the window's days are compared as `+day`, which no index
+    // answers: SQLite would otherwise read the window by the primary key and sort every row of
+    // it, where reading the index of tokens (which holds the groups' keys) from its largest stops
+    // at the limit.
+    let rows_are_groups = table == "user_total_day"
+        && query.group_by.contains(&Dim::User)
+        && query.group_by.contains(&Dim::Day);
+    let day = if rows_are_groups && query.order == UsageOrder::Tokens {
+        "+day"
+    } else {
+        "day"
     };
     let column = |d: Dim| match one {
         Some(o) if o == d => "value",
@@ -1529,13 +1558,13 @@ pub async fn usage(
         c.hours(query.from, query.to);
     } else {
         if let Some(from) = query.from {
-            c.compare("day", ">=", local_day(from, tz));
+            c.compare(day, ">=", local_day(from, tz));
         }
         if let Some(to) = query.to {
             let last = to
                 .checked_sub(jiff::SignedDuration::from_millis(1))
                 .unwrap_or(to);
-            c.compare("day", "<=", local_day(last, tz));
+            c.compare(day, "<=", local_day(last, tz));
         }
     }
     if let Some(key_id) = query.key_id {
@@ -1548,11 +1577,16 @@ pub async fn usage(
         c.compare(column(*dim), "=", value.as_str());
     }
     let groups: Vec<&str> = query.group_by.iter().map(|d| column(*d)).collect();
-    let order = match query.order {
-        UsageOrder::Tokens => "SUM(total_tokens)",
-        UsageOrder::Calls => "SUM(calls)",
-        UsageOrder::Errors => "SUM(failures)",
-        UsageOrder::Cost => "SUM(cost_nanos)",
+    let order_column = match query.order {
+        UsageOrder::Tokens => "total_tokens",
+        UsageOrder::Calls => "calls",
+        UsageOrder::Errors => "failures",
+        UsageOrder::Cost => "cost_nanos",
+    };
+    let order = if rows_are_groups {
+        order_column.to_owned()
+    } else {
+        format!("SUM({order_column})")
     };
     let ties: Vec<String> = query
         .group_by
@@ -1588,10 +1622,15 @@ pub async fn usage(
         params: c.params.clone(),
     };
     let limit = rank.bind(i64::from(query.limit));
+    let grouping = if rows_are_groups {
+        String::new()
+    } else {
+        format!(" GROUP BY {}", groups.join(", "))
+    };
     let ranked = db
         .query(
             &format!(
-                "SELECT {groups} FROM {table}{filter} GROUP BY {groups}
+                "SELECT {groups} FROM {table}{filter}{grouping}
                  ORDER BY {order} DESC, {ties} LIMIT {limit}",
                 groups = groups.join(", "),
                 filter = rank.clause(),

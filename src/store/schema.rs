@@ -23,6 +23,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0011_usage_rollups.sql"),
     include_str!("migrations/0012_sources.sql"),
     include_str!("migrations/0013_call_options.sql"),
+    include_str!("migrations/0014_user_total_day.sql"),
 ];
 
 /// Aggregate columns added by later migrations: `count_tokens` (version 4), `cost_nanos` and

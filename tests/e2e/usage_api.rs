@@ -269,7 +269,7 @@ async fn every_group_by_matches_an_independent_computation() {
     let calls = dataset(k1, k2);
     console.record_all(&calls).await;
     let all = |_: &CallRecord| true;
-    let groupings: [&[&str]; 18] = [
+    let groupings: [&[&str]; 19] = [
         &["key"],
         &["model"],
         &["user"],
@@ -280,6 +280,7 @@ async fn every_group_by_matches_an_independent_computation() {
         &["day"],
         &["hour"],
         &["user", "day"],
+        &["day", "user"],
         &["source", "day"],
         &["key", "user"],
         &["key", "model"],
@@ -303,10 +304,12 @@ async fn every_group_by_matches_an_independent_computation() {
         assert_eq!(row["key_name"], want, "{row}");
     }
     // Filters, alone and together.
-    check_breakdown(&console, &calls, &["day"], "&user=alice", |c| {
-        c.user.as_deref() == Some("alice")
-    })
-    .await;
+    for dims in [&["day"][..], &["user", "day"]] {
+        check_breakdown(&console, &calls, dims, "&user=alice", |c| {
+            c.user.as_deref() == Some("alice")
+        })
+        .await;
+    }
     let query = format!("&key_id={k2}&client=claude-cli");
     check_breakdown(&console, &calls, &["day"], &query, |c| {
         c.key_id == Some(k2) && c.client == "claude-cli"
@@ -401,15 +404,20 @@ async fn order_and_limit_pick_the_largest_groups() {
     let (k2, _) = console.create_key("b").await;
     let calls = dataset(k1, k2);
     console.record_all(&calls).await;
-    for (order, field) in [
+    let orders = [
         ("calls", "calls"),
         ("errors", "errors"),
         ("tokens", "total_tokens"),
         ("cost", "cost_nanos"),
-    ] {
+    ];
+    // With the key, without it (per user, or a row per user and day: read in the order asked).
+    for ((order, field), group_by) in orders
+        .into_iter()
+        .flat_map(|o| ["user,key", "user", "user,day", "day,user"].map(|g| (o, g)))
+    {
         let all = console
             .data(&format!(
-                "/api/console/usage?group_by=user,key&order_by={order}"
+                "/api/console/usage?group_by={group_by}&order_by={order}"
             ))
             .await;
         let values: Vec<u64> = all["rows"]
@@ -420,11 +428,11 @@ async fn order_and_limit_pick_the_largest_groups() {
             .collect();
         let mut sorted = values.clone();
         sorted.sort_unstable_by(|a, b| b.cmp(a));
-        assert_eq!(values, sorted, "{order}");
+        assert_eq!(values, sorted, "{group_by} {order}");
         assert_eq!(all["order_by"], order);
         let top = console
             .data(&format!(
-                "/api/console/usage?group_by=user,key&order_by={order}&limit=2"
+                "/api/console/usage?group_by={group_by}&order_by={order}&limit=2"
             ))
             .await;
         assert_eq!(
