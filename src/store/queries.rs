@@ -1504,7 +1504,8 @@ fn at_midnight(ts: Option<jiff::Timestamp>, tz: &jiff::tz::TimeZone) -> bool {
 }
 
 /// A breakdown of usage from the rollups: `user_total_day` when the query names the end user but
-/// not the key, `user_day` when it names both; `dim_hour` or `dim_day` when it names one other
+/// not the key, `user_day` when it names both; `agg_total` or `agg_day` when it names the key and
+/// the model (all time, or by day or window); `dim_hour` or `dim_day` when it names one other
 /// dimension at most (grouped or filtered) —
 /// hourly when grouped by hour or when `from`/`to` cut a local day; else `usage_day`. The daily
 /// tables widen `from` and `to` to whole local days.
@@ -1527,9 +1528,19 @@ pub async fn usage(
     let hourly = one.is_some()
         && (query.group_by.contains(&Dim::Hour)
             || !(query.group_by.contains(&Dim::Day) || whole_days));
+    // Key and model (by day or in all) are what the first aggregate tables keep: a row per key,
+    // model (and day), where `usage_day` keeps one per every dimension's values.
+    let key_model = one.is_none()
+        && !query.reads_users()
+        && named == [Dim::Key, Dim::Model]
+        && !query.dims().any(|d| d == Dim::Hour);
+    let all_time =
+        query.from.is_none() && query.to.is_none() && !query.group_by.contains(&Dim::Day);
     let table = match (one, hourly) {
         (Some(_), true) => "dim_hour",
         (Some(_), false) => "dim_day",
+        (None, _) if key_model && all_time => "agg_total",
+        (None, _) if key_model => "agg_day",
         (None, _) if query.reads_users() && !query.dims().any(|d| d == Dim::Key) => {
             "user_total_day"
         }
@@ -1556,6 +1567,10 @@ pub async fn usage(
     let mut c = Conditions::default();
     if let Some(o) = one {
         c.compare("dim", "=", o.name());
+    }
+    if table == "agg_day" {
+        // Not the rows that sum each day's keys.
+        c.compare("key_id", "<>", ALL_KEYS);
     }
     if hourly {
         c.hours(query.from, query.to);
