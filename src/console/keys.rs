@@ -21,23 +21,25 @@ fn valid_name(raw: &str) -> Result<String, ConsoleError> {
             "name must not be empty; give the key a name such as \"production\"".into(),
         ));
     }
-    if name.chars().count() > MAX_NAME_CHARS {
+    // Counted as sent, as the OpenAPI document's maxLength counts it.
+    if raw.chars().count() > MAX_NAME_CHARS {
         return Err(ConsoleError::BadRequest(format!(
             "name is too long ({} characters); use at most {MAX_NAME_CHARS}",
-            name.chars().count()
+            raw.chars().count()
         )));
     }
     Ok(name.to_owned())
 }
 
 fn valid_description(raw: Option<String>) -> Result<String, ConsoleError> {
-    let description = raw.unwrap_or_default().trim().to_owned();
-    if description.chars().count() > MAX_DESCRIPTION_CHARS {
+    let raw = raw.unwrap_or_default();
+    // Counted as sent, as the OpenAPI document's maxLength counts it.
+    if raw.chars().count() > MAX_DESCRIPTION_CHARS {
         return Err(ConsoleError::BadRequest(format!(
             "description is too long; use at most {MAX_DESCRIPTION_CHARS} characters"
         )));
     }
-    Ok(description)
+    Ok(raw.trim().to_owned())
 }
 
 /// Tokens recorded per budget scope (key id, or the global budget) in the current `period`.
