@@ -125,12 +125,41 @@ async fn metrics(
         .into_response()
 }
 
+/// Connections the kernel may hold complete but not yet accepted (capped by
+/// `net.core.somaxconn`). Tokio's default is 1,024: a burst of a few thousand clients
+/// connecting at once — streams opened together — overflowed it while the accept loop caught up,
+/// and some of them were reset.
+const BACKLOG: u32 = 4096;
+
 async fn bind(host: &str, port: u16) -> Result<TcpListener, StartError> {
-    TcpListener::bind((host, port)).await.map_err(|e| {
+    let fail = |e: std::io::Error| {
         StartError::Io(format!(
             "cannot listen on {host}:{port}: {e}; choose another port (--port / CONSOLE_GATEWAY_PORT, console.port / CONSOLE_PORT) or stop what uses it"
         ))
-    })
+    };
+    let mut last = None;
+    for addr in tokio::net::lookup_host((host, port)).await.map_err(fail)? {
+        match listen(addr) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(fail(last.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::AddrNotAvailable, "no address")
+    })))
+}
+
+/// Listens on `addr` as `TcpListener::bind` does (address reuse on), with a backlog of
+/// [`BACKLOG`].
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
 }
 
 fn url(addr: SocketAddr) -> String {
